@@ -1,0 +1,149 @@
+"""Every error statevisor raises, in one place.
+
+The hierarchy, split by meaning (whose fault it is and what to do about it)::
+
+    StatevisorError
+    ├── WouldBlock                   a try_* operation found no room; the await form would wait
+    ├── ConfigurationError           a process type or argument is wrong before anything ran
+    │   ├── StateTypeError           a state value that does not round-trip through msgpack
+    │   ├── UnknownActionType        an action names a type no executor is registered for
+    │   └── DiagramError             a process type declares no phases to draw
+    ├── LifecycleError               an operation that the process's lifecycle does not allow
+    │   ├── IllegalLifecycleMove     e.g. finished -> running; a runtime bug if ever seen
+    │   └── ProcessTerminated        the process is finished, failed or killed (base of the three below)
+    │       ├── ProcessFinished      ... it finished normally
+    │       ├── ProcessFailed        ... its machine failed it (or its error policy did)
+    │       └── ProcessKilled        ... it was killed; ``reason`` says why
+    ├── ProcessNotFound (also LookupError)  no live process has that id or name
+    ├── NotFinished                  result() asked of a process that is still alive
+    ├── TransitionError              a transition raised; the process's state is as before the input
+    │   ├── IllegalPhaseChange       goto() to a phase the type does not declare an edge to
+    │   ├── StateMutationError       state mutated outside a transition
+    │   └── NondeterminismError      check mode re-ran a transition and got a different outcome
+    └── CallTimeout (also TimeoutError)  call() got no reply in time
+
+Errors raised *by user transitions* reach callers as :class:`TransitionError` whose
+``error_type`` and ``message`` name the original; in-process the original is also its
+``__cause__``. Remote handles (which cannot rebuild arbitrary exception types) raise the same
+class with the same fields, so code written against one works against the other.
+"""
+
+from __future__ import annotations
+
+
+class StatevisorError(Exception):
+    """Base of every error statevisor raises on purpose."""
+
+
+class WouldBlock(StatevisorError):
+    """A ``try_*`` operation could not proceed without waiting."""
+
+
+class ConfigurationError(StatevisorError):
+    """A process type, executor or argument is invalid; nothing was started."""
+
+
+class StateTypeError(ConfigurationError, TypeError):
+    """A state value that msgpack cannot carry exactly; ``path`` says where it is."""
+
+    def __init__(self, path: str, problem: str, root: str = "state") -> None:
+        super().__init__(f"{root}{path}: {problem}")
+        self.path = path
+        self.problem = problem
+        self.root = root
+
+
+class UnknownActionType(ConfigurationError, LookupError):
+    """An action was emitted whose type has no registered executor."""
+
+
+class DiagramError(ConfigurationError):
+    """A diagram was asked of a process type that declares no phases."""
+
+
+class LifecycleError(StatevisorError):
+    """The process's lifecycle does not allow the operation."""
+
+
+class IllegalLifecycleMove(LifecycleError):
+    """A lifecycle move outside the allowed graph (e.g. finished -> running)."""
+
+
+class ProcessTerminated(LifecycleError):
+    """The process has ended; the subclass says how."""
+
+    def __init__(self, pid: str, message: str) -> None:
+        super().__init__(f"process {pid}: {message}")
+        self.pid = pid
+
+
+class ProcessFinished(ProcessTerminated):
+    """The process finished normally and accepts no more input."""
+
+
+class ProcessFailed(ProcessTerminated):
+    """The process failed; ``reason`` is what its machine (or error policy) said."""
+
+    def __init__(self, pid: str, reason: str) -> None:
+        super().__init__(pid, f"failed: {reason}")
+        self.reason = reason
+
+
+class ProcessKilled(ProcessTerminated):
+    """The process was killed; ``reason`` is what the killer said."""
+
+    def __init__(self, pid: str, reason: str) -> None:
+        super().__init__(pid, f"killed: {reason}")
+        self.reason = reason
+
+
+class ProcessNotFound(StatevisorError, LookupError):
+    """No process with that id or name is known."""
+
+
+class NotFinished(StatevisorError):
+    """``result()`` was asked of a process that has not ended yet."""
+
+
+class TransitionError(StatevisorError):
+    """A transition raised. The process's state, actions and timers are as before the input."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}" if message else error_type)
+        self.error_type = error_type
+        self.message = message
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> TransitionError:
+        if isinstance(exc, TransitionError):
+            return exc
+        err = cls(type(exc).__qualname__, str(exc))
+        err.__cause__ = exc
+        return err
+
+
+class IllegalPhaseChange(TransitionError):
+    """``ctx.goto`` named a phase with no declared edge from the current one."""
+
+    def __init__(self, source: str, target: str) -> None:
+        super().__init__("IllegalPhaseChange", f"no declared edge {source} -> {target}")
+        self.source = source
+        self.target = target
+
+
+class StateMutationError(TransitionError):
+    """Process state was mutated outside a transition; only transitions may change it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("StateMutationError", message)
+
+
+class NondeterminismError(TransitionError):
+    """Check mode re-ran a transition on a copy of the state and the outcomes differ."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("NondeterminismError", message)
+
+
+class CallTimeout(StatevisorError, TimeoutError):
+    """``call()`` received no reply within its timeout (the input may still be processed)."""

@@ -1,0 +1,196 @@
+"""The handle: what a caller holds to control and observe one process.
+
+Naming rules (kept across the package): ``op`` awaits room, ``try_op`` never waits and raises
+:class:`WouldBlock`; waiting methods are ``wait*``; counters come from ``statistics()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ._exceptions import CallTimeout, NotFinished, ProcessFailed, ProcessKilled, WouldBlock
+from ._inputs import Call, Cast
+from ._lifecycle import DriveMode, Lifecycle
+from ._process import Process
+from ._snapshot import ProcessStatistics, Snapshot
+
+
+class Handle:
+    """Controls one process. Cheap to copy around; several handles may share a process."""
+
+    __slots__ = ("_process",)
+
+    def __init__(self, process: Process) -> None:
+        self._process = process
+
+    # --- identity ----------------------------------------------------------------------
+
+    @property
+    def pid(self) -> str:
+        return self._process.pid
+
+    @property
+    def name(self) -> str:
+        return self._process.name
+
+    @property
+    def kind(self) -> str:
+        return self._process.machine.kind
+
+    @property
+    def mode(self) -> DriveMode:
+        return self._process.mode
+
+    # --- driving -----------------------------------------------------------------------
+
+    async def nudge(self) -> None:
+        """Step mode: permit one more transition, waiting for room in the nudge buffer.
+
+        Automatic mode advances on its own; a nudge there is accepted and changes nothing.
+        """
+        process = self._process
+        process.check_accepting()
+        if process.mode is DriveMode.AUTO:
+            return
+        await process.wait_nudge_room()
+        process.add_nudge()
+
+    def try_nudge(self) -> None:
+        """Like :meth:`nudge` but raises :class:`WouldBlock` instead of waiting for room."""
+        process = self._process
+        process.check_accepting()
+        if process.mode is DriveMode.AUTO:
+            return
+        if process.nudge_full():
+            raise WouldBlock(f"process {process.pid}: nudge buffer is full ({process.statistics().nudges_buffered})")
+        process.add_nudge()
+
+    async def pause(self) -> None:
+        """Stop advancing after the current transition (at once if between transitions).
+
+        Inputs keep queueing while paused. Returns once the pause has landed.
+        """
+        await self._process.pause()
+
+    async def resume(self) -> None:
+        """Advance again after :meth:`pause`. Resuming a process that is not paused does nothing."""
+        self._process.resume()
+
+    async def kill(self, reason: str = "killed") -> Snapshot:
+        """End the process: interrupt waits, cancel in-flight actions, bounded by the kill grace.
+
+        Killing an ended process does nothing. Returns the terminal snapshot.
+        """
+        await self._process.kill(reason)
+        return self._process.snapshot()
+
+    # --- messages ----------------------------------------------------------------------
+
+    async def cast(self, message: Any) -> None:
+        """Queue a message for the process, waiting for mailbox room."""
+        process = self._process
+        process.check_accepting()
+        if not process.has_room():
+            await process.wait_room()
+        process.enqueue(Cast(message))
+
+    def try_cast(self, message: Any) -> None:
+        """Queue a message or raise :class:`WouldBlock` when the mailbox is full."""
+        process = self._process
+        process.check_accepting()
+        if not process.has_room():
+            raise WouldBlock(f"process {process.pid}: mailbox is full ({process.statistics().mailbox_capacity})")
+        process.enqueue(Cast(message))
+
+    async def call(self, message: Any, timeout: float | None = None) -> Any:
+        """Send a message and wait for the transition's reply.
+
+        Raises the transition's error as :class:`TransitionError`, :class:`CallTimeout` after
+        ``timeout`` seconds, or :class:`ProcessTerminated` if the process ends first.
+        """
+        process = self._process
+        process.check_accepting()
+        ref, future = process.new_call()
+        try:
+            async with asyncio.timeout(timeout):
+                if not process.has_room():
+                    await process.wait_room()
+                process.enqueue(Call(message, ref))
+                return await future
+        except TimeoutError:
+            raise CallTimeout(f"process {process.pid}: no reply within {timeout} s") from None
+        finally:
+            process.forget_call(ref)
+
+    # --- observing ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> Snapshot:
+        """The latest snapshot: lifecycle, paused, phase, a copy of the state view, version."""
+        return self._process.snapshot()
+
+    async def watch(self) -> AsyncIterator[Snapshot]:
+        """Snapshots as the process changes: the current one first, then newer ones.
+
+        A slow watcher skips to the latest version; watching never slows the process. Every
+        watcher sees the terminal snapshot, after which the iteration ends.
+        """
+        process = self._process
+        seen = -1
+        process.watcher_added(1)
+        try:
+            while True:
+                snapshot = process.snapshot()
+                if snapshot.version != seen:
+                    seen = snapshot.version
+                    yield snapshot
+                if snapshot.lifecycle.terminal:
+                    return
+                await process.wait_changed(seen)
+        finally:
+            process.watcher_added(-1)
+
+    async def wait(self, timeout: float | None = None) -> Snapshot:
+        """Wait until the process has ended; returns its terminal snapshot."""
+        async with asyncio.timeout(timeout):
+            await self._process.wait_done()
+        return self._process.snapshot()
+
+    def done(self) -> bool:
+        """Whether the process has ended (finished, failed or killed)."""
+        return self._process.done
+
+    def result(self) -> Any:
+        """The finished process's result; raises how it ended otherwise.
+
+        :class:`NotFinished` while alive, :class:`ProcessFailed` or :class:`ProcessKilled`.
+        """
+        snapshot = self._process.snapshot()
+        if snapshot.lifecycle is Lifecycle.FINISHED:
+            return snapshot.result
+        if snapshot.lifecycle is Lifecycle.FAILED:
+            raise ProcessFailed(self.pid, snapshot.error or "failed")
+        if snapshot.lifecycle is Lifecycle.KILLED:
+            raise ProcessKilled(self.pid, snapshot.error or "killed")
+        raise NotFinished(f"process {self.pid} is {snapshot.lifecycle}")
+
+    def statistics(self) -> ProcessStatistics:
+        return self._process.statistics()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Handle) and other._process is self._process
+
+    def __hash__(self) -> int:
+        return hash(self._process.pid)
+
+    def __repr__(self) -> str:
+        p = self._process
+        stats = p.statistics()
+        paused = ", paused" if p.paused else ""
+        return (
+            f"<Handle {p.pid} {p.machine.kind!r} {p.lifecycle}{paused} phase={p.phase} v{p.version}: "
+            f"{stats.mailbox_depth} queued, {stats.pending_actions} pending actions, "
+            f"{stats.armed_timers} timers, {stats.transitions} transitions, {stats.transition_errors} errors>"
+        )

@@ -1,0 +1,254 @@
+"""The machine model: a process type (:class:`Machine`) and its per-transition :class:`Context`.
+
+A transition is a deterministic, atomic function of (state, input). It mutates ``state`` in
+place and *describes* effects through ``ctx``; nothing described takes effect unless the
+transition returns normally, and then all of it does, in this order: phase change (which
+cancels the state timeout and re-delivers postponed inputs), timers, postpone, tracked actions
+(after the checkpoint, when there is a store), untracked actions, replies, finish/fail.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from ._actions import TrackedAction, UntrackedAction
+from ._exceptions import ConfigurationError, IllegalPhaseChange
+from ._inputs import STATE_TIMEOUT, Call, Input
+from ._lifecycle import ErrorPolicy
+from ._state import check_value
+
+if TYPE_CHECKING:
+    from ._process import Process
+
+S = TypeVar("S", bound=Mapping[str, Any])
+
+DEFAULT_PHASE = "main"
+
+
+class Machine(Generic[S]):
+    """A process type. Subclass it, implement :meth:`transition`, optionally declare phases.
+
+    Class attributes:
+
+    * ``kind``: the name metrics, logs and listings use (default: the class name, lower case).
+    * ``phases``: a StrEnum of the machine's phases (gen_statem's "states"); optional.
+    * ``initial_phase``: where a new process starts (default: the first phase).
+    * ``edges``: ``{source: {target: label}}``; when declared, ``ctx.goto`` outside them raises
+      and :func:`supervisor.mermaid` draws them.
+    * ``error_policy``: what a raising transition does to the process (continue or fail).
+    """
+
+    kind: ClassVar[str] = ""
+    phases: ClassVar[type[StrEnum] | None] = None
+    initial_phase: ClassVar[str] = ""
+    edges: ClassVar[Mapping[str, Mapping[str, str]]] = {}
+    error_policy: ClassVar[ErrorPolicy] = ErrorPolicy.CONTINUE
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("kind"):
+            cls.kind = cls.__name__.lower()
+        if cls.phases is not None:
+            names = {str(p) for p in cls.phases}
+            if not names:
+                raise ConfigurationError(f"{cls.__name__}.phases declares no phases")
+            if not cls.initial_phase:
+                cls.initial_phase = str(next(iter(cls.phases)))
+            if cls.initial_phase not in names:
+                raise ConfigurationError(
+                    f"{cls.__name__}.initial_phase {cls.initial_phase!r} is not one of its phases {sorted(names)}"
+                )
+            for source, targets in cls.edges.items():
+                for phase in (source, *targets):
+                    if str(phase) not in names:
+                        raise ConfigurationError(
+                            f"{cls.__name__}.edges names phase {str(phase)!r}, which is not one of {sorted(names)}"
+                        )
+        elif not cls.initial_phase:
+            cls.initial_phase = DEFAULT_PHASE
+
+    def initial_state(self) -> S:
+        """The state of a process spawned without one."""
+        return {}  # type: ignore[return-value]
+
+    async def transition(self, state: S, input: Input, ctx: Context) -> None:
+        """Handle one input: mutate ``state``, describe effects through ``ctx``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement transition()")
+
+    def restore(self, state: S, ctx: Context) -> None:
+        """Called once after a crash, before any input: re-emit the tracked actions to resume.
+
+        ``ctx.pending`` holds the tracked actions that were in flight at the last checkpoint.
+        The default re-issues all of them under their original ids (their executors see the
+        same idempotency keys). Pending actions not re-issued here are dropped.
+        """
+        for action in ctx.pending.values():
+            ctx.reissue(action)
+
+    def view(self, state: S) -> Any:
+        """What snapshots show of the state (default: all of it). Override for large states."""
+        return state
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} kind={self.kind!r}>"
+
+
+class Context:
+    """What a transition may read (``now``, ``random``, ``phase``, ``pending``) and do (effects)."""
+
+    __slots__ = (
+        "_process",
+        "_random",
+        "_seq",
+        "end",
+        "goto_phase",
+        "now",
+        "phase",
+        "pid",
+        "postponed",
+        "replies",
+        "timer_ops",
+        "tracked",
+        "untracked",
+        "version",
+    )
+
+    def __init__(self, process: Process, now: float) -> None:
+        self._process = process
+        self.pid: str = process.pid
+        self.now = now
+        """The runtime clock when this transition began: the only time a transition may read."""
+        self.phase: str = process.phase
+        self.version: int = process.version
+        self._seq = 0
+        self._random: _random.Random | None = None
+        self.tracked: list[TrackedAction] | None = None
+        self.untracked: list[UntrackedAction] | None = None
+        self.replies: list[tuple[int, Any]] | None = None
+        self.timer_ops: list[tuple[str, float | None, Any]] | None = None
+        self.goto_phase: str | None = None
+        self.postponed = False
+        self.end: tuple[str, Any] | None = None
+
+    # --- what a transition may read -------------------------------------------------
+
+    @property
+    def random(self) -> _random.Random:
+        """A random source seeded by (process id, version): the same on every re-run."""
+        if self._random is None:
+            self._random = _random.Random(f"{self.pid}:{self.version}")
+        return self._random
+
+    @property
+    def pending(self) -> Mapping[str, TrackedAction]:
+        """Tracked actions in flight (their results have not been delivered yet)."""
+        return self._process.pending_view
+
+    # --- effects ------------------------------------------------------------------------
+
+    def track(self, action_type: str, payload: Any = None, *, key: str | None = None) -> str:
+        """Describe a tracked action; returns its id (the idempotency key).
+
+        The id defaults to ``"<pid>:<version>:<n>"``, deterministic across re-runs; pass
+        ``key`` to choose one (it must be unique among this process's pending actions).
+        """
+        self._process.runtime.executors.get(action_type)
+        check_value(payload, f"payload of action {action_type!r}")
+        action_id = key if key is not None else f"{self.pid}:{self.version + 1}:{self._seq}"
+        self._seq += 1
+        if self.tracked is None:
+            self.tracked = []
+        elif any(a.id == action_id for a in self.tracked):
+            raise ConfigurationError(f"action id {action_id!r} is emitted twice in one transition")
+        if action_id in self._process.pending_view:
+            raise ConfigurationError(f"action id {action_id!r} is already pending")
+        self.tracked.append(TrackedAction(action_id, action_type, payload, self.pid))
+        return action_id
+
+    def reissue(self, action: TrackedAction) -> None:
+        """Re-emit a pending tracked action under its original id (in :meth:`Machine.restore`)."""
+        if self.tracked is None:
+            self.tracked = []
+        self.tracked.append(action)
+
+    def emit(self, action_type: str, payload: Any = None) -> None:
+        """Describe an untracked (fire-and-forget) action."""
+        self._process.runtime.executors.get(action_type)
+        if self.untracked is None:
+            self.untracked = []
+        self.untracked.append(UntrackedAction(action_type, payload, self.pid))
+
+    def reply(self, call: Call | int, value: Any) -> None:
+        """Answer a call, now or later (keep ``call.ref`` in state to answer after other inputs)."""
+        if self.replies is None:
+            self.replies = []
+        self.replies.append((call if isinstance(call, int) else call.ref, value))
+
+    def goto(self, phase: str) -> None:
+        """Move to another phase: cancels the state timeout and re-delivers postponed inputs."""
+        phase = str(phase)
+        machine = self._process.machine
+        if machine.phases is not None:
+            if phase not in machine.phases.__members__.values():
+                raise IllegalPhaseChange(self.phase, phase)
+            if machine.edges and phase != self.phase and phase not in machine.edges.get(self.phase, {}):
+                raise IllegalPhaseChange(self.phase, phase)
+        self.goto_phase = phase
+
+    def state_timeout(self, seconds: float, payload: Any = None) -> None:
+        """Fire ``TimerFired(STATE_TIMEOUT, payload)`` after ``seconds`` unless the phase changes."""
+        self._timer(STATE_TIMEOUT, seconds, payload)
+
+    def timeout(self, name: str, seconds: float, payload: Any = None) -> None:
+        """Arm (or re-arm) the named timeout ``name``."""
+        if name == STATE_TIMEOUT:
+            raise ConfigurationError(f"timer name {STATE_TIMEOUT!r} is reserved for the state timeout")
+        self._timer(name, seconds, payload)
+
+    def cancel_timeout(self, name: str) -> None:
+        """Disarm a named timeout (or the state timeout); no effect if it is not armed."""
+        if self.timer_ops is None:
+            self.timer_ops = []
+        self.timer_ops.append((name, None, None))
+
+    def _timer(self, name: str, seconds: float, payload: Any) -> None:
+        if not seconds >= 0:
+            raise ConfigurationError(f"timeout {name!r}: seconds must be >= 0, got {seconds!r}")
+        check_value(payload, f"payload of timer {name!r}")
+        if self.timer_ops is None:
+            self.timer_ops = []
+        self.timer_ops.append((name, self.now + seconds, payload))
+
+    def postpone(self) -> None:
+        """Re-deliver this input after the next phase change (gen_statem's postpone)."""
+        self.postponed = True
+
+    def finish(self, result: Any = None) -> None:
+        """End the process normally with ``result``."""
+        check_value(result, "result")
+        self.end = ("finished", result)
+
+    def fail(self, reason: str) -> None:
+        """End the process as failed."""
+        self.end = ("failed", str(reason))
+
+    def effects(self) -> tuple[Any, ...]:
+        """Everything this transition described, comparable across re-runs."""
+        return (
+            self.tracked,
+            self.untracked,
+            self.replies,
+            self.timer_ops,
+            self.goto_phase,
+            self.postponed,
+            self.end,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Context {self.pid} v{self.version} phase={self.phase} "
+            f"{len(self.tracked or ())} tracked, {len(self.untracked or ())} untracked>"
+        )

@@ -1,0 +1,84 @@
+"""Frozen records of a process: what watchers see, its counters, and its checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._actions import TrackedAction
+from ._lifecycle import Lifecycle
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One version of a process as observers see it.
+
+    ``state`` is a private deep copy of the machine's view of its state at ``version``; all
+    readers of the same version share it, so treat it as read-only. ``waiting_on`` says what the
+    process waits for (tracked actions in flight, armed timers) and ``since`` when the current
+    lifecycle began, so a stuck process always says why.
+    """
+
+    pid: str
+    name: str
+    kind: str
+    version: int
+    lifecycle: Lifecycle
+    paused: bool
+    phase: str
+    state: Any
+    waiting_on: tuple[str, ...]
+    since: float
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.lifecycle.terminal
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStatistics:
+    """Counters of one process at one moment."""
+
+    version: int
+    transitions: int
+    transition_errors: int
+    mailbox_depth: int
+    mailbox_capacity: int
+    nudges_buffered: int
+    pending_actions: int
+    armed_timers: int
+    postponed: int
+    watchers: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRecord:
+    """An armed timer as checkpointed: absolute deadline on the runtime clock."""
+
+    name: str
+    deadline: float
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """Everything needed to bring a process back after a crash (its checkpoint).
+
+    ``state`` is the msgpack encoding of the machine's state at ``version``.
+    """
+
+    pid: str
+    name: str
+    kind: str
+    version: int
+    phase: str
+    state: bytes
+    pending: tuple[TrackedAction, ...] = ()
+    timers: tuple[TimerRecord, ...] = ()
+    lifecycle: Lifecycle = Lifecycle.RUNNING
+    result: Any = None
+    error: str | None = None
+    paused: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
