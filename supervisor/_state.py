@@ -7,6 +7,10 @@ stay cheap as states grow. Copying the state before every transition costs O(sta
 :class:`Journal` before each mutation. Rollback replays the journal backwards: its cost is
 O(mutations made by the transition), independent of the state's size.
 
+Deleting a key cannot be undone by re-inserting it (dict order, and so the checkpoint's bytes,
+would change), so the first deletion from a dict in a transition saves the whole dict, like the
+first change to a list does: O(len(container)) once per container per transition.
+
 The journal entries are *swappable*: swapping an entry exchanges the container's current value
 with the recorded one. Swapping all entries newest-first turns the post-transition state into
 the pre-transition state; swapping them again oldest-first turns it back. That is how a
@@ -37,13 +41,13 @@ _INT_MAX = (1 << 64) - 1
 class Journal:
     """The undo log of one process's state; active only while a transition runs."""
 
-    __slots__ = ("active", "entries", "saved_lists")
+    __slots__ = ("active", "entries", "saved")
 
     def __init__(self) -> None:
         self.active = False
-        # Dict entries are [container, key, value]; list entries are [container, saved-contents].
+        # Key entries are [dict, key, value]; whole-container entries are [container, saved-contents].
         self.entries: list[list[Any]] = []
-        self.saved_lists: set[int] = set()
+        self.saved: set[int] = set()
 
     def begin(self) -> None:
         self.active = True
@@ -51,7 +55,7 @@ class Journal:
     def commit(self) -> None:
         self.active = False
         self.entries.clear()
-        self.saved_lists.clear()
+        self.saved.clear()
 
     def rollback(self) -> None:
         self._swap(reversed(self.entries))
@@ -70,8 +74,13 @@ class Journal:
         for entry in entries:
             container = entry[0]
             if len(entry) == 2:
-                current = list.copy(container)
-                list.__setitem__(container, slice(None), entry[1])
+                if isinstance(container, list):
+                    current: Any = list.copy(container)
+                    list.__setitem__(container, slice(None), entry[1])
+                else:
+                    current = dict.copy(container)
+                    dict.clear(container)
+                    dict.update(container, entry[1])
                 entry[1] = current
             else:
                 key = entry[1]
@@ -147,7 +156,20 @@ class TrackedDict(dict[Any, Any]):
     def _record(self, key: Any) -> None:
         journal = self._journal
         _check_active(journal)
+        # Each entry touches only its own container, so per container the entries must undo in
+        # LIFO order; once a container is saved whole, that save covers every later change.
+        if journal.saved and id(self) in journal.saved:
+            return
         journal.entries.append([self, key, dict.get(self, key, _MISSING)])
+
+    def _save(self) -> None:
+        """Before a deletion: keep the whole dict once, so rollback restores its order."""
+        journal = self._journal
+        _check_active(journal)
+        marker = id(self)
+        if marker not in journal.saved:
+            journal.saved.add(marker)
+            journal.entries.append([self, dict.copy(self)])
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if type(key) not in _KEYS:
@@ -159,7 +181,7 @@ class TrackedDict(dict[Any, Any]):
     def __delitem__(self, key: Any) -> None:
         if key not in self:
             raise KeyError(key)
-        self._record(key)
+        self._save()
         dict.__delitem__(self, key)
 
     def pop(self, key: Any, *default: Any) -> Any:
@@ -167,7 +189,7 @@ class TrackedDict(dict[Any, Any]):
             if default:
                 return default[0]
             raise KeyError(key)
-        self._record(key)
+        self._save()
         return dict.pop(self, key)
 
     def popitem(self) -> tuple[Any, Any]:
@@ -186,8 +208,8 @@ class TrackedDict(dict[Any, Any]):
             self[key] = value
 
     def clear(self) -> None:
-        for key in list(self):
-            del self[key]
+        self._save()
+        dict.clear(self)
 
     def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[misc]
         self.update(other)
@@ -212,8 +234,8 @@ class TrackedList(list[Any]):
         journal = self._journal
         _check_active(journal)
         marker = id(self)
-        if marker not in journal.saved_lists:
-            journal.saved_lists.add(marker)
+        if marker not in journal.saved:
+            journal.saved.add(marker)
             journal.entries.append([self, list.copy(self)])
 
     def _adopt_many(self, values: Iterable[Any]) -> list[Any]:

@@ -1,0 +1,59 @@
+"""Shared fixtures: every async test runs on uvloop and on the stdlib loop with debug on.
+
+A test also fails when the event loop reports trouble through the ``asyncio`` logger while it
+runs: a callback that blocked the loop, a task destroyed while pending, an exception nobody
+retrieved. Those are bugs even when the assertions pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Mapping
+
+import pytest
+import uvloop
+
+# Generous: CI machines are 2 noisy cores; a real blocking bug takes far longer than this.
+SLOW_CALLBACK_SECONDS = 1.0
+
+
+def _debug_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_SECONDS
+    return loop
+
+
+def _uvloop() -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return {"uvloop": _uvloop, "asyncio-debug": _debug_loop}
+
+
+class _LoopTrouble(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_loop_trouble() -> Iterator[None]:
+    handler = _LoopTrouble()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.records:
+        messages = "\n".join(r.getMessage() for r in handler.records)
+        pytest.fail(f"the event loop reported trouble during the test:\n{messages}")

@@ -1,0 +1,66 @@
+"""Small helpers for tests: waiting on conditions (never sleeping and hoping)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from supervisor import Handle, Snapshot
+
+DEFAULT_TIMEOUT = 10.0
+
+
+async def wait_for_snapshot(
+    handle: Handle, predicate: Callable[[Snapshot], bool], timeout: float = DEFAULT_TIMEOUT
+) -> Snapshot:
+    """Return the first snapshot from ``handle.watch()`` that satisfies ``predicate``."""
+    async with asyncio.timeout(timeout):
+        async for snapshot in handle.watch():
+            if predicate(snapshot):
+                return snapshot
+    raise AssertionError(f"process ended without reaching the condition; last: {handle.state}")
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Poll ``condition`` once per loop iteration until it holds (for facts with no event)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - for facts that raise no event
+            await asyncio.sleep(0.001)
+
+
+class Recorder:
+    """An executor that records every action it is given and answers from a function."""
+
+    idempotent = False
+
+    def __init__(self, answer: Callable[[Any], Any] | None = None) -> None:
+        self.executed: list[Any] = []
+        self.cancelled: list[Any] = []
+        self.answer = answer or (lambda action: action.payload)
+
+    async def execute(self, action: Any) -> Any:
+        self.executed.append(action)
+        return self.answer(action)
+
+    async def cancel(self, action: Any) -> None:
+        self.cancelled.append(action)
+
+
+class Gate:
+    """An executor whose actions wait until released (or forever)."""
+
+    idempotent = False
+
+    def __init__(self) -> None:
+        self.started: list[Any] = []
+        self.release = asyncio.Event()
+        self.cancelled: list[Any] = []
+
+    async def execute(self, action: Any) -> Any:
+        self.started.append(action)
+        await self.release.wait()
+        return "released"
+
+    async def cancel(self, action: Any) -> None:
+        self.cancelled.append(action)

@@ -1,0 +1,55 @@
+"""`statevisor bench`: every scenario runs and prints the documented JSON (tiny scale).
+
+These tests pin the output contract, not the figures: timing belongs to the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+METRICS = {
+    "transitions": {"transitions_per_s", "baseline_per_s", "ratio", "large_state_transitions_per_s"},
+    "spawn": {"processes_per_s", "bytes_per_idle_process"},
+    "control": {"p50_us", "p99_us"},
+}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize("scenario", sorted(METRICS))
+def test_bench_json_has_the_documented_metrics(scenario: str) -> None:
+    """`bench <scenario> --json` prints one object with scenario, the issue's metric names
+    (finite numbers; rates positive) and the environment."""
+    done = run_cli("bench", scenario, "--json", "--scale", "0.01", "--repeats", "1")
+    assert 0 == done.returncode, done.stderr
+    report = json.loads(done.stdout)
+    assert scenario == report["scenario"]
+    assert METRICS[scenario] <= set(report["metrics"])
+    metrics = report["metrics"]
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
+    assert all(v > 0 for k, v in metrics.items() if k.endswith("_per_s"))
+    assert {"python", "loop", "cpus"} <= set(report["environment"])
+
+
+def test_bench_text_output_names_the_baseline() -> None:
+    """Without --json the report is text for people, and names its baseline."""
+    done = run_cli("bench", "transitions", "--scale", "0.01", "--repeats", "1", "--loop", "asyncio")
+    assert 0 == done.returncode, done.stderr
+    assert "baseline" in done.stdout
+    assert "ratio =" in done.stdout
+
+
+def test_bench_unknown_scenario_is_a_usage_error() -> None:
+    """An unknown scenario exits 2 and lists the known ones."""
+    done = run_cli("bench", "nonsense")
+    assert 2 == done.returncode
+    assert "transitions" in done.stderr

@@ -1,0 +1,74 @@
+"""The public surface: what the packages export, and which layer may import which."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import supervisor
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+EXPECTED_EXPORTS = {
+    "STATE_TIMEOUT", "ActionFailed", "ActionResult", "ActionSucceeded", "Call", "CallTimeout", "Cast",
+    "Checkpointer", "Clock", "ConfigurationError", "Context", "Control", "ControlEvent", "DiagramError",
+    "DriveMode", "ErrorPolicy", "Executor", "ExecutorRegistry", "FunctionExecutor", "Handle",
+    "IllegalLifecycleMove", "IllegalPhaseChange", "Input", "Lifecycle", "LifecycleError", "Machine",
+    "ManualClock", "NondeterminismError", "NotFinished", "ProcessFailed", "ProcessFinished", "ProcessKilled",
+    "ProcessNotFound", "ProcessRecord", "ProcessStatistics", "ProcessTerminated", "Runtime", "RuntimeObserver",
+    "RuntimeStatistics", "Snapshot", "StateMutationError", "StateTypeError", "StatevisorError", "SystemClock",
+    "TimerFired", "TimerHandle", "TimerRecord", "TrackedAction", "TransitionError", "UnknownActionType",
+    "UntrackedAction", "WouldBlock", "__version__", "mermaid",
+}  # fmt: skip
+
+
+def test_export_list_is_pinned() -> None:
+    """supervisor.__all__ is exactly the documented public API, and every name resolves."""
+    assert EXPECTED_EXPORTS == set(supervisor.__all__)
+    for name in supervisor.__all__:
+        assert hasattr(supervisor, name), name
+
+
+def test_public_classes_do_not_leak_private_module_names_in_errors() -> None:
+    """Every exception the package exports derives from StatevisorError (one hierarchy)."""
+    errors = [getattr(supervisor, n) for n in supervisor.__all__ if n.endswith(("Error", "Timeout", "Block"))]
+    errors += [supervisor.ProcessFinished, supervisor.ProcessFailed, supervisor.ProcessKilled, supervisor.NotFinished]
+    for error in errors:
+        assert issubclass(error, supervisor.StatevisorError), error
+
+
+# The machine model and handle layer (the "core") never import from the layers built on it.
+CORE_MODULES = {
+    "_actions", "_clock", "_diagram", "_exceptions", "_handle", "_inputs", "_lifecycle",
+    "_machine", "_process", "_runtime", "_snapshot", "_state", "_waiters",
+}  # fmt: skip
+FORBIDDEN_FOR_CORE = ("processes", "supervisor.daemon", "supervisor.control", "supervisor.metrics", "supervisor.cli")
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = "supervisor." * bool(node.level) + (node.module or "")
+            names.add(base)
+    return names
+
+
+def test_core_layer_imports_nothing_from_above_it() -> None:
+    """Core modules import only each other and libraries: never the daemon, control API,
+    metrics, CLI or process kinds."""
+    for module in CORE_MODULES:
+        imported = _imports(ROOT / "supervisor" / f"{module}.py")
+        bad = {name for name in imported if name.startswith(FORBIDDEN_FOR_CORE)}
+        assert set() == bad, f"{module} imports {bad}"
+
+
+def test_every_core_module_is_listed() -> None:
+    """The layering test covers every private module in the core (a new one must be placed)."""
+    present = {p.stem for p in (ROOT / "supervisor").glob("_*.py") if p.stem != "__init__" and p.stem != "__main__"}
+    assert set() == present - CORE_MODULES - LATER_LAYERS
+
+
+LATER_LAYERS: set[str] = set()

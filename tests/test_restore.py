@@ -1,0 +1,97 @@
+"""Reviving a process from its checkpoint record: restore re-issues pending tracked actions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from supervisor import Context, DriveMode, Lifecycle, ManualClock, Runtime, TrackedAction
+from tests.helpers import Gate, Recorder, wait_for_snapshot, wait_until
+from tests.machines import DoorMachine, Worker
+
+
+async def test_revive_reissues_pending_actions_under_their_original_ids() -> None:
+    """A record taken while actions were in flight brings the process back with the same
+    pending actions, handed to the executor again under the same ids."""
+    gate = Gate()
+    first = Runtime(executors={"work": gate})
+    handle = first.spawn(Worker, pid="w")
+    await handle.cast(("work", "a"))
+    await handle.cast(("work", "b"))
+    await wait_until(lambda: len(gate.started) == 2)
+    record = handle._process.record()
+    await handle.kill()
+
+    recorder = Recorder()
+    second = Runtime(executors={"work": recorder})
+    revived = second.revive(Worker(), record)
+    snapshot = await wait_for_snapshot(revived, lambda s: len(s.state.get("done", {})) == 2)
+    assert [a.id for a in gate.started] == [a.id for a in recorder.executed]
+    assert {a.id: a.payload for a in gate.started} == snapshot.state["done"]
+    assert record.version < snapshot.version
+    await revived.kill()
+
+
+async def test_restore_may_replace_pending_actions() -> None:
+    """A machine's restore() decides what to re-issue; pending actions it drops are forgotten."""
+
+    class Careful(Worker):
+        kind = "worker"
+
+        def restore(self, state: dict[str, Any], ctx: Context) -> None:
+            for action in ctx.pending.values():
+                state.setdefault("queried", []).append(action.id)
+                ctx.track("query", {"about": action.id})
+
+    gate = Gate()
+    first = Runtime(executors={"work": gate})
+    handle = first.spawn(Worker, pid="c")
+    await handle.cast(("work", 1))
+    await wait_until(lambda: len(gate.started) == 1)
+    record = handle._process.record()
+    await handle.kill()
+
+    work, query = Recorder(), Recorder()
+    second = Runtime(executors={"work": work, "query": query})
+    revived = second.revive(Careful(), record)
+    await wait_until(lambda: len(query.executed) == 1)
+    assert [] == work.executed
+    assert [gate.started[0].id] == revived.state.state["queried"]
+    await revived.kill()
+
+
+async def test_revive_rearms_checkpointed_timers() -> None:
+    """Timers in a record are re-armed at their absolute deadlines after a revive."""
+    clock = ManualClock()
+    first = Runtime(clock=clock)
+    handle = first.spawn(DoorMachine, pid="door")
+    await handle.cast("open")
+    await wait_for_snapshot(handle, lambda s: s.phase == "open" and handle.statistics().armed_timers == 1)
+    record = handle._process.record()
+    await handle.kill()
+    assert 1 == len(record.timers)
+
+    second = Runtime(clock=clock)
+    revived = second.revive(DoorMachine(), record, mode=DriveMode.AUTO)
+    await wait_until(lambda: revived.statistics().armed_timers == 1)
+    clock.advance(5)
+    snapshot = await wait_for_snapshot(revived, lambda s: s.phase == "closed")
+    assert snapshot.state["log"][-1] == "state timeout: auto-close"
+    await revived.kill()
+
+
+async def test_revived_process_keeps_its_pause() -> None:
+    """A process checkpointed while paused comes back paused (pause was on purpose)."""
+    first = Runtime()
+    handle = first.spawn(Worker, pid="p")
+    await handle.pause()
+    record = handle._process.record()
+    await handle.kill()
+    second = Runtime()
+    revived = second.revive(Worker(), record)
+    await asyncio.sleep(0)
+    assert revived.state.paused
+    assert Lifecycle.RUNNING == revived.state.lifecycle
+    await revived.kill()
+    assert isinstance(record.pending, tuple)
+    assert all(isinstance(a, TrackedAction) for a in record.pending)
