@@ -5,10 +5,13 @@ The public API is what this module exports; implementation lives in private modu
 
 from ._actions import Executor, ExecutorRegistry, FunctionExecutor, TrackedAction, UntrackedAction
 from ._clock import Clock, ManualClock, SystemClock, TimerHandle
+from ._codec import FORMAT_VERSION, decode_record, encode_record
 from ._diagram import mermaid
 from ._exceptions import (
     CallTimeout,
+    CheckpointRejected,
     ConfigurationError,
+    CorruptCheckpoint,
     DiagramError,
     IllegalLifecycleMove,
     IllegalPhaseChange,
@@ -23,11 +26,15 @@ from ._exceptions import (
     StateMutationError,
     StateTypeError,
     StatevisorError,
+    StoreError,
+    StoreFull,
+    StoreLocked,
     TransitionError,
     UnknownActionType,
     WouldBlock,
 )
 from ._handle import Handle
+from ._host import Host, StartReport
 from ._inputs import (
     STATE_TIMEOUT,
     ActionFailed,
@@ -42,32 +49,42 @@ from ._inputs import (
 )
 from ._lifecycle import DriveMode, ErrorPolicy, Lifecycle
 from ._machine import Context, Machine
+from ._policy import Backoff, Budget, Restart, Strategy
 from ._runtime import Checkpointer, Runtime, RuntimeObserver, RuntimeStatistics
+from ._slots import SlotPool, SlotStatistics
 from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
+from ._sqlite import Quarantined, Recovery, SQLiteStore, StoreStatistics
+from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "STATE_TIMEOUT",
     "ActionFailed",
     "ActionResult",
     "ActionSucceeded",
+    "Backoff",
+    "Budget",
     "Call",
     "CallTimeout",
     "Cast",
+    "CheckpointRejected",
     "Checkpointer",
+    "ChildSpec",
     "Clock",
     "ConfigurationError",
     "Context",
     "Control",
     "ControlEvent",
+    "CorruptCheckpoint",
     "DiagramError",
     "DriveMode",
     "ErrorPolicy",
     "Executor",
     "ExecutorRegistry",
+    "FORMAT_VERSION",
     "FunctionExecutor",
     "Handle",
+    "Host",
     "IllegalLifecycleMove",
     "IllegalPhaseChange",
     "Input",
@@ -84,13 +101,29 @@ __all__ = [
     "ProcessRecord",
     "ProcessStatistics",
     "ProcessTerminated",
+    "Quarantined",
+    "Recovery",
+    "Restart",
     "Runtime",
     "RuntimeObserver",
     "RuntimeStatistics",
+    "SQLiteStore",
+    "STATE_TIMEOUT",
+    "SlotPool",
+    "SlotStatistics",
     "Snapshot",
+    "StartReport",
     "StateMutationError",
     "StateTypeError",
     "StatevisorError",
+    "StoreError",
+    "StoreFull",
+    "StoreLocked",
+    "StoreStatistics",
+    "Strategy",
+    "Supervisor",
+    "SupervisorSpec",
+    "SupervisorState",
     "SystemClock",
     "TimerFired",
     "TimerHandle",
@@ -101,5 +134,7 @@ __all__ = [
     "UntrackedAction",
     "WouldBlock",
     "__version__",
+    "decode_record",
+    "encode_record",
     "mermaid",
 ]

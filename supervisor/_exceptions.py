@@ -20,7 +20,12 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   ├── IllegalPhaseChange       goto() to a phase the type does not declare an edge to
     │   ├── StateMutationError       state mutated outside a transition
     │   └── NondeterminismError      check mode re-ran a transition and got a different outcome
-    └── CallTimeout (also TimeoutError)  call() got no reply in time
+    ├── CallTimeout (also TimeoutError)  call() got no reply in time
+    └── StoreError                   the checkpoint store failed; ``path`` names it
+        ├── StoreLocked              another statevisor (or writer) holds the store
+        ├── StoreFull                the disk or the database is full
+        ├── CheckpointRejected       a record would not load back, so it was not written
+        └── CorruptCheckpoint        a stored record cannot be decoded (it is quarantined)
 
 Errors raised *by user transitions* reach callers as :class:`TransitionError` whose
 ``error_type`` and ``message`` name the original; in-process the original is also its
@@ -147,3 +152,32 @@ class NondeterminismError(TransitionError):
 
 class CallTimeout(StatevisorError, TimeoutError):
     """``call()`` received no reply within its timeout (the input may still be processed)."""
+
+
+class StoreError(StatevisorError):
+    """The checkpoint store failed. Nothing half-written: the batch's transaction rolled back."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"checkpoint store {path}: {message}")
+        self.path = path
+
+
+class StoreLocked(StoreError):
+    """Another process holds the store (a second daemon, or a writer keeping a lock too long)."""
+
+
+class StoreFull(StoreError):
+    """The disk or the database is full; the state in memory is kept and the write retried."""
+
+
+class CheckpointRejected(StoreError):
+    """A record failed the round-trip check and was not written."""
+
+
+class CorruptCheckpoint(StoreError):
+    """A stored record cannot be decoded; its process is quarantined, the others start."""
+
+    def __init__(self, path: str, pid: str, reason: str) -> None:
+        super().__init__(path, f"process {pid}: {reason}")
+        self.pid = pid
+        self.reason = reason

@@ -25,6 +25,7 @@ from ._exceptions import (
     ProcessFinished,
     ProcessKilled,
     ProcessTerminated,
+    StoreError,
     TransitionError,
 )
 from ._inputs import STATE_TIMEOUT, ActionFailed, ActionSucceeded, Call, Cast, Control, ControlEvent, Input, TimerFired
@@ -36,7 +37,7 @@ from ._waiters import WaitQueue
 
 if TYPE_CHECKING:
     from ._clock import TimerHandle
-    from ._runtime import Runtime
+    from ._runtime import Checkpointer, Runtime
 
 log = structlog.get_logger("statevisor.process")
 
@@ -76,6 +77,7 @@ class Process:
         "_done",
         "_error",
         "_errors",
+        "_final_save",
         "_in_transition",
         "_journal",
         "_kill_reason",
@@ -86,12 +88,14 @@ class Process:
         "_nudge_room",
         "_nudges",
         "_pause_landed",
+        "_pause_reason",
         "_pause_requested",
         "_paused",
         "_pending",
         "_postponed",
         "_redeliver",
         "_result",
+        "_resumed",
         "_room",
         "_since",
         "_snapshot",
@@ -105,6 +109,7 @@ class Process:
         "_wakeup",
         "_watchers",
         "machine",
+        "meta",
         "mode",
         "name",
         "phase",
@@ -130,6 +135,7 @@ class Process:
     ) -> None:
         self.runtime = runtime
         self.machine = machine
+        self.meta: dict[str, Any] = {}
         self.pid = pid
         self.name = name
         self.mode = mode
@@ -148,6 +154,8 @@ class Process:
         self._nudge_capacity = nudge_buffer
         self._nudge_room = WaitQueue()
         self._paused = False
+        self._pause_reason: str | None = None
+        self._resumed = WaitQueue()
         self._pause_requested = False
         self._pause_landed = WaitQueue()
         self._pending: dict[str, TrackedAction] = {}
@@ -170,6 +178,7 @@ class Process:
         self._errors = 0
         self._watchers = 0
         self._done = WaitQueue()
+        self._final_save: asyncio.Task[None] | None = None
 
     # --- derived status ------------------------------------------------------------------
 
@@ -222,6 +231,7 @@ class Process:
             version=self.version,
             lifecycle=self.lifecycle,
             paused=self._paused,
+            pause_reason=self._pause_reason,
             phase=self.phase,
             state=view,
             waiting_on=self.waiting_on(),
@@ -246,8 +256,16 @@ class Process:
             watchers=self._watchers,
         )
 
-    def record(self) -> ProcessRecord:
-        """The checkpoint of the last committed state (call between transitions)."""
+    def record(self, ending: tuple[str, Any] | None = None) -> ProcessRecord:
+        """The checkpoint of the last committed state (call between transitions).
+
+        ``ending`` is a finishing transition's ``ctx.end``: the record is then terminal.
+        """
+        lifecycle, result, error = self.lifecycle, self._result, self._error
+        if ending is not None:
+            how, value = ending
+            lifecycle = Lifecycle.FINISHED if how == "finished" else Lifecycle.FAILED
+            result, error = (value, None) if how == "finished" else (None, value)
         return ProcessRecord(
             pid=self.pid,
             name=self.name,
@@ -257,10 +275,11 @@ class Process:
             state=pack(self._state),
             pending=tuple(self._pending.values()),
             timers=tuple(TimerRecord(n, t.deadline, t.payload) for n, t in self._timers.items()),
-            lifecycle=self.lifecycle,
-            result=self._result,
-            error=self._error,
+            lifecycle=lifecycle,
+            result=result,
+            error=error,
             paused=self._paused,
+            meta=self.meta,
         )
 
     def __repr__(self) -> str:
@@ -274,6 +293,8 @@ class Process:
     # --- starting -------------------------------------------------------------------------
 
     def start(self, *, restore: ProcessRecord | None = None) -> None:
+        if restore is not None and restore.version == 0:
+            restore = None  # checkpointed at spawn but never started: start it now, as new
         if restore is None:
             self._mailbox.append(Control(ControlEvent.STARTED))
         else:
@@ -451,11 +472,10 @@ class Process:
         if tracked:
             for action in tracked:
                 self._pending[action.id] = action
-        checkpointer = self.runtime.checkpointer
-        if checkpointer is not None:
+        if self.runtime.checkpointer is not None:
             # Write-ahead: the new state is durable before any of its actions leave the process.
-            await checkpointer.save(self)
-        if tracked:
+            await self._make_durable(ctx.end)
+        if tracked and ctx.end is None:
             for action in tracked:
                 self._dispatch(action)
         if ctx.untracked:
@@ -470,11 +490,42 @@ class Process:
         if ctx.end is not None:
             how, value = ctx.end
             if how == "finished":
-                self._terminate(Lifecycle.FINISHED, result=value)
+                self._terminate(Lifecycle.FINISHED, result=value, persisted=True)
             else:
-                self._terminate(Lifecycle.FAILED, error=value)
+                self._terminate(Lifecycle.FAILED, error=value, persisted=True)
             return
         self._refresh_lifecycle()
+        self._changed.wake_all()
+
+    async def _make_durable(self, ending: tuple[str, Any] | None = None) -> None:
+        """Checkpoint the committed state; on store errors retry, then pause with the reason.
+
+        Nothing is lost meanwhile: the state stays committed in memory and its actions are held
+        until the checkpoint lands; ``resume()`` retries after an operator fixed the store.
+        """
+        checkpointer = self.runtime.checkpointer
+        assert checkpointer is not None
+        attempt = 0
+        while True:
+            try:
+                await checkpointer.save(self.record(ending))
+                return
+            except StoreError as exc:
+                attempt += 1
+                log.error("checkpoint_failed", pid=self.pid, kind=self.machine.kind, attempt=attempt, error=str(exc))
+                if attempt <= len(self.runtime.store_retry_delays):
+                    await asyncio.sleep(self.runtime.store_retry_delays[attempt - 1])
+                    continue
+                self._hold(f"checkpoint failed: {exc}")
+                while self._paused:
+                    await self._resumed.wait()
+                attempt = 0
+
+    def _hold(self, reason: str) -> None:
+        """Pause on the runtime's own account, saying why (resume() lifts it)."""
+        self._paused = True
+        self._pause_reason = reason
+        self.version += 1
         self._changed.wake_all()
 
     def _refresh_lifecycle(self) -> None:
@@ -519,8 +570,16 @@ class Process:
         runtime = self.runtime
         started = runtime.clock.now()
         result: Input
+        executor = runtime.executors.get(action.type)
+        slotted = getattr(executor, "uses_slot", True) and runtime.slots.limited(self.machine.kind)
         try:
-            value = await runtime.executors.get(action.type).execute(action)
+            if slotted:
+                await runtime.slots.acquire(self.machine.kind)
+            try:
+                value = await executor.execute(action)
+            finally:
+                if slotted:
+                    runtime.slots.release(self.machine.kind)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -626,8 +685,10 @@ class Process:
         self._pause_requested = False
         if self._paused:
             self._paused = False
+            self._pause_reason = None
             self.version += 1
             self._changed.wake_all()
+            self._resumed.wake_all()
             self._poke()
 
     async def wait_changed(self, seen: int) -> None:
@@ -663,8 +724,45 @@ class Process:
         await self._cancel_actions(deadline)
         if self._terminal is None:
             self._terminate(Lifecycle.KILLED, error=self._kill_reason)
+        await self.wait_persisted(max(0.0, deadline - loop.time()))
 
-    def _terminate(self, lifecycle: Lifecycle, *, result: Any = None, error: str | None = None) -> None:
+    async def wait_persisted(self, timeout: float) -> None:
+        """Wait (bounded) until the terminal record is durable, so an ended process is never revived."""
+        saving = self._final_save
+        if saving is not None and not saving.done():
+            await asyncio.wait({saving}, timeout=timeout)
+
+    async def _save_final(self, checkpointer: Checkpointer) -> None:
+        try:
+            await checkpointer.save(self.record())
+        except StoreError as exc:
+            # The process ended but the store did not hear of it: after a restart it would be
+            # revived. Say so loudly; the operator can kill it again then.
+            log.error("terminal_checkpoint_failed", pid=self.pid, kind=self.machine.kind, error=str(exc))
+
+    async def detach(self) -> None:
+        """Stop driving this process without ending it (graceful shutdown).
+
+        The task stops at its current await (a suspended transition is rolled back: its input
+        was never checkpointed), in-flight action tasks are cancelled locally without asking
+        executors to cancel the external work, and the lifecycle is left as checkpointed, so
+        the next start revives the process and its ``restore`` picks the work up again.
+        """
+        if self._terminal is not None or self._kill_reason is not None:
+            return
+        self._kill_reason = "detached"  # makes the task's cancellation quiet; never reported
+        tasks = [t for t in (self._task, *self._action_tasks.values()) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.runtime.kill_grace)
+            for task in late:
+                self.runtime.abandon(task, self)
+        self.runtime.forget(self)
+
+    def _terminate(
+        self, lifecycle: Lifecycle, *, result: Any = None, error: str | None = None, persisted: bool = False
+    ) -> None:
         check_move(self._lifecycle_seen, lifecycle)
         self._terminal = lifecycle
         self._lifecycle_seen = lifecycle
@@ -690,6 +788,9 @@ class Process:
         self._mailbox.clear()
         self._redeliver.clear()
         self._postponed.clear()
+        checkpointer = self.runtime.checkpointer
+        if checkpointer is not None and not persisted:
+            self._final_save = asyncio.get_running_loop().create_task(self._save_final(checkpointer))
         self.snapshot()  # materialise the terminal snapshot now: every watcher will see it
         self._changed.wake_all()
         self._done.wake_all()

@@ -17,6 +17,7 @@ from ._handle import Handle
 from ._lifecycle import DriveMode, Lifecycle
 from ._machine import Machine
 from ._process import Process
+from ._slots import SlotPool
 from ._snapshot import ProcessRecord
 from ._state import Journal, new_state, unpack
 
@@ -24,9 +25,9 @@ log = structlog.get_logger("statevisor.runtime")
 
 
 class Checkpointer(Protocol):
-    """Makes a process's committed state durable (see the supervisor's checkpoint store)."""
+    """Makes a process's committed state durable (e.g. :class:`SQLiteStore`)."""
 
-    async def save(self, process: Process) -> None: ...
+    async def save(self, record: ProcessRecord) -> None: ...
 
 
 class RuntimeObserver(Protocol):
@@ -70,6 +71,7 @@ class Runtime:
         nudge_buffer: int = 64,
         check_determinism: bool = False,
         ids: Iterator[str] | None = None,
+        slots: Mapping[str, int] | None = None,
     ) -> None:
         if kill_grace <= 0:
             raise ConfigurationError(f"kill_grace must be > 0 seconds, got {kill_grace!r}")
@@ -82,7 +84,9 @@ class Runtime:
         self.nudge_buffer = nudge_buffer
         self.check_determinism = check_determinism
         self.checkpointer: Checkpointer | None = None
+        self.store_retry_delays: tuple[float, ...] = (0.05, 0.2, 1.0)
         self.observers: list[RuntimeObserver] = []
+        self.slots = SlotPool(slots)
         self._ids = ids
         self._live: dict[str, Process] = {}
         self._names: dict[str, str] = {}
@@ -109,6 +113,8 @@ class Runtime:
         name: str | None = None,
         mode: DriveMode = DriveMode.AUTO,
         pid: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        start: bool = True,
     ) -> Handle:
         """Start a new process of ``machine`` with ``state`` (default: ``machine.initial_state()``).
 
@@ -122,8 +128,14 @@ class Runtime:
         tree = new_state(machine.initial_state() if state is None else state, journal)
         pid = pid or self._new_pid()
         process = self._create(machine, pid, name, tree, journal, machine.initial_phase, 0, mode)
-        process.start()
+        process.meta.update(meta or {})
+        if start:
+            process.start()
         return Handle(process)
+
+    def start(self, handle: Handle) -> None:
+        """Start a process spawned with ``start=False`` (after its first checkpoint, say)."""
+        handle._process.start()
 
     def revive(self, machine: Machine[Any], record: ProcessRecord, *, mode: DriveMode = DriveMode.AUTO) -> Handle:
         """Bring back a process from its checkpoint: timers re-armed, then ``machine.restore``."""
@@ -132,6 +144,7 @@ class Runtime:
         journal = Journal()
         tree = new_state(unpack(record.state), journal)
         process = self._create(machine, record.pid, record.name, tree, journal, record.phase, record.version, mode)
+        process.meta.update(record.meta)
         process.start(restore=record)
         return Handle(process)
 
@@ -216,10 +229,14 @@ class Runtime:
         for observer in self.observers:
             observer.action_done(process, action, seconds, ok)
 
-    def observe_terminated(self, process: Process) -> None:
+    def forget(self, process: Process) -> None:
+        """Drop a process from the live registry (it ended, or it was detached)."""
         if self._live.get(process.pid) is process:
             del self._live[process.pid]
             self._names.pop(process.name, None)
+
+    def observe_terminated(self, process: Process) -> None:
+        self.forget(process)
         self._ended[process.lifecycle] += 1
         self._ended_transitions += process.statistics().transitions
         for observer in self.observers:

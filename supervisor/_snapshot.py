@@ -25,6 +25,7 @@ class Snapshot:
     version: int
     lifecycle: Lifecycle
     paused: bool
+    pause_reason: str | None
     phase: str
     state: Any
     waiting_on: tuple[str, ...]

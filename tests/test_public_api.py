@@ -19,6 +19,10 @@ EXPECTED_EXPORTS = {
     "RuntimeStatistics", "Snapshot", "StateMutationError", "StateTypeError", "StatevisorError", "SystemClock",
     "TimerFired", "TimerHandle", "TimerRecord", "TrackedAction", "TransitionError", "UnknownActionType",
     "UntrackedAction", "WouldBlock", "__version__", "mermaid",
+    "Backoff", "Budget", "CheckpointRejected", "ChildSpec", "CorruptCheckpoint", "FORMAT_VERSION", "Host",
+    "Quarantined", "Recovery", "Restart", "SQLiteStore", "SlotPool", "SlotStatistics", "StartReport", "StoreError",
+    "StoreFull", "StoreLocked", "StoreStatistics", "Strategy", "Supervisor", "SupervisorSpec", "SupervisorState",
+    "decode_record", "encode_record",
 }  # fmt: skip
 
 
@@ -39,9 +43,21 @@ def test_public_classes_do_not_leak_private_module_names_in_errors() -> None:
 
 # The machine model and handle layer (the "core") never import from the layers built on it.
 CORE_MODULES = {
-    "_actions", "_clock", "_diagram", "_exceptions", "_handle", "_inputs", "_lifecycle",
-    "_machine", "_process", "_runtime", "_snapshot", "_state", "_waiters",
-}  # fmt: skip
+    "_actions",
+    "_clock",
+    "_diagram",
+    "_exceptions",
+    "_handle",
+    "_inputs",
+    "_lifecycle",
+    "_machine",
+    "_process",
+    "_runtime",
+    "_slots",
+    "_snapshot",
+    "_state",
+    "_waiters",
+}
 FORBIDDEN_FOR_CORE = ("processes", "supervisor.daemon", "supervisor.control", "supervisor.metrics", "supervisor.cli")
 
 
@@ -71,4 +87,13 @@ def test_every_core_module_is_listed() -> None:
     assert set() == present - CORE_MODULES - LATER_LAYERS
 
 
-LATER_LAYERS: set[str] = set()
+# Persistence and supervision build on the core; they, too, never import the daemon and above.
+LATER_LAYERS = {"_codec", "_sqlite", "_policy", "_supervisor", "_host"}
+
+
+def test_persistence_and_supervision_import_nothing_from_above() -> None:
+    """The store and the supervisors import only the core, each other and libraries."""
+    for module in LATER_LAYERS:
+        imported = _imports(ROOT / "supervisor" / f"{module}.py")
+        bad = {name for name in imported if name.startswith(FORBIDDEN_FOR_CORE)}
+        assert set() == bad, f"{module} imports {bad}"

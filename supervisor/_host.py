@@ -1,0 +1,246 @@
+"""The host: a runtime with its checkpoint store, its process types and its root supervisor.
+
+Start = open the store, revive every live process from its checkpoint (or quarantine it with
+the reason), then start the root supervisor, which adopts revived children instead of starting
+them twice. Shutdown = stop restarting, let in-flight transitions commit, stop driving the
+processes without ending them, flush and close the store: external work keeps running and the
+next start continues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ._actions import ExecuteFunction, Executor
+from ._clock import Clock
+from ._exceptions import ConfigurationError, ProcessNotFound, StatevisorError
+from ._handle import Handle
+from ._lifecycle import DriveMode, Lifecycle
+from ._machine import Machine
+from ._runtime import Runtime
+from ._snapshot import ProcessRecord
+from ._sqlite import Quarantined, SQLiteStore, Synchronous
+from ._supervisor import Supervisor, SupervisorSpec
+
+log = structlog.get_logger("statevisor.host")
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class StartReport:
+    revived: int
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+
+class Host:
+    """Everything one daemon runs. ``store`` is a SQLite path (None: nothing is persisted)."""
+
+    def __init__(
+        self,
+        *,
+        machines: Iterable[Machine[Any] | type[Machine[Any]]] = (),
+        executors: Mapping[str, Executor | ExecuteFunction] | None = None,
+        store: str | None = None,
+        synchronous: Synchronous = "FULL",
+        root: SupervisorSpec | None = None,
+        slots: Mapping[str, int] | None = None,
+        clock: Clock | None = None,
+        kill_grace: float = 5.0,
+        retention: float = 7 * DAY,
+        check_determinism: bool = False,
+    ) -> None:
+        self.runtime = Runtime(
+            executors=executors, clock=clock, kill_grace=kill_grace, slots=slots, check_determinism=check_determinism
+        )
+        self.machines: dict[str, Machine[Any]] = {}
+        for machine in machines:
+            self.register(machine)
+        self.store_path = store
+        self.synchronous: Synchronous = synchronous
+        self.store: SQLiteStore | None = None
+        self.retention = retention
+        self.root = Supervisor(self, root or SupervisorSpec("root"))
+        for spec in _all_machines(self.root.spec):
+            self.register(spec)
+        self._adoptable: dict[tuple[str, str], Handle] = {}
+        self._closing = False
+        self._pruner: asyncio.Task[None] | None = None
+
+    def register(self, machine: Machine[Any] | type[Machine[Any]]) -> Machine[Any]:
+        """Make a process type known by its kind (revived checkpoints find their type this way)."""
+        instance = machine() if isinstance(machine, type) else machine
+        known = self.machines.get(instance.kind)
+        if known is not None and type(known) is not type(instance):
+            raise ConfigurationError(
+                f"kind {instance.kind!r} is registered twice: {type(known).__name__} and {type(instance).__name__}"
+            )
+        self.machines.setdefault(instance.kind, instance)
+        return self.machines[instance.kind]
+
+    # --- starting -------------------------------------------------------------------------
+
+    async def start(self) -> StartReport:
+        report = StartReport(0)
+        if self.store_path is not None:
+            self.store = await SQLiteStore.open(self.store_path, synchronous=self.synchronous)
+            self.runtime.checkpointer = self.store
+            report = await self._recover(self.store)
+            self._pruner = asyncio.get_running_loop().create_task(self._prune_periodically())
+        await self.root.start()
+        return report
+
+    async def _recover(self, store: SQLiteStore) -> StartReport:
+        recovery = await store.load()
+        quarantined = list(recovery.quarantined)
+        revived = 0
+        for record in recovery.records:
+            try:
+                handle = self._revive(record)
+            except StatevisorError as exc:
+                quarantined.append(await store.quarantine(record.pid, str(exc)))
+                continue
+            revived += 1
+            owner = (record.meta.get("supervisor"), record.meta.get("child"))
+            if isinstance(owner[0], str) and isinstance(owner[1], str):
+                self._adoptable[(owner[0], owner[1])] = handle
+        for entry in quarantined:
+            log.error("checkpoint_quarantined", pid=entry.pid, reason=entry.reason, store=self.store_path)
+        log.info("recovered", revived=revived, quarantined=len(quarantined), store=self.store_path)
+        return StartReport(revived, quarantined)
+
+    def _revive(self, record: ProcessRecord) -> Handle:
+        machine = self.machines.get(record.kind)
+        if machine is None:
+            raise ConfigurationError(
+                f"no process type registered for kind {record.kind!r} (known: {', '.join(sorted(self.machines))})"
+            )
+        mode = DriveMode(record.meta.get("mode", DriveMode.AUTO))
+        return self.runtime.revive(machine, record, mode=mode)
+
+    def adopt(self, supervisor: str, child: str) -> Handle | None:
+        """A revived process that was ``child`` of ``supervisor`` (used once, by that supervisor)."""
+        handle = self._adoptable.pop((supervisor, child), None)
+        return handle if handle is not None and not handle.done() else None
+
+    async def _prune_periodically(self) -> None:
+        interval = min(3600.0, max(1.0, self.retention / 10))
+        while True:
+            await asyncio.sleep(interval)
+            await self.prune()
+
+    async def prune(self) -> int:
+        """Delete checkpoints of processes that ended more than ``retention`` seconds ago."""
+        if self.store is None:
+            return 0
+        return await self.store.prune(self.runtime.clock.now() - self.retention)
+
+    # --- spawning and finding ---------------------------------------------------------------
+
+    async def spawn(
+        self,
+        machine: Machine[Any] | type[Machine[Any]] | str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        mode: DriveMode = DriveMode.AUTO,
+        pid: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Handle:
+        """Spawn a process; with a store, it is checkpointed before it starts (and survives a crash)."""
+        if self._closing:
+            raise ConfigurationError("the host is shutting down and spawns nothing new")
+        if isinstance(machine, str):
+            try:
+                machine = self.machines[machine]
+            except KeyError:
+                raise ConfigurationError(
+                    f"no process type registered for kind {machine!r} (known: {', '.join(sorted(self.machines))})"
+                ) from None
+        instance = self.register(machine)
+        meta = {**(meta or {}), "mode": str(mode)}
+        handle = self.runtime.spawn(instance, state, name=name, mode=mode, pid=pid, meta=meta, start=False)
+        if self.store is not None:
+            try:
+                await self.store.save(handle._process.record())
+            except BaseException:
+                self.runtime.forget(handle._process)
+                raise
+        self.runtime.start(handle)
+        return handle
+
+    def get(self, pid: str) -> Handle:
+        return self.runtime.get(pid)
+
+    def find(self, name: str) -> Handle:
+        return self.runtime.find(name)
+
+    def list(
+        self, *, kind: str | None = None, lifecycle: Lifecycle | None = None, paused: bool | None = None
+    ) -> list[Handle]:
+        """Live processes, filtered by kind, lifecycle and paused flag."""
+        found = []
+        for handle in self.runtime.handles():
+            process = handle._process
+            if kind is not None and process.machine.kind != kind:
+                continue
+            if lifecycle is not None and process.lifecycle is not lifecycle:
+                continue
+            if paused is not None and process.paused is not paused:
+                continue
+            found.append(handle)
+        return found
+
+    async def stop(self, pid: str, reason: str = "stopped on purpose") -> None:
+        """Stop a process on purpose (kill it); no restart policy brings it back."""
+        try:
+            handle = self.get(pid)
+        except ProcessNotFound:
+            handle = self.find(pid)
+        await handle.kill(reason)
+
+    # --- shutting down -----------------------------------------------------------------------
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Bounded graceful shutdown; processes are left to be revived by the next start."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.root.detach()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+        processes = [h._process for h in self.runtime.handles()]
+        # Let in-flight transitions commit: a pause lands at the next step boundary.
+        pauses = [loop.create_task(p.pause()) for p in processes]
+        if pauses:
+            await asyncio.wait(pauses, timeout=max(0.0, (deadline - loop.time()) / 2))
+            for task in pauses:
+                task.cancel()
+            await asyncio.gather(*pauses, return_exceptions=True)
+        if processes:
+            await asyncio.gather(*(p.detach() for p in processes))
+        if self.store is not None:
+            await asyncio.wait_for(self.store.close(), max(0.1, deadline - loop.time()))
+            self.runtime.checkpointer = None
+
+    def __repr__(self) -> str:
+        store = self.store_path or "no store"
+        return f"<Host {store}: {len(self.runtime)} live processes, {len(self.machines)} kinds, {self.root!r}>"
+
+
+def _all_machines(spec: SupervisorSpec) -> list[Machine[Any] | type[Machine[Any]]]:
+    found: list[Machine[Any] | type[Machine[Any]]] = []
+    for child in spec.children:
+        if child.machine is not None:
+            found.append(child.machine)
+        if child.supervisor is not None:
+            found.extend(_all_machines(child.supervisor))
+    return found

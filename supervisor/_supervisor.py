@@ -1,0 +1,287 @@
+"""Supervisors: a tree of children (processes or other supervisors) restarted by policy.
+
+The decisions come from :mod:`._policy` (plain functions); this module watches children, applies
+the decisions and does the waiting. Restart delays run on the runtime clock, so a
+:class:`ManualClock` makes backoff tests take no real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ._clock import TimerHandle
+from ._exceptions import ConfigurationError, ProcessNotFound
+from ._handle import Handle
+from ._lifecycle import DriveMode, Lifecycle
+from ._machine import Machine
+from ._policy import Backoff, Budget, Restart, RestartWindow, Strategy, affected, should_restart, start_order
+
+if TYPE_CHECKING:
+    from ._host import Host
+
+log = structlog.get_logger("statevisor.supervisor")
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A declared child: a process of ``machine`` (with ``state``), or a child ``supervisor``."""
+
+    name: str
+    machine: Machine[Any] | type[Machine[Any]] | None = None
+    state: Mapping[str, Any] | None = None
+    restart: Restart = Restart.PERMANENT
+    depends_on: tuple[str, ...] = ()
+    mode: DriveMode = DriveMode.AUTO
+    supervisor: SupervisorSpec | None = None
+
+    def __post_init__(self) -> None:
+        if (self.machine is None) == (self.supervisor is None):
+            raise ConfigurationError(f"child {self.name!r} needs exactly one of machine= or supervisor=")
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    name: str
+    children: Sequence[ChildSpec] = ()
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    budget: Budget = field(default_factory=Budget)
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+class SupervisorState(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"  # the restart budget was exceeded; the parent decides what next
+
+
+class _Child:
+    __slots__ = ("handle", "on_purpose", "pending_restart", "running", "since", "spec", "streak", "sub", "watcher")
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.handle: Handle | None = None
+        self.sub: Supervisor | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.on_purpose = False
+        self.running = asyncio.Event()
+        self.since = 0.0
+        self.streak = 0  # restarts in a row (for backoff)
+        self.pending_restart: TimerHandle | None = None
+
+    @property
+    def alive(self) -> bool:
+        if self.sub is not None:
+            return self.sub.state is SupervisorState.RUNNING
+        return self.handle is not None and not self.handle.done()
+
+
+class Supervisor:
+    """Starts children in dependency order, restarts them by policy, stops them in reverse."""
+
+    def __init__(self, host: Host, spec: SupervisorSpec, *, parent: Supervisor | None = None) -> None:
+        self.host = host
+        self.spec = spec
+        self.parent = parent
+        self.path: str = f"{parent.path}/{spec.name}" if parent else spec.name
+        names = [c.name for c in spec.children]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"supervisor {self.path}: child names repeat: {sorted(names)}")
+        self.order = start_order({c.name: c.depends_on for c in spec.children})
+        self._children = {c.name: _Child(c) for c in spec.children}
+        self._window = RestartWindow(spec.budget)
+        self._rng = random.Random(self.path)
+        self.state = SupervisorState.CREATED
+        self._ended = asyncio.Event()
+        self._restarting: set[asyncio.Task[None]] = set()
+        self.restarts = 0
+
+    # --- starting ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every child once the children it depends on are running."""
+        self.state = SupervisorState.RUNNING
+        for name in self.order:
+            child = self._children[name]
+            for dependency in child.spec.depends_on:
+                await self._children[dependency].running.wait()
+            await self._start_child(child)
+
+    async def _start_child(self, child: _Child) -> None:
+        if self.state is not SupervisorState.RUNNING:
+            return
+        spec = child.spec
+        child.on_purpose = False
+        child.since = self.host.runtime.clock.now()
+        if spec.supervisor is not None:
+            child.sub = Supervisor(self.host, spec.supervisor, parent=self)
+            await child.sub.start()
+        else:
+            assert spec.machine is not None
+            adopted = self.host.adopt(self.path, spec.name)
+            if adopted is not None:
+                child.handle = adopted
+            else:
+                child.handle = await self.host.spawn(
+                    spec.machine,
+                    spec.state,
+                    name=f"{self.path}/{spec.name}",
+                    mode=spec.mode,
+                    meta={"supervisor": self.path, "child": spec.name},
+                )
+        child.running.set()
+        child.watcher = asyncio.get_running_loop().create_task(self._watch(child))
+
+    async def _watch(self, child: _Child) -> None:
+        if child.sub is not None:
+            await child.sub._ended.wait()
+            outcome = Lifecycle.FAILED if child.sub.state is SupervisorState.FAILED else Lifecycle.FINISHED
+        else:
+            assert child.handle is not None
+            outcome = (await child.handle.wait()).lifecycle
+        child.running.clear()
+        self._child_ended(child, outcome)
+
+    # --- deciding ------------------------------------------------------------------------
+
+    def _child_ended(self, child: _Child, outcome: Lifecycle) -> None:
+        if self.state is not SupervisorState.RUNNING:
+            return
+        if not should_restart(child.spec.restart, outcome, child.on_purpose):
+            log.info("child_ended", supervisor=self.path, child=child.spec.name, outcome=str(outcome))
+            return
+        now = self.host.runtime.clock.now()
+        if not self._window.allow(now):
+            log.error(
+                "restart_budget_exceeded", supervisor=self.path, child=child.spec.name, budget=str(self.spec.budget)
+            )
+            self._spawn_task(self._escalate())
+            return
+        backoff = self.spec.backoff
+        child.streak = 1 if now - child.since >= backoff.reset_after else child.streak + 1
+        delay = backoff.delay(child.streak, self._rng)
+        names = affected(self.spec.strategy, self.order, child.spec.name)
+        log.warning(
+            "child_restarting",
+            supervisor=self.path,
+            child=child.spec.name,
+            outcome=str(outcome),
+            restarts=names,
+            delay=round(delay, 3),
+        )
+        when = now + delay
+        child.pending_restart = self.host.runtime.clock.call_at(when, lambda: self._spawn_task(self._restart(names)))
+
+    def _spawn_task(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._restarting.add(task)
+        task.add_done_callback(self._restarting.discard)
+
+    async def _restart(self, names: list[str]) -> None:
+        if self.state is not SupervisorState.RUNNING:
+            return
+        streaks = {n: self._children[n].streak for n in names}
+        for name in reversed(names):
+            await self._stop_child(self._children[name], reason="restarting by strategy")
+        for name in names:
+            child = self._children[name]
+            child.pending_restart = None
+            for dependency in child.spec.depends_on:
+                await self._children[dependency].running.wait()
+            await self._start_child(child)
+            child.streak = streaks[name]
+            self.restarts += 1
+
+    async def _escalate(self) -> None:
+        await self._stop_all("restart budget exceeded")
+        self.state = SupervisorState.FAILED
+        self._ended.set()
+
+    # --- stopping ------------------------------------------------------------------------
+
+    async def _stop_child(self, child: _Child, *, reason: str) -> None:
+        child.on_purpose = True
+        if child.pending_restart is not None:
+            child.pending_restart.cancel()
+            child.pending_restart = None
+        if child.sub is not None:
+            await child.sub.stop(reason)
+        elif child.handle is not None and not child.handle.done():
+            await child.handle.kill(reason)
+        if child.watcher is not None:
+            await asyncio.gather(child.watcher, return_exceptions=True)
+        child.running.clear()
+
+    async def stop_child(self, name: str, reason: str = "stopped on purpose") -> None:
+        """Stop one child on purpose: no policy restarts it."""
+        try:
+            child = self._children[name]
+        except KeyError:
+            raise ProcessNotFound(f"supervisor {self.path} has no child {name!r}") from None
+        await self._stop_child(child, reason=reason)
+
+    async def start_child(self, name: str) -> None:
+        """Start a child that was stopped on purpose (or has ended and is not restarted)."""
+        child = self._children[name]
+        if child.alive:
+            return
+        await self._start_child(child)
+
+    async def _stop_all(self, reason: str) -> None:
+        self.state = SupervisorState.STOPPING
+        for name in reversed(self.order):
+            await self._stop_child(self._children[name], reason=reason)
+
+    async def stop(self, reason: str = "supervisor stopping") -> None:
+        """Stop every child in reverse start order; the supervisor ends (on purpose)."""
+        if self.state in (SupervisorState.STOPPED, SupervisorState.FAILED):
+            return
+        await self._stop_all(reason)
+        for task in list(self._restarting):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.state = SupervisorState.STOPPED
+        self._ended.set()
+
+    def detach(self) -> None:
+        """Stop restarting anything (graceful shutdown: the processes are left as they are)."""
+        self.state = SupervisorState.STOPPING
+        for child in self._children.values():
+            if child.pending_restart is not None:
+                child.pending_restart.cancel()
+            if child.watcher is not None:
+                child.watcher.cancel()
+            if child.sub is not None:
+                child.sub.detach()
+        for task in self._restarting:
+            task.cancel()
+
+    async def wait_ended(self) -> SupervisorState:
+        await self._ended.wait()
+        return self.state
+
+    # --- looking --------------------------------------------------------------------------
+
+    def child(self, name: str) -> Handle | Supervisor:
+        entry = self._children.get(name)
+        if entry is None or (entry.handle is None and entry.sub is None):
+            raise ProcessNotFound(f"supervisor {self.path} has no started child {name!r}")
+        return entry.sub if entry.sub is not None else entry.handle  # type: ignore[return-value]
+
+    def children(self) -> dict[str, Handle | Supervisor | None]:
+        return {name: self._children[name].sub or self._children[name].handle for name in self.order}
+
+    def __repr__(self) -> str:
+        alive = sum(1 for c in self._children.values() if c.alive)
+        return (
+            f"<Supervisor {self.path} {self.state} {self.spec.strategy}: {alive}/{len(self._children)} children "
+            f"alive, {self.restarts} restarts>"
+        )
