@@ -54,7 +54,7 @@ from ._runtime import Checkpointer, Runtime, RuntimeObserver, RuntimeStatistics
 from ._slots import SlotPool, SlotStatistics
 from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
 from ._sqlite import Quarantined, Recovery, SQLiteStore, StoreStatistics
-from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState
+from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState, SupervisorStatistics
 
 __version__ = "0.1.0"
 
@@ -124,6 +124,7 @@ __all__ = [
     "Supervisor",
     "SupervisorSpec",
     "SupervisorState",
+    "SupervisorStatistics",
     "SystemClock",
     "TimerFired",
     "TimerHandle",

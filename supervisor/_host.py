@@ -49,6 +49,7 @@ class Host:
         executors: Mapping[str, Executor | ExecuteFunction] | None = None,
         store: str | None = None,
         synchronous: Synchronous = "FULL",
+        busy_timeout: float = 5.0,
         root: SupervisorSpec | None = None,
         slots: Mapping[str, int] | None = None,
         clock: Clock | None = None,
@@ -64,6 +65,7 @@ class Host:
             self.register(machine)
         self.store_path = store
         self.synchronous: Synchronous = synchronous
+        self.busy_timeout = busy_timeout
         self.store: SQLiteStore | None = None
         self.retention = retention
         self.root = Supervisor(self, root or SupervisorSpec("root"))
@@ -89,7 +91,9 @@ class Host:
     async def start(self) -> StartReport:
         report = StartReport(0)
         if self.store_path is not None:
-            self.store = await SQLiteStore.open(self.store_path, synchronous=self.synchronous)
+            self.store = await SQLiteStore.open(
+                self.store_path, synchronous=self.synchronous, busy_timeout=self.busy_timeout
+            )
             self.runtime.checkpointer = self.store
             report = await self._recover(self.store)
             self._pruner = asyncio.get_running_loop().create_task(self._prune_periodically())

@@ -94,6 +94,7 @@ class Process:
         "_pending",
         "_postponed",
         "_redeliver",
+        "_restored",
         "_result",
         "_resumed",
         "_room",
@@ -172,6 +173,7 @@ class Process:
         self._task: asyncio.Task[None] | None = None
         self._in_transition = False
         self._started = False
+        self._restored = False
         self._lifecycle_seen = Lifecycle.CREATED
         self._since = runtime.clock.now()
         self._transitions = 0
@@ -314,6 +316,8 @@ class Process:
                 for timer in restore.timers:
                     self._arm(timer.name, timer.deadline, timer.payload)
                 await self._run_restore()
+                self._restored = True
+                self._changed.wake_all()
             while self._terminal is None:
                 await self._step(await self._next_input())
         except asyncio.CancelledError:
@@ -693,6 +697,19 @@ class Process:
 
     async def wait_changed(self, seen: int) -> None:
         while self.version == seen and self._terminal is None:
+            await self._changed.wait()
+
+    @property
+    def ready(self) -> bool:
+        """Started and through its first transition (or its restore), or ended."""
+        return (
+            self._terminal is not None
+            or (self._started and self._transitions + self._errors > 0)
+            or (self._started and self._restored)
+        )
+
+    async def wait_ready(self) -> None:
+        while not self.ready:
             await self._changed.wait()
 
     async def wait_done(self) -> None:

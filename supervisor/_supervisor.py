@@ -55,6 +55,14 @@ class SupervisorSpec:
     backoff: Backoff = field(default_factory=Backoff)
 
 
+@dataclass(frozen=True, slots=True)
+class SupervisorStatistics:
+    children: int
+    alive: int
+    restarts: int
+    pending_restarts: int
+
+
 class SupervisorState(StrEnum):
     CREATED = "created"
     RUNNING = "running"
@@ -137,6 +145,8 @@ class Supervisor:
                     mode=spec.mode,
                     meta={"supervisor": self.path, "child": spec.name},
                 )
+            # Dependents start once this child has committed its start (or its restore).
+            await child.handle._process.wait_ready()
         child.running.set()
         child.watcher = asyncio.get_running_loop().create_task(self._watch(child))
 
@@ -278,6 +288,15 @@ class Supervisor:
 
     def children(self) -> dict[str, Handle | Supervisor | None]:
         return {name: self._children[name].sub or self._children[name].handle for name in self.order}
+
+    def statistics(self) -> SupervisorStatistics:
+        children = self._children.values()
+        return SupervisorStatistics(
+            children=len(self._children),
+            alive=sum(1 for c in children if c.alive),
+            restarts=self.restarts,
+            pending_restarts=sum(1 for c in children if c.pending_restart is not None),
+        )
 
     def __repr__(self) -> str:
         alive = sum(1 for c in self._children.values() if c.alive)

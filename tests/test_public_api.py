@@ -22,7 +22,7 @@ EXPECTED_EXPORTS = {
     "Backoff", "Budget", "CheckpointRejected", "ChildSpec", "CorruptCheckpoint", "FORMAT_VERSION", "Host",
     "Quarantined", "Recovery", "Restart", "SQLiteStore", "SlotPool", "SlotStatistics", "StartReport", "StoreError",
     "StoreFull", "StoreLocked", "StoreStatistics", "Strategy", "Supervisor", "SupervisorSpec", "SupervisorState",
-    "decode_record", "encode_record",
+    "SupervisorStatistics", "decode_record", "encode_record",
 }  # fmt: skip
 
 

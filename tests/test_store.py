@@ -1,0 +1,273 @@
+"""The SQLite checkpoint store: durability, recovery, quarantine, full disk, locks, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import (
+    CheckpointRejected,
+    Host,
+    Lifecycle,
+    ProcessRecord,
+    SQLiteStore,
+    StoreError,
+    StoreLocked,
+    decode_record,
+    encode_record,
+)
+from tests.helpers import Gate, Recorder, wait_for_snapshot, wait_until
+from tests.machines import Counter, Worker
+
+
+def worker_host(path: Path, executor: Any, **options: Any) -> Host:
+    return Host(machines=[Worker, Counter], executors={"work": executor}, store=str(path), **options)
+
+
+async def test_records_round_trip_through_the_codec() -> None:
+    """encode_record/decode_record keep every field of a record."""
+    from supervisor import TimerRecord, TrackedAction
+
+    record = ProcessRecord(
+        pid="p", name="n", kind="k", version=3, phase="main", state=b"\x81\xa1a\x01",
+        pending=(TrackedAction("p:1:0", "work", {"x": 1}, "p"),), timers=(TimerRecord("t", 12.5, None),),
+        lifecycle=Lifecycle.WAITING, result=None, error=None, paused=True, meta={"mode": "auto"},
+    )  # fmt: skip
+    assert record == decode_record(encode_record(record))
+
+
+async def test_spawned_processes_come_back_after_a_restart_with_their_state(tmp_path: Path) -> None:
+    """A host restarted on the same store revives every live process, with its state and id."""
+    db = tmp_path / "s.db"
+    first = worker_host(db, Recorder())
+    await first.start()
+    handle = await first.spawn(Worker, pid="w1", name="one")
+    await handle.cast(("work", 7))
+    await wait_for_snapshot(handle, lambda s: "done" in s.state)
+    await first.shutdown()
+
+    second = worker_host(db, Recorder())
+    report = await second.start()
+    assert 1 == report.revived
+    revived = second.find("one")
+    assert "w1" == revived.pid
+    assert {"w1:2:0": 7} == revived.state.state["done"]
+    await second.shutdown()
+
+
+async def test_graceful_shutdown_leaves_work_running_for_the_next_start(tmp_path: Path) -> None:
+    """Shutdown does not cancel external work: the next start re-issues the action under the
+    same id (an idempotent executor re-attaches) and the process carries on."""
+    db = tmp_path / "s.db"
+    gate = Gate()
+    first = worker_host(db, gate)
+    await first.start()
+    handle = await first.spawn(Worker, pid="w")
+    await handle.cast(("work", 1))
+    await wait_until(lambda: len(gate.started) == 1)
+    await first.shutdown(timeout=5)
+    assert [] == gate.cancelled  # nothing was asked to stop
+    assert not handle.done()
+
+    recorder = Recorder()
+    second = worker_host(db, recorder)
+    await second.start()
+    revived = second.get("w")
+    snapshot = await wait_for_snapshot(revived, lambda s: "done" in s.state)
+    assert [gate.started[0].id] == [a.id for a in recorder.executed]
+    assert {gate.started[0].id: 1} == snapshot.state["done"]
+    await second.shutdown()
+
+
+async def test_killed_and_finished_processes_are_not_revived(tmp_path: Path) -> None:
+    """Terminal states are durable: a killed or finished process stays ended after a restart."""
+    db = tmp_path / "s.db"
+    first = worker_host(db, Recorder())
+    await first.start()
+    killed = await first.spawn(Worker, pid="k")
+    finished = await first.spawn(Counter, pid="f")
+    await killed.kill("on purpose")
+    await finished.call("finish")
+    await finished.wait(timeout=5)
+    await first.shutdown()
+    second = worker_host(db, Recorder())
+    assert 0 == (await second.start()).revived
+    assert second.store is not None
+    assert Lifecycle.KILLED == (await second.store.get("k")).lifecycle  # type: ignore[union-attr]
+    assert Lifecycle.FINISHED == (await second.store.get("f")).lifecycle  # type: ignore[union-attr]
+    await second.shutdown()
+
+
+async def test_corrupt_checkpoint_is_quarantined_and_the_others_start(tmp_path: Path) -> None:
+    """One unreadable record is quarantined with the reason; every other process comes back."""
+    db = tmp_path / "s.db"
+    first = worker_host(db, Recorder())
+    await first.start()
+    for i in range(3):
+        await first.spawn(Worker, pid=f"w{i}")
+    await first.shutdown()
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE processes SET record = ? WHERE pid = 'w1'", (b"\xc1garbage",))
+
+    second = worker_host(db, Recorder())
+    report = await second.start()
+    assert 2 == report.revived
+    assert ["w1"] == [q.pid for q in report.quarantined]
+    assert "not msgpack" in report.quarantined[0].reason
+    assert {"w0", "w2"} == {h.pid for h in second.list()}
+    assert second.store is not None
+    kept = await second.store.quarantined()
+    assert b"\xc1garbage" == kept[0].record
+    await second.shutdown()
+    third = worker_host(db, Recorder())
+    assert 2 == (await third.start()).revived  # quarantined once, not again
+    await third.shutdown()
+
+
+async def test_unknown_kind_is_quarantined_with_a_clear_reason(tmp_path: Path) -> None:
+    """A checkpoint whose process type is no longer registered is quarantined, naming the kind."""
+    db = tmp_path / "s.db"
+    first = worker_host(db, Recorder())
+    await first.start()
+    await first.spawn(Counter, pid="c")
+    await first.shutdown()
+    second = Host(machines=[Worker], store=str(db))
+    report = await second.start()
+    assert "no process type registered for kind 'counter'" in report.quarantined[0].reason
+    await second.shutdown()
+
+
+async def test_full_disk_pauses_the_process_with_the_reason_and_loses_nothing(tmp_path: Path) -> None:
+    """When the database cannot grow (SQLITE_FULL), the process pauses saying why, its action is
+    held back; once space is back, resume() writes the checkpoint and the work goes on."""
+    db = tmp_path / "s.db"
+    recorder = Recorder()
+    host = worker_host(db, recorder)
+    host.runtime.store_retry_delays = (0.001,)
+    await host.start()
+    handle = await host.spawn(Worker, pid="w", state={"pad": ""})
+    assert host.store is not None
+    page_count = sqlite3.connect(db).execute("PRAGMA page_count").fetchone()[0]
+    host.store.max_page_count = page_count
+    await handle.cast(("work", "x" * 200_000))
+    held = await wait_for_snapshot(handle, lambda s: s.paused)
+    assert "checkpoint failed" in (held.pause_reason or "")
+    assert "full" in (held.pause_reason or "")
+    assert [] == recorder.executed  # write-ahead: not handed out before it is durable
+    host.store.max_page_count = 1_000_000
+    await handle.resume()
+    done = await wait_for_snapshot(handle, lambda s: "done" in s.state)
+    assert 1 == len(recorder.executed)
+    assert done.pause_reason is None
+    await host.shutdown()
+
+
+async def test_a_second_host_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    """Only one statevisor owns a store: the second gets StoreLocked naming the holder's pid."""
+    import os
+
+    db = tmp_path / "s.db"
+    first = worker_host(db, Recorder())
+    await first.start()
+    with pytest.raises(StoreLocked, match=f"pid {os.getpid()}"):
+        await worker_host(db, Recorder()).start()
+    await first.shutdown()
+    again = worker_host(db, Recorder())
+    await again.start()
+    await again.shutdown()
+
+
+async def test_a_foreign_writer_holding_the_lock_pauses_processes_until_released(tmp_path: Path) -> None:
+    """A writer that keeps SQLite locked past the busy timeout yields StoreLocked; the process
+    pauses with that reason and carries on after the lock is released and it is resumed."""
+    db = tmp_path / "s.db"
+    recorder = Recorder()
+    host = Host(machines=[Worker], executors={"work": recorder}, store=str(db), busy_timeout=0.05)
+    host.runtime.store_retry_delays = ()
+    await host.start()
+    handle = await host.spawn(Worker, pid="w")
+    foreign = sqlite3.connect(db, isolation_level=None)
+    foreign.execute("BEGIN EXCLUSIVE")
+    await handle.cast(("work", 1))
+    held = await wait_for_snapshot(handle, lambda s: s.paused)
+    assert "locked by another writer" in (held.pause_reason or "")
+    foreign.execute("COMMIT")
+    foreign.close()
+    await handle.resume()
+    await wait_for_snapshot(handle, lambda s: "done" in s.state)
+    await host.shutdown()
+
+
+async def test_store_errors_name_the_store(tmp_path: Path) -> None:
+    """Opening a store in a missing directory is a StoreError naming the path."""
+    with pytest.raises(StoreError, match="does not exist"):
+        await SQLiteStore.open(str(tmp_path / "missing" / "s.db"))
+
+
+async def test_a_record_that_would_not_load_back_is_rejected_not_written(tmp_path: Path) -> None:
+    """The store decodes what it writes; a record that fails is refused with CheckpointRejected."""
+    store = await SQLiteStore.open(str(tmp_path / "s.db"))
+    bad = ProcessRecord(pid="p", name="p", kind="k", version=1, phase="main", state=b"\xc1")
+    with pytest.raises(CheckpointRejected, match="state is not msgpack"):
+        await store.save(bad)
+    assert await store.get("p") is None
+    await store.close()
+
+
+async def test_retention_prunes_only_old_terminal_records(tmp_path: Path) -> None:
+    """prune() deletes terminal records older than the retention; live and recent ones stay."""
+    db = tmp_path / "s.db"
+    host = worker_host(db, Recorder(), retention=0.0)
+    await host.start()
+    live = await host.spawn(Worker, pid="live")
+    ended = await host.spawn(Counter, pid="ended")
+    await ended.call("finish")
+    await ended.wait(timeout=5)
+    await ended._process.wait_persisted(5)
+    await asyncio.sleep(0.01)
+    assert 1 == await host.prune()
+    assert host.store is not None
+    assert await host.store.get("ended") is None
+    assert await host.store.get("live") is not None
+    assert not live.done()
+    await host.shutdown()
+
+
+async def test_group_commit_batches_concurrent_checkpoints(tmp_path: Path) -> None:
+    """Checkpoints of many processes that commit together go into few transactions."""
+    host = Host(machines=[Counter], store=str(tmp_path / "s.db"))
+    await host.start()
+    handles = [await host.spawn(Counter, pid=f"c{i}") for i in range(200)]
+    assert host.store is not None
+    before = host.store.statistics()
+    await asyncio.gather(*(h.cast(1) for h in handles for _ in range(5)))
+    await asyncio.gather(*(h.call("get") for h in handles))
+    after = host.store.statistics()
+    records = after.records - before.records
+    assert records >= 200 * 6
+    assert after.batches - before.batches < records / 5
+    await host.shutdown()
+
+
+async def test_listing_filters_by_kind_lifecycle_and_paused(tmp_path: Path) -> None:
+    """Host.list filters live processes by kind, lifecycle and the paused flag."""
+    gate = Gate()
+    host = worker_host(tmp_path / "s.db", gate)
+    await host.start()
+    w = await host.spawn(Worker, pid="w")
+    c = await host.spawn(Counter, pid="c")
+    await w.cast(("work", 1))
+    await wait_for_snapshot(w, lambda s: s.lifecycle is Lifecycle.WAITING)
+    await c.pause()
+    assert [w] == host.list(kind="worker")
+    assert [w] == host.list(lifecycle=Lifecycle.WAITING)
+    assert [c] == host.list(paused=True)
+    assert {w, c} == set(host.list())
+    await host.stop("c")
+    assert [w] == host.list()
+    gate.release.set()
+    await host.shutdown()

@@ -1,0 +1,242 @@
+"""Supervisors: strategies, restart types, budget and escalation, backoff, start and stop order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisor import (
+    Backoff,
+    Budget,
+    Call,
+    ChildSpec,
+    Context,
+    Control,
+    Handle,
+    Host,
+    Input,
+    Machine,
+    ManualClock,
+    Restart,
+    Strategy,
+    Supervisor,
+    SupervisorSpec,
+    SupervisorState,
+)
+from tests.helpers import wait_until
+
+EVENTS: list[str] = []
+
+
+class Service(Machine[dict[str, Any]]):
+    """Logs its start; calls "crash" fail it, "done" finishes it."""
+
+    kind = "service"
+
+    async def transition(self, state: dict[str, Any], input: Input, ctx: Context) -> None:
+        match input:
+            case Control():
+                EVENTS.append(f"start {state['name']}")
+            case Call("crash"):
+                ctx.reply(input, "crashing")
+                ctx.fail("crashed on request")
+            case Call("done"):
+                ctx.reply(input, "done")
+                ctx.finish()
+
+
+def spec(name: str, **options: Any) -> ChildSpec:
+    return ChildSpec(name, machine=Service, state={"name": name}, **options)
+
+
+NO_JITTER = Backoff(initial=1.0, maximum=8.0, multiplier=2.0, jitter=0.0, reset_after=1000.0)
+
+
+async def started(strategy: Strategy, children: list[ChildSpec], **options: Any) -> tuple[Host, ManualClock]:
+    EVENTS.clear()
+    clock = ManualClock()
+    root = SupervisorSpec("root", children, strategy=strategy, backoff=NO_JITTER, **options)
+    host = Host(root=root, clock=clock, kill_grace=1.0)
+    await host.start()
+    return host, clock
+
+
+def pid_of(host: Host, name: str) -> str:
+    child = host.root.child(name)
+    assert isinstance(child, Handle)
+    return child.pid
+
+
+async def crash(host: Host, name: str, *, supervisor: Supervisor | None = None, restarts: bool = True) -> None:
+    """Crash a child and wait until its supervisor has decided (a restart is scheduled)."""
+    owner = supervisor or host.root
+    child = owner.child(name)
+    assert isinstance(child, Handle)
+    before = owner.statistics().pending_restarts
+    await child.call("crash")
+    await child.wait(timeout=5)
+    if restarts:
+        await wait_until(lambda: owner.statistics().pending_restarts > before)
+
+
+async def restarted(host: Host, name: str, old_pid: str) -> None:
+    await wait_until(lambda: pid_of(host, name) != old_pid and not host.root.child(name).done())  # type: ignore[union-attr]
+
+
+async def test_one_for_one_restarts_only_the_failed_child_after_its_backoff() -> None:
+    """one_for_one: the failed child comes back (new pid) once the backoff delay has passed on
+    the clock; its siblings keep their pids."""
+    host, clock = await started(Strategy.ONE_FOR_ONE, [spec("a"), spec("b")])
+    a, b = pid_of(host, "a"), pid_of(host, "b")
+    await crash(host, "a")
+    clock.advance(0.99)
+    assert a == pid_of(host, "a")
+    clock.advance(0.02)
+    await restarted(host, "a", a)
+    assert b == pid_of(host, "b")
+    assert ["start a", "start b", "start a"] == EVENTS
+    await host.root.stop()
+
+
+async def test_one_for_all_stops_in_reverse_and_starts_in_order() -> None:
+    """one_for_all: every child is stopped (reverse start order) and started again in order."""
+    host, clock = await started(Strategy.ONE_FOR_ALL, [spec("a"), spec("b"), spec("c")])
+    old = {n: pid_of(host, n) for n in "abc"}
+    await crash(host, "b")
+    clock.advance(1.0)
+    for name in "abc":
+        await restarted(host, name, old[name])
+    assert ["start a", "start b", "start c", "start a", "start b", "start c"] == EVENTS
+    assert 3 == host.root.restarts
+    await host.root.stop()
+
+
+async def test_rest_for_one_restarts_the_child_and_those_after_it() -> None:
+    """rest_for_one: the failed child and every child started after it restart; earlier ones stay."""
+    host, clock = await started(Strategy.REST_FOR_ONE, [spec("a"), spec("b"), spec("c")])
+    old = {n: pid_of(host, n) for n in "abc"}
+    await crash(host, "b")
+    clock.advance(1.0)
+    await restarted(host, "b", old["b"])
+    await restarted(host, "c", old["c"])
+    assert old["a"] == pid_of(host, "a")
+    assert ["start a", "start b", "start c", "start b", "start c"] == EVENTS
+    await host.root.stop()
+
+
+async def test_restart_types_under_a_supervisor() -> None:
+    """A transient child that finishes normally stays down; one that fails restarts; a temporary
+    child never restarts."""
+    host, clock = await started(
+        Strategy.ONE_FOR_ONE,
+        [
+            spec("t", restart=Restart.TRANSIENT),
+            spec("f", restart=Restart.TRANSIENT),
+            spec("x", restart=Restart.TEMPORARY),
+        ],
+    )
+    t, f = pid_of(host, "t"), pid_of(host, "f")
+    done = host.root.child("t")
+    assert isinstance(done, Handle)
+    await done.call("done")
+    await crash(host, "f")
+    await crash(host, "x", restarts=False)
+    clock.advance(10)
+    await restarted(host, "f", f)
+    assert t == pid_of(host, "t")
+    assert host.root.child("t").done()  # type: ignore[union-attr]
+    assert host.root.child("x").done()  # type: ignore[union-attr]
+    await host.root.stop()
+
+
+async def test_a_child_stopped_on_purpose_is_never_restarted() -> None:
+    """Killing a permanent child through its handle, or stop_child, is on purpose: no restart."""
+    host, clock = await started(Strategy.ONE_FOR_ALL, [spec("a"), spec("b")])
+    a = pid_of(host, "a")
+    child = host.root.child("a")
+    assert isinstance(child, Handle)
+    await host.root.stop_child("a")
+    clock.advance(100)
+    await wait_until(lambda: len(EVENTS) == 2)
+    assert a == pid_of(host, "a")
+    assert child.done()
+    assert ["start a", "start b"] == EVENTS
+    await host.root.start_child("a")
+    assert a != pid_of(host, "a")
+    await host.root.stop()
+
+
+async def test_backoff_grows_between_consecutive_restarts() -> None:
+    """Consecutive restarts of a flapping child wait 1 s, 2 s, 4 s... on the clock."""
+    host, clock = await started(Strategy.ONE_FOR_ONE, [spec("a")], budget=Budget(max_restarts=10, period=1000))
+    for delay in (1.0, 2.0, 4.0):
+        pid = pid_of(host, "a")
+        await crash(host, "a")
+        clock.advance(delay - 0.01)
+        assert pid == pid_of(host, "a")
+        clock.advance(0.01)
+        await restarted(host, "a", pid)
+    await host.root.stop()
+
+
+async def test_exceeding_the_budget_escalates_to_the_parent() -> None:
+    """A child supervisor whose restarts exceed its budget stops its children and fails; the
+    parent restarts it as a whole under its own policy."""
+    inner = SupervisorSpec("inner", [spec("w")], budget=Budget(max_restarts=1, period=100), backoff=NO_JITTER)
+    host, clock = await started(Strategy.ONE_FOR_ONE, [ChildSpec("inner", supervisor=inner)])
+    sub = host.root.child("inner")
+    assert isinstance(sub, Supervisor)
+    first = sub.child("w")
+    assert isinstance(first, Handle)
+    await crash(host, "w", supervisor=sub)
+    clock.advance(1.0)
+    await wait_until(lambda: sub.child("w") != first and not sub.child("w").done())  # type: ignore[union-attr]
+    second = sub.child("w")
+    assert isinstance(second, Handle)
+    await second.call("crash")
+    assert SupervisorState.FAILED == await sub.wait_ended()
+    await wait_until(lambda: host.root.statistics().pending_restarts == 1)
+    clock.advance(1.0)
+    await wait_until(lambda: host.root.child("inner") is not sub)
+    replacement = host.root.child("inner")
+    assert isinstance(replacement, Supervisor)
+    assert SupervisorState.RUNNING == replacement.state
+    assert ["start w", "start w", "start w"] == EVENTS
+    await host.root.stop()
+
+
+async def test_dependencies_start_first_and_stop_last() -> None:
+    """A child starts after the children it depends on have committed their start; stopping
+    goes in reverse order."""
+    host, _ = await started(
+        Strategy.ONE_FOR_ONE,
+        [spec("web", depends_on=("db", "cache")), spec("cache", depends_on=("db",)), spec("db")],
+    )
+    assert ["start db", "start cache", "start web"] == EVENTS
+    stopped = _Terminations()
+    host.runtime.observers.append(stopped)
+    await host.root.stop()
+    assert ["root/web", "root/cache", "root/db"] == stopped.names
+    assert SupervisorState.STOPPED == host.root.state
+
+
+class _Terminations:
+    """A runtime observer that records the names of processes as they end."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def transition_error(self, process: Any) -> None:
+        return None
+
+    def action_done(self, process: Any, action: Any, seconds: float, ok: bool) -> None:
+        return None
+
+    def terminated(self, process: Any) -> None:
+        self.names.append(process.name)
+
+
+async def test_repr_shows_state_and_counts() -> None:
+    """A supervisor's repr names its path, state, strategy, live children and restarts."""
+    host, _ = await started(Strategy.REST_FOR_ONE, [spec("a"), spec("b")])
+    assert "<Supervisor root running rest_for_one: 2/2 children alive, 0 restarts>" == repr(host.root)
+    await host.root.stop()
