@@ -1,17 +1,20 @@
-"""The checkpoint format: a process record as msgpack, with a format version.
+"""The checkpoint format: a process record as one msgpack array, with a format version.
 
-Layout (format 1), one msgpack array::
+Layout (format 1)::
 
-    [1, pid, name, kind, version, phase, state(bin), pending, timers, lifecycle, result, error,
+    [1, pid, name, kind, version, phase, state, pending, timers, lifecycle, result, error,
      paused, meta]
 
-``pending`` is ``[[id, type, payload], ...]``; ``timers`` is ``[[name, deadline, payload], ...]``.
-Decoding validates every field and raises :class:`CorruptCheckpoint` naming what is wrong, so a
-bad record is quarantined rather than half-loaded.
+``state`` is the state map itself (inline, so a checkpoint costs one msgpack pass); ``pending``
+is ``[[id, type, payload], ...]``; ``timers`` is ``[[name, deadline, payload], ...]``. Decoding
+validates every field and raises :class:`CorruptCheckpoint` naming what is wrong, so a bad
+record is quarantined rather than half-loaded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ._actions import TrackedAction
@@ -23,25 +26,60 @@ from ._state import pack, unpack
 FORMAT_VERSION = 1
 
 
-def encode_record(record: ProcessRecord) -> bytes:
-    return pack(
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """An encoded record with the columns a store indexes."""
+
+    pid: str
+    name: str
+    kind: str
+    lifecycle: Lifecycle
+    version: int
+    blob: bytes
+
+
+def encode_fields(
+    pid: str,
+    name: str,
+    kind: str,
+    version: int,
+    phase: str,
+    state: Any,
+    pending: Iterable[TrackedAction],
+    timers: Iterable[TimerRecord],
+    lifecycle: Lifecycle,
+    result: Any,
+    error: str | None,
+    paused: bool,
+    meta: dict[str, Any],
+) -> Checkpoint:
+    blob = pack(
         [
             FORMAT_VERSION,
-            record.pid,
-            record.name,
-            record.kind,
-            record.version,
-            record.phase,
-            record.state,
-            [[a.id, a.type, a.payload] for a in record.pending],
-            [[t.name, t.deadline, t.payload] for t in record.timers],
-            str(record.lifecycle),
-            record.result,
-            record.error,
-            record.paused,
-            record.meta,
+            pid,
+            name,
+            kind,
+            version,
+            phase,
+            state,
+            [[a.id, a.type, a.payload] for a in pending],
+            [[t.name, t.deadline, t.payload] for t in timers],
+            str(lifecycle),
+            result,
+            error,
+            paused,
+            meta,
         ]
     )
+    return Checkpoint(pid, name, kind, lifecycle, version, blob)
+
+
+def encode_record(record: ProcessRecord) -> Checkpoint:
+    r = record
+    return encode_fields(
+        r.pid, r.name, r.kind, r.version, r.phase, r.state, r.pending, r.timers,
+        r.lifecycle, r.result, r.error, r.paused, r.meta,
+    )  # fmt: skip
 
 
 def _expect(condition: bool, what: str, pid: str, path: str) -> None:
@@ -49,8 +87,8 @@ def _expect(condition: bool, what: str, pid: str, path: str) -> None:
         raise CorruptCheckpoint(path, pid, what)
 
 
-def decode_record(blob: bytes, *, path: str = "?", pid: str = "?", check_state: bool = True) -> ProcessRecord:
-    """Decode and validate one record; ``check_state`` also decodes the state itself."""
+def decode_record(blob: bytes, *, path: str = "?", pid: str = "?") -> ProcessRecord:
+    """Decode and validate one record."""
     try:
         fields: Any = unpack(blob)
     except Exception as exc:
@@ -63,13 +101,7 @@ def decode_record(blob: bytes, *, path: str = "?", pid: str = "?", check_state: 
     _expect(isinstance(rpid, str) and bool(rpid), "pid is not a string", pid, path)
     _expect(isinstance(name, str) and isinstance(kind, str) and isinstance(phase, str), "name/kind/phase", pid, path)
     _expect(isinstance(version, int) and version >= 0, f"version {version!r} is not a count", pid, path)
-    _expect(isinstance(state, bytes), "state is not bytes", pid, path)
-    if check_state:
-        try:
-            decoded = unpack(state)
-        except Exception as exc:
-            raise CorruptCheckpoint(path, pid, f"state is not msgpack ({exc})") from None
-        _expect(isinstance(decoded, dict), "state is not a map", pid, path)
+    _expect(isinstance(state, dict), "state is not a map", pid, path)
     try:
         life = Lifecycle(lifecycle)
         actions = tuple(TrackedAction(str(i), str(t), p, rpid) for i, t, p in pending)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ._actions import TrackedAction, UntrackedAction
+from ._codec import Checkpoint, decode_record, encode_fields
 from ._exceptions import (
     NondeterminismError,
     ProcessFailed,
@@ -74,6 +75,7 @@ class Process:
         "_calls",
         "_capacity",
         "_changed",
+        "_dirty",
         "_done",
         "_error",
         "_errors",
@@ -181,6 +183,7 @@ class Process:
         self._watchers = 0
         self._done = WaitQueue()
         self._final_save: asyncio.Task[None] | None = None
+        self._dirty = False
 
     # --- derived status ------------------------------------------------------------------
 
@@ -203,6 +206,11 @@ class Process:
     @property
     def done(self) -> bool:
         return self._terminal is not None
+
+    @property
+    def dirty(self) -> bool:
+        """Committed changes not yet handed to the checkpoint store."""
+        return self._dirty
 
     @property
     def pending_view(self) -> Mapping[str, TrackedAction]:
@@ -258,31 +266,39 @@ class Process:
             watchers=self._watchers,
         )
 
-    def record(self, ending: tuple[str, Any] | None = None) -> ProcessRecord:
-        """The checkpoint of the last committed state (call between transitions).
+    def _ending(self, ending: tuple[str, Any] | None) -> tuple[Lifecycle, Any, str | None]:
+        if ending is None:
+            return self.lifecycle, self._result, self._error
+        how, value = ending
+        if how == "finished":
+            return Lifecycle.FINISHED, value, None
+        return Lifecycle.FAILED, None, value
 
-        ``ending`` is a finishing transition's ``ctx.end``: the record is then terminal.
+    def checkpoint(self, ending: tuple[str, Any] | None = None) -> Checkpoint:
+        """The encoded checkpoint of the last committed state (one msgpack pass).
+
+        ``ending`` is a finishing transition's ``ctx.end``: the checkpoint is then terminal.
         """
-        lifecycle, result, error = self.lifecycle, self._result, self._error
-        if ending is not None:
-            how, value = ending
-            lifecycle = Lifecycle.FINISHED if how == "finished" else Lifecycle.FAILED
-            result, error = (value, None) if how == "finished" else (None, value)
-        return ProcessRecord(
-            pid=self.pid,
-            name=self.name,
-            kind=self.machine.kind,
-            version=self.version,
-            phase=self.phase,
-            state=pack(self._state),
-            pending=tuple(self._pending.values()),
-            timers=tuple(TimerRecord(n, t.deadline, t.payload) for n, t in self._timers.items()),
-            lifecycle=lifecycle,
-            result=result,
-            error=error,
-            paused=self._paused,
-            meta=self.meta,
-        )
+        lifecycle, result, error = self._ending(ending)
+        timers = (TimerRecord(n, t.deadline, t.payload) for n, t in self._timers.items())
+        self._dirty = False
+        if self._in_transition and self._journal.entries:
+            self._journal.swap_to_before()  # a transition is suspended: save what was committed
+            try:
+                return encode_fields(
+                    self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
+                    self._pending.values(), timers, lifecycle, result, error, self._paused, self.meta,
+                )  # fmt: skip
+            finally:
+                self._journal.swap_to_after()
+        return encode_fields(
+            self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
+            self._pending.values(), timers, lifecycle, result, error, self._paused, self.meta,
+        )  # fmt: skip
+
+    def record(self) -> ProcessRecord:
+        """The last committed state as a record (a decoded checkpoint: a plain copy)."""
+        return decode_record(self.checkpoint().blob)
 
     def __repr__(self) -> str:
         flags = " paused" if self._paused else ""
@@ -340,10 +356,25 @@ class Process:
             log.error("restore_failed", pid=self.pid, kind=self.machine.kind, error=repr(exc))
             self._terminate(Lifecycle.FAILED, error=f"restore raised {type(exc).__name__}: {exc}")
             return
+        mutated = bool(self._journal.entries)
         self._journal.commit()
         self._in_transition = False
         # Only what restore re-issued stays pending (it may have replaced some with queries).
         reissued = {a.id for a in ctx.tracked or ()}
+        unchanged = (
+            not mutated
+            and reissued == set(self._pending)
+            and not (ctx.untracked or ctx.timer_ops or ctx.replies or ctx.postponed or ctx.end)
+            and ctx.goto_phase in (None, self.phase)
+        )
+        if unchanged:
+            # Re-issuing what the checkpoint already holds needs no new checkpoint (this keeps
+            # a start with many processes from rewriting every one of them).
+            for action in ctx.tracked or ():
+                self._dispatch(action)
+            self._refresh_lifecycle()
+            self._changed.wake_all()
+            return
         for action_id in [i for i in self._pending if i not in reissued]:
             del self._pending[action_id]
         await self._commit(ctx, None)
@@ -476,9 +507,16 @@ class Process:
         if tracked:
             for action in tracked:
                 self._pending[action.id] = action
-        if self.runtime.checkpointer is not None:
-            # Write-ahead: the new state is durable before any of its actions leave the process.
-            await self._make_durable(ctx.end)
+        checkpointer = self.runtime.checkpointer
+        if checkpointer is not None:
+            if tracked or ctx.untracked or ctx.replies or ctx.end is not None or self.runtime.checkpoint_every_commit:
+                # Write-ahead: the state is durable before anything of it leaves the process
+                # (actions, replies, the end), so the outside never sees a state a crash loses.
+                await self._make_durable(ctx.end)
+            else:
+                # Nothing left the process: the next group commit takes its latest state.
+                self._dirty = True
+                checkpointer.mark_dirty(self)
         if tracked and ctx.end is None:
             for action in tracked:
                 self._dispatch(action)
@@ -512,7 +550,7 @@ class Process:
         attempt = 0
         while True:
             try:
-                await checkpointer.save(self.record(ending))
+                await checkpointer.save(self.checkpoint(ending))
                 return
             except StoreError as exc:
                 attempt += 1
@@ -751,7 +789,7 @@ class Process:
 
     async def _save_final(self, checkpointer: Checkpointer) -> None:
         try:
-            await checkpointer.save(self.record())
+            await checkpointer.save(self.checkpoint())
         except StoreError as exc:
             # The process ended but the store did not hear of it: after a restart it would be
             # revived. Say so loudly; the operator can kill it again then.

@@ -12,6 +12,7 @@ import structlog
 
 from ._actions import ExecuteFunction, Executor, ExecutorRegistry, TrackedAction, UntrackedAction
 from ._clock import Clock, SystemClock
+from ._codec import Checkpoint
 from ._exceptions import ConfigurationError, ProcessNotFound
 from ._handle import Handle
 from ._lifecycle import DriveMode, Lifecycle
@@ -19,15 +20,21 @@ from ._machine import Machine
 from ._process import Process
 from ._slots import SlotPool
 from ._snapshot import ProcessRecord
-from ._state import Journal, new_state, unpack
+from ._state import Journal, new_state
 
 log = structlog.get_logger("statevisor.runtime")
 
 
 class Checkpointer(Protocol):
-    """Makes a process's committed state durable (e.g. :class:`SQLiteStore`)."""
+    """Makes processes' committed states durable (e.g. :class:`SQLiteStore`).
 
-    async def save(self, record: ProcessRecord) -> None: ...
+    ``save`` returns once the checkpoint is durable. ``mark_dirty`` asks for the process's
+    latest checkpoint to go into the next group commit, without waiting for it.
+    """
+
+    async def save(self, checkpoint: Checkpoint) -> None: ...
+
+    def mark_dirty(self, process: Process) -> None: ...
 
 
 class RuntimeObserver(Protocol):
@@ -85,6 +92,10 @@ class Runtime:
         self.check_determinism = check_determinism
         self.checkpointer: Checkpointer | None = None
         self.store_retry_delays: tuple[float, ...] = (0.05, 0.2, 1.0)
+        # False: a commit waits for its checkpoint only when something leaves the process
+        # (actions, replies, the end); effect-free commits fold into the next group commit.
+        # True: every commit waits for its own checkpoint row (an audit trail of every state).
+        self.checkpoint_every_commit = False
         self.observers: list[RuntimeObserver] = []
         self.slots = SlotPool(slots)
         self._ids = ids
@@ -142,7 +153,7 @@ class Runtime:
         if record.lifecycle.terminal:
             raise ConfigurationError(f"process {record.pid} is {record.lifecycle}; only live processes are revived")
         journal = Journal()
-        tree = new_state(unpack(record.state), journal)
+        tree = new_state(record.state, journal)
         process = self._create(machine, record.pid, record.name, tree, journal, record.phase, record.version, mode)
         process.meta.update(record.meta)
         process.start(restore=record)
@@ -173,7 +184,7 @@ class Runtime:
             journal,
             phase=phase,
             version=version,
-            mode=DriveMode(mode),
+            mode=mode if type(mode) is DriveMode else DriveMode(mode),
             mailbox_size=self.mailbox_size,
             nudge_buffer=self.nudge_buffer,
         )

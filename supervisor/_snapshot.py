@@ -67,7 +67,7 @@ class TimerRecord:
 class ProcessRecord:
     """Everything needed to bring a process back after a crash (its checkpoint).
 
-    ``state`` is the msgpack encoding of the machine's state at ``version``.
+    ``state`` is a plain (untracked) copy of the machine's state at ``version``.
     """
 
     pid: str
@@ -75,7 +75,7 @@ class ProcessRecord:
     kind: str
     version: int
     phase: str
-    state: bytes
+    state: dict[str, Any]
     pending: tuple[TrackedAction, ...] = ()
     timers: tuple[TimerRecord, ...] = ()
     lifecycle: Lifecycle = Lifecycle.RUNNING

@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from ._codec import decode_record, encode_record
+from ._codec import Checkpoint, decode_record, encode_record
 from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError, StoreFull, StoreLocked
 from ._snapshot import ProcessRecord
 
@@ -48,17 +48,56 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 SCHEMA_VERSION = "1"
 
-UPSERT = """
-INSERT INTO processes (pid, name, kind, lifecycle, version, updated, ended, record)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+_UPSERT_HEAD = "INSERT INTO processes (pid, name, kind, lifecycle, version, updated, ended, record) VALUES "
+_UPSERT_TAIL = """
 ON CONFLICT (pid) DO UPDATE SET
     name = excluded.name, kind = excluded.kind, lifecycle = excluded.lifecycle,
     version = excluded.version, updated = excluded.updated, ended = excluded.ended,
     record = excluded.record
 WHERE excluded.version >= processes.version
 """
+UPSERT = _UPSERT_HEAD + "(?, ?, ?, ?, ?, ?, ?, ?)" + _UPSERT_TAIL
+
+# Rows per multi-row statement. executemany() runs one sqlite3_step per row and gives the GIL
+# back and takes it again around each; with the event loop busy on the other thread, every
+# re-take can wait for the interpreter's switch interval. One statement per chunk avoids that.
+_CHUNKS = (512, 64, 8, 1)
+_UPSERTS = {n: _UPSERT_HEAD + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n) + _UPSERT_TAIL for n in _CHUNKS}
+
+
+def chunk_parameters(rows: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
+    """(statement, flat parameters) pairs covering ``rows`` in as few statements as possible.
+
+    Built on the event loop's thread, so the writer thread only runs C code (binding and
+    stepping) and never queues for the GIL behind the loop in Python code.
+    """
+    out, index = [], 0
+    for size in _CHUNKS:
+        while len(rows) - index >= size:
+            out.append((_UPSERTS[size], [value for row in rows[index : index + size] for value in row]))
+            index += size
+    return out
+
+
+def upsert_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    for statement, parameters in chunk_parameters(rows):
+        db.execute(statement, parameters)
+
 
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
+
+DIRTY_RETRY_SECONDS = 1.0
+
+
+class Checkpointable(Protocol):
+    """What :meth:`SQLiteStore.mark_dirty` takes: a process, as far as the store cares."""
+
+    pid: str
+
+    @property
+    def dirty(self) -> bool: ...
+
+    def checkpoint(self) -> Checkpoint: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +130,22 @@ class StoreStatistics:
 class SQLiteStore:
     """Checkpoints in one SQLite file. Open with ``await SQLiteStore.open(path)``."""
 
-    def __init__(self, path: str, *, synchronous: Synchronous = "FULL", busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str, *, synchronous: Synchronous = "FULL", busy_timeout: float = 5.0, verify_writes: bool = False
+    ) -> None:
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError(f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
+        # Values are validated as they enter a state, so every checkpoint loads back by
+        # construction; verify_writes also decodes each one before writing it (tests, debugging).
+        self.verify_writes = verify_writes
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statevisor-store")
         self._connection: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._queue: list[tuple[ProcessRecord, asyncio.Future[None]]] = []
+        self._queue: list[tuple[Checkpoint, asyncio.Future[None] | None]] = []
+        self._dirty: dict[str, Checkpointable] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self._batches = 0
@@ -177,71 +222,112 @@ class SQLiteStore:
 
     # --- writing: group commit -----------------------------------------------------------
 
-    async def save(self, record: ProcessRecord) -> None:
-        """Make ``record`` durable; returns once its transaction has committed."""
+    async def save(self, checkpoint: Checkpoint) -> None:
+        """Make ``checkpoint`` durable; returns once its transaction has committed."""
         if self._closed:
             raise StoreError(self.path, "the store is closed")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((record, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        self._queue.append((checkpoint, future))
+        self._kick()
         await future
 
+    async def save_record(self, record: ProcessRecord) -> None:
+        await self.save(encode_record(record))
+
+    def mark_dirty(self, process: Checkpointable) -> None:
+        """Put ``process``'s latest state into the next group commit (nobody waits for it)."""
+        if not self._closed:
+            self._dirty[process.pid] = process
+            self._kick()
+
+    def _kick(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def _take_batch(self) -> list[tuple[Checkpoint, asyncio.Future[None] | None]]:
+        batch, self._queue = self._queue, []
+        if self._dirty:
+            queued = {checkpoint.pid for checkpoint, _ in batch}
+            for pid, process in self._dirty.items():
+                if pid not in queued and process.dirty:
+                    batch.append((process.checkpoint(), None))
+            self._dirty.clear()
+        return batch
+
     async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            latest: dict[str, ProcessRecord] = {}
-            for record, _ in batch:
-                current = latest.get(record.pid)
-                if current is None or record.version >= current.version:
-                    latest[record.pid] = record
+        while self._queue or self._dirty:
+            batch = self._take_batch()
+            latest: dict[str, Checkpoint] = {}
+            for checkpoint, _ in batch:
+                current = latest.get(checkpoint.pid)
+                if current is None or checkpoint.version >= current.version:
+                    latest[checkpoint.pid] = checkpoint
+            statements, rejected = self._rows(list(latest.values()))
             try:
-                rejected: dict[str, StoreError] = await self._run(self._write, list(latest.values()))
+                await self._run(self._write, statements, len(latest) - len(rejected))
             except StoreError as exc:
                 rejected = {pid: exc for pid in latest}
             except BaseException as exc:  # a bug in the writer must not strand the waiters
                 error = StoreError(self.path, f"writer failed: {exc!r}")
                 rejected = {pid: error for pid in latest}
-            for record, future in batch:
-                if future.done():
-                    continue
-                failure = rejected.get(record.pid)
-                if failure is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(failure)
+            self._settle(batch, rejected)
 
-    def _write(self, records: list[ProcessRecord]) -> dict[str, StoreError]:
-        started = time.perf_counter()
+    def _settle(
+        self, batch: list[tuple[Checkpoint, asyncio.Future[None] | None]], rejected: dict[str, StoreError]
+    ) -> None:
+        retry = False
+        for checkpoint, future in batch:
+            failure = rejected.get(checkpoint.pid)
+            if future is None:
+                # Nobody waits on a dirty flush; keep it owed and try again a little later.
+                retry = retry or failure is not None
+                continue
+            if future.done():
+                continue
+            if failure is None:
+                future.set_result(None)
+            else:
+                future.set_exception(failure)
+        if retry and not self._closed:
+            asyncio.get_running_loop().call_later(DIRTY_RETRY_SECONDS, self._kick)
+
+    def _rows(self, checkpoints: list[Checkpoint]) -> tuple[list[tuple[str, list[Any]]], dict[str, StoreError]]:
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         rejected: dict[str, StoreError] = {}
-        for record in records:
-            blob = encode_record(record)
-            try:
-                decode_record(blob, path=self.path, pid=record.pid)  # it must load back, or it is not written
-            except CorruptCheckpoint as exc:
-                rejected[record.pid] = CheckpointRejected(self.path, f"process {record.pid}: {exc.reason}")
-                continue
-            ended = now if record.lifecycle.terminal else None
-            rows.append((record.pid, record.name, record.kind, str(record.lifecycle), record.version, now, ended, blob))
+        for checkpoint in checkpoints:
+            if self.verify_writes:
+                try:
+                    decode_record(checkpoint.blob, path=self.path, pid=checkpoint.pid)
+                except CorruptCheckpoint as exc:
+                    rejected[checkpoint.pid] = CheckpointRejected(self.path, f"process {checkpoint.pid}: {exc.reason}")
+                    continue
+            ended = now if checkpoint.lifecycle.terminal else None
+            rows.append(
+                (checkpoint.pid, checkpoint.name, checkpoint.kind, str(checkpoint.lifecycle), checkpoint.version, now,
+                 ended, checkpoint.blob)
+            )  # fmt: skip
+        return chunk_parameters(rows), rejected
+
+    def _write(self, statements: list[tuple[str, list[Any]]], rows: int) -> None:
+        started = time.perf_counter()
         db = self._db()
         with self._errors():
             if self.max_page_count is not None:
                 db.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(UPSERT, rows)
+                for statement, parameters in statements:
+                    db.execute(statement, parameters)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
         self._batches += 1
-        self._records += len(rows)
-        self._last_batch = len(rows)
+        self._records += rows
+        self._last_batch = rows
         self._last_commit = time.perf_counter() - started
-        return rejected
 
     # --- reading -------------------------------------------------------------------------
 
@@ -309,10 +395,13 @@ class SQLiteStore:
         return count
 
     def statistics(self) -> StoreStatistics:
-        return StoreStatistics(self._batches, self._records, self._last_batch, self._last_commit, len(self._queue))
+        queued = len(self._queue) + len(self._dirty)
+        return StoreStatistics(self._batches, self._records, self._last_batch, self._last_commit, queued)
 
     async def close(self) -> None:
-        """Finish queued writes, close the file and release ownership. Idempotent."""
+        """Finish queued and owed writes, close the file and release ownership. Idempotent."""
+        if self._connection is not None and (self._queue or self._dirty):
+            self._kick()
         if self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
         self._closed = True

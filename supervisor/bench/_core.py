@@ -24,6 +24,8 @@ class _Counter(Machine[dict[str, Any]]):
         if type(input) is Cast:
             state["n"] += 1
         elif type(input) is Call:
+            if input.message == "add":
+                state["n"] += 1
             ctx.reply(input, state["n"])
 
 

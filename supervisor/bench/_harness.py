@@ -68,16 +68,18 @@ def environment(options: BenchOptions) -> dict[str, Any]:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import _core
+    from . import _core, _durability
 
     return {
         "transitions": _core.transitions,
         "spawn": _core.spawn,
         "control": _core.control,
+        "checkpoint": _durability.checkpoint,
+        "recovery": _durability.recovery,
     }
 
 
-SCENARIOS: tuple[str, ...] = ("transitions", "spawn", "control")
+SCENARIOS: tuple[str, ...] = ("transitions", "spawn", "control", "checkpoint", "recovery")
 
 
 def new_loop(loop: str) -> asyncio.AbstractEventLoop:
