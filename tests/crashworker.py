@@ -86,7 +86,7 @@ class EffectLog:
         applied = await asyncio.get_running_loop().run_in_executor(
             self._thread, self._apply, action.id, action.pid, value
         )
-        await asyncio.sleep(self._rng.uniform(0.05, 0.35))
+        await asyncio.sleep(self._rng.uniform(0.1, 0.5))
         return applied
 
     async def cancel(self, action: TrackedAction) -> None:
