@@ -27,6 +27,52 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _store(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ._exceptions import ProcessNotFound, StoreError
+    from ._inspect import inspect, list_quarantined
+
+    try:
+        if args.store_command == "quarantined":
+            entries = list_quarantined(args.store)
+            if args.json:
+                print(json.dumps([asdict(e) for e in entries], default=_json_default, sort_keys=True))
+            else:
+                for entry in entries:
+                    print(f"{entry.pid}\t{entry.reason}")
+                if not entries:
+                    print("no quarantined processes")
+            return 0
+        found = inspect(args.store, args.pid)
+    except ProcessNotFound as exc:
+        print(f"statevisor store: {exc}", file=sys.stderr)
+        return 4
+    except StoreError as exc:
+        print(f"statevisor store: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(asdict(found), default=_json_default, sort_keys=True))
+    else:
+        print(f"pid:        {found.pid}")
+        print(f"name:       {found.name}")
+        print(f"kind:       {found.kind}")
+        print(f"lifecycle:  {found.lifecycle}")
+        print(f"version:    {found.version}")
+        if found.reason:
+            print(f"problem:    {found.reason}")
+        print(f"size:       {found.raw_size} bytes")
+        if found.record is not None:
+            print(json.dumps(found.record, default=_json_default, indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statevisor", description="An actor-style process supervisor on asyncio.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,11 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", type=float, default=1.0, help="shrink or grow the workloads (default 1)")
     bench.add_argument("--repeats", type=int, default=5, help="repeats; medians are reported (default 5)")
     bench.set_defaults(func=_bench)
+
+    store = commands.add_parser("store", help="look into a checkpoint store (read-only; safe while a daemon runs)")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    quarantined = store_commands.add_parser("quarantined", help="list quarantined processes and why")
+    quarantined.add_argument("--store", required=True, help="path of the SQLite store")
+    quarantined.add_argument("--json", action="store_true")
+    inspect = store_commands.add_parser("inspect", help="one process's checkpoint: state, pending actions, timers")
+    inspect.add_argument("pid")
+    inspect.add_argument("--store", required=True, help="path of the SQLite store")
+    inspect.add_argument("--json", action="store_true")
+    store.set_defaults(func=_store)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .logs import configure
+
     args = build_parser().parse_args(argv)
+    configure("warning")
     return int(args.func(args))
 
 

@@ -16,6 +16,8 @@ METRICS = {
     "transitions": {"transitions_per_s", "baseline_per_s", "ratio", "large_state_transitions_per_s"},
     "spawn": {"processes_per_s", "bytes_per_idle_process"},
     "control": {"p50_us", "p99_us"},
+    "checkpoint": {"durable_transitions_per_s", "baseline_per_s", "ratio"},
+    "recovery": {"restore_seconds"},
 }
 
 
