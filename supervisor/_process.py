@@ -319,21 +319,25 @@ class Process:
             self._paused = restore.paused
             for action in restore.pending:
                 self._pending[action.id] = action
-        self._task = asyncio.get_running_loop().create_task(self._main(restore), name=f"statevisor:{self.pid}")
+        self._task = self.runtime.launch(self, restore)
 
     def _mark_started(self) -> None:
         self._started = True
         self._refresh_lifecycle()
 
+    async def begin(self, restore: ProcessRecord | None) -> None:
+        """Mark the process started; after a crash, re-arm its timers and run its restore."""
+        self._mark_started()
+        if restore is not None:
+            for timer in restore.timers:
+                self._arm(timer.name, timer.deadline, timer.payload)
+            await self._run_restore()
+            self._restored = True
+            self._changed.wake_all()
+
     async def _main(self, restore: ProcessRecord | None) -> None:
         try:
-            self._mark_started()
-            if restore is not None:
-                for timer in restore.timers:
-                    self._arm(timer.name, timer.deadline, timer.payload)
-                await self._run_restore()
-                self._restored = True
-                self._changed.wake_all()
+            await self.begin(restore)
             while self._terminal is None:
                 await self._step(await self._next_input())
         except asyncio.CancelledError:
@@ -386,20 +390,26 @@ class Process:
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
-    async def _next_input(self) -> Input:
+    def take_input(self) -> Input | None:
+        """The next input this process may handle now (None: nothing, paused, or no nudge)."""
+        if self._pause_requested:
+            self._land_pause()
+        if self._paused or (self.mode is DriveMode.STEP and not self._nudges):
+            return None
+        item: Input | None = self._redeliver.popleft() if self._redeliver else None
         mailbox = self._mailbox
+        while item is None and mailbox:
+            item = self._admit(mailbox.popleft())
+        if item is not None and self.mode is DriveMode.STEP:
+            self._nudges -= 1
+            self._nudge_room.wake_one()
+        return item
+
+    async def _next_input(self) -> Input:
         while True:
-            if self._pause_requested:
-                self._land_pause()
-            if not self._paused and (self.mode is DriveMode.AUTO or self._nudges):
-                item: Input | None = self._redeliver.popleft() if self._redeliver else None
-                while item is None and mailbox:
-                    item = self._admit(mailbox.popleft())
-                if item is not None:
-                    if self.mode is DriveMode.STEP:
-                        self._nudges -= 1
-                        self._nudge_room.wake_one()
-                    return item
+            item = self.take_input()
+            if item is not None:
+                return item
             wakeup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._wakeup = wakeup
             try:
@@ -421,6 +431,10 @@ class Process:
             # an action that is no longer pending (killed, or dropped by restore) is stale.
             return item if self._pending.pop(item.action_id, None) is not None else None
         return item
+
+    async def step(self, input: Input) -> None:
+        """Handle one input: run the transition under the journal, then roll back or commit."""
+        await self._step(input)
 
     async def _step(self, input: Input) -> None:
         runtime = self.runtime
@@ -605,8 +619,7 @@ class Process:
     # --- actions --------------------------------------------------------------------------
 
     def _dispatch(self, action: TrackedAction) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_action(action))
-        self._action_tasks[action.id] = task
+        self.runtime.dispatch(self, action)
 
     async def _run_action(self, action: TrackedAction) -> None:
         runtime = self.runtime
@@ -845,7 +858,7 @@ class Process:
         self._postponed.clear()
         checkpointer = self.runtime.checkpointer
         if checkpointer is not None and not persisted:
-            self._final_save = asyncio.get_running_loop().create_task(self._save_final(checkpointer))
+            self._final_save = self.runtime.background(self._save_final(checkpointer))
         self.snapshot()  # materialise the terminal snapshot now: every watcher will see it
         self._changed.wake_all()
         self._done.wake_all()

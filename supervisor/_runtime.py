@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -213,7 +213,23 @@ class Runtime:
     def __len__(self) -> int:
         return len(self._live)
 
-    # --- shared services for processes ------------------------------------------------
+    # --- shared services for processes (the simulator overrides these) ---------------
+
+    def launch(self, process: Process, restore: ProcessRecord | None) -> asyncio.Task[None] | None:
+        """Start driving ``process``: one asyncio task per process."""
+        return asyncio.get_running_loop().create_task(process._main(restore), name=f"statevisor:{process.pid}")
+
+    def dispatch(self, process: Process, action: TrackedAction) -> None:
+        """Hand a tracked action to its executor (after its checkpoint is durable)."""
+        task = asyncio.get_running_loop().create_task(process._run_action(action))
+        process._action_tasks[action.id] = task
+
+    def background(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        """Run housekeeping (e.g. a terminal checkpoint) without blocking the caller."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def run_untracked(self, action: UntrackedAction) -> None:
         task = asyncio.get_running_loop().create_task(self._untracked(action))
