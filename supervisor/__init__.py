@@ -15,6 +15,7 @@ from ._exceptions import (
     DiagramError,
     IllegalLifecycleMove,
     IllegalPhaseChange,
+    InvariantViolation,
     LifecycleError,
     NondeterminismError,
     NotFinished,
@@ -23,6 +24,7 @@ from ._exceptions import (
     ProcessKilled,
     ProcessNotFound,
     ProcessTerminated,
+    SimulationError,
     StateMutationError,
     StateTypeError,
     StatevisorError,
@@ -51,6 +53,8 @@ from ._lifecycle import DriveMode, ErrorPolicy, Lifecycle
 from ._machine import Context, Machine
 from ._policy import Backoff, Budget, Restart, Strategy
 from ._runtime import Checkpointer, Runtime, RuntimeObserver, RuntimeStatistics
+from ._sim import Invariant, Simulation
+from ._simparts import SimCall, SimExecutor
 from ._slots import SlotPool, SlotStatistics
 from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
 from ._sqlite import Quarantined, Recovery, SQLiteStore, StoreStatistics
@@ -88,6 +92,8 @@ __all__ = [
     "IllegalLifecycleMove",
     "IllegalPhaseChange",
     "Input",
+    "Invariant",
+    "InvariantViolation",
     "Lifecycle",
     "LifecycleError",
     "Machine",
@@ -109,6 +115,10 @@ __all__ = [
     "RuntimeStatistics",
     "SQLiteStore",
     "STATE_TIMEOUT",
+    "SimCall",
+    "SimExecutor",
+    "Simulation",
+    "SimulationError",
     "SlotPool",
     "SlotStatistics",
     "Snapshot",

@@ -13,7 +13,6 @@ record is quarantined rather than half-loaded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +25,10 @@ from ._state import pack, unpack
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Checkpoint:
-    """An encoded record with the columns a store indexes."""
+    """An encoded record with the columns a store indexes. Treat as immutable (not frozen only
+    because a frozen dataclass costs 4x as much to build, once per effectful transition)."""
 
     pid: str
     name: str
@@ -45,8 +45,8 @@ def encode_fields(
     version: int,
     phase: str,
     state: Any,
-    pending: Iterable[TrackedAction],
-    timers: Iterable[TimerRecord],
+    pending: list[list[Any]],
+    timers: list[list[Any]],
     lifecycle: Lifecycle,
     result: Any,
     error: str | None,
@@ -62,8 +62,8 @@ def encode_fields(
             version,
             phase,
             state,
-            [[a.id, a.type, a.payload] for a in pending],
-            [[t.name, t.deadline, t.payload] for t in timers],
+            pending,
+            timers,
             str(lifecycle),
             result,
             error,
@@ -77,7 +77,8 @@ def encode_fields(
 def encode_record(record: ProcessRecord) -> Checkpoint:
     r = record
     return encode_fields(
-        r.pid, r.name, r.kind, r.version, r.phase, r.state, r.pending, r.timers,
+        r.pid, r.name, r.kind, r.version, r.phase, r.state,
+        [[a.id, a.type, a.payload] for a in r.pending], [[t.name, t.deadline, t.payload] for t in r.timers],
         r.lifecycle, r.result, r.error, r.paused, r.meta,
     )  # fmt: skip
 

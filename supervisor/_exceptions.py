@@ -21,6 +21,8 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   ├── StateMutationError       state mutated outside a transition
     │   └── NondeterminismError      check mode re-ran a transition and got a different outcome
     ├── CallTimeout (also TimeoutError)  call() got no reply in time
+    ├── SimulationError              a simulation cannot go on (e.g. a transition awaited real I/O)
+    │   └── InvariantViolation       an invariant failed; carries seed, step and how to replay
     └── StoreError                   the checkpoint store failed; ``path`` names it
         ├── StoreLocked              another statevisor (or writer) holds the store
         ├── StoreFull                the disk or the database is full
@@ -181,3 +183,25 @@ class CorruptCheckpoint(StoreError):
         super().__init__(path, f"process {pid}: {reason}")
         self.pid = pid
         self.reason = reason
+
+
+class SimulationError(StatevisorError):
+    """A simulation cannot go on (a transition awaited real I/O, an unknown process...)."""
+
+
+class InvariantViolation(SimulationError, AssertionError):
+    """An invariant failed after a transition. Everything needed to replay it exactly is here."""
+
+    def __init__(
+        self, *, invariant: str, message: str, seed: int, step: int, pid: str, input: str, replay: str
+    ) -> None:
+        super().__init__(
+            f"invariant {invariant!r} violated at step {step} (seed {seed}) after {pid} handled {input}: "
+            f"{message}\nreplay: {replay}"
+        )
+        self.invariant = invariant
+        self.seed = seed
+        self.step = step
+        self.pid = pid
+        self.input = input
+        self.replay = replay

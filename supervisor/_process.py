@@ -32,7 +32,7 @@ from ._exceptions import (
 from ._inputs import STATE_TIMEOUT, ActionFailed, ActionSucceeded, Call, Cast, Control, ControlEvent, Input, TimerFired
 from ._lifecycle import DriveMode, ErrorPolicy, Lifecycle, check_move
 from ._machine import Context, Machine
-from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
+from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot
 from ._state import Journal, TrackedDict, adopt, pack, unpack
 from ._waiters import WaitQueue
 
@@ -280,20 +280,21 @@ class Process:
         ``ending`` is a finishing transition's ``ctx.end``: the checkpoint is then terminal.
         """
         lifecycle, result, error = self._ending(ending)
-        timers = (TimerRecord(n, t.deadline, t.payload) for n, t in self._timers.items())
+        pending = [[a.id, a.type, a.payload] for a in self._pending.values()] if self._pending else []
+        timers = [[n, t.deadline, t.payload] for n, t in self._timers.items()] if self._timers else []
         self._dirty = False
         if self._in_transition and self._journal.entries:
             self._journal.swap_to_before()  # a transition is suspended: save what was committed
             try:
                 return encode_fields(
                     self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
-                    self._pending.values(), timers, lifecycle, result, error, self._paused, self.meta,
+                    pending, timers, lifecycle, result, error, self._paused, self.meta,
                 )  # fmt: skip
             finally:
                 self._journal.swap_to_after()
         return encode_fields(
             self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
-            self._pending.values(), timers, lifecycle, result, error, self._paused, self.meta,
+            pending, timers, lifecycle, result, error, self._paused, self.meta,
         )  # fmt: skip
 
     def record(self) -> ProcessRecord:

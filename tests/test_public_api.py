@@ -22,7 +22,8 @@ EXPECTED_EXPORTS = {
     "Backoff", "Budget", "CheckpointRejected", "ChildSpec", "CorruptCheckpoint", "FORMAT_VERSION", "Host",
     "Quarantined", "Recovery", "Restart", "SQLiteStore", "SlotPool", "SlotStatistics", "StartReport", "StoreError",
     "StoreFull", "StoreLocked", "StoreStatistics", "Strategy", "Supervisor", "SupervisorSpec", "SupervisorState",
-    "SupervisorStatistics", "decode_record", "encode_record",
+    "SupervisorStatistics", "decode_record", "Invariant", "Simulation", "SimCall", "SimExecutor",
+    "SimulationError", "InvariantViolation", "encode_record",
 }  # fmt: skip
 
 
@@ -88,7 +89,7 @@ def test_every_core_module_is_listed() -> None:
 
 
 # Persistence and supervision build on the core; they, too, never import the daemon and above.
-LATER_LAYERS = {"_codec", "_sqlite", "_policy", "_supervisor", "_host", "_inspect"}
+LATER_LAYERS = {"_codec", "_sqlite", "_policy", "_supervisor", "_host", "_inspect", "_sim", "_simparts"}
 # Above them: the command line and log configuration (logs.py, cli.py, bench/), not checked here.
 
 
