@@ -111,6 +111,7 @@ class Simulation:
         self.transitions = 0
         self.crashes = 0
         self.applied: dict[str, int] = {}  # action id -> how many times its effect was performed
+        self.repeated: list[str] = []  # action ids whose effect was performed more than once
         self._outcomes: dict[str, Any] = {}
         self._heap: list[tuple[float, int, int, int, Any]] = []
         self._seq = itertools.count()
@@ -122,6 +123,7 @@ class Simulation:
         self.runtime = self._new_runtime()
         self.processes: dict[str, Process] = {}
         self.ended: dict[str, Process] = {}
+        self._states: dict[str, Any] = {}
 
     def _new_runtime(self) -> SimRuntime:
         return SimRuntime(self, list(self.executors), self.check_determinism)
@@ -138,6 +140,7 @@ class Simulation:
         handle = self.runtime.spawn(instance, state, pid=pid, start=False)
         process = handle._process
         self.processes[pid] = process
+        self._states[pid] = process._state
         self.store.durable[pid] = process.checkpoint().blob
         process.start()
         return pid
@@ -169,9 +172,10 @@ class Simulation:
     def handle(self, pid: str) -> Handle:
         return Handle(self.processes.get(pid) or self.ended[pid])
 
-    def states(self) -> dict[str, Any]:
-        """Every process's committed state, ended ones included, by pid."""
-        return {pid: p._state for pid, p in itertools.chain(self.ended.items(), self.processes.items())}
+    def states(self) -> Mapping[str, Any]:
+        """Every process's committed state, ended ones included, by pid (kept up to date, not
+        rebuilt: invariants call this after every transition)."""
+        return self._states
 
     def lifecycle(self, pid: str) -> Lifecycle:
         return (self.processes.get(pid) or self.ended[pid]).lifecycle
@@ -313,7 +317,9 @@ class Simulation:
                 except Exception as exc:
                     outcome = ("failed", type(exc).__qualname__, str(exc))
                 if key is not None:
-                    self.applied[key] = self.applied.get(key, 0) + 1
+                    count = self.applied[key] = self.applied.get(key, 0) + 1
+                    if count == 2:
+                        self.repeated.append(key)
             if key is not None:
                 self._outcomes[key] = outcome
         if process is None or outcome is _HANG or not isinstance(action, TrackedAction):
@@ -329,11 +335,14 @@ class Simulation:
         """Lose everything in memory; reload every process from its last durable checkpoint."""
         self.crashes += 1
         self.epoch += 1
+        lost = ProcessKilled("*", "the simulated host crashed")
+        for _, _, kind, _, payload in self._heap:
+            if kind == _DELIVER and payload[2] is not None:
+                payload[2].set_exception(lost)  # a call still in transit is lost with the host
         self._heap = []
         self._scheduled.clear()
         self._flush_pending = False
         self.store.dirty.clear()
-        lost = ProcessKilled("*", "the simulated host crashed")
         for process in self.processes.values():
             for call in process._calls.values():
                 if not call.done():
@@ -341,6 +350,7 @@ class Simulation:
         self.runtime = self._new_runtime()
         self.processes = {}
         self.ended = {}
+        self._states = {}
         for pid, blob in self.store.durable.items():
             record = decode_record(blob)
             machine = self.machines[record.kind]
@@ -350,8 +360,10 @@ class Simulation:
                 ended._terminal = record.lifecycle
                 ended._result, ended._error = record.result, record.error
                 self.ended[pid] = ended
+                self._states[pid] = ended._state
             else:
                 self.processes[pid] = self.runtime.revive(machine, record)._process
+                self._states[pid] = self.processes[pid]._state
 
     def __repr__(self) -> str:
         return (

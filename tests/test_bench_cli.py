@@ -18,6 +18,7 @@ METRICS = {
     "control": {"p50_us", "p99_us"},
     "checkpoint": {"durable_transitions_per_s", "baseline_per_s", "ratio"},
     "recovery": {"restore_seconds"},
+    "sim": {"ledger_transitions_per_s", "booking_transitions_per_s", "ledger_ratio", "booking_ratio"},
 }
 
 

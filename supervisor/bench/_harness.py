@@ -68,7 +68,7 @@ def environment(options: BenchOptions) -> dict[str, Any]:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import _core, _durability
+    from . import _core, _durability, _simulation
 
     return {
         "transitions": _core.transitions,
@@ -76,10 +76,11 @@ def _registry() -> dict[str, Scenario]:
         "control": _core.control,
         "checkpoint": _durability.checkpoint,
         "recovery": _durability.recovery,
+        "sim": _simulation.sim,
     }
 
 
-SCENARIOS: tuple[str, ...] = ("transitions", "spawn", "control", "checkpoint", "recovery")
+SCENARIOS: tuple[str, ...] = ("transitions", "spawn", "control", "checkpoint", "recovery", "sim")
 
 
 def new_loop(loop: str) -> asyncio.AbstractEventLoop:
