@@ -24,7 +24,7 @@ separate values anyway.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, SupportsIndex
 
 import msgpack  # type: ignore[import-untyped]
@@ -56,6 +56,14 @@ class Journal:
         self.active = False
         self.entries.clear()
         self.saved.clear()
+
+    def save_once(self, container: Any, copy: Callable[[Any], Any]) -> None:
+        """Keep ``container``'s whole contents, once per transition, before it changes."""
+        _check_active(self)
+        marker = id(container)
+        if marker not in self.saved:
+            self.saved.add(marker)
+            self.entries.append([container, copy(container)])
 
     def rollback(self) -> None:
         self._swap(reversed(self.entries))
@@ -164,12 +172,7 @@ class TrackedDict(dict[Any, Any]):
 
     def _save(self) -> None:
         """Before a deletion: keep the whole dict once, so rollback restores its order."""
-        journal = self._journal
-        _check_active(journal)
-        marker = id(self)
-        if marker not in journal.saved:
-            journal.saved.add(marker)
-            journal.entries.append([self, dict.copy(self)])
+        self._journal.save_once(self, dict.copy)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if type(key) not in _KEYS:
@@ -231,12 +234,7 @@ class TrackedList(list[Any]):
     _journal: Journal
 
     def _save(self) -> None:
-        journal = self._journal
-        _check_active(journal)
-        marker = id(self)
-        if marker not in journal.saved:
-            journal.saved.add(marker)
-            journal.entries.append([self, list.copy(self)])
+        self._journal.save_once(self, list.copy)
 
     def _adopt_many(self, values: Iterable[Any]) -> list[Any]:
         return [adopt(v, self._journal, [i]) for i, v in enumerate(values)]
