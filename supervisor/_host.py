@@ -234,13 +234,12 @@ class Host:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
         processes = [h._process for h in self.runtime.handles()]
-        # Let in-flight transitions commit: a pause lands at the next step boundary.
-        pauses = [loop.create_task(p.pause()) for p in processes]
-        if pauses:
-            await asyncio.wait(pauses, timeout=max(0.0, (deadline - loop.time()) / 2))
-            for task in pauses:
-                task.cancel()
-            await asyncio.gather(*pauses, return_exceptions=True)
+        # Let in-flight transitions commit: no process takes a new input, and the ones handling
+        # one finish it (bounded). Nothing here changes a process's own (checkpointed) state.
+        self.runtime.draining = True
+        settle_by = loop.time() + max(0.0, (deadline - loop.time()) / 2)
+        while any(p.stepping for p in processes) and loop.time() < settle_by:  # noqa: ASYNC110 - once, bounded
+            await asyncio.sleep(0.01)
         if processes:
             await asyncio.gather(*(p.detach() for p in processes))
         if self.store is not None:

@@ -104,6 +104,7 @@ class Process:
         "_snapshot",
         "_started",
         "_state",
+        "_stepping",
         "_task",
         "_terminal",
         "_timers",
@@ -176,6 +177,7 @@ class Process:
         self._in_transition = False
         self._started = False
         self._restored = False
+        self._stepping = False
         self._lifecycle_seen = Lifecycle.CREATED
         self._since = runtime.clock.now()
         self._transitions = 0
@@ -206,6 +208,11 @@ class Process:
     @property
     def done(self) -> bool:
         return self._terminal is not None
+
+    @property
+    def stepping(self) -> bool:
+        """Handling an input right now (including waiting for its checkpoint)."""
+        return self._stepping
 
     @property
     def dirty(self) -> bool:
@@ -340,7 +347,12 @@ class Process:
         try:
             await self.begin(restore)
             while self._terminal is None:
-                await self._step(await self._next_input())
+                input = await self._next_input()
+                self._stepping = True
+                try:
+                    await self._step(input)
+                finally:
+                    self._stepping = False
         except asyncio.CancelledError:
             if self._kill_reason is None:
                 raise
@@ -392,7 +404,9 @@ class Process:
             wakeup.set_result(None)
 
     def take_input(self) -> Input | None:
-        """The next input this process may handle now (None: nothing, paused, or no nudge)."""
+        """The next input this process may handle now (None: nothing, paused, no nudge, draining)."""
+        if self.runtime.draining:
+            return None
         if self._pause_requested:
             self._land_pause()
         if self._paused or (self.mode is DriveMode.STEP and not self._nudges):

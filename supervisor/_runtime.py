@@ -96,6 +96,8 @@ class Runtime:
         # (actions, replies, the end); effect-free commits fold into the next group commit.
         # True: every commit waits for its own checkpoint row (an audit trail of every state).
         self.checkpoint_every_commit = False
+        # Graceful shutdown: processes take no new input (without that being part of their state).
+        self.draining = False
         self.observers: list[RuntimeObserver] = []
         self.slots = SlotPool(slots)
         self._ids = ids

@@ -73,9 +73,32 @@ def _store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _daemon(args: argparse.Namespace) -> int:
+    from processes import KINDS
+
+    from .config import ConfigError, load
+    from .daemon import run
+
+    try:
+        config = load(args.config, known_kinds=KINDS.__contains__)
+    except ConfigError as exc:
+        print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.loop:
+        from dataclasses import replace
+
+        config = replace(config, daemon=replace(config.daemon, loop=args.loop))
+    return run(config, dict(KINDS))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statevisor", description="An actor-style process supervisor on asyncio.")
     commands = parser.add_subparsers(dest="command", required=True)
+    daemon = commands.add_parser("daemon", help="run the daemon from a configuration file")
+    daemon.add_argument("--config", default="config/statevisor.toml", help="TOML file (default config/statevisor.toml)")
+    daemon.add_argument("--loop", choices=("uvloop", "asyncio"), help="override the configured event loop")
+    daemon.set_defaults(func=_daemon)
+
     bench = commands.add_parser("bench", help="run a benchmark scenario with its same-run baseline")
     bench.add_argument("scenario", help="transitions, spawn, control, checkpoint, recovery, sim")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -101,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .logs import configure
 
     args = build_parser().parse_args(argv)
-    configure("warning")
+    if args.command != "daemon":
+        configure("warning")
     return int(args.func(args))
 
 

@@ -77,6 +77,7 @@ async def test_graceful_shutdown_leaves_work_running_for_the_next_start(tmp_path
     second = worker_host(db, recorder)
     await second.start()
     revived = second.get("w")
+    assert not revived.state.paused  # shutdown drains; it must not checkpoint a pause
     snapshot = await wait_for_snapshot(revived, lambda s: "done" in s.state)
     assert [gate.started[0].id] == [a.id for a in recorder.executed]
     assert {gate.started[0].id: 1} == snapshot.state["done"]

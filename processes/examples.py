@@ -1,0 +1,33 @@
+"""Example process kinds for the shipped configuration (real kinds: shell, Slurm, Kubernetes,
+log-apply, come in their own modules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisor import Call, Context, Control, Input, Machine, TimerFired
+
+
+class Ticker(Machine[dict[str, Any]]):
+    """Counts ticks every ``interval`` seconds; a call "ticks" replies the count.
+
+    Its state and its timer are checkpointed, so it keeps counting where it left off after a
+    restart of the daemon.
+    """
+
+    kind = "ticker"
+
+    async def transition(self, state: dict[str, Any], input: Input, ctx: Context) -> None:
+        match input:
+            case Control():
+                state.setdefault("interval", 5.0)
+                state["ticks"] = 0
+                ctx.timeout("tick", float(state["interval"]))
+            case TimerFired("tick"):
+                state["ticks"] += 1
+                ctx.timeout("tick", float(state["interval"]))
+            case Call("ticks"):
+                ctx.reply(input, state["ticks"])
+
+
+KINDS: dict[str, type[Machine[Any]]] = {Ticker.kind: Ticker}

@@ -1,0 +1,308 @@
+"""The daemon's TOML configuration: parsing and validation with errors that say where and what.
+
+Every error names the file, the key path, the line and what was expected::
+
+    config/bad.toml:14: process[1].restart: expected one of permanent, transient, temporary; got 'sometimes'
+
+A configuration is validated whole before anything starts: an invalid file never starts a
+half-configured daemon. Paths in ``[daemon]`` are relative to the configuration file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import ConfigurationError
+from ._policy import Restart
+
+LOOPS = ("uvloop", "asyncio")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(ConfigurationError):
+    """An invalid configuration file; ``file``, ``key``, ``line`` say where, the message what."""
+
+    def __init__(self, file: str, key: str, line: int | None, message: str) -> None:
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        self.file = file
+        self.key = key
+        self.line = line
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    store: Path
+    socket: Path
+    metrics: str = "127.0.0.1:9464"
+    log_level: str = "info"
+    loop: str = "uvloop"
+    shutdown_timeout: float = 10.0
+    kill_grace: float = 5.0
+    retention_days: float = 7.0
+    slots: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    name: str
+    kind: str
+    restart: Restart = Restart.PERMANENT
+    depends_on: tuple[str, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    daemon: DaemonSettings
+    processes: tuple[ProcessSettings, ...]
+    hosts: Mapping[str, Mapping[str, Any]]
+
+
+class _Lines:
+    """Finds the line of a key (tomllib reports none): the first ``key =`` after its table header."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def find(self, table: str, key: str | None, occurrence: int = 0) -> int | None:
+        header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$")
+        seen, start = -1, None
+        for number, line in enumerate(self.lines, start=1):
+            if header.match(line):
+                seen += 1
+                if seen == occurrence:
+                    start = number
+                    break
+        if start is None:
+            return None
+        if key is None:
+            return start
+        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for number in range(start, len(self.lines) + 1):
+            line = self.lines[number - 1]
+            if number > start and re.match(r"^\s*\[", line):
+                break
+            if pattern.match(line):
+                return number
+        return start
+
+
+class _Checker:
+    def __init__(self, path: Path, text: str) -> None:
+        self.file = str(path)
+        self.lines = _Lines(text)
+
+    def fail(self, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> ConfigError:
+        return ConfigError(self.file, key, self.lines.find(table, name, occurrence), message)
+
+    def section(
+        self,
+        data: Mapping[str, Any],
+        table: str,
+        prefix: str,
+        spec: Mapping[str, tuple[Any, Any]],
+        occurrence: int = 0,
+    ) -> dict[str, Any]:
+        """Check one table against ``spec``: key -> (expected type(s), default or REQUIRED)."""
+        unknown = [k for k in data if k not in spec]
+        if unknown:
+            key = unknown[0]
+            raise self.fail(
+                f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(spec))}", table, key, occurrence
+            )
+        out: dict[str, Any] = {}
+        for key, (kind, default) in spec.items():
+            if key not in data:
+                if default is _REQUIRED:
+                    raise self.fail(f"{prefix}{key}", "missing (required)", table, None, occurrence)
+                out[key] = default
+                continue
+            value = data[key]
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            # bool is an int in Python, never in a configuration.
+            if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+                names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+                got = _TYPE_NAMES.get(type(value), type(value).__name__)
+                raise self.fail(f"{prefix}{key}", f"expected {names}; got {got} {value!r}", table, key, occurrence)
+            out[key] = value
+        return out
+
+    def check(self, ok: bool, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> None:
+        if not ok:
+            raise self.fail(key, message, table, name, occurrence)
+
+
+_REQUIRED = object()
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true/false",
+    list: "an array",
+    dict: "a table",
+}
+
+_DAEMON = {
+    "store": (str, "statevisor.db"),
+    "socket": (str, "statevisor.sock"),
+    "metrics": (str, "127.0.0.1:9464"),
+    "log_level": (str, "info"),
+    "loop": (str, "uvloop"),
+    "shutdown_timeout": ((int, float), 10.0),
+    "kill_grace": ((int, float), 5.0),
+    "retention_days": ((int, float), 7.0),
+    "slots": (dict, {}),
+}
+_PROCESS = {
+    "name": (str, _REQUIRED),
+    "kind": (str, _REQUIRED),
+    "restart": (str, "permanent"),
+    "depends_on": (list, []),
+    "settings": (dict, {}),
+}
+
+
+def _positive(checker: _Checker, value: float, key: str, table: str, name: str) -> None:
+    checker.check(value > 0, key, f"expected a number > 0; got {value!r}", table, name)
+
+
+def _address(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def load(path: str | Path, *, known_kinds: Callable[[str], bool] | None = None) -> Config:
+    """Read and validate a configuration file; raises :class:`ConfigError` naming what is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", None, f"cannot read: {exc.strerror or exc}") from None
+    return parse(text, path, known_kinds=known_kinds)
+
+
+def parse(text: str, path: Path, *, known_kinds: Callable[[str], bool] | None = None) -> Config:
+    checker = _Checker(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = re.search(r"at line (\d+)", str(exc))
+        raise ConfigError(str(path), "", int(found.group(1)) if found else None, f"not valid TOML: {exc}") from None
+    top: dict[str, tuple[Any, Any]] = {"daemon": (dict, {}), "process": (list, []), "host": (dict, {})}
+    data = checker.section(data, "", "", top)
+
+    raw = checker.section(data["daemon"], "daemon", "daemon.", _DAEMON)
+    for key in ("shutdown_timeout", "kill_grace", "retention_days"):
+        _positive(checker, raw[key], f"daemon.{key}", "daemon", key)
+    checker.check(
+        raw["loop"] in LOOPS,
+        "daemon.loop",
+        f"expected one of {', '.join(LOOPS)}; got {raw['loop']!r}",
+        "daemon",
+        "loop",
+    )
+    checker.check(
+        raw["log_level"] in LOG_LEVELS,
+        "daemon.log_level",
+        f"expected one of {', '.join(LOG_LEVELS)}; got {raw['log_level']!r}",
+        "daemon",
+        "log_level",
+    )
+    checker.check(
+        _address(raw["metrics"]),
+        "daemon.metrics",
+        f"expected host:port (e.g. 127.0.0.1:9464); got {raw['metrics']!r}",
+        "daemon",
+        "metrics",
+    )
+    slots: dict[str, int] = {}
+    for kind, limit in raw["slots"].items():
+        ok = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
+        checker.check(ok, f"daemon.slots.{kind}", f"expected a whole number >= 1; got {limit!r}", "daemon.slots", kind)
+        slots[kind] = limit
+    base = path.parent
+    daemon = DaemonSettings(
+        store=(base / raw["store"]).resolve(),
+        socket=(base / raw["socket"]).resolve(),
+        metrics=raw["metrics"],
+        log_level=raw["log_level"],
+        loop=raw["loop"],
+        shutdown_timeout=float(raw["shutdown_timeout"]),
+        kill_grace=float(raw["kill_grace"]),
+        retention_days=float(raw["retention_days"]),
+        slots=slots,
+    )
+
+    processes: list[ProcessSettings] = []
+    names: set[str] = set()
+    for index, entry in enumerate(data["process"]):
+        prefix = f"process[{index}]."
+        if not isinstance(entry, dict):
+            raise checker.fail(f"process[{index}]", "expected a table ([[process]])", "process", None, index)
+        item = checker.section(entry, "process", prefix, _PROCESS, index)
+        checker.check(
+            bool(NAME.match(item["name"])),
+            f"{prefix}name",
+            f"expected letters, digits, '.', '_' or '-' (at most 64); got {item['name']!r}",
+            "process",
+            "name",
+            index,
+        )
+        checker.check(
+            item["name"] not in names, f"{prefix}name", f"{item['name']!r} is declared twice", "process", "name", index
+        )
+        names.add(item["name"])
+        restarts = [r.value for r in Restart]
+        checker.check(
+            item["restart"] in restarts,
+            f"{prefix}restart",
+            f"expected one of {', '.join(restarts)}; got {item['restart']!r}",
+            "process",
+            "restart",
+            index,
+        )
+        if known_kinds is not None:
+            checker.check(
+                known_kinds(item["kind"]),
+                f"{prefix}kind",
+                f"unknown process kind {item['kind']!r}",
+                "process",
+                "kind",
+                index,
+            )
+        depends = item["depends_on"]
+        checker.check(
+            all(isinstance(d, str) for d in depends),
+            f"{prefix}depends_on",
+            "expected an array of process names",
+            "process",
+            "depends_on",
+            index,
+        )
+        processes.append(
+            ProcessSettings(item["name"], item["kind"], Restart(item["restart"]), tuple(depends), item["settings"])
+        )
+    for index, process in enumerate(processes):
+        for needed in process.depends_on:
+            checker.check(
+                needed in names,
+                f"process[{index}].depends_on",
+                f"names {needed!r}, which is not a declared process",
+                "process",
+                "depends_on",
+                index,
+            )
+
+    hosts: dict[str, Mapping[str, Any]] = {}
+    for name, host in data["host"].items():
+        checker.check(isinstance(host, dict), f"host.{name}", "expected a table ([host.NAME])", "host", name)
+        hosts[name] = host
+    return Config(path=path.resolve(), daemon=daemon, processes=tuple(processes), hosts=hosts)

@@ -1,0 +1,106 @@
+"""Prometheus metrics for a host, read from its counters at scrape time (no cost per transition).
+
+Conventions: one ``statevisor_`` prefix, base units (seconds), counters end in ``_total``,
+labels for dimensions (kind, lifecycle), never process ids.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from ._host import Host
+from ._lifecycle import Lifecycle
+
+
+class HostCollector(Collector):
+    """Everything a host counts, as metric families."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def collect(self) -> Iterator[Any]:
+        from . import __version__
+
+        info = InfoMetricFamily("statevisor_build", "statevisor version")
+        info.add_metric([], {"version": __version__})
+        yield info
+
+        runtime = self.host.runtime
+        by_kind_lifecycle: Counter[tuple[str, str]] = Counter()
+        paused: Counter[str] = Counter()
+        for handle in runtime.handles():
+            process = handle._process
+            by_kind_lifecycle[(process.kind, str(process.lifecycle))] += 1
+            paused[process.kind] += process.paused
+        processes = GaugeMetricFamily("statevisor_processes", "Live processes", labels=["kind", "lifecycle"])
+        for kind in sorted({k for k, _ in by_kind_lifecycle} | set(self.host.machines)):
+            for lifecycle in (Lifecycle.CREATED, Lifecycle.RUNNING, Lifecycle.WAITING):
+                processes.add_metric([kind, str(lifecycle)], by_kind_lifecycle[(kind, str(lifecycle))])
+        yield processes
+        paused_family = GaugeMetricFamily("statevisor_processes_paused", "Live processes paused", labels=["kind"])
+        for kind in sorted(set(self.host.machines)):
+            paused_family.add_metric([kind], paused[kind])
+        yield paused_family
+
+        stats = runtime.statistics()
+        yield CounterMetricFamily("statevisor_transitions", "Transitions committed", value=stats.transitions)
+        yield CounterMetricFamily(
+            "statevisor_transition_errors", "Transitions that raised (rolled back)", value=stats.transition_errors
+        )
+        ended = CounterMetricFamily("statevisor_processes_ended", "Processes that ended", labels=["lifecycle"])
+        ended.add_metric(["finished"], stats.finished)
+        ended.add_metric(["failed"], stats.failed)
+        ended.add_metric(["killed"], stats.killed)
+        yield ended
+        yield CounterMetricFamily("statevisor_restarts", "Restarts by supervisors", value=self.host.root.restarts)
+
+        store = self.host.store
+        if store is not None:
+            s = store.statistics()
+            yield CounterMetricFamily("statevisor_checkpoint_batches", "Checkpoint transactions", value=s.batches)
+            yield CounterMetricFamily("statevisor_checkpoint_records", "Checkpoints written", value=s.records)
+            yield GaugeMetricFamily(
+                "statevisor_checkpoint_last_batch_records",
+                "Records in the last transaction",
+                value=s.last_batch_size,
+            )
+            yield GaugeMetricFamily(
+                "statevisor_checkpoint_last_commit_seconds", "Duration of the last transaction",
+                value=s.last_commit_seconds,
+            )  # fmt: skip
+            yield GaugeMetricFamily("statevisor_checkpoint_queued", "Checkpoints waiting for a transaction",
+                                    value=s.queued)  # fmt: skip
+
+        capacity = GaugeMetricFamily("statevisor_slots_capacity", "Slots per kind", labels=["kind"])
+        used = GaugeMetricFamily("statevisor_slots_used", "Slots in use per kind", labels=["kind"])
+        queued = GaugeMetricFamily("statevisor_slots_queued", "Actions waiting for a slot", labels=["kind"])
+        for slot in runtime.slots.statistics():
+            capacity.add_metric([slot.kind], slot.capacity)
+            used.add_metric([slot.kind], slot.used)
+            queued.add_metric([slot.kind], slot.queued)
+        yield capacity
+        yield used
+        yield queued
+
+
+def registry_for(host: Host) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HostCollector(host))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def start_metrics(host: Host, address: str) -> Any:
+    """Serve ``/metrics`` on ``host:port`` (loopback by default); returns the server (``.shutdown()``)."""
+    name, _, port = address.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=name, registry=registry_for(host))
+    return server

@@ -1,0 +1,134 @@
+"""Configuration: a valid file loads; each of many broken ones gives a precise error and the
+daemon does not start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from supervisor import Restart
+from supervisor.config import ConfigError, load
+
+GOOD = """\
+[daemon]
+store = "var/s.db"
+metrics = "127.0.0.1:9999"
+[daemon.slots]
+ticker = 2
+
+[[process]]
+name = "a"
+kind = "ticker"
+
+[[process]]
+name = "b"
+kind = "ticker"
+restart = "transient"
+depends_on = ["a"]
+[process.settings]
+interval = 1.5
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "statevisor.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_configuration_loads_with_paths_relative_to_the_file(tmp_path: Path) -> None:
+    """Every key lands in typed settings; relative paths resolve against the file's directory."""
+    config = load(write(tmp_path, GOOD), known_kinds={"ticker"}.__contains__)
+    assert tmp_path / "var" / "s.db" == config.daemon.store
+    assert {"ticker": 2} == dict(config.daemon.slots)
+    assert ["a", "b"] == [p.name for p in config.processes]
+    assert (Restart.TRANSIENT, ("a",), {"interval": 1.5}) == (
+        config.processes[1].restart, config.processes[1].depends_on, dict(config.processes[1].settings)
+    )  # fmt: skip
+
+
+def test_the_shipped_example_configuration_is_valid() -> None:
+    """config/statevisor.toml (what the README's first command runs) validates."""
+    from processes import KINDS
+
+    config = load(Path(__file__).parent.parent / "config" / "statevisor.toml", known_kinds=KINDS.__contains__)
+    assert 2 == len(config.processes)
+
+
+BROKEN = [
+    ("[daemon\nstore = 1", 1, "", "not valid TOML"),
+    ("x = = 1", 1, "", "not valid TOML"),
+    ("extra = 1", None, "extra", "unknown key; expected one of daemon, host, process"),
+    ("[daemon]\nstores = 'x'", 2, "daemon.stores", "unknown key"),
+    ("[daemon]\nstore = 5", 2, "daemon.store", "expected a string; got an integer 5"),
+    ("[daemon]\nkill_grace = 'soon'", 2, "daemon.kill_grace", "expected an integer or a number; got a string"),
+    ("[daemon]\nkill_grace = -1", 2, "daemon.kill_grace", "expected a number > 0"),
+    ("[daemon]\nshutdown_timeout = 0", 2, "daemon.shutdown_timeout", "expected a number > 0"),
+    ("[daemon]\nretention_days = true", 2, "daemon.retention_days", "got true/false True"),
+    ("[daemon]\nloop = 'trio'", 2, "daemon.loop", "expected one of uvloop, asyncio; got 'trio'"),
+    ("[daemon]\nlog_level = 'loud'", 2, "daemon.log_level", "expected one of debug, info, warning, error"),
+    ("[daemon]\nmetrics = 'localhost'", 2, "daemon.metrics", "expected host:port"),
+    ("[daemon]\nmetrics = '127.0.0.1:99999'", 2, "daemon.metrics", "expected host:port"),
+    ("[daemon.slots]\nshell = 0", 2, "daemon.slots.shell", "expected a whole number >= 1; got 0"),
+    ("[daemon.slots]\nshell = 2.5", 2, "daemon.slots.shell", "expected a whole number >= 1; got 2.5"),
+    ("[daemon]\nslots = 3", 2, "daemon.slots", "expected a table; got an integer 3"),
+    ("[[process]]\nkind = 'ticker'", 1, "process[0].name", "missing (required)"),
+    ("[[process]]\nname = 'a'", 1, "process[0].kind", "missing (required)"),
+    ("[[process]]\nname = 'a'\nkind = 'nope'", 3, "process[0].kind", "unknown process kind 'nope'"),
+    ("[[process]]\nname = 'a b'\nkind = 'ticker'", 2, "process[0].name", "expected letters, digits"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\n[[process]]\nname = 'a'\nkind = 'ticker'", 5, "process[1].name",
+     "'a' is declared twice"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\nrestart = 'sometimes'", 4, "process[0].restart",
+     "expected one of permanent, transient, temporary; got 'sometimes'"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\ndepends_on = 'b'", 4, "process[0].depends_on", "expected an array"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\ndepends_on = [1]", 4, "process[0].depends_on",
+     "expected an array of process names"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\ndepends_on = ['ghost']", 4, "process[0].depends_on",
+     "names 'ghost', which is not a declared process"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\ncolour = 'red'", 4, "process[0].colour", "unknown key"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\nsettings = 1", 4, "process[0].settings", "expected a table"),
+    ("process = 3", None, "process", "expected an array; got an integer 3"),
+    ("[host]\nhpc = 1", 2, "host.hpc", "expected a table"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "line", "key", "fragment"), BROKEN)
+def test_broken_configurations_name_the_file_key_line_and_expectation(
+    tmp_path: Path, text: str, line: int | None, key: str, fragment: str
+) -> None:
+    """Each broken file raises ConfigError naming the file, the key path, the line and what was
+    expected (the line is where the offending key or table is)."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path, known_kinds={"ticker"}.__contains__)
+    error = caught.value
+    assert str(path) == error.file
+    assert key == error.key
+    if line is not None:
+        assert line == error.line, str(error)
+    assert fragment in str(error)
+    assert str(error).startswith(f"{path}:" if line else str(path))
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """A path that cannot be read is reported as such, naming it."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("case", [BROKEN[4], BROKEN[18], BROKEN[21]])
+def test_the_daemon_refuses_a_broken_configuration_with_exit_code_2(tmp_path: Path, case: tuple[str, ...]) -> None:
+    """`statevisor daemon` with a broken file exits 2, prints the precise error, starts nothing."""
+    path = write(tmp_path, case[0] + "\n[daemon]\nstore = 'never.db'\n" if "[daemon]" not in case[0] else case[0])
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert 2 == done.returncode, done.stderr
+    assert "invalid configuration" in done.stderr
+    assert case[2] in done.stderr
+    assert not (tmp_path / "never.db").exists()
+    assert not (tmp_path / "statevisor.db").exists()
