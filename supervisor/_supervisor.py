@@ -245,6 +245,28 @@ class Supervisor:
             return
         await self._start_child(child)
 
+    async def add_child(self, spec: ChildSpec) -> None:
+        """Add a child at run time (configuration reload) and start it once its dependencies run."""
+        if spec.name in self._children:
+            raise ConfigurationError(f"supervisor {self.path} already has a child {spec.name!r}")
+        specs = {n: c.spec.depends_on for n, c in self._children.items()}
+        specs[spec.name] = spec.depends_on
+        order = start_order(specs)  # raises on unknown dependencies or cycles, before any change
+        if spec.machine is not None:
+            self.host.register(spec.machine)
+        child = _Child(spec)
+        self._children[spec.name] = child
+        self.order = order
+        for dependency in spec.depends_on:
+            await self._children[dependency].running.wait()
+        await self._start_child(child)
+
+    async def remove_child(self, name: str, reason: str = "removed from the configuration") -> None:
+        """Stop a child on purpose and forget it (configuration reload)."""
+        await self.stop_child(name, reason)
+        del self._children[name]
+        self.order = [n for n in self.order if n != name]
+
     async def _stop_all(self, reason: str) -> None:
         self.state = SupervisorState.STOPPING
         for name in reversed(self.order):

@@ -1,8 +1,9 @@
 """``statevisor daemon``: run a Host from a configuration file until told to stop.
 
 What exists now: the configuration, the SQLite store and recovery, the supervised processes it
-declares, metrics on loopback, structured logs, bounded graceful shutdown on SIGTERM/SIGINT.
-The control socket, remote handles, SIGHUP reload and the full metric set are issue #5's.
+declares, metrics on loopback, structured logs, bounded graceful shutdown on SIGTERM/SIGINT,
+configuration reload on SIGHUP, task stacks on SIGUSR1. The control socket and remote handles
+come next.
 """
 
 from __future__ import annotations
@@ -15,23 +16,24 @@ import structlog
 
 from ._host import Host
 from ._supervisor import ChildSpec, SupervisorSpec
-from .config import Config
+from .config import Config, ConfigError, ProcessSettings, load
 from .logs import configure
 
 log = structlog.get_logger("statevisor.daemon")
 
 
+def child_spec(process: ProcessSettings, kinds: dict[str, Any]) -> ChildSpec:
+    return ChildSpec(
+        process.name,
+        machine=kinds[process.kind],
+        state=dict(process.settings),
+        restart=process.restart,
+        depends_on=process.depends_on,
+    )
+
+
 def build_host(config: Config, kinds: dict[str, Any]) -> Host:
-    children = [
-        ChildSpec(
-            p.name,
-            machine=kinds[p.kind],
-            state=dict(p.settings),
-            restart=p.restart,
-            depends_on=p.depends_on,
-        )
-        for p in config.processes
-    ]
+    children = [child_spec(p, kinds) for p in config.processes]
     return Host(
         machines=list(kinds.values()),
         store=str(config.daemon.store),
@@ -52,6 +54,16 @@ async def serve(config: Config, kinds: dict[str, Any], *, ready: asyncio.Event |
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    current = [config]
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload(host, current, kinds))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGUSR1, dump_stacks)
     report = await host.start()
     server = start_metrics(host, config.daemon.metrics)
     log.info(
@@ -71,10 +83,47 @@ async def serve(config: Config, kinds: dict[str, Any], *, ready: asyncio.Event |
         log.info("daemon_stopping", timeout=config.daemon.shutdown_timeout)
         server.shutdown()
         await host.shutdown(timeout=config.daemon.shutdown_timeout)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
     log.info("daemon_stopped")
     return 0
+
+
+async def reload(host: Host, current: list[Config], kinds: dict[str, Any]) -> None:
+    """Apply a changed configuration: start new processes, stop removed ones, restart changed
+    ones; leave the rest alone. An invalid file is refused and the running configuration kept."""
+    old = current[0]
+    try:
+        new = load(old.path, known_kinds=kinds.__contains__)
+    except ConfigError as exc:
+        log.error("reload_refused", error=str(exc))
+        return
+    before = {p.name: p for p in old.processes}
+    after = {p.name: p for p in new.processes}
+    removed = [n for n in before if n not in after]
+    changed = [n for n in before if n in after and before[n] != after[n]]
+    added = [n for n in after if n not in before]
+    if new.daemon != old.daemon:
+        log.warning("reload_daemon_settings_need_restart", note="[daemon] changes apply at the next start")
+    root = host.root
+    for name in reversed(removed + changed):
+        await root.remove_child(name, "removed or changed by a configuration reload")
+    for name in [n for n in after if n in added or n in changed]:
+        await root.add_child(child_spec(after[name], kinds))
+    current[0] = new
+    log.info(
+        "reloaded", added=added, removed=removed, changed=changed, unchanged=len(after) - len(added) - len(changed)
+    )
+
+
+def dump_stacks() -> None:
+    """Write every task's stack to the log (SIGUSR1): what is everything waiting on?"""
+    import io
+
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        log.info("task_stack", task=task.get_name(), stack=stack.getvalue())
 
 
 def run(config: Config, kinds: dict[str, Any]) -> int:

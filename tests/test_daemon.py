@@ -130,3 +130,42 @@ def test_processes_survive_a_restart_and_keep_counting(daemon: Daemon, how: int)
     assert 0 == status
     recovered = [line for line in logs if line["event"] == "recovered"]
     assert 2 == recovered[0]["revived"]
+
+
+def live_pids(store: Path) -> dict[str, str]:
+    with sqlite3.connect(store) as db:
+        return dict(db.execute("SELECT name, pid FROM processes WHERE ended IS NULL").fetchall())
+
+
+def test_sighup_applies_the_difference_and_leaves_the_rest_alone(daemon: Daemon) -> None:
+    """SIGHUP: a new process starts, a removed one stops, a changed one restarts (new pid), an
+    unchanged one keeps its pid; then an invalid file is refused and the daemon runs on."""
+    daemon.config.write_text(daemon.config.read_text() + '\n[[process]]\nname = "steady"\nkind = "ticker"\n')
+    daemon.start()
+    wait_for(lambda: daemon.store.exists() and len(live_pids(daemon.store)) == 3)
+    before = live_pids(daemon.store)
+    text = daemon.config.read_text()
+    text = text.replace('[[process]]\nname = "after"\nkind = "ticker"\ndepends_on = ["fast"]\n', "")
+    text = text.replace("interval = 0.02", "interval = 0.03")
+    daemon.config.write_text(text + '\n[[process]]\nname = "fresh"\nkind = "ticker"\n')
+    assert daemon.child is not None
+    daemon.child.send_signal(signal.SIGHUP)
+    wait_for(lambda: {"root/fast", "root/steady", "root/fresh"} == set(live_pids(daemon.store)))
+    after = live_pids(daemon.store)
+    assert before["root/steady"] == after["root/steady"]
+    assert before["root/fast"] != after["root/fast"]
+    daemon.config.write_text("[daemon\nbroken")
+    daemon.child.send_signal(signal.SIGHUP)
+    daemon.child.send_signal(signal.SIGUSR1)
+    wait_for(lambda: reachable(daemon.port))
+    status, logs = daemon.stop()
+    assert 0 == status
+    events = [line["event"] for line in logs]
+    assert "reloaded" in events
+    assert "reload_refused" in events
+    reloaded = next(line for line in logs if line["event"] == "reloaded")
+    assert (["fresh"], ["after"], ["fast"], 1) == (
+        reloaded["added"], reloaded["removed"], reloaded["changed"], reloaded["unchanged"]
+    )  # fmt: skip
+    stacks = [line for line in logs if line["event"] == "task_stack"]
+    assert any("statevisor:" in str(line["task"]) for line in stacks)
