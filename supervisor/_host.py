@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from ._exceptions import ConfigurationError, ProcessNotFound, StatevisorError
 from ._handle import Handle
 from ._lifecycle import DriveMode, Lifecycle
 from ._machine import Machine
+from ._process import Process
 from ._runtime import Runtime
 from ._snapshot import ProcessRecord
 from ._sqlite import Quarantined, SQLiteStore, Synchronous
@@ -77,6 +79,9 @@ class Host:
         for spec in _all_machines(self.root.spec):
             self.register(spec)
         self._adoptable: dict[tuple[str, str], Handle] = {}
+        # Recently ended processes stay findable (how did it end?), up to a bound.
+        self._ended: OrderedDict[str, Process] = OrderedDict()
+        self.runtime.observers.append(_EndedKeeper(self._ended, self.ended_kept))
         self._closing = False
         self._pruner: asyncio.Task[None] | None = None
 
@@ -191,11 +196,26 @@ class Host:
         self.runtime.start(handle)
         return handle
 
+    ended_kept = 10_000
+
     def get(self, pid: str) -> Handle:
-        return self.runtime.get(pid)
+        """A live process by id, or one that ended recently (its handle reports how it ended)."""
+        try:
+            return self.runtime.get(pid)
+        except ProcessNotFound:
+            if pid in self._ended:
+                return Handle(self._ended[pid])
+            raise
 
     def find(self, name: str) -> Handle:
-        return self.runtime.find(name)
+        """A live process by name, or the latest recently ended one of that name."""
+        try:
+            return self.runtime.find(name)
+        except ProcessNotFound:
+            for process in reversed(self._ended.values()):
+                if process.name == name:
+                    return Handle(process)
+            raise
 
     def list(
         self, *, kind: str | None = None, lifecycle: Lifecycle | None = None, paused: bool | None = None
@@ -249,6 +269,25 @@ class Host:
     def __repr__(self) -> str:
         store = self.store_path or "no store"
         return f"<Host {store}: {len(self.runtime)} live processes, {len(self.machines)} kinds, {self.root!r}>"
+
+
+class _EndedKeeper:
+    """A runtime observer keeping the last ``limit`` ended processes."""
+
+    def __init__(self, ended: OrderedDict[str, Process], limit: int) -> None:
+        self.ended = ended
+        self.limit = limit
+
+    def transition_error(self, process: Process) -> None:
+        return None
+
+    def action_done(self, process: Process, action: Any, seconds: float, ok: bool) -> None:
+        return None
+
+    def terminated(self, process: Process) -> None:
+        self.ended[process.pid] = process
+        if len(self.ended) > self.limit:
+            self.ended.popitem(last=False)
 
 
 @contextlib.contextmanager

@@ -2,8 +2,7 @@
 
 What exists now: the configuration, the SQLite store and recovery, the supervised processes it
 declares, metrics on loopback, structured logs, bounded graceful shutdown on SIGTERM/SIGINT,
-configuration reload on SIGHUP, task stacks on SIGUSR1. The control socket and remote handles
-come next.
+configuration reload on SIGHUP, task stacks on SIGUSR1, the control socket (owner-only).
 """
 
 from __future__ import annotations
@@ -66,11 +65,17 @@ async def serve(config: Config, kinds: dict[str, Any], *, ready: asyncio.Event |
     loop.add_signal_handler(signal.SIGUSR1, dump_stacks)
     report = await host.start()
     server = start_metrics(host, config.daemon.metrics)
+    from .control import ControlServer
+
+    config.daemon.socket.parent.mkdir(parents=True, exist_ok=True)
+    control = ControlServer(host, str(config.daemon.socket))
+    await control.start()
     log.info(
         "daemon_started",
         config=str(config.path),
         store=str(config.daemon.store),
         metrics=config.daemon.metrics,
+        socket=str(config.daemon.socket),
         revived=report.revived,
         quarantined=len(report.quarantined),
         processes=len(host.runtime),
@@ -81,6 +86,7 @@ async def serve(config: Config, kinds: dict[str, Any], *, ready: asyncio.Event |
         await stop.wait()
     finally:
         log.info("daemon_stopping", timeout=config.daemon.shutdown_timeout)
+        await control.close()
         server.shutdown()
         await host.shutdown(timeout=config.daemon.shutdown_timeout)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):

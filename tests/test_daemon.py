@@ -169,3 +169,27 @@ def test_sighup_applies_the_difference_and_leaves_the_rest_alone(daemon: Daemon)
     )  # fmt: skip
     stacks = [line for line in logs if line["event"] == "task_stack"]
     assert any("statevisor:" in str(line["task"]) for line in stacks)
+
+
+def test_the_daemon_serves_its_control_socket_owner_only(daemon: Daemon) -> None:
+    """The daemon's control socket is mode 0600, and a client drives a process through it."""
+    import asyncio
+    import os
+    import stat
+
+    from supervisor.control import Client
+
+    daemon.start()
+    socket_path = daemon.config.parent / "var" / "s.sock"
+    wait_for(socket_path.exists)
+    assert 0o600 == stat.S_IMODE(os.stat(socket_path).st_mode)
+
+    async def drive() -> int:
+        async with Client.connect(str(socket_path)) as client:
+            fast = await client.get("root/fast")
+            return int(await fast.call("ticks", timeout=10))
+
+    assert asyncio.run(drive()) >= 0
+    status, _ = daemon.stop()
+    assert 0 == status
+    assert not socket_path.exists()

@@ -1,0 +1,243 @@
+"""The Python client of the control API, and its remote handles.
+
+    async with Client.connect("var/statevisor.sock") as client:
+        handle = await client.spawn("ticker", {"interval": 1.0})
+        await handle.cast("hello")
+        async for snapshot in handle.watch():
+            ...
+
+Remote handles raise the same exception classes as in-process ones (rebuilt from the error's
+fields), and return the same :class:`Snapshot` records. Operations that cannot be synchronous
+over a socket (``try_nudge``, ``try_cast``, ``state``) are coroutines here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+from .. import _exceptions as errors
+from .._lifecycle import Lifecycle
+from .._snapshot import Snapshot
+from ._protocol import PROTOCOL_VERSION, ProtocolError, encode, read_frame
+
+
+class RemoteError(errors.StatevisorError):
+    """An error from the daemon that has no class of its own on this side."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+def _rebuild(fields: dict[str, Any]) -> BaseException:
+    kind, message = str(fields.get("type")), str(fields.get("message", ""))
+    pid, reason = str(fields.get("pid", "?")), str(fields.get("reason", message))
+    if kind == "ProcessFinished":
+        return errors.ProcessFinished(pid, "finished")
+    if kind == "ProcessFailed":
+        return errors.ProcessFailed(pid, reason)
+    if kind == "ProcessKilled":
+        return errors.ProcessKilled(pid, reason)
+    if kind in ("TransitionError", "IllegalPhaseChange", "StateMutationError", "NondeterminismError"):
+        return errors.TransitionError(str(fields.get("error_type", kind)), message)
+    simple: dict[str, type[BaseException]] = {
+        "WouldBlock": errors.WouldBlock, "CallTimeout": errors.CallTimeout, "ProcessNotFound": errors.ProcessNotFound,
+        "ConfigurationError": errors.ConfigurationError, "StateTypeError": errors.ConfigurationError,
+        "ProtocolError": ProtocolError, "NotFinished": errors.NotFinished, "TimeoutError": TimeoutError,
+    }  # fmt: skip
+    if kind in simple:
+        return simple[kind](message)
+    return RemoteError(kind, message)
+
+
+def _snapshot(fields: dict[str, Any]) -> Snapshot:
+    return Snapshot(
+        pid=fields["pid"], name=fields["name"], kind=fields["kind"], version=fields["version"],
+        lifecycle=Lifecycle(fields["lifecycle"]), paused=fields["paused"], pause_reason=fields["pause_reason"],
+        phase=fields["phase"], state=fields["state"], waiting_on=tuple(fields["waiting_on"]), since=fields["since"],
+        result=fields["result"], error=fields["error"],
+    )  # fmt: skip
+
+
+class Client:
+    """One connection to a daemon. Use ``async with Client.connect(path) as client``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._streams: dict[int, asyncio.Queue[Any]] = {}
+        self._pump: asyncio.Task[None] | None = None
+        self.server_version: str | None = None
+
+    @classmethod
+    def connect(cls, path: str) -> Client:
+        return cls(path)
+
+    async def __aenter__(self) -> Client:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        self._reader, self._writer = await asyncio.open_unix_connection(self.path)
+        self._writer.write(encode({"op": "hello", "v": PROTOCOL_VERSION, "id": 0}))
+        await self._writer.drain()
+        hello = await read_frame(self._reader)
+        if hello is None or not hello.get("ok"):
+            raise ProtocolError(f"the daemon refused the connection: {hello}")
+        self.server_version = hello["result"].get("server")
+        self._pump = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self._writer.wait_closed()
+        self._fail_all(ConnectionResetError("the control connection is closed"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
+        for queue in self._streams.values():
+            queue.put_nowait(error)
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        try:
+            while True:
+                message = await read_frame(self._reader)
+                if message is None:
+                    break
+                request = message.get("id")
+                if "item" in message and request in self._streams:
+                    self._streams[request].put_nowait(message["item"])
+                    continue
+                if request in self._streams:
+                    self._streams[request].put_nowait(StopAsyncIteration() if message.get("ok") else
+                                                      _rebuild(message.get("error", {})))  # fmt: skip
+                    continue
+                future = self._waiting.pop(request, None) if isinstance(request, int) else None
+                if future is None or future.done():
+                    continue
+                if message.get("ok"):
+                    future.set_result(message.get("result"))
+                else:
+                    future.set_exception(_rebuild(message.get("error", {})))
+        except (ConnectionError, ProtocolError) as exc:
+            self._fail_all(ConnectionResetError(f"the control connection broke: {exc}"))
+            return
+        self._fail_all(ConnectionResetError("the daemon closed the control connection"))
+
+    async def _send(self, request: int, op: str, args: dict[str, Any]) -> None:
+        if self._writer is None:
+            raise ConnectionResetError("not connected; use `async with Client.connect(path)`")
+        self._writer.write(encode({"id": request, "op": op, "args": args}))
+        await self._writer.drain()
+
+    async def request(self, op: str, **args: Any) -> Any:
+        request = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[request] = future
+        await self._send(request, op, args)
+        return await future
+
+    async def stream(self, op: str, **args: Any) -> AsyncIterator[Any]:
+        request = next(self._ids)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._streams[request] = queue
+        await self._send(request, op, args)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, StopAsyncIteration):
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._streams.pop(request, None)
+
+    async def spawn(self, kind: str, state: dict[str, Any] | None = None, *, name: str | None = None) -> RemoteHandle:
+        fields = await self.request("spawn", kind=kind, state=state, name=name)
+        return RemoteHandle(self, fields["pid"], fields["name"], fields["kind"])
+
+    async def get(self, pid: str) -> RemoteHandle:
+        """A handle to a live process, by id or name."""
+        fields = await self.request("state", pid=pid)
+        return RemoteHandle(self, fields["pid"], fields["name"], fields["kind"])
+
+    async def list(
+        self, *, kind: str | None = None, lifecycle: Lifecycle | None = None, paused: bool | None = None
+    ) -> list[Snapshot]:
+        found = await self.request("list", kind=kind, lifecycle=str(lifecycle) if lifecycle else None, paused=paused)
+        return [_snapshot(f) for f in found]
+
+    def __repr__(self) -> str:
+        state = "connected" if self._pump is not None and not self._pump.done() else "closed"
+        return f"<Client {self.path} {state}, {len(self._waiting)} waiting, {len(self._streams)} streams>"
+
+
+class RemoteHandle:
+    """A handle to a process in a daemon; the same operations as :class:`Handle`."""
+
+    def __init__(self, client: Client, pid: str, name: str, kind: str) -> None:
+        self.client = client
+        self.pid = pid
+        self.name = name
+        self.kind = kind
+
+    async def nudge(self) -> None:
+        await self.client.request("nudge", pid=self.pid)
+
+    async def try_nudge(self) -> None:
+        await self.client.request("try_nudge", pid=self.pid)
+
+    async def pause(self) -> None:
+        await self.client.request("pause", pid=self.pid)
+
+    async def resume(self) -> None:
+        await self.client.request("resume", pid=self.pid)
+
+    async def kill(self, reason: str = "killed") -> Snapshot:
+        return _snapshot(await self.client.request("kill", pid=self.pid, reason=reason))
+
+    async def cast(self, message: Any) -> None:
+        await self.client.request("cast", pid=self.pid, message=message)
+
+    async def try_cast(self, message: Any) -> None:
+        await self.client.request("try_cast", pid=self.pid, message=message)
+
+    async def call(self, message: Any, timeout: float | None = None) -> Any:
+        return await self.client.request("call", pid=self.pid, message=message, timeout=timeout)
+
+    async def state(self) -> Snapshot:
+        return _snapshot(await self.client.request("state", pid=self.pid))
+
+    async def wait(self, timeout: float | None = None) -> Snapshot:
+        return _snapshot(await self.client.request("wait", pid=self.pid, timeout=timeout))
+
+    async def watch(self) -> AsyncIterator[Snapshot]:
+        async for fields in self.client.stream("watch", pid=self.pid):
+            yield _snapshot(fields)
+
+    def __repr__(self) -> str:
+        return f"<RemoteHandle {self.pid} {self.kind!r} via {self.client.path}>"

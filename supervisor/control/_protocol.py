@@ -1,0 +1,73 @@
+"""Framing and messages of the control protocol (version 1).
+
+A frame is a 4-byte big-endian length, then that many bytes of msgpack. Frames larger than
+``MAX_FRAME`` are refused (the connection is closed: past a bad length nothing can be trusted).
+
+* client hello:  ``{"op": "hello", "v": 1, "id": 0}`` (``"token"`` too, when the server wants one)
+* request:       ``{"id": N, "op": "cast", "args": {...}}``
+* response:      ``{"id": N, "ok": true, "result": ...}`` or ``{"id": N, "ok": false, "error": {...}}``
+* stream item:   ``{"id": N, "item": ...}``, ended by ``{"id": N, "end": true}`` (watch)
+
+Errors carry ``type`` (the exception class name), ``message`` and, where the class has them,
+its fields (``pid``, ``reason``, ``error_type``), so the client raises the same class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+
+from .._exceptions import StatevisorError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 1 << 20
+_LENGTH = struct.Struct(">I")
+
+
+class ProtocolError(StatevisorError):
+    """A frame or message that does not follow the protocol."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    body: bytes = msgpack.packb(message, use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes is over the {MAX_FRAME}-byte limit")
+    return _LENGTH.pack(len(body)) + body
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> dict[str, Any] | None:
+    """The next message, or None at end of stream. Raises ProtocolError for a bad frame."""
+    try:
+        header = await reader.readexactly(4)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("connection closed inside a frame header") from None
+        return None
+    (length,) = _LENGTH.unpack(header)
+    if length > limit:
+        raise ProtocolError(f"frame of {length} bytes is over the {limit}-byte limit")
+    try:
+        body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("connection closed inside a frame") from None
+    try:
+        message = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError(f"frame is not msgpack: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"a message must be a map, got {type(message).__name__}")
+    return message
+
+
+def error_fields(error: BaseException) -> dict[str, Any]:
+    fields: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
+    for name in ("pid", "reason", "error_type"):
+        value = getattr(error, name, None)
+        if isinstance(value, str):
+            fields[name] = value
+    if type(error).__name__ == "TransitionError" or hasattr(error, "error_type"):
+        fields["message"] = getattr(error, "message", str(error))
+    return fields

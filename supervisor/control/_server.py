@@ -1,0 +1,309 @@
+"""The control server: the handle API of a host's processes, over a unix socket.
+
+The socket is created owner-only (mode 0600) and a connecting process of another uid is refused
+(``SO_PEERCRED``), even if the file's mode was widened. Bad frames get an error frame or, when the
+framing itself is broken, a closed connection: never a crashed daemon. Requests on one
+connection run concurrently; their responses are written whole, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from .._exceptions import ProcessNotFound, StatevisorError
+from .._handle import Handle
+from .._host import Host
+from .._lifecycle import DriveMode, Lifecycle
+from .._snapshot import Snapshot
+from ._protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, encode, error_fields, read_frame
+
+log = structlog.get_logger("statevisor.control")
+
+Op = Callable[["_Connection", dict[str, Any], int], Awaitable[Any]]
+
+
+def snapshot_fields(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "pid": snapshot.pid, "name": snapshot.name, "kind": snapshot.kind, "version": snapshot.version,
+        "lifecycle": str(snapshot.lifecycle), "paused": snapshot.paused, "pause_reason": snapshot.pause_reason,
+        "phase": snapshot.phase, "state": snapshot.state, "waiting_on": list(snapshot.waiting_on),
+        "since": snapshot.since, "result": snapshot.result, "error": snapshot.error,
+    }  # fmt: skip
+
+
+def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+    if name not in args:
+        if required:
+            raise ProtocolError(f"argument {name!r} is missing")
+        return None
+    value = args[name]
+    if value is not None and not isinstance(value, kind):
+        raise ProtocolError(f"argument {name!r} must be {getattr(kind, '__name__', kind)}, not {type(value).__name__}")
+    return value
+
+
+class ControlServer:
+    """Serves one host on a unix socket path."""
+
+    def __init__(
+        self, host: Host, path: str, *, max_frame: int = MAX_FRAME, allow_uids: set[int] | None = None
+    ) -> None:
+        self.host = host
+        self.path = path
+        self.max_frame = max_frame
+        self.allow_uids = allow_uids if allow_uids is not None else {os.getuid()}
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+        self.refused = 0
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        old = os.umask(0o177)  # the socket file is born owner-only: no window where others could connect
+        try:
+            self._server = await asyncio.start_unix_server(self._accept, path=self.path)
+        finally:
+            os.umask(old)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for connection in list(self._connections):
+                connection.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        uid = _peer_uid(sock) if sock is not None else None
+        if uid is None or uid not in self.allow_uids:
+            self.refused += 1
+            log.warning("control_refused", uid=uid, reason="peer uid not allowed")
+            writer.close()
+            return
+        connection = _Connection(self, reader, writer)
+        self._connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self._connections.discard(connection)
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return int(uid)
+
+
+class _Connection:
+    def __init__(self, server: ControlServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.host = server.host
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.greeted = False
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for task in self.tasks.values():
+            task.cancel()
+        self.writer.close()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            self.writer.write(encode(message))
+            await self.writer.drain()
+        except (ConnectionError, ProtocolError) as exc:
+            if isinstance(exc, ProtocolError):  # a result too large for one frame
+                await self.fail(message.get("id"), exc)
+                return
+            self.close()
+
+    async def fail(self, request_id: int | None, error: BaseException) -> None:
+        await self.send({"id": request_id, "ok": False, "error": error_fields(error)})
+
+    async def serve(self) -> None:
+        try:
+            while not self.closed:
+                try:
+                    message = await read_frame(self.reader, self.server.max_frame)
+                except ProtocolError as exc:
+                    await self.fail(None, exc)
+                    break  # the framing is broken: nothing after this can be trusted
+                if message is None:
+                    break
+                await self._dispatch(message)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.close()
+            if self.tasks:
+                await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        request_id = message.get("id")
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
+            await self.fail(None, ProtocolError("'id' must be an integer"))
+            return
+        op = message.get("op")
+        if not self.greeted:
+            if op != "hello" or message.get("v") != PROTOCOL_VERSION:
+                error = ProtocolError(
+                    f"expected hello with protocol version {PROTOCOL_VERSION}, got {op!r} v{message.get('v')!r}"
+                )
+                await self.send({"id": request_id, "ok": False, "error": error_fields(error)})
+                self.close()
+                return
+            self.greeted = True
+            from .. import __version__
+
+            await self.send(
+                {"id": request_id, "ok": True, "result": {"version": PROTOCOL_VERSION, "server": __version__}}
+            )
+            return
+        handler = OPS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            await self.fail(request_id, ProtocolError(f"unknown operation {op!r}; known: {', '.join(sorted(OPS))}"))
+            return
+        args = message.get("args", {})
+        if not isinstance(args, dict):
+            await self.send(
+                {"id": request_id, "ok": False, "error": error_fields(ProtocolError("'args' must be a map"))}
+            )
+            return
+        if request_id in self.tasks:
+            await self.fail(request_id, ProtocolError(f"request id {request_id} is already in use here"))
+            return
+        task = asyncio.get_running_loop().create_task(self._run(handler, args, request_id))
+        self.tasks[request_id] = task
+
+    async def _run(self, handler: Op, args: dict[str, Any], request_id: int) -> None:
+        try:
+            result = await handler(self, args, request_id)
+        except asyncio.CancelledError:
+            return
+        except (StatevisorError, TimeoutError) as exc:
+            await self.fail(request_id, exc)
+        except Exception as exc:  # a bug here must cost one request, never the daemon
+            log.exception("control_request_failed", op=handler.__name__)
+            await self.send({"id": request_id, "ok": False, "error": {"type": "InternalError", "message": repr(exc)}})
+        else:
+            await self.send({"id": request_id, "ok": True, "result": result})
+        finally:
+            self.tasks.pop(request_id, None)
+
+    def handle(self, args: dict[str, Any]) -> Handle:
+        pid = _arg(args, "pid", str)
+        try:
+            return self.host.get(pid)
+        except ProcessNotFound:
+            return self.host.find(pid)
+
+
+async def op_spawn(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    kind = _arg(args, "kind", str)
+    state = _arg(args, "state", dict, required=False)
+    mode = DriveMode(_arg(args, "mode", str, required=False) or "auto")
+    handle = await c.host.spawn(kind, state, name=_arg(args, "name", str, required=False), mode=mode)
+    return snapshot_fields(handle.state)
+
+
+async def op_state(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    return snapshot_fields(c.handle(args).state)
+
+
+async def op_list(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    lifecycle = _arg(args, "lifecycle", str, required=False)
+    handles = c.host.list(
+        kind=_arg(args, "kind", str, required=False),
+        lifecycle=Lifecycle(lifecycle) if lifecycle else None,
+        paused=_arg(args, "paused", bool, required=False),
+    )
+    return [snapshot_fields(h.state) for h in handles]
+
+
+async def op_cast(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    await c.handle(args).cast(args.get("message"))
+
+
+async def op_try_cast(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    c.handle(args).try_cast(args.get("message"))
+
+
+async def op_call(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    return await c.handle(args).call(args.get("message"), _arg(args, "timeout", (int, float), required=False))
+
+
+async def op_nudge(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    await c.handle(args).nudge()
+
+
+async def op_try_nudge(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    c.handle(args).try_nudge()
+
+
+async def op_pause(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    await c.handle(args).pause()
+
+
+async def op_resume(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    await c.handle(args).resume()
+
+
+async def op_kill(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    return snapshot_fields(await c.handle(args).kill(_arg(args, "reason", str, required=False) or "killed"))
+
+
+async def op_wait(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    return snapshot_fields(await c.handle(args).wait(_arg(args, "timeout", (int, float), required=False)))
+
+
+async def op_statistics(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    from dataclasses import asdict
+
+    return asdict(c.handle(args).statistics())
+
+
+async def op_watch(c: _Connection, args: dict[str, Any], request_id: int) -> Any:
+    """Stream snapshots (watch-channel semantics) until the terminal one or a cancel."""
+    handle = c.handle(args)
+    async for snapshot in handle.watch():
+        await c.send({"id": request_id, "item": snapshot_fields(snapshot)})
+    return None  # the response that ends the stream
+
+
+async def op_cancel(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    stream = _arg(args, "request", int)
+    task = c.tasks.get(stream)
+    if task is not None:
+        task.cancel()
+        await c.send({"id": stream, "ok": True, "result": None})
+    return None
+
+
+OPS: dict[str, Op] = {
+    "spawn": op_spawn, "state": op_state, "list": op_list, "cast": op_cast, "try_cast": op_try_cast,
+    "call": op_call, "nudge": op_nudge, "try_nudge": op_try_nudge, "pause": op_pause, "resume": op_resume,
+    "kill": op_kill, "wait": op_wait, "statistics": op_statistics, "watch": op_watch, "cancel": op_cancel,
+}  # fmt: skip

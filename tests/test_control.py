@@ -1,0 +1,236 @@
+"""The control API: protocol, server and client, remote handles; and a fuzzed socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import stat
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+
+from supervisor import Host, Lifecycle, ProcessFinished, ProcessNotFound, TransitionError, WouldBlock
+from supervisor.control import Client, ControlServer, ProtocolError
+from tests.helpers import Recorder, wait_until
+from tests.machines import Counter, Worker
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Host, ControlServer, str]]:
+    host = Host(machines=[Counter, Worker], executors={"work": Recorder(), "record": Recorder()})
+    await host.start()
+    path = str(tmp_path / "control.sock")
+    server = ControlServer(host, path)
+    await server.start()
+    yield host, server, path
+    await server.close()
+    await host.runtime.kill_all()
+
+
+async def test_the_socket_is_owner_only(served: tuple[Host, ControlServer, str]) -> None:
+    """The control socket is created with mode 0600."""
+    _, _, path = served
+    assert 0o600 == stat.S_IMODE(os.stat(path).st_mode)
+
+
+async def test_remote_handles_drive_processes_like_local_ones(served: tuple[Host, ControlServer, str]) -> None:
+    """spawn, cast, call, state, pause/resume, kill and wait work over the socket, and errors
+    arrive as the same classes as in process."""
+    host, _, path = served
+    async with Client.connect(path) as client:
+        handle = await client.spawn("counter", {"n": 1}, name="remote-counter")
+        await handle.cast(4)
+        assert 5 == await handle.call("get", timeout=5)
+        with pytest.raises(TransitionError) as caught:
+            await handle.call("boom")
+        assert ("ValueError", "boom after emitting") == (caught.value.error_type, caught.value.message)
+        await handle.pause()
+        assert (await handle.state()).paused
+        await handle.resume()
+        assert 5 == host.find("remote-counter").state.state["n"]
+        final = await handle.kill("done remotely")
+        assert (Lifecycle.KILLED, "done remotely") == (final.lifecycle, final.error)
+        assert Lifecycle.KILLED == (await handle.wait(timeout=5)).lifecycle
+        with pytest.raises(ProcessNotFound):
+            await client.get("nobody")
+        finished = await client.spawn("counter")
+        await finished.call("finish")
+        await finished.wait(timeout=5)
+        with pytest.raises((ProcessFinished, ProcessNotFound)):
+            await finished.call("get")
+
+
+async def test_try_operations_raise_would_block_remotely(served: tuple[Host, ControlServer, str]) -> None:
+    """try_cast on a full mailbox raises WouldBlock through the socket too."""
+    host, _, path = served
+    host.runtime.mailbox_size = 1
+    async with Client.connect(path) as client:
+        handle = await client.spawn("counter")
+        await handle.pause()
+        await handle.try_cast(1)
+        with pytest.raises(WouldBlock, match="mailbox is full"):
+            await handle.try_cast(1)
+        await handle.kill()
+
+
+async def test_remote_watch_streams_to_the_terminal_snapshot(served: tuple[Host, ControlServer, str]) -> None:
+    """watch() over the socket yields snapshots and ends with the terminal one."""
+    _, _, path = served
+    async with Client.connect(path) as client:
+        handle = await client.spawn("counter", {"n": 0})
+        seen: list[int] = []
+
+        async def watcher() -> Lifecycle:
+            last = Lifecycle.CREATED
+            async for snapshot in handle.watch():
+                seen.append(snapshot.state.get("n", 0))
+                last = snapshot.lifecycle
+            return last
+
+        watching = asyncio.ensure_future(watcher())
+        for _ in range(20):
+            await handle.cast(1)
+        assert "bye" == await handle.call("finish")
+        assert Lifecycle.FINISHED == await asyncio.wait_for(watching, 10)
+        assert 20 == seen[-1]
+        assert seen == sorted(seen)
+        listed = await client.list()
+        assert handle.pid not in {s.pid for s in listed}
+
+
+async def test_another_uid_is_refused(tmp_path: Path) -> None:
+    """A peer whose uid is not allowed is disconnected before any request is read."""
+    host = Host(machines=[Counter])
+    await host.start()
+    path = str(tmp_path / "c.sock")
+    server = ControlServer(host, path, allow_uids={os.getuid() + 4242})
+    await server.start()
+    with pytest.raises((ProtocolError, ConnectionError, asyncio.IncompleteReadError)):
+        async with Client.connect(path):
+            pass
+    assert 1 == server.refused
+    await server.close()
+
+
+async def raw_exchange(path: str, frames: list[bytes]) -> list[dict[str, object]]:
+    reader, writer = await asyncio.open_unix_connection(path)
+    for frame in frames:
+        writer.write(frame)
+    await writer.drain()
+    replies: list[dict[str, object]] = []
+    try:
+        async with asyncio.timeout(5):
+            while len(replies) < len(frames):
+                header = await reader.readexactly(4)
+                replies.append(msgpack.unpackb(await reader.readexactly(struct.unpack(">I", header)[0])))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    writer.close()
+    return replies
+
+
+def frame(message: object) -> bytes:
+    body: bytes = msgpack.packb(message, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+async def test_protocol_errors_get_error_frames(served: tuple[Host, ControlServer, str]) -> None:
+    """No hello first: error and close. Unknown operation, bad arguments: an error frame naming
+    the problem, and the connection stays usable. An oversized frame: error and close."""
+    _, _, path = served
+    (no_hello,) = await raw_exchange(path, [frame({"id": 1, "op": "list", "args": {}})])
+    assert "expected hello" in no_hello["error"]["message"]  # type: ignore[index]
+    hello = frame({"id": 0, "op": "hello", "v": 1})
+    replies = await raw_exchange(path, [hello, frame({"id": 1, "op": "explode"}),
+                                        frame({"id": 2, "op": "cast", "args": {"pid": 7}}),
+                                        frame({"id": 3, "op": "list", "args": {}})])  # fmt: skip
+    assert "unknown operation 'explode'" in replies[1]["error"]["message"]  # type: ignore[index]
+    assert "argument 'pid' must be str" in replies[2]["error"]["message"]  # type: ignore[index]
+    assert replies[3]["ok"] is True
+    oversized = await raw_exchange(path, [hello, struct.pack(">I", 50 << 20)])
+    assert "over the" in oversized[-1]["error"]["message"]  # type: ignore[index]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    changed = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        changed[rng.randrange(len(changed))] = rng.randrange(256)
+    return bytes(changed)
+
+
+def random_value(rng: random.Random, depth: int = 0) -> object:
+    choice = rng.randrange(8 if depth < 3 else 5)
+    if choice == 0:
+        return rng.randint(-(2**40), 2**40)
+    if choice == 1:
+        return rng.choice(["", "pid", "op", "x" * rng.randint(0, 50), "cast", "watch"])
+    if choice == 2:
+        return rng.random()
+    if choice == 3:
+        return None if rng.random() < 0.5 else rng.random() < 0.5
+    if choice == 4:
+        return rng.randbytes(rng.randint(0, 20))
+    if choice == 5:
+        return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {random_value(rng, 3): random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def fuzz_frame(rng: random.Random) -> bytes:
+    ops = ["spawn", "state", "list", "cast", "call", "nudge", "pause", "resume", "kill", "wait", "watch", "cancel", "x"]
+    kind = rng.randrange(6)
+    if kind == 0:
+        return frame({"id": rng.randint(1, 10_000), "op": rng.choice(ops), "args": random_value(rng)})
+    if kind == 1:
+        args = {"pid": rng.choice(["nobody", 3, None]), "message": random_value(rng), "timeout": rng.random() / 100,
+                "kind": rng.choice(["counter", "worker", "nope", 1]), "reason": random_value(rng)}  # fmt: skip
+        return frame({"id": rng.randint(1, 10_000), "op": rng.choice(ops), "args": args})
+    if kind == 2:
+        return frame(random_value(rng))
+    if kind == 3:
+        return mutate(rng, frame({"id": 5, "op": "list", "args": {}}))
+    if kind == 4:
+        body = rng.randbytes(rng.randint(0, 64))
+        return struct.pack(">I", len(body)) + body
+    return struct.pack(">I", rng.randint(0, 2**32 - 1)) + rng.randbytes(rng.randint(0, 16))
+
+
+async def test_ten_thousand_fuzzed_frames_leave_the_daemon_serving(served: tuple[Host, ControlServer, str]) -> None:
+    """10,000 random and mutated frames (seeded): the server stays up, serves a well-formed
+    client afterwards, and leaks no file descriptors or tasks."""
+    host, server, path = served
+    rng = random.Random(20261122)
+    fds, tasks = open_fds(), len(asyncio.all_tasks())
+    sent = 0
+    while sent < 10_000:
+        batch = [fuzz_frame(rng) for _ in range(rng.randint(1, 50))]
+        sent += len(batch)
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(frame({"id": 0, "op": "hello", "v": 1}) + b"".join(batch))
+        try:
+            await writer.drain()
+            async with asyncio.timeout(0.2):
+                while await reader.read(65536):
+                    pass
+        except (ConnectionError, TimeoutError):
+            pass
+        writer.close()
+        await writer.wait_closed()
+    await wait_until(lambda: server.connections == 0)
+    for handle in host.list():
+        await handle.kill("fuzz cleanup")
+    async with Client.connect(path) as client:
+        remote = await client.spawn("counter", {"n": 41})
+        await remote.cast(1)
+        assert 42 == await remote.call("get", timeout=5)
+        await remote.kill()
+    await wait_until(lambda: server.connections == 0)
+    assert fds == open_fds()
+    await wait_until(lambda: len(asyncio.all_tasks()) <= tasks)
