@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5, help="repeats; medians are reported (default 5)")
     bench.set_defaults(func=_bench)
 
+    from .commands import add_commands
+
+    add_commands(commands)
+
     store = commands.add_parser("store", help="look into a checkpoint store (read-only; safe while a daemon runs)")
     store_commands = store.add_subparsers(dest="store_command", required=True)
     quarantined = store_commands.add_parser("quarantined", help="list quarantined processes and why")
