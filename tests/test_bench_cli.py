@@ -19,6 +19,8 @@ METRICS = {
     "checkpoint": {"durable_transitions_per_s", "baseline_per_s", "ratio"},
     "recovery": {"restore_seconds"},
     "sim": {"ledger_transitions_per_s", "booking_transitions_per_s", "ledger_ratio", "booking_ratio"},
+    "rpc": {"calls_per_s", "p99_ms", "ratio"},
+    "watch-fanout": {"ratio"},
 }
 
 

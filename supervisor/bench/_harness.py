@@ -68,7 +68,7 @@ def environment(options: BenchOptions) -> dict[str, Any]:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import _core, _durability, _simulation
+    from . import _control, _core, _durability, _simulation
 
     return {
         "transitions": _core.transitions,
@@ -77,10 +77,14 @@ def _registry() -> dict[str, Scenario]:
         "checkpoint": _durability.checkpoint,
         "recovery": _durability.recovery,
         "sim": _simulation.sim,
+        "rpc": _control.rpc,
+        "watch-fanout": _control.watch_fanout,
     }
 
 
-SCENARIOS: tuple[str, ...] = ("transitions", "spawn", "control", "checkpoint", "recovery", "sim")
+SCENARIOS: tuple[str, ...] = (
+    "transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout",
+)  # fmt: skip
 
 
 def new_loop(loop: str) -> asyncio.AbstractEventLoop:

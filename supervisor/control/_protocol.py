@@ -71,3 +71,20 @@ def error_fields(error: BaseException) -> dict[str, Any]:
     if type(error).__name__ == "TransitionError" or hasattr(error, "error_type"):
         fields["message"] = getattr(error, "message", str(error))
     return fields
+
+
+def encode_item(request: int, item_body: bytes) -> bytes:
+    """A stream-item frame ``{"id": request, "item": ...}`` around an already-encoded item.
+
+    One snapshot goes to many watchers: it is encoded once and spliced into each frame (a
+    msgpack map of two entries is its header byte followed by the keys and values).
+    """
+    request_id: bytes = msgpack.packb(request)
+    body = b"\x82" + _ID_KEY + request_id + _ITEM_KEY + item_body
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes is over the {MAX_FRAME}-byte limit")
+    return _LENGTH.pack(len(body)) + body
+
+
+_ID_KEY: bytes = msgpack.packb("id")
+_ITEM_KEY: bytes = msgpack.packb("item")

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import structlog
 
 from .._exceptions import ProcessNotFound, StatevisorError
@@ -23,7 +24,7 @@ from .._handle import Handle
 from .._host import Host
 from .._lifecycle import DriveMode, Lifecycle
 from .._snapshot import Snapshot
-from ._protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, encode, error_fields, read_frame
+from ._protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, encode, encode_item, error_fields, read_frame
 
 log = structlog.get_logger("statevisor.control")
 
@@ -60,9 +61,23 @@ class ControlServer:
         self.path = path
         self.max_frame = max_frame
         self.allow_uids = allow_uids if allow_uids is not None else {os.getuid()}
+        self.watch_interval = 0.05
+        self._encoded: dict[str, tuple[int, bytes]] = {}  # pid -> (version, encoded snapshot)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self.refused = 0
+
+    def encoded_snapshot(self, snapshot: Snapshot) -> bytes:
+        """The snapshot's msgpack encoding, made once per version however many watch it."""
+        cached = self._encoded.get(snapshot.pid)
+        if cached is not None and cached[0] == snapshot.version:
+            return cached[1]
+        body: bytes = msgpack.packb(snapshot_fields(snapshot), use_bin_type=True)
+        if snapshot.lifecycle.terminal:
+            self._encoded.pop(snapshot.pid, None)
+        else:
+            self._encoded[snapshot.pid] = (snapshot.version, body)
+        return body
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -138,6 +153,15 @@ class _Connection:
             if isinstance(exc, ProtocolError):  # a result too large for one frame
                 await self.fail(message.get("id"), exc)
                 return
+            self.close()
+
+    async def send_frame(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.writer.write(frame)
+            await self.writer.drain()
+        except ConnectionError:
             self.close()
 
     async def fail(self, request_id: int | None, error: BaseException) -> None:
@@ -286,11 +310,21 @@ async def op_statistics(c: _Connection, args: dict[str, Any], _: int) -> Any:
 
 
 async def op_watch(c: _Connection, args: dict[str, Any], request_id: int) -> Any:
-    """Stream snapshots (watch-channel semantics) until the terminal one or a cancel."""
-    handle = c.handle(args)
-    async for snapshot in handle.watch():
-        await c.send({"id": request_id, "item": snapshot_fields(snapshot)})
-    return None  # the response that ends the stream
+    """Stream snapshots until the terminal one (or a cancel), paced: at most one push per
+    ``watch_interval`` per stream, always the latest version, the terminal one always sent.
+    A thousand watchers thus cost the daemon a bounded amount of work, not one push per commit."""
+    process = c.handle(args)._process
+    interval = c.server.watch_interval
+    seen = -1
+    while True:
+        snapshot = process.snapshot()
+        if snapshot.version != seen:
+            seen = snapshot.version
+            await c.send_frame(encode_item(request_id, c.server.encoded_snapshot(snapshot)))
+        if snapshot.lifecycle.terminal:
+            return None  # the response that ends the stream
+        await asyncio.sleep(interval)
+        await process.wait_changed(seen)
 
 
 async def op_cancel(c: _Connection, args: dict[str, Any], _: int) -> Any:
