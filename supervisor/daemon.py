@@ -64,12 +64,12 @@ async def serve(config: Config, kinds: dict[str, Any], *, ready: asyncio.Event |
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGUSR1, dump_stacks)
     report = await host.start()
-    server = start_metrics(host, config.daemon.metrics)
     from .control import ControlServer
 
     config.daemon.socket.parent.mkdir(parents=True, exist_ok=True)
     control = ControlServer(host, str(config.daemon.socket))
     await control.start()
+    server = start_metrics(host, config.daemon.metrics, lambda: control.connections)
     log.info(
         "daemon_started",
         config=str(config.path),

@@ -10,21 +10,48 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from ._actions import TrackedAction
 from ._host import Host
 from ._lifecycle import Lifecycle
+from ._process import Process
+
+ACTION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 86400.0)
+
+
+class ActionObserver:
+    """A runtime observer feeding the action latency histogram (the only per-event metric)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.latency = Histogram(
+            "statevisor_action_duration_seconds",
+            "Time from dispatch to result of tracked actions",
+            ["kind", "action_type", "outcome"],
+            buckets=ACTION_BUCKETS,
+            registry=registry,
+        )
+
+    def transition_error(self, process: Process) -> None:
+        return None
+
+    def action_done(self, process: Process, action: TrackedAction, seconds: float, ok: bool) -> None:
+        self.latency.labels(process.kind, action.type, "succeeded" if ok else "failed").observe(seconds)
+
+    def terminated(self, process: Process) -> None:
+        return None
 
 
 class HostCollector(Collector):
     """Everything a host counts, as metric families."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, connections: Any = None) -> None:
         self.host = host
+        self.connections = connections  # a callable giving the control connections, if served
 
     def collect(self) -> Iterator[Any]:
         from . import __version__
@@ -36,10 +63,12 @@ class HostCollector(Collector):
         runtime = self.host.runtime
         by_kind_lifecycle: Counter[tuple[str, str]] = Counter()
         paused: Counter[str] = Counter()
+        mailbox: Counter[str] = Counter()
         for handle in runtime.handles():
             process = handle._process
             by_kind_lifecycle[(process.kind, str(process.lifecycle))] += 1
             paused[process.kind] += process.paused
+            mailbox[process.kind] += process.statistics().mailbox_depth
         processes = GaugeMetricFamily("statevisor_processes", "Live processes", labels=["kind", "lifecycle"])
         for kind in sorted({k for k, _ in by_kind_lifecycle} | set(self.host.machines)):
             for lifecycle in (Lifecycle.CREATED, Lifecycle.RUNNING, Lifecycle.WAITING):
@@ -49,6 +78,13 @@ class HostCollector(Collector):
         for kind in sorted(set(self.host.machines)):
             paused_family.add_metric([kind], paused[kind])
         yield paused_family
+        depth = GaugeMetricFamily("statevisor_mailbox_depth", "Inputs queued in mailboxes", labels=["kind"])
+        for kind in sorted(set(self.host.machines)):
+            depth.add_metric([kind], mailbox[kind])
+        yield depth
+        if self.connections is not None:
+            yield GaugeMetricFamily("statevisor_control_connections", "Open control connections",
+                                    value=self.connections())  # fmt: skip
 
         stats = runtime.statistics()
         yield CounterMetricFamily("statevisor_transitions", "Transitions committed", value=stats.transitions)
@@ -91,16 +127,17 @@ class HostCollector(Collector):
         yield queued
 
 
-def registry_for(host: Host) -> CollectorRegistry:
+def registry_for(host: Host, connections: Any = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HostCollector(host))
+    registry.register(HostCollector(host, connections))
+    host.runtime.observers.append(ActionObserver(registry))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
 
 
-def start_metrics(host: Host, address: str) -> Any:
+def start_metrics(host: Host, address: str, connections: Any = None) -> Any:
     """Serve ``/metrics`` on ``host:port`` (loopback by default); returns the server (``.shutdown()``)."""
     name, _, port = address.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=name, registry=registry_for(host))
+    server, _thread = start_http_server(int(port), addr=name, registry=registry_for(host, connections))
     return server

@@ -1,0 +1,35 @@
+"""Metrics read from a host: names, labels and values follow what the host did."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from supervisor import Host
+from supervisor.metrics import registry_for
+from tests.helpers import Recorder, wait_for_snapshot
+from tests.machines import Worker
+
+
+def sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or (line.startswith(name + "{") and line.split(" ")[0] == name):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in the exposition")
+
+
+async def test_action_latency_mailbox_and_connections_are_exposed() -> None:
+    """Tracked actions feed a latency histogram labelled by kind, action type and outcome;
+    mailbox depth and control connections are gauges; no label carries a process id."""
+    host = Host(machines=[Worker], executors={"work": Recorder()})
+    await host.start()
+    registry = registry_for(host, connections=lambda: 3)
+    handle = await host.spawn(Worker, pid="w-1")
+    await handle.cast(("work", 1))
+    await wait_for_snapshot(handle, lambda s: "done" in s.state)
+    text = generate_latest(registry).decode()
+    count = 'statevisor_action_duration_seconds_count{action_type="work",kind="worker",outcome="succeeded"}'
+    assert 1.0 == sample(text, count)
+    assert 0.0 == sample(text, 'statevisor_mailbox_depth{kind="worker"}')
+    assert 3.0 == sample(text, "statevisor_control_connections")
+    assert "w-1" not in text
+    await handle.kill()
