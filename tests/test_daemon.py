@@ -193,3 +193,43 @@ def test_the_daemon_serves_its_control_socket_owner_only(daemon: Daemon) -> None
     status, _ = daemon.stop()
     assert 0 == status
     assert not socket_path.exists()
+
+
+def test_a_watch_survives_kill_9_of_the_daemon(daemon: Daemon) -> None:
+    """Kill -9 the daemon while a client watches: the client sees the disconnect, reconnects
+    when the daemon is back, and the same watch goes on with newer versions."""
+    import asyncio
+    import threading
+
+    from supervisor.control import Client
+
+    daemon.start()
+    socket_path = str(daemon.config.parent / "var" / "s.sock")
+    wait_for(lambda: Path(socket_path).exists())
+    versions: list[int] = []
+    first_batch = threading.Event()
+    resumed = threading.Event()
+    restart_index: list[int] = []
+
+    async def watch() -> None:
+        async with Client.connect(socket_path, reconnect_timeout=60) as client:
+            handle = await client.get("root/fast")
+            async for snapshot in handle.watch():
+                versions.append(snapshot.version)
+                if len(versions) >= 5:
+                    first_batch.set()
+                if restart_index and len(versions) >= restart_index[0] + 5:
+                    resumed.set()
+                    return
+
+    watcher = threading.Thread(target=lambda: asyncio.run(watch()), daemon=True)
+    watcher.start()
+    assert first_batch.wait(30)
+    daemon.stop(signal.SIGKILL)
+    restart_index.append(len(versions))
+    daemon.start()
+    assert resumed.wait(60), f"the watch did not resume: {versions[-10:]}"
+    watcher.join(10)
+    after = versions[restart_index[0] :]
+    assert after == sorted(after)
+    assert max(after) > 0

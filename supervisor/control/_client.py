@@ -65,11 +65,23 @@ def _snapshot(fields: dict[str, Any]) -> Snapshot:
     )  # fmt: skip
 
 
-class Client:
-    """One connection to a daemon. Use ``async with Client.connect(path) as client``."""
+class _Disconnected:
+    """Put into a watch stream's queue when the connection drops (the stream reconnects)."""
 
-    def __init__(self, path: str) -> None:
+
+class Client:
+    """One connection to a daemon. Use ``async with Client.connect(path) as client``.
+
+    When the daemon goes away (a restart, a crash), requests in flight fail with
+    ``ConnectionResetError`` (they may or may not have been carried out), the next request
+    reconnects, and watch streams reconnect by themselves (backoff up to ``reconnect_timeout``)
+    and resume from the process's current version.
+    """
+
+    def __init__(self, path: str, *, reconnect_timeout: float = 30.0) -> None:
         self.path = path
+        self.reconnect_timeout = reconnect_timeout
+        self._reconnecting: asyncio.Lock | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._ids = itertools.count(1)
@@ -79,8 +91,8 @@ class Client:
         self.server_version: str | None = None
 
     @classmethod
-    def connect(cls, path: str) -> Client:
-        return cls(path)
+    def connect(cls, path: str, *, reconnect_timeout: float = 30.0) -> Client:
+        return cls(path, reconnect_timeout=reconnect_timeout)
 
     async def __aenter__(self) -> Client:
         await self.open()
@@ -112,13 +124,36 @@ class Client:
                 await self._writer.wait_closed()
         self._fail_all(ConnectionResetError("the control connection is closed"))
 
-    def _fail_all(self, error: BaseException) -> None:
+    def _fail_all(self, error: BaseException, *, streams_resume: bool = False) -> None:
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
         for queue in self._streams.values():
-            queue.put_nowait(error)
+            queue.put_nowait(_Disconnected() if streams_resume else error)
+
+    @property
+    def connected(self) -> bool:
+        return self._pump is not None and not self._pump.done()
+
+    async def reconnect(self) -> None:
+        """Connect again (one attempt at a time), with backoff, within ``reconnect_timeout``."""
+        if self._reconnecting is None:
+            self._reconnecting = asyncio.Lock()
+        async with self._reconnecting:
+            if self.connected:
+                return
+            if self._writer is not None:
+                self._writer.close()
+            delay = 0.05
+            async with asyncio.timeout(self.reconnect_timeout):
+                while True:
+                    try:
+                        await self.open()
+                        return
+                    except (ConnectionError, FileNotFoundError, ProtocolError):
+                        await asyncio.sleep(delay)
+                        delay = min(1.0, delay * 2)
 
     async def _read_loop(self) -> None:
         assert self._reader is not None
@@ -143,13 +178,16 @@ class Client:
                 else:
                     future.set_exception(_rebuild(message.get("error", {})))
         except (ConnectionError, ProtocolError) as exc:
-            self._fail_all(ConnectionResetError(f"the control connection broke: {exc}"))
+            self._fail_all(ConnectionResetError(f"the control connection broke: {exc}"), streams_resume=True)
             return
-        self._fail_all(ConnectionResetError("the daemon closed the control connection"))
+        self._fail_all(ConnectionResetError("the daemon closed the control connection"), streams_resume=True)
 
     async def _send(self, request: int, op: str, args: dict[str, Any]) -> None:
         if self._writer is None:
             raise ConnectionResetError("not connected; use `async with Client.connect(path)`")
+        if not self.connected:
+            await self.reconnect()
+        assert self._writer is not None
         self._writer.write(encode({"id": request, "op": op, "args": args}))
         await self._writer.drain()
 
@@ -161,20 +199,25 @@ class Client:
         return await future
 
     async def stream(self, op: str, **args: Any) -> AsyncIterator[Any]:
-        request = next(self._ids)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._streams[request] = queue
-        await self._send(request, op, args)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, StopAsyncIteration):
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self._streams.pop(request, None)
+        """Items of a server stream; after a disconnection the stream is asked for again."""
+        while True:
+            request = next(self._ids)
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            self._streams[request] = queue
+            try:
+                await self._send(request, op, args)
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, StopAsyncIteration):
+                        return
+                    if isinstance(item, _Disconnected):
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                self._streams.pop(request, None)
+            await self.reconnect()
 
     async def spawn(self, kind: str, state: dict[str, Any] | None = None, *, name: str | None = None) -> RemoteHandle:
         fields = await self.request("spawn", kind=kind, state=state, name=name)
@@ -236,8 +279,15 @@ class RemoteHandle:
         return _snapshot(await self.client.request("wait", pid=self.pid, timeout=timeout))
 
     async def watch(self) -> AsyncIterator[Snapshot]:
+        """Snapshots until the terminal one; survives daemon restarts (resumes from the current
+        version; a version already seen is not yielded twice)."""
+        last: tuple[int, str] | None = None
         async for fields in self.client.stream("watch", pid=self.pid):
-            yield _snapshot(fields)
+            snapshot = _snapshot(fields)
+            key = (snapshot.version, str(snapshot.lifecycle))
+            if key != last:
+                last = key
+                yield snapshot
 
     def __repr__(self) -> str:
         return f"<RemoteHandle {self.pid} {self.kind!r} via {self.client.path}>"
