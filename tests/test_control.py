@@ -234,3 +234,45 @@ async def test_ten_thousand_fuzzed_frames_leave_the_daemon_serving(served: tuple
     await wait_until(lambda: server.connections == 0)
     assert fds == open_fds()
     await wait_until(lambda: len(asyncio.all_tasks()) <= tasks)
+
+
+async def test_tcp_requires_the_token(tmp_path: Path) -> None:
+    """On TCP a client with the right token is served; no token or a wrong one is refused; a
+    TCP server without a token cannot even be created."""
+    from supervisor import ConfigurationError
+
+    host = Host(machines=[Counter])
+    await host.start()
+    with pytest.raises(ConfigurationError, match="needs a token"):
+        ControlServer(host, str(tmp_path / "a.sock"), tcp=("127.0.0.1", 0))
+    server = ControlServer(host, str(tmp_path / "c.sock"), tcp=("127.0.0.1", 0), token="s3cret-token")
+    await server.start()
+    try:
+        port = server.tcp_port
+        assert port is not None
+        async with Client.connect_tcp("127.0.0.1", port, token="s3cret-token") as client:
+            handle = await client.spawn("counter", {"n": 2})
+            assert 2 == await handle.call("get", timeout=5)
+            await handle.kill()
+        for wrong in ("", "guess"):
+            with pytest.raises(ProtocolError, match="valid token is required"):
+                async with Client.connect_tcp("127.0.0.1", port, token=wrong):
+                    pass
+        no_token = await raw_exchange_tcp(port, [frame({"id": 0, "op": "hello", "v": 1})])
+        assert "valid token is required" in no_token[0]["error"]["message"]  # type: ignore[index]
+        assert 3 == server.refused
+    finally:
+        await server.close()
+        await host.runtime.kill_all()
+
+
+async def raw_exchange_tcp(port: int, frames: list[bytes]) -> list[dict[str, object]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for data in frames:
+        writer.write(data)
+    await writer.drain()
+    header = await reader.readexactly(4)
+    reply = msgpack.unpackb(await reader.readexactly(struct.unpack(">I", header)[0]))
+    writer.close()
+    await writer.wait_closed()
+    return [reply]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -78,8 +79,19 @@ class Client:
     and resume from the process's current version.
     """
 
-    def __init__(self, path: str, *, reconnect_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        reconnect_timeout: float = 30.0,
+        tcp: tuple[str, int] | None = None,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.path = path
+        self.tcp = tcp
+        self.token = token
+        self.tls = tls
         self.reconnect_timeout = reconnect_timeout
         self._reconnecting: asyncio.Lock | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -92,7 +104,15 @@ class Client:
 
     @classmethod
     def connect(cls, path: str, *, reconnect_timeout: float = 30.0) -> Client:
+        """A client of the daemon's unix socket (owner-only; no token needed)."""
         return cls(path, reconnect_timeout=reconnect_timeout)
+
+    @classmethod
+    def connect_tcp(
+        cls, host: str, port: int, *, token: str, tls: ssl.SSLContext | None = None, reconnect_timeout: float = 30.0
+    ) -> Client:
+        """A client over TCP: the token is required; pass an SSL context beyond loopback."""
+        return cls(f"{host}:{port}", tcp=(host, port), token=token, tls=tls, reconnect_timeout=reconnect_timeout)
 
     async def __aenter__(self) -> Client:
         await self.open()
@@ -104,13 +124,27 @@ class Client:
         await self.close()
 
     async def open(self) -> None:
-        self._reader, self._writer = await asyncio.open_unix_connection(self.path)
-        self._writer.write(encode({"op": "hello", "v": PROTOCOL_VERSION, "id": 0}))
+        if self.tcp is not None:
+            self._reader, self._writer = await asyncio.open_connection(self.tcp[0], self.tcp[1], ssl=self.tls)
+        else:
+            self._reader, self._writer = await asyncio.open_unix_connection(self.path)
+        hello: dict[str, Any] = {"op": "hello", "v": PROTOCOL_VERSION, "id": 0}
+        if self.token is not None:
+            hello["token"] = self.token
+        self._writer.write(encode(hello))
         await self._writer.drain()
-        hello = await read_frame(self._reader)
-        if hello is None or not hello.get("ok"):
-            raise ProtocolError(f"the daemon refused the connection: {hello}")
-        self.server_version = hello["result"].get("server")
+        try:
+            answer = await read_frame(self._reader)
+        except BaseException:
+            self._writer.close()
+            raise
+        if answer is None or not answer.get("ok"):
+            self._writer.close()  # refused: do not leave the socket to the garbage collector
+            with contextlib.suppress(ConnectionError):
+                await self._writer.wait_closed()
+            reason = (answer or {}).get("error", {}).get("message", "connection closed")
+            raise ProtocolError(f"the daemon refused the connection: {reason}")
+        self.server_version = answer["result"].get("server")
         self._pump = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def close(self) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import structlog
 
-from .._exceptions import ProcessNotFound, StatevisorError
+from .._exceptions import ConfigurationError, ProcessNotFound, StatevisorError
 from .._handle import Handle
 from .._host import Host
 from .._lifecycle import DriveMode, Lifecycle
@@ -55,10 +57,24 @@ class ControlServer:
     """Serves one host on a unix socket path."""
 
     def __init__(
-        self, host: Host, path: str, *, max_frame: int = MAX_FRAME, allow_uids: set[int] | None = None
+        self,
+        host: Host,
+        path: str,
+        *,
+        max_frame: int = MAX_FRAME,
+        allow_uids: set[int] | None = None,
+        tcp: tuple[str, int] | None = None,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        if tcp is not None and not token:
+            raise ConfigurationError("a control API on TCP needs a token")
         self.host = host
         self.path = path
+        self.tcp = tcp
+        self.token = token
+        self.tls = tls
+        self._tcp_server: asyncio.AbstractServer | None = None
         self.max_frame = max_frame
         self.allow_uids = allow_uids if allow_uids is not None else {os.getuid()}
         self.watch_interval = 0.05
@@ -87,8 +103,20 @@ class ControlServer:
             self._server = await asyncio.start_unix_server(self._accept, path=self.path)
         finally:
             os.umask(old)
+        if self.tcp is not None:
+            self._tcp_server = await asyncio.start_server(self._accept_tcp, self.tcp[0], self.tcp[1], ssl=self.tls)
+
+    @property
+    def tcp_port(self) -> int | None:
+        if self._tcp_server is None:
+            return None
+        sockets = getattr(self._tcp_server, "sockets", ())  # asyncio.Server has them; the ABC does not say so
+        return int(sockets[0].getsockname()[1]) if sockets else None
 
     async def close(self) -> None:
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            self._tcp_server = None
         if self._server is not None:
             self._server.close()
             for connection in list(self._connections):
@@ -110,7 +138,13 @@ class ControlServer:
             log.warning("control_refused", uid=uid, reason="peer uid not allowed")
             writer.close()
             return
-        connection = _Connection(self, reader, writer)
+        await self._serve(reader, writer, token=None)
+
+    async def _accept_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve(reader, writer, token=self.token)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str | None) -> None:
+        connection = _Connection(self, reader, writer, token)
         self._connections.add(connection)
         try:
             await connection.serve()
@@ -128,8 +162,15 @@ def _peer_uid(sock: socket.socket) -> int | None:
 
 
 class _Connection:
-    def __init__(self, server: ControlServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        server: ControlServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        token: str | None = None,
+    ) -> None:
         self.server = server
+        self.token = token
         self.reader = reader
         self.writer = writer
         self.host = server.host
@@ -196,7 +237,16 @@ class _Connection:
                 error = ProtocolError(
                     f"expected hello with protocol version {PROTOCOL_VERSION}, got {op!r} v{message.get('v')!r}"
                 )
-                await self.send({"id": request_id, "ok": False, "error": error_fields(error)})
+                await self.fail(request_id, error)
+                self.close()
+                return
+            offered = message.get("token")
+            if self.token is not None and not (
+                isinstance(offered, str) and hmac.compare_digest(offered.encode(), self.token.encode())
+            ):
+                self.server.refused += 1
+                log.warning("control_refused", reason="bad or missing token on TCP")
+                await self.fail(request_id, ProtocolError("a valid token is required on this connection"))
                 self.close()
                 return
             self.greeted = True
