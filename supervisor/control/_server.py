@@ -262,9 +262,7 @@ class _Connection:
             return
         args = message.get("args", {})
         if not isinstance(args, dict):
-            await self.send(
-                {"id": request_id, "ok": False, "error": error_fields(ProtocolError("'args' must be a map"))}
-            )
+            await self.fail(request_id, ProtocolError("'args' must be a map"))
             return
         if request_id in self.tasks:
             await self.fail(request_id, ProtocolError(f"request id {request_id} is already in use here"))
