@@ -88,6 +88,14 @@ def _daemon(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, daemon=replace(config.daemon, loop=args.loop))
+    if config.daemon.token_file is not None:
+        from .daemon import read_token
+
+        try:
+            read_token(config.daemon.token_file)
+        except (ConfigError, OSError) as exc:
+            print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
+            return 2
     return run(config, dict(KINDS))
 
 

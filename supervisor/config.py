@@ -47,6 +47,10 @@ class DaemonSettings:
     kill_grace: float = 5.0
     retention_days: float = 7.0
     slots: Mapping[str, int] = field(default_factory=dict)
+    tcp: str | None = None
+    token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,10 @@ _DAEMON = {
     "kill_grace": ((int, float), 5.0),
     "retention_days": ((int, float), 7.0),
     "slots": (dict, {}),
+    "tcp": (str, None),
+    "token_file": (str, None),
+    "tls_cert": (str, None),
+    "tls_key": (str, None),
 }
 _PROCESS = {
     "name": (str, _REQUIRED),
@@ -229,6 +237,23 @@ def parse(text: str, path: Path, *, known_kinds: Callable[[str], bool] | None = 
         checker.check(ok, f"daemon.slots.{kind}", f"expected a whole number >= 1; got {limit!r}", "daemon.slots", kind)
         slots[kind] = limit
     base = path.parent
+    if raw["tcp"] is not None:
+        checker.check(_address(raw["tcp"]), "daemon.tcp", f"expected host:port; got {raw['tcp']!r}", "daemon", "tcp")
+        checker.check(
+            raw["token_file"] is not None,
+            "daemon.token_file",
+            "required when daemon.tcp is set (anything on TCP needs a token)",
+            "daemon",
+            "tcp",
+        )
+        loopback = raw["tcp"].rpartition(":")[0] in ("127.0.0.1", "localhost", "[::1]", "::1")
+        checker.check(
+            loopback or (raw["tls_cert"] is not None and raw["tls_key"] is not None),
+            "daemon.tls_cert",
+            "tls_cert and tls_key are required when daemon.tcp is not on loopback",
+            "daemon",
+            "tcp",
+        )
     daemon = DaemonSettings(
         store=(base / raw["store"]).resolve(),
         socket=(base / raw["socket"]).resolve(),
@@ -239,6 +264,10 @@ def parse(text: str, path: Path, *, known_kinds: Callable[[str], bool] | None = 
         kill_grace=float(raw["kill_grace"]),
         retention_days=float(raw["retention_days"]),
         slots=slots,
+        tcp=raw["tcp"],
+        token_file=(base / raw["token_file"]).resolve() if raw["token_file"] else None,
+        tls_cert=(base / raw["tls_cert"]).resolve() if raw["tls_cert"] else None,
+        tls_key=(base / raw["tls_key"]).resolve() if raw["tls_key"] else None,
     )
 
     processes: list[ProcessSettings] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -19,6 +20,31 @@ from .config import Config, ConfigError, ProcessSettings, load
 from .logs import configure
 
 log = structlog.get_logger("statevisor.daemon")
+
+
+def read_token(path: Path) -> str:
+    """The TCP token; its file must be private to its owner and not empty (secrets never logged)."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(str(path), "daemon.token_file", None, f"must be readable by its owner only (mode {mode:o})")
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise ConfigError(str(path), "daemon.token_file", None, "the token must be at least 16 characters")
+    return token
+
+
+def tcp_options(config: Config) -> dict[str, Any]:
+    settings = config.daemon
+    if settings.tcp is None or settings.token_file is None:
+        return {}
+    host, _, port = settings.tcp.rpartition(":")
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        import ssl
+
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return {"tcp": (host.strip("[]"), int(port)), "token": read_token(settings.token_file), "tls": tls}
 
 
 def child_spec(process: ProcessSettings, kinds: dict[str, Any]) -> ChildSpec:
@@ -67,7 +93,7 @@ async def serve(config: Config, kinds: dict[str, Any], *, ready: asyncio.Event |
     from .control import ControlServer
 
     config.daemon.socket.parent.mkdir(parents=True, exist_ok=True)
-    control = ControlServer(host, str(config.daemon.socket))
+    control = ControlServer(host, str(config.daemon.socket), **tcp_options(config))
     await control.start()
     server = start_metrics(host, config.daemon.metrics, lambda: control.connections)
     log.info(

@@ -92,6 +92,9 @@ BROKEN = [
     ("[[process]]\nname = 'a'\nkind = 'ticker'\nsettings = 1", 4, "process[0].settings", "expected a table"),
     ("process = 3", None, "process", "expected an array; got an integer 3"),
     ("[host]\nhpc = 1", 2, "host.hpc", "expected a table"),
+    ("[daemon]\ntcp = '127.0.0.1:7411'", 2, "daemon.token_file", "required when daemon.tcp is set"),
+    ("[daemon]\ntcp = '10.0.0.5:7411'\ntoken_file = 't'", 2, "daemon.tls_cert", "required when daemon.tcp is not"),
+    ("[daemon]\ntcp = 'nowhere'\ntoken_file = 't'", 2, "daemon.tcp", "expected host:port"),
 ]  # fmt: skip
 
 

@@ -233,3 +233,40 @@ def test_a_watch_survives_kill_9_of_the_daemon(daemon: Daemon) -> None:
     after = versions[restart_index[0] :]
     assert after == sorted(after)
     assert max(after) > 0
+
+
+def test_tcp_control_needs_the_token_and_a_private_token_file(daemon: Daemon) -> None:
+    """With daemon.tcp set, a client with the token from token_file is served over TCP and a
+    wrong token is refused; a token file others can read stops the daemon from starting."""
+    import asyncio
+    import os
+
+    from supervisor.control import Client, ProtocolError
+
+    token_file = daemon.config.parent / "token"
+    token_file.write_text("a-long-enough-secret-token\n")
+    os.chmod(token_file, 0o644)
+    port = free_port()
+    daemon.config.write_text(
+        daemon.config.read_text().replace("[daemon]\n", f'[daemon]\ntcp = "127.0.0.1:{port}"\ntoken_file = "token"\n')
+    )
+    refused = subprocess.run(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(daemon.config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert 2 == refused.returncode
+    assert "owner only" in refused.stderr
+    assert "a-long-enough-secret-token" not in refused.stderr + refused.stdout
+    os.chmod(token_file, 0o600)
+    daemon.start()
+
+    async def over_tcp(token: str) -> int:
+        async with Client.connect_tcp("127.0.0.1", port, token=token) as client:
+            return len(await client.list())
+
+    assert 2 == asyncio.run(over_tcp("a-long-enough-secret-token"))
+    with pytest.raises(ProtocolError, match="valid token is required"):
+        asyncio.run(over_tcp("wrong"))
+    status, logs = daemon.stop()
+    assert 0 == status
+    assert "a-long-enough-secret-token" not in json.dumps(logs)
