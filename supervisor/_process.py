@@ -210,6 +210,15 @@ class Process:
         return self._terminal is not None
 
     @property
+    def transitions(self) -> int:
+        """Transitions committed (cheap: no statistics record is built)."""
+        return self._transitions
+
+    @property
+    def mailbox_depth(self) -> int:
+        return len(self._mailbox) + len(self._redeliver)
+
+    @property
     def stepping(self) -> bool:
         """Handling an input right now (including waiting for its checkpoint)."""
         return self._stepping
@@ -264,7 +273,7 @@ class Process:
             version=self.version,
             transitions=self._transitions,
             transition_errors=self._errors,
-            mailbox_depth=len(self._mailbox) + len(self._redeliver),
+            mailbox_depth=self.mailbox_depth,
             mailbox_capacity=self._capacity,
             nudges_buffered=self._nudges,
             pending_actions=len(self._pending),

@@ -267,7 +267,7 @@ class Runtime:
     def observe_terminated(self, process: Process) -> None:
         self.forget(process)
         self._ended[process.lifecycle] += 1
-        self._ended_transitions += process.statistics().transitions
+        self._ended_transitions += process.transitions
         for observer in self.observers:
             observer.terminated(process)
 
@@ -282,7 +282,7 @@ class Runtime:
             task.cancel()
 
     def statistics(self) -> RuntimeStatistics:
-        live_transitions = sum(p.statistics().transitions for p in self._live.values())
+        live_transitions = sum(p.transitions for p in self._live.values())
         return RuntimeStatistics(
             live=len(self._live),
             spawned=self._spawned,

@@ -29,7 +29,7 @@ from ._inputs import ActionFailed, ActionSucceeded, Call, Cast, Input
 from ._lifecycle import Lifecycle
 from ._machine import Machine
 from ._process import Process
-from ._simparts import SimCall, SimExecutor, SimRuntime, SimStore
+from ._simparts import SimCall, SimExecutor, SimRuntime, SimStore, drive
 from ._state import pack
 
 Invariant = Callable[["Simulation"], Any]
@@ -261,8 +261,6 @@ class Simulation:
         input = process.take_input()
         if input is None:
             return
-        from ._simparts import drive
-
         drive(process.step(input))
         self.transitions += 1
         self._hash.update(

@@ -68,7 +68,7 @@ class HostCollector(Collector):
             process = handle._process
             by_kind_lifecycle[(process.kind, str(process.lifecycle))] += 1
             paused[process.kind] += process.paused
-            mailbox[process.kind] += process.statistics().mailbox_depth
+            mailbox[process.kind] += process.mailbox_depth
         processes = GaugeMetricFamily("statevisor_processes", "Live processes", labels=["kind", "lifecycle"])
         for kind in sorted({k for k, _ in by_kind_lifecycle} | set(self.host.machines)):
             for lifecycle in (Lifecycle.CREATED, Lifecycle.RUNNING, Lifecycle.WAITING):

@@ -68,7 +68,7 @@ def error_fields(error: BaseException) -> dict[str, Any]:
         value = getattr(error, name, None)
         if isinstance(value, str):
             fields[name] = value
-    if type(error).__name__ == "TransitionError" or hasattr(error, "error_type"):
+    if hasattr(error, "error_type"):  # TransitionError and its kin: the bare message, not the prefixed str()
         fields["message"] = getattr(error, "message", str(error))
     return fields
 
