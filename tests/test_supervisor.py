@@ -79,7 +79,16 @@ async def crash(host: Host, name: str, *, supervisor: Supervisor | None = None, 
 
 
 async def restarted(host: Host, name: str, old_pid: str) -> None:
-    await wait_until(lambda: pid_of(host, name) != old_pid and not host.root.child(name).done())  # type: ignore[union-attr]
+    """Wait until `name` runs under a new pid and has handled its start input (which is what
+    appends to EVENTS): a new handle alone does not mean the start transition has run."""
+
+    def handled_start() -> bool:
+        child = host.root.child(name)
+        if not isinstance(child, Handle) or child.pid == old_pid or child.done():
+            return False
+        return child.statistics().transitions >= 1
+
+    await wait_until(handled_start)
 
 
 async def test_one_for_one_restarts_only_the_failed_child_after_its_backoff() -> None:
