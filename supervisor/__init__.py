@@ -8,8 +8,11 @@ from ._clock import Clock, ManualClock, SystemClock, TimerHandle
 from ._codec import FORMAT_VERSION, decode_record, encode_record
 from ._diagram import mermaid
 from ._exceptions import (
+    BackendError,
     CallTimeout,
     CheckpointRejected,
+    CommandLost,
+    CommandNotFound,
     ConfigurationError,
     CorruptCheckpoint,
     DiagramError,
@@ -24,6 +27,7 @@ from ._exceptions import (
     ProcessKilled,
     ProcessNotFound,
     ProcessTerminated,
+    SettingsError,
     SimulationError,
     StateMutationError,
     StateTypeError,
@@ -63,6 +67,10 @@ from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState,
 __version__ = "0.1.0"
 
 __all__ = [
+    "SettingsError",
+    "CommandNotFound",
+    "CommandLost",
+    "BackendError",
     "ActionFailed",
     "ActionResult",
     "ActionSucceeded",

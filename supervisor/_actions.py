@@ -9,6 +9,9 @@ The executor contract, also in the README:
   or the backend deduplicates by it) and returns the first outcome.
 * ``cancel(action)`` asks the backend to stop an in-flight action (kill). It should return
   promptly; the runtime bounds the wait in any case and never lets a hung executor block kill.
+* Optional: ``pause(action)`` / ``resume(action)``, called when the process is paused or
+  resumed while the action is in flight (stop a command's process group, hold a queued job).
+  ``uses_slot = False`` exempts an executor from the per-kind slot limits.
 """
 
 from __future__ import annotations

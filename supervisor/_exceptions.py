@@ -7,7 +7,8 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     ├── ConfigurationError           a process type or argument is wrong before anything ran
     │   ├── StateTypeError           a state value that does not round-trip through msgpack
     │   ├── UnknownActionType        an action names a type no executor is registered for
-    │   └── DiagramError             a process type declares no phases to draw
+    │   ├── DiagramError             a process type declares no phases to draw
+    │   └── SettingsError            a process's settings are invalid; ``key`` names which
     ├── LifecycleError               an operation that the process's lifecycle does not allow
     │   ├── IllegalLifecycleMove     e.g. finished -> running; a runtime bug if ever seen
     │   └── ProcessTerminated        the process is finished, failed or killed (base of the three below)
@@ -23,11 +24,14 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     ├── CallTimeout (also TimeoutError)  call() got no reply in time
     ├── SimulationError              a simulation cannot go on (e.g. a transition awaited real I/O)
     │   └── InvariantViolation       an invariant failed; carries seed, step and how to replay
-    └── StoreError                   the checkpoint store failed; ``path`` names it
-        ├── StoreLocked              another statevisor (or writer) holds the store
-        ├── StoreFull                the disk or the database is full
-        ├── CheckpointRejected       a record would not load back, so it was not written
-        └── CorruptCheckpoint        a stored record cannot be decoded (it is quarantined)
+    ├── StoreError                   the checkpoint store failed; ``path`` names it
+    │   ├── StoreLocked              another statevisor (or writer) holds the store
+    │   ├── StoreFull                the disk or the database is full
+    │   ├── CheckpointRejected       a record would not load back, so it was not written
+    │   └── CorruptCheckpoint        a stored record cannot be decoded (it is quarantined)
+    └── BackendError                 an executor's backend failed (reaches the process as ActionFailed)
+        ├── CommandNotFound          the executable does not exist or is not executable
+        └── CommandLost              a detached command ended without recording its exit status
 
 Errors raised *by user transitions* reach callers as :class:`TransitionError` whose
 ``error_type`` and ``message`` name the original; in-process the original is also its
@@ -66,6 +70,15 @@ class UnknownActionType(ConfigurationError, LookupError):
 
 class DiagramError(ConfigurationError):
     """A diagram was asked of a process type that declares no phases."""
+
+
+class SettingsError(ConfigurationError, ValueError):
+    """A process's settings are invalid: ``key`` is the setting's path, the message says what is wrong."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.problem = message
 
 
 class LifecycleError(StatevisorError):
@@ -205,3 +218,15 @@ class InvariantViolation(SimulationError, AssertionError):
         self.pid = pid
         self.input = input
         self.replay = replay
+
+
+class BackendError(StatevisorError):
+    """An executor's backend failed; the process receives it as ``ActionFailed``."""
+
+
+class CommandNotFound(BackendError):
+    """A command's executable does not exist, or is not an executable file."""
+
+
+class CommandLost(BackendError):
+    """A detached command ended while nobody watched it and left no exit status behind."""

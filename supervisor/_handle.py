@@ -70,13 +70,19 @@ class Handle:
     async def pause(self) -> None:
         """Stop advancing after the current transition (at once if between transitions).
 
-        Inputs keep queueing while paused. Returns once the pause has landed.
+        Inputs keep queueing while paused. Executors of in-flight actions that can pause their
+        work are told to (a shell command's process group is stopped). Returns once the pause
+        has landed.
         """
         await self._process.pause()
+        await self._process.tell_executors("pause")
 
     async def resume(self) -> None:
         """Advance again after :meth:`pause`. Resuming a process that is not paused does nothing."""
+        was_paused = self._process.paused
         self._process.resume()
+        if was_paused:
+            await self._process.tell_executors("resume")
 
     async def kill(self, reason: str = "killed") -> Snapshot:
         """End the process: interrupt waits, cancel in-flight actions, bounded by the kill grace.

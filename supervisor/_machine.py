@@ -88,6 +88,21 @@ class Machine(Generic[S]):
         for action in ctx.pending.values():
             ctx.reissue(action)
 
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Validate settings a configuration gives this kind, before anything starts.
+
+        Raise :class:`SettingsError` naming the key; the configuration loader adds the file,
+        line and process. The default accepts anything.
+        """
+
+    def log_files(self, state: S) -> Mapping[str, str]:
+        """The files this process's output goes to, by stream (``stdout``, ``stderr``...).
+
+        Handles, the control API and ``statevisor logs`` tail these. Default: none.
+        """
+        return {}
+
     def view(self, state: S) -> Any:
         """What snapshots show of the state (default: all of it). Override for large states."""
         return state
@@ -105,6 +120,7 @@ class Context:
         "_seq",
         "end",
         "goto_phase",
+        "name",
         "now",
         "phase",
         "pid",
@@ -119,6 +135,8 @@ class Context:
     def __init__(self, process: Process, now: float) -> None:
         self._process = process
         self.pid: str = process.pid
+        self.name: str | None = process.name
+        """The process's name, if it was given one (names are unique among live processes)."""
         self.now = now
         """The runtime clock when this transition began: the only time a transition may read."""
         self.phase: str = process.phase

@@ -770,6 +770,27 @@ class Process:
             self._resumed.wake_all()
             self._poke()
 
+    async def tell_executors(self, hook: str) -> None:
+        """Pass a pause or resume on to the executors of in-flight actions that implement
+        ``hook`` (a shell command's group is stopped, a queued batch job held). Bounded by the
+        kill grace; an executor's error is logged, the pause or resume stands."""
+        calls = []
+        for action_id in list(self._action_tasks):
+            action = self._pending.get(action_id)
+            method = getattr(self.runtime.executors.get(action.type), hook, None) if action is not None else None
+            if method is not None:
+                calls.append(asyncio.ensure_future(method(action)))
+        if not calls:
+            return
+        done, late = await asyncio.wait(calls, timeout=self.runtime.kill_grace)
+        for call in late:
+            call.cancel()
+        for call in done:
+            if call.exception() is not None:
+                log.error("executor_hook_failed", pid=self.pid, hook=hook, error=repr(call.exception()))
+        if late:
+            log.error("executor_hook_timed_out", pid=self.pid, hook=hook, count=len(late))
+
     async def wait_changed(self, seen: int) -> None:
         while self.version == seen and self._terminal is None:
             await self._changed.wait()

@@ -74,13 +74,13 @@ def _store(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from processes import KINDS
+    from processes import CATALOG
 
     from .config import ConfigError, load
     from .daemon import run
 
     try:
-        config = load(args.config, known_kinds=KINDS.__contains__)
+        config = load(args.config, known_kinds=CATALOG.kinds.__contains__, check_settings=CATALOG.check_settings)
     except ConfigError as exc:
         print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -96,7 +96,7 @@ def _daemon(args: argparse.Namespace) -> int:
         except (ConfigError, OSError) as exc:
             print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
             return 2
-    return run(config, dict(KINDS))
+    return run(config, CATALOG)
 
 
 SCENARIO_NAMES = ("transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, SettingsError
 from ._policy import Restart
 
 LOOPS = ("uvloop", "asyncio")
@@ -51,6 +51,8 @@ class DaemonSettings:
     token_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    log_dir: Path = Path("logs")
+    run_dir: Path = Path("runs")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,21 @@ class _Lines:
         for number in range(start, len(self.lines) + 1):
             line = self.lines[number - 1]
             if number > start and re.match(r"^\s*\[", line):
+                break
+            if pattern.match(line):
+                return number
+        return start
+
+    def find_in_entry(self, table: str, occurrence: int, key: str) -> int | None:
+        """The line of ``key`` anywhere in the ``occurrence``-th ``[[table]]`` entry (sub-tables too)."""
+        start = self.find(table, None, occurrence)
+        if start is None:
+            return None
+        entry = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for number in range(start + 1, len(self.lines) + 1):
+            line = self.lines[number - 1]
+            if entry.match(line):
                 break
             if pattern.match(line):
                 return number
@@ -168,6 +185,8 @@ _DAEMON = {
     "token_file": (str, None),
     "tls_cert": (str, None),
     "tls_key": (str, None),
+    "log_dir": (str, "logs"),
+    "run_dir": (str, "runs"),
 }
 _PROCESS = {
     "name": (str, _REQUIRED),
@@ -187,17 +206,29 @@ def _address(text: str) -> bool:
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
-def load(path: str | Path, *, known_kinds: Callable[[str], bool] | None = None) -> Config:
+SettingsCheck = Callable[[str, Mapping[str, Any]], None]
+"""(kind, settings) -> None, raising SettingsError: a kind's own validation of its settings."""
+
+
+def load(
+    path: str | Path, *, known_kinds: Callable[[str], bool] | None = None, check_settings: SettingsCheck | None = None
+) -> Config:
     """Read and validate a configuration file; raises :class:`ConfigError` naming what is wrong."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", None, f"cannot read: {exc.strerror or exc}") from None
-    return parse(text, path, known_kinds=known_kinds)
+    return parse(text, path, known_kinds=known_kinds, check_settings=check_settings)
 
 
-def parse(text: str, path: Path, *, known_kinds: Callable[[str], bool] | None = None) -> Config:
+def parse(
+    text: str,
+    path: Path,
+    *,
+    known_kinds: Callable[[str], bool] | None = None,
+    check_settings: SettingsCheck | None = None,
+) -> Config:
     checker = _Checker(path, text)
     try:
         data = tomllib.loads(text)
@@ -268,6 +299,8 @@ def parse(text: str, path: Path, *, known_kinds: Callable[[str], bool] | None = 
         token_file=(base / raw["token_file"]).resolve() if raw["token_file"] else None,
         tls_cert=(base / raw["tls_cert"]).resolve() if raw["tls_cert"] else None,
         tls_key=(base / raw["tls_key"]).resolve() if raw["tls_key"] else None,
+        log_dir=(base / raw["log_dir"]).resolve(),
+        run_dir=(base / raw["run_dir"]).resolve(),
     )
 
     processes: list[ProcessSettings] = []
@@ -307,6 +340,12 @@ def parse(text: str, path: Path, *, known_kinds: Callable[[str], bool] | None = 
                 "kind",
                 index,
             )
+        if check_settings is not None:
+            try:
+                check_settings(item["kind"], item["settings"])
+            except SettingsError as exc:
+                line = checker.lines.find_in_entry("process", index, exc.key.split(".")[0].split("[")[0])
+                raise ConfigError(checker.file, f"{prefix}settings.{exc.key}", line, exc.problem) from None
         depends = item["depends_on"]
         checker.check(
             all(isinstance(d, str) for d in depends),

@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
+from ._actions import Executor
 from ._host import Host
+from ._machine import Machine
 from ._supervisor import ChildSpec, SupervisorSpec
-from .config import Config, ConfigError, ProcessSettings, load
+from .config import Config, ConfigError, DaemonSettings, ProcessSettings, load
 from .logs import configure
 
 log = structlog.get_logger("statevisor.daemon")
+
+
+class Catalog(Protocol):
+    """The process kinds a daemon runs (``processes.CATALOG``): the daemon knows none itself."""
+
+    @property
+    def kinds(self) -> Mapping[str, type[Machine[Any]]]: ...
+
+    def check_settings(self, kind: str, settings: Mapping[str, Any]) -> None: ...
+
+    def build(self, settings: DaemonSettings) -> tuple[list[Machine[Any]], dict[str, Executor]]: ...
 
 
 def read_token(path: Path) -> str:
@@ -47,7 +61,7 @@ def tcp_options(config: Config) -> dict[str, Any]:
     return {"tcp": (host.strip("[]"), int(port)), "token": read_token(settings.token_file), "tls": tls}
 
 
-def child_spec(process: ProcessSettings, kinds: dict[str, Any]) -> ChildSpec:
+def child_spec(process: ProcessSettings, kinds: Mapping[str, type[Machine[Any]]]) -> ChildSpec:
     return ChildSpec(
         process.name,
         machine=kinds[process.kind],
@@ -57,10 +71,12 @@ def child_spec(process: ProcessSettings, kinds: dict[str, Any]) -> ChildSpec:
     )
 
 
-def build_host(config: Config, kinds: dict[str, Any]) -> Host:
-    children = [child_spec(p, kinds) for p in config.processes]
+def build_host(config: Config, catalog: Catalog) -> Host:
+    children = [child_spec(p, catalog.kinds) for p in config.processes]
+    machines, executors = catalog.build(config.daemon)
     return Host(
-        machines=list(kinds.values()),
+        machines=machines,
+        executors=executors,
         store=str(config.daemon.store),
         slots=dict(config.daemon.slots),
         kill_grace=config.daemon.kill_grace,
@@ -69,12 +85,12 @@ def build_host(config: Config, kinds: dict[str, Any]) -> Host:
     )
 
 
-async def serve(config: Config, kinds: dict[str, Any], *, ready: asyncio.Event | None = None) -> int:
+async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status."""
     from .metrics import start_metrics
 
     config.daemon.store.parent.mkdir(parents=True, exist_ok=True)
-    host = build_host(config, kinds)
+    host = build_host(config, catalog)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -83,7 +99,7 @@ async def serve(config: Config, kinds: dict[str, Any], *, ready: asyncio.Event |
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hup() -> None:
-        task = loop.create_task(reload(host, current, kinds))
+        task = loop.create_task(reload(host, current, catalog))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -121,12 +137,12 @@ async def serve(config: Config, kinds: dict[str, Any], *, ready: asyncio.Event |
     return 0
 
 
-async def reload(host: Host, current: list[Config], kinds: dict[str, Any]) -> None:
+async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:
     """Apply a changed configuration: start new processes, stop removed ones, restart changed
     ones; leave the rest alone. An invalid file is refused and the running configuration kept."""
     old = current[0]
     try:
-        new = load(old.path, known_kinds=kinds.__contains__)
+        new = load(old.path, known_kinds=catalog.kinds.__contains__, check_settings=catalog.check_settings)
     except ConfigError as exc:
         log.error("reload_refused", error=str(exc))
         return
@@ -141,7 +157,7 @@ async def reload(host: Host, current: list[Config], kinds: dict[str, Any]) -> No
     for name in reversed(removed + changed):
         await root.remove_child(name, "removed or changed by a configuration reload")
     for name in [n for n in after if n in added or n in changed]:
-        await root.add_child(child_spec(after[name], kinds))
+        await root.add_child(child_spec(after[name], catalog.kinds))
     current[0] = new
     log.info(
         "reloaded", added=added, removed=removed, changed=changed, unchanged=len(after) - len(added) - len(changed)
@@ -158,10 +174,10 @@ def dump_stacks() -> None:
         log.info("task_stack", task=task.get_name(), stack=stack.getvalue())
 
 
-def run(config: Config, kinds: dict[str, Any]) -> int:
+def run(config: Config, catalog: Catalog) -> int:
     configure(config.daemon.log_level)
     if config.daemon.loop == "uvloop":
         import uvloop
 
-        return uvloop.run(serve(config, kinds))
-    return asyncio.run(serve(config, kinds))
+        return uvloop.run(serve(config, catalog))
+    return asyncio.run(serve(config, catalog))

@@ -24,6 +24,7 @@ EXPECTED_EXPORTS = {
     "StoreFull", "StoreLocked", "StoreStatistics", "Strategy", "Supervisor", "SupervisorSpec", "SupervisorState",
     "SupervisorStatistics", "decode_record", "Invariant", "Simulation", "SimCall", "SimExecutor",
     "SimulationError", "InvariantViolation", "encode_record",
+    "SettingsError", "BackendError", "CommandNotFound", "CommandLost",
 }  # fmt: skip
 
 
@@ -99,3 +100,13 @@ def test_persistence_and_supervision_import_nothing_from_above() -> None:
         imported = _imports(ROOT / "supervisor" / f"{module}.py")
         bad = {name for name in imported if name.startswith(FORBIDDEN_FOR_CORE)}
         assert set() == bad, f"{module} imports {bad}"
+
+
+def test_process_kinds_use_only_the_public_api() -> None:
+    """processes/ is built on supervisor's public names: it never imports a private module."""
+    for path in (ROOT / "processes").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        private = {name for name in imported if name.startswith("supervisor._")}
+        assert set() == private, f"{path.relative_to(ROOT)} imports {private}"

@@ -1,0 +1,110 @@
+"""The shell process type: run one command to its end; succeed or fail by its exit code.
+
+Its state is its settings (see :mod:`._settings`) plus a few keys of its own, prefixed with
+``_``. It runs the command as one tracked ``shell.run`` action, so a daemon crash re-issues the
+same action id after restart, and the executor re-attaches instead of running it again.
+Restarts (a new run) are the supervisor's business: restart types and backoff apply to shell
+processes as to any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from supervisor import ActionFailed, ActionSucceeded, Context, Control, Input, Machine, SettingsError
+
+from ._executor import CLEANUP, RUN
+from ._settings import parse
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+class Shell(Machine[dict[str, Any]]):
+    """A local command (argv list; a shell only when ``shell = true``) in its own process group.
+
+    ``log_dir`` is where ``<name>.out.log`` and ``<name>.err.log`` go unless the settings name
+    other files (``stdout``/``stderr``; ``stderr = "stdout"`` merges them).
+    """
+
+    kind = "shell"
+    phases = Phase
+    edges: ClassVar[Mapping[str, Mapping[str, str]]] = {
+        Phase.STARTING: {Phase.RUNNING: "run", Phase.ENDED: "invalid"},
+        Phase.RUNNING: {Phase.ENDED: "exit"},
+    }
+
+    def __init__(self, log_dir: str | Path = "logs") -> None:
+        self.log_dir = Path(log_dir).resolve()
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        parse(settings)
+
+    async def transition(self, state: dict[str, Any], input: Input, ctx: Context) -> None:
+        match input:
+            case Control():
+                try:
+                    spec = parse(state)
+                except SettingsError as exc:
+                    ctx.goto(Phase.ENDED)
+                    ctx.fail(f"invalid settings: {exc}")
+                    return
+                payload = spec.payload()
+                stem = ctx.name or ctx.pid.replace("/", "_")
+                payload["stdout"] = (
+                    str(self.log_dir / spec.stdout) if spec.stdout else str(self.log_dir / f"{stem}.out.log")
+                )
+                if spec.stderr != "stdout":
+                    payload["stderr"] = (
+                        str(self.log_dir / spec.stderr) if spec.stderr else str(self.log_dir / f"{stem}.err.log")
+                    )
+                state["_stdout"] = payload["stdout"]
+                state["_stderr"] = payload["stderr"]
+                state["_run"] = ctx.track(RUN, payload)
+                state["_started"] = ctx.now
+                ctx.goto(Phase.RUNNING)
+            case ActionSucceeded(action_type="shell.run", value=result):
+                state["result"] = result
+                ctx.goto(Phase.ENDED)
+                ctx.emit(CLEANUP, input.action_id)  # after the checkpoint: the result is durable
+                codes = state.get("success_codes", [0])
+                if result["reason"] == "exited" and result["exit_code"] in codes:
+                    ctx.finish(result)
+                else:
+                    ctx.fail(describe(result))
+            case ActionFailed(action_type="shell.run"):
+                ctx.goto(Phase.ENDED)
+                ctx.fail(f"{input.error_type}: {input.message}")
+
+    def log_files(self, state: dict[str, Any]) -> Mapping[str, str]:
+        files = {"stdout": state.get("_stdout"), "stderr": state.get("_stderr")}
+        return {stream: path for stream, path in files.items() if path}
+
+    def view(self, state: dict[str, Any]) -> Any:
+        # Environment values are often secrets: snapshots show the names only.
+        if "env" not in state:
+            return state
+        return {**state, "env": {name: "***" for name in state["env"]}}
+
+    def __repr__(self) -> str:
+        return f"<Shell log_dir={self.log_dir}>"
+
+
+def describe(result: Mapping[str, Any]) -> str:
+    """Why a run counts as a failure, in one line."""
+    reason = str(result["reason"])
+    if reason == "timeout":
+        how = f"killed by {result['signal']}" if result["signal"] else f"exit code {result['exit_code']}"
+        return f"timed out ({how})"
+    if reason.startswith("setup failed"):
+        return reason
+    if result["signal"]:
+        return f"killed by {result['signal']}"
+    return f"exited with code {result['exit_code']}"
