@@ -20,6 +20,7 @@ from ._exceptions import (
     IllegalPhaseChange,
     InvariantViolation,
     LifecycleError,
+    LogNotFound,
     NondeterminismError,
     NotFinished,
     ProcessFailed,
@@ -54,6 +55,7 @@ from ._inputs import (
     TimerFired,
 )
 from ._lifecycle import DriveMode, ErrorPolicy, Lifecycle
+from ._logtail import follow_lines, tail_lines
 from ._machine import Context, Machine
 from ._policy import Backoff, Budget, Restart, Strategy
 from ._runtime import Checkpointer, Runtime, RuntimeObserver, RuntimeStatistics
@@ -67,6 +69,9 @@ from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState,
 __version__ = "0.1.0"
 
 __all__ = [
+    "LogNotFound",
+    "follow_lines",
+    "tail_lines",
     "SettingsError",
     "CommandNotFound",
     "CommandLost",

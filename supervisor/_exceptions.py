@@ -16,6 +16,7 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │       ├── ProcessFailed        ... its machine failed it (or its error policy did)
     │       └── ProcessKilled        ... it was killed; ``reason`` says why
     ├── ProcessNotFound (also LookupError)  no live process has that id or name
+    ├── LogNotFound (also LookupError)  the process keeps no log of that stream
     ├── NotFinished                  result() asked of a process that is still alive
     ├── TransitionError              a transition raised; the process's state is as before the input
     │   ├── IllegalPhaseChange       goto() to a phase the type does not declare an edge to
@@ -119,6 +120,10 @@ class ProcessKilled(ProcessTerminated):
 
 class ProcessNotFound(StatevisorError, LookupError):
     """No process with that id or name is known."""
+
+
+class LogNotFound(StatevisorError, LookupError):
+    """The process's kind keeps no log file for the stream asked for."""
 
 
 class NotFinished(StatevisorError):

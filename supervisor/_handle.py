@@ -7,12 +7,14 @@ Naming rules (kept across the package): ``op`` awaits room, ``try_op`` never wai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from ._exceptions import CallTimeout, NotFinished, ProcessFailed, ProcessKilled, WouldBlock
+from ._exceptions import CallTimeout, LogNotFound, NotFinished, ProcessFailed, ProcessKilled, WouldBlock
 from ._inputs import Call, Cast
 from ._lifecycle import DriveMode, Lifecycle
+from ._logtail import follow_lines, tail_lines
 from ._process import Process
 from ._snapshot import ProcessStatistics, Snapshot
 
@@ -136,6 +138,28 @@ class Handle:
     def state(self) -> Snapshot:
         """The latest snapshot: lifecycle, paused, phase, a copy of the state view, version."""
         return self._process.snapshot()
+
+    def log_files(self) -> Mapping[str, str]:
+        """The process's log files by stream (``stdout``, ``stderr``...), as its kind declares them."""
+        process = self._process
+        return dict(process.machine.log_files(process.state_for_logs()))
+
+    async def logs(self, stream: str = "stdout", lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of one of the process's log streams."""
+        return tail_lines(self._log_path(stream), lines)
+
+    async def follow(self, stream: str = "stdout", lines: int = 10) -> AsyncIterator[str]:
+        """The last ``lines`` lines of a log stream, then each new line as it is written
+        (through rotations), until the caller stops iterating."""
+        async for line in follow_lines(self._log_path(stream), lines=lines):
+            yield line
+
+    def _log_path(self, stream: str) -> Path:
+        files = self.log_files()
+        if stream not in files:
+            known = ", ".join(sorted(files)) or "none"
+            raise LogNotFound(f"process {self.pid} ({self.kind}) has no {stream!r} log (its logs: {known})")
+        return Path(files[stream])
 
     async def watch(self) -> AsyncIterator[Snapshot]:
         """Snapshots as the process changes: the current one first, then newer ones.

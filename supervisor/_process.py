@@ -770,6 +770,10 @@ class Process:
             self._resumed.wake_all()
             self._poke()
 
+    def state_for_logs(self) -> Any:
+        """The committed state, read-only use: where the machine's log files are."""
+        return self._state
+
     async def tell_executors(self, hook: str) -> None:
         """Pass a pause or resume on to the executors of in-flight actions that implement
         ``hook`` (a shell command's group is stopped, a queued batch job held). Bounded by the

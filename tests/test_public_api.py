@@ -24,7 +24,7 @@ EXPECTED_EXPORTS = {
     "StoreFull", "StoreLocked", "StoreStatistics", "Strategy", "Supervisor", "SupervisorSpec", "SupervisorState",
     "SupervisorStatistics", "decode_record", "Invariant", "Simulation", "SimCall", "SimExecutor",
     "SimulationError", "InvariantViolation", "encode_record",
-    "SettingsError", "BackendError", "CommandNotFound", "CommandLost",
+    "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "tail_lines", "follow_lines", "LogNotFound",
 }  # fmt: skip
 
 
@@ -52,6 +52,7 @@ CORE_MODULES = {
     "_handle",
     "_inputs",
     "_lifecycle",
+    "_logtail",
     "_machine",
     "_process",
     "_runtime",

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from supervisor import CommandLost, CommandNotFound, TrackedAction, UntrackedAction
+from supervisor import CommandLost, CommandNotFound, TrackedAction, UntrackedAction, tail_lines
 
 from ._launch import (
     become_subreaper,
@@ -34,7 +34,7 @@ from ._launch import (
     wait_exit,
     wrapper_script,
 )
-from ._logs import open_log, rotate_if_needed, tail
+from ._logs import open_log, rotate_if_needed
 from ._rundir import RunDir, Started
 from ._settings import LIMITS, CommandSpec
 
@@ -105,7 +105,9 @@ class ShellExecutor:
         finally:
             if self._active.get(action.id) is run:
                 del self._active[action.id]
-        return self._result(run)
+        result = self._result(run)
+        await self._rotate(run)  # a fast writer may have overshot the cap since the last check
+        return result
 
     async def cancel(self, action: TrackedAction) -> None:
         run = self._active.get(action.id) or self._run_from_disk(action)
@@ -252,14 +254,16 @@ class ShellExecutor:
         while self._active or self._groups:
             await asyncio.sleep(self.rotate_every)
             for run in list(self._active.values()):
-                spec = run.spec
-                for path in {spec.stdout, spec.stderr if spec.stderr != "stdout" else None} - {None}:
-                    assert path is not None
-                    with contextlib.suppress(OSError):
-                        size = os.stat(path).st_size
-                        if size > spec.log_max_bytes:
-                            await asyncio.to_thread(rotate_if_needed, Path(path), spec.log_max_bytes, spec.log_backups)
+                await self._rotate(run)
             self._reap()
+
+    async def _rotate(self, run: _Run) -> None:
+        spec = run.spec
+        for path in {spec.stdout, spec.stderr if spec.stderr != "stdout" else None} - {None}:
+            assert path is not None
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_size > spec.log_max_bytes:
+                    await asyncio.to_thread(rotate_if_needed, Path(path), spec.log_max_bytes, spec.log_backups)
 
     # --- results ----------------------------------------------------------------------------
 
@@ -294,8 +298,8 @@ class ShellExecutor:
             "ended": ended,
             "user_cpu": user,
             "system_cpu": system,
-            "stdout_tail": tail(Path(stdout), spec.tail_lines) if stdout else [],
-            "stderr_tail": tail(Path(stderr), spec.tail_lines) if stderr else [],
+            "stdout_tail": tail_lines(Path(stdout), spec.tail_lines) if stdout else [],
+            "stderr_tail": tail_lines(Path(stderr), spec.tail_lines) if stderr else [],
         }
 
     def _environment(self, spec: CommandSpec) -> dict[str, str]:

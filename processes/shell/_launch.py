@@ -38,9 +38,12 @@ _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
 """Dispositions a Python daemon changes (it ignores SIGPIPE) that children must not inherit."""
 
 
-def wrapper_script(limits: Mapping[str, int], umask: int | None, flags: Mapping[str, str]) -> str:
+def wrapper_script(limits: Mapping[str, int], umask: int | None, flags: Mapping[str, tuple[str, int]]) -> str:
     """The wrapper's sh program; only integers are interpolated, never user strings."""
-    setup = "".join(f"ulimit {flags[name]} {int(value)} || fail limit-{name}\n" for name, value in limits.items())
+    setup = "".join(
+        f"ulimit {flags[name][0]} {max(1, int(value) // flags[name][1])} || fail limit-{name}\n"
+        for name, value in limits.items()
+    )
     if umask is not None:
         setup += f"umask {int(umask):03o}\n"
     return (

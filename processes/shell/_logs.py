@@ -1,4 +1,4 @@
-"""Per-process log files: opening, size-capped rotation, tail and follow.
+"""Per-process log files: opening and size-capped rotation (tail and follow are in the core).
 
 A command writes its output straight into its log files (not through the daemon), so it keeps
 running and logging while the daemon restarts, and the daemon never buffers output: its memory
@@ -15,10 +15,8 @@ truncated, and supervisord users know what trying does.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 
@@ -58,60 +56,3 @@ def _copy_tail(source: Path, target: Path, size: int, max_bytes: int) -> None:
                 break
             offset += copied
             left -= copied
-
-
-def tail(path: Path, lines: int, *, block: int = 8192) -> list[str]:
-    """The last ``lines`` lines of ``path`` (reads backwards, so memory is bounded by them)."""
-    if lines <= 0:
-        return []
-    try:
-        with open(path, "rb") as source:
-            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
-                return []
-            end = source.seek(0, os.SEEK_END)
-            data = b""
-            position = end
-            while position > 0 and data.count(b"\n") <= lines:
-                step = min(block, position)
-                position -= step
-                source.seek(position)
-                data = source.read(step) + data
-    except FileNotFoundError:
-        return []
-    found = data.decode(errors="replace").splitlines()
-    return found[-lines:]
-
-
-async def follow(path: Path, *, lines: int = 10, interval: float = 0.2) -> AsyncIterator[str]:
-    """The last ``lines`` lines, then every new line as it is written (``tail -F``).
-
-    A file that shrank was rotated: reading starts again at its beginning.
-    """
-    for line in tail(path, lines):
-        yield line
-    try:
-        offset = os.stat(path).st_size
-    except FileNotFoundError:
-        offset = 0
-    partial = b""
-    while True:
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            size = 0
-        if size < offset:
-            offset, partial = 0, b""
-        if size > offset:
-            chunk = _read(path, offset, min(size - offset, 1 << 20))
-            offset += len(chunk)
-            *complete, partial = (partial + chunk).split(b"\n")
-            for raw in complete:
-                yield raw.decode(errors="replace")
-            continue
-        await asyncio.sleep(interval)
-
-
-def _read(path: Path, offset: int, size: int) -> bytes:
-    with open(path, "rb") as source:
-        source.seek(offset)
-        return source.read(size)

@@ -13,8 +13,9 @@ from typing import Any
 
 from supervisor import SettingsError
 
-LIMITS = {"address_space": "-v", "cpu_seconds": "-t", "open_files": "-n"}
-"""Resource limit setting -> the POSIX ``ulimit`` flag the wrapper applies it with."""
+LIMITS = {"address_space": ("-v", 1024), "cpu_seconds": ("-t", 1), "open_files": ("-n", 1)}
+"""Resource limit setting -> the ``ulimit`` flag the wrapper applies it with, and the unit that
+flag counts in (address space is set in bytes, ``ulimit -v`` counts KiB)."""
 
 KEYS = frozenset(
     {

@@ -1,0 +1,407 @@
+"""The local shell kind, against real subprocesses: results, process groups, signals, limits,
+logs and rotation, errors, supervision, and re-attaching to commands after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import stat
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processes.shell import RUN, Shell, ShellExecutor, executors
+from processes.shell._launch import start_time
+from processes.shell._rundir import RunDir
+from supervisor import (
+    Backoff,
+    Budget,
+    ChildSpec,
+    CommandLost,
+    Handle,
+    Host,
+    Lifecycle,
+    LogNotFound,
+    ManualClock,
+    Restart,
+    SupervisorSpec,
+    SupervisorState,
+    TrackedAction,
+)
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[Host]:
+    host = Host(machines=[Shell(tmp_path / "logs")], executors=executors(tmp_path / "runs"), kill_grace=10.0)
+    await host.start()
+    yield host
+    await host.shutdown(timeout=10)
+
+
+async def run(host: Host, settings: dict[str, Any], name: str | None = None, timeout: float = 20) -> Handle:
+    handle = await host.spawn("shell", settings, name=name)
+    await handle.wait(timeout=timeout)
+    return handle
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, state) of every process, zombies included, whose process group is ``pgid``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                raw = Path(f"/proc/{entry.name}/stat").read_bytes()
+            except OSError:
+                continue
+            fields = raw[raw.rindex(b")") + 2 :].split()
+            if int(fields[2]) == pgid:
+                found.append((int(entry.name), fields[0].decode()))
+    return found
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wrapper_pid(handle: Handle) -> int:
+    started = RunDir(Path(handle.state.state["_stdout"]).parent.parent / "runs", handle.state.state["_run"]).started()
+    assert started is not None
+    return started.pid
+
+
+async def test_a_command_that_exits_zero_finishes_with_its_result(host: Host) -> None:
+    """Exit code 0 finishes the process; the result has the code, times and the output's tail."""
+    handle = await run(host, {"argv": ["sh", "-c", "echo out; echo err >&2"]}, name="hello")
+    snapshot = handle.state
+    assert Lifecycle.FINISHED == snapshot.lifecycle
+    result = handle.result()
+    assert 0 == result["exit_code"]
+    assert None is result["signal"]
+    assert ["out"] == result["stdout_tail"]
+    assert ["err"] == result["stderr_tail"]
+    assert result["started"] <= result["ended"]
+    assert ["out"] == await handle.logs("stdout")
+    assert ["err"] == await handle.logs("stderr")
+
+
+async def test_exit_codes_decide_success_as_configured(host: Host) -> None:
+    """A non-zero exit fails the process (saying the code) unless success_codes lists it."""
+    failed = await run(host, {"argv": ["sh", "-c", "exit 3"]})
+    assert Lifecycle.FAILED == failed.state.lifecycle
+    assert "exited with code 3" == failed.state.error
+    assert 3 == failed.state.state["result"]["exit_code"]
+    accepted = await run(host, {"argv": ["sh", "-c", "exit 3"], "success_codes": [0, 3]})
+    assert Lifecycle.FINISHED == accepted.state.lifecycle
+
+
+async def test_a_command_killed_by_a_signal_reports_the_signal(host: Host) -> None:
+    """A command that dies of a signal fails with that signal's name, not an exit code."""
+    handle = await run(host, {"argv": ["sh", "-c", "kill -SEGV $$"]})
+    assert "killed by SIGSEGV" == handle.state.error
+    assert "SIGSEGV" == handle.state.state["result"]["signal"]
+
+
+async def test_argv_is_not_a_shell_unless_asked(host: Host) -> None:
+    """argv runs without a shell ($HOME stays literal); shell = true runs a command line."""
+    plain = await run(host, {"argv": ["echo", "$HOME", ";", "true"]})
+    assert ["$HOME ; true"] == plain.result()["stdout_tail"]
+    shelled = await run(host, {"shell": True, "command": "echo $((6 * 7))"})
+    assert ["42"] == shelled.result()["stdout_tail"]
+
+
+async def test_environment_cwd_stdin_and_umask_reach_the_command(host: Host, tmp_path: Path) -> None:
+    """env set/unset/inherit, cwd, stdin data and umask are applied in the child."""
+    os.environ["STATEVISOR_TEST_INHERITED"] = "yes"
+    os.environ["STATEVISOR_TEST_UNSET"] = "present"
+    try:
+        script = 'echo "$A|$STATEVISOR_TEST_INHERITED|${STATEVISOR_TEST_UNSET-unset}"; pwd; cat; umask'
+        handle = await run(
+            host,
+            {
+                "argv": ["sh", "-c", script],
+                "env": {"A": "set"},
+                "env_unset": ["STATEVISOR_TEST_UNSET"],
+                "cwd": str(tmp_path),
+                "stdin": "from stdin\n",
+                "umask": "027",
+            },
+        )
+        clean = await run(
+            host, {"argv": ["sh", "-c", 'echo "${STATEVISOR_TEST_INHERITED-none}"'], "inherit_env": False}
+        )
+    finally:
+        del os.environ["STATEVISOR_TEST_INHERITED"], os.environ["STATEVISOR_TEST_UNSET"]
+    assert ["set|yes|unset", str(tmp_path), "from stdin", "0027"] == handle.result()["stdout_tail"]
+    assert ["none"] == clean.result()["stdout_tail"]
+    assert {"A": "***"} == handle.state.state["env"], "environment values never show in snapshots"
+
+
+async def test_resource_limits_apply_in_the_child(host: Host) -> None:
+    """open_files, address_space and cpu_seconds become the child's rlimits."""
+    handle = await run(
+        host,
+        {
+            "argv": ["sh", "-c", "ulimit -n; ulimit -v; ulimit -t"],
+            "limits": {"open_files": 64, "address_space": 2**30, "cpu_seconds": 7},
+        },
+    )
+    assert ["64", str(2**30 // 1024), "7"] == handle.result()["stdout_tail"]
+    burner = await run(host, {"argv": ["sh", "-c", "while :; do :; done"], "limits": {"cpu_seconds": 1}})
+    assert burner.state.state["result"]["signal"] in ("SIGXCPU", "SIGKILL")
+
+
+async def test_kill_takes_down_a_tree_that_ignores_sigterm(host: Host) -> None:
+    """kill: stop signal to the group, then SIGKILL after stop_grace; no process of the group
+    is left, not even a zombie."""
+    script = "trap '' TERM; (trap '' TERM; sleep 1000) & (sh -c 'trap \"\" TERM; sleep 1000') & sleep 1000"
+    handle = await host.spawn("shell", {"argv": ["sh", "-c", script], "stop_grace": 0.5})
+    await wait_until(lambda: "_run" in handle.state.state)
+    pgid = wrapper_pid(handle)
+    await wait_until(lambda: len(group_members(pgid)) >= 5)
+    began = time.monotonic()
+    snapshot = await handle.kill("test")
+    assert Lifecycle.KILLED == snapshot.lifecycle
+    assert time.monotonic() - began < 5.0
+    await wait_until(lambda: group_members(pgid) == [], timeout=5)
+
+
+async def test_pause_stops_the_group_and_resume_continues_it(host: Host) -> None:
+    """pause sends SIGSTOP to the group: a CPU burner's CPU time stops advancing; resume
+    continues it."""
+    handle = await host.spawn("shell", {"argv": ["sh", "-c", "while :; do :; done"]})
+    await wait_until(lambda: "_run" in handle.state.state)
+    pgid = wrapper_pid(handle)
+    await wait_until(lambda: len(group_members(pgid)) >= 2)
+    burner = next(pid for pid, _ in group_members(pgid) if pid != pgid)
+    await wait_until(lambda: cpu_ticks(burner) > 0)
+    await handle.pause()
+    await wait_until(lambda: all(state == "T" for _, state in group_members(pgid)))
+    stopped = cpu_ticks(burner)
+    await asyncio.sleep(0.3)  # a stretch of time for the CPU counter to (not) move in
+    assert stopped == cpu_ticks(burner)
+    await handle.resume()
+    await wait_until(lambda: cpu_ticks(burner) > stopped)
+    await handle.kill()
+
+
+async def test_fast_output_is_rotated_and_the_daemon_does_not_buffer_it(host: Host, tmp_path: Path) -> None:
+    """100 MB written as fast as possible: the log and its backups stay within the cap, the
+    newest output is kept, and the daemon's memory does not grow with the output. (`yes | head`
+    ends only because the command gets SIGPIPE's default back, which Python ignores.)"""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    handle = await run(
+        host,
+        {"argv": ["sh", "-c", "yes 0123456789 | head -c 99999999; echo last line"], "log_max_bytes": 2**20},
+        name="flood",
+        timeout=60,
+    )
+    assert Lifecycle.FINISHED == handle.state.lifecycle
+    log = tmp_path / "logs" / "flood.out.log"
+    files = sorted(tmp_path.joinpath("logs").glob("flood.out.log*"))
+    assert Path(f"{log}.1") in files, "rotated at least once"
+    assert len(files) <= 4, "the file and at most log_backups (3) backups"
+    for path in files:
+        assert path.stat().st_size <= 2**20, path
+    assert not Path(f"{log}.4").is_file()  # noqa: ASYNC240 - a test's quick look
+    assert "last line" == handle.result()["stdout_tail"][-1]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB
+
+
+async def test_a_pipe_as_log_target_is_never_rotated(host: Host, tmp_path: Path) -> None:
+    """stdout into a FIFO (like /dev/stdout in a container): output beyond the cap flows on,
+    no rotation is attempted and nothing breaks."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = bytearray()
+
+    def drain() -> None:
+        with open(fifo, "rb") as source:
+            while chunk := source.read(65536):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    handle = await run(
+        host, {"argv": ["sh", "-c", "yes 0123456789 | head -c 3000000"], "stdout": str(fifo), "log_max_bytes": 1024}
+    )
+    reader.join(timeout=10)
+    assert Lifecycle.FINISHED == handle.state.lifecycle
+    assert 3_000_000 == len(received)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert not Path(f"{fifo}.1").is_file()  # noqa: ASYNC240 - a test's quick look
+
+
+async def test_follow_yields_new_lines_as_they_are_written(host: Host) -> None:
+    """handle.follow streams the log as it grows (what was written before it began included,
+    no line lost or doubled at the seam); an unknown stream is a clear error."""
+    handle = await host.spawn(
+        "shell", {"argv": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.1; done; sleep 30"]}
+    )
+    await wait_until(lambda: "_run" in handle.state.state)
+    seen: list[str] = []
+    async with asyncio.timeout(10):
+        async for line in handle.follow("stdout", lines=10):
+            seen.append(line)
+            if len(seen) == 3:
+                break
+    assert ["line 1", "line 2", "line 3"] == seen
+    with pytest.raises(LogNotFound, match="no 'journal' log"):
+        await handle.logs("journal")
+    await handle.kill()
+
+
+async def test_a_timeout_kills_the_command_with_a_distinct_reason(host: Host) -> None:
+    """timeout: the command is stopped and the process fails saying it timed out."""
+    handle = await run(host, {"argv": ["sleep", "30"], "timeout": 0.3})
+    assert "timed out (killed by SIGTERM)" == handle.state.error
+    assert "timeout" == handle.state.state["result"]["reason"]
+
+
+async def test_missing_or_non_executable_programs_fail_clearly(host: Host, tmp_path: Path) -> None:
+    """A program not on PATH, a path that is no file, and a file without x bit: each fails with
+    a CommandNotFound naming it; nothing is started."""
+    missing = await run(host, {"argv": ["statevisor-no-such-program"]})
+    assert str(missing.state.error).startswith("CommandNotFound: 'statevisor-no-such-program': not found on PATH")
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    plain = await run(host, {"argv": [str(script)]})
+    assert f"CommandNotFound: '{script}': not executable (mode 644)" == plain.state.error
+    nowhere = await run(host, {"argv": ["/nonexistent/bin/x"]})
+    assert "CommandNotFound: '/nonexistent/bin/x': no such file" == nowhere.state.error
+    assert [] == list((tmp_path / "runs").iterdir())
+
+
+async def test_invalid_settings_fail_the_process_naming_the_key(host: Host) -> None:
+    """Settings are validated before anything runs; the error names the setting."""
+    handle = await run(host, {"argv": "echo hi"})
+    assert str(handle.state.error).startswith("invalid settings: argv: expected a non-empty list")
+    handle = await run(host, {"argv": ["true"], "limits": {"stack": 1}})
+    assert str(handle.state.error).startswith("invalid settings: limits.stack: unknown limit")
+
+
+async def test_a_failing_command_restarts_only_after_the_backoff(tmp_path: Path) -> None:
+    """A command that cannot start is failed and restarted by its supervisor only when the
+    backoff delay has passed on the clock: no restart storm."""
+    clock = ManualClock()
+    spec = ChildSpec("broken", machine=Shell, state={"argv": ["statevisor-no-such-program"]})
+    root = SupervisorSpec("root", [spec], backoff=Backoff(initial=5.0, maximum=60.0, jitter=0.0))
+    host = Host(machines=[Shell(tmp_path)], executors=executors(tmp_path / "runs"), root=root, clock=clock)
+    await host.start()
+    try:
+        await wait_until(lambda: host.root.statistics().pending_restarts == 1)
+        first = host.root.child("broken")
+        assert isinstance(first, Handle)
+        clock.advance(4.9)
+        await asyncio.sleep(0.05)
+        assert first is host.root.child("broken") or first == host.root.child("broken")
+        assert 0 == host.root.restarts
+        clock.advance(0.2)
+        await wait_until(lambda: host.root.restarts == 1)
+    finally:
+        await host.shutdown()
+
+
+async def test_a_flapping_command_exhausts_its_restart_budget(tmp_path: Path) -> None:
+    """A command that keeps failing is restarted until the budget is spent; then its
+    supervisor gives up (failed) instead of restarting forever."""
+    spec = ChildSpec("flapper", machine=Shell, state={"argv": ["sh", "-c", "exit 1"]}, restart=Restart.PERMANENT)
+    root = SupervisorSpec(
+        "root", [spec], budget=Budget(max_restarts=3, period=60.0), backoff=Backoff(initial=0.01, jitter=0.0)
+    )
+    host = Host(machines=[Shell(tmp_path)], executors=executors(tmp_path / "runs"), root=root)
+    await host.start()
+    try:
+        await wait_until(lambda: host.root.state is SupervisorState.FAILED, timeout=20)
+        assert 3 == host.root.restarts
+    finally:
+        await host.shutdown()
+
+
+# --- idempotency and re-attaching ---------------------------------------------------------
+
+
+def action(action_id: str, argv: list[str], tmp_path: Path) -> TrackedAction:
+    from processes.shell import parse
+
+    payload = parse({"argv": argv}).payload()
+    payload["stdout"] = str(tmp_path / f"{action_id}.out")
+    return TrackedAction(action_id, RUN, payload, "p1")
+
+
+async def test_executing_an_action_id_again_never_reruns_the_command(tmp_path: Path) -> None:
+    """The same action id executed twice (a restart re-issues it) returns the first outcome;
+    the command ran once."""
+    executor = ShellExecutor(tmp_path / "runs")
+    marker = tmp_path / "ran"
+    act = action("p1:1:0", ["sh", "-c", f"echo x >> {marker}; exit 4"], tmp_path)
+    first = await executor.execute(act)
+    second = await executor.execute(act)
+    assert 4 == first["exit_code"] == second["exit_code"]
+    assert "x\n" == marker.read_text()
+
+
+async def test_a_running_command_is_reattached_not_restarted(tmp_path: Path) -> None:
+    """A second executor (a restarted daemon) attaches to the still-running command by pid and
+    start time, and collects its exit status when it ends."""
+    release = tmp_path / "release"
+    marker = tmp_path / "ran"
+    act = action(
+        "p1:1:0", ["sh", "-c", f"echo x >> {marker}; while [ ! -e {release} ]; do sleep 0.02; done; exit 7"], tmp_path
+    )
+    first = ShellExecutor(tmp_path / "runs")
+    running = asyncio.ensure_future(first.execute(act))
+    await wait_until(lambda: marker.exists())
+    running.cancel()  # the daemon went away: the command goes on
+    await asyncio.gather(running, return_exceptions=True)
+    second = ShellExecutor(tmp_path / "runs")
+    attached = asyncio.ensure_future(second.execute(act))
+    await wait_until(lambda: second.attached == 1)
+    release.touch()
+    result = await asyncio.wait_for(attached, 10)
+    assert 7 == result["exit_code"]
+    assert "x\n" == marker.read_text()
+    assert 0 == second.spawned
+
+
+async def test_a_reused_pid_is_not_mistaken_for_the_command(tmp_path: Path) -> None:
+    """The run record names a pid that now belongs to another process (start time differs):
+    the executor does not attach to it; with no exit status left, it says the run was lost."""
+    act = action("p1:1:0", ["true"], tmp_path)
+    run_dir = RunDir(tmp_path / "runs", act.id)
+    run_dir.create()
+    me = os.getpid()
+    ticks = start_time(me)
+    assert ticks is not None
+    run_dir.note_started(me, ticks - 1, time.time())  # our pid, someone else's start time
+    (run_dir.path / "begun").touch()
+    executor = ShellExecutor(tmp_path / "runs")
+    with pytest.raises(CommandLost, match="left no exit status"):
+        await asyncio.wait_for(executor.execute(act), 5)
+    (run_dir.path / "status").write_text("5\n")
+    assert 5 == (await executor.execute(act))["exit_code"]
+    assert 0 == executor.spawned + executor.attached
+
+
+async def test_a_run_that_never_began_is_started_exactly_once(tmp_path: Path) -> None:
+    """The daemon died after creating the run directory but before the spawn: the re-issued
+    action starts the command (its first start)."""
+    marker = tmp_path / "ran"
+    act = action("p1:1:0", ["sh", "-c", f"echo x >> {marker}"], tmp_path)
+    RunDir(tmp_path / "runs", act.id).create()
+    executor = ShellExecutor(tmp_path / "runs")
+    assert 0 == (await executor.execute(act))["exit_code"]
+    assert "x\n" == marker.read_text()
+
+
+async def test_the_run_directory_is_removed_once_the_result_is_durable(host: Host, tmp_path: Path) -> None:
+    """After the result's transition is committed, the run record is cleaned up."""
+    await run(host, {"argv": ["true"]})
+    await wait_until(lambda: [] == list((tmp_path / "runs").iterdir()))
