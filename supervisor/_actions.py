@@ -11,11 +11,13 @@ The executor contract, also in the README:
   promptly; the runtime bounds the wait in any case and never lets a hung executor block kill.
 * Optional: ``pause(action)`` / ``resume(action)``, called when the process is paused or
   resumed while the action is in flight (stop a command's process group, hold a queued job).
-  ``uses_slot = False`` exempts an executor from the per-kind slot limits.
+  ``uses_slot = False`` exempts an executor from the per-kind slot limits. ``close()`` is
+  awaited once at host shutdown (release connections, stop background tasks).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -106,6 +108,19 @@ class ExecutorRegistry:
             raise UnknownActionType(
                 f"no executor registered for action type {action_type!r} (registered: {known})"
             ) from None
+
+    async def close(self, timeout: float) -> None:
+        """Close every executor that has a ``close()`` (once each, bounded by ``timeout``)."""
+
+        closing = []
+        for executor in {id(e): e for e in self._executors.values()}.values():
+            close = getattr(executor, "close", None)
+            if close is not None:
+                closing.append(asyncio.ensure_future(close()))
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=timeout)
+            for task in late:
+                task.cancel()
 
     def __contains__(self, action_type: object) -> bool:
         return action_type in self._executors

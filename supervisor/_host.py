@@ -262,6 +262,7 @@ class Host:
             await asyncio.sleep(0.01)
         if processes:
             await asyncio.gather(*(p.detach() for p in processes))
+        await self.runtime.executors.close(max(0.1, deadline - loop.time()))
         if self.store is not None:
             await asyncio.wait_for(self.store.close(), max(0.1, deadline - loop.time()))
             self.runtime.checkpointer = None

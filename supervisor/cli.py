@@ -99,7 +99,7 @@ def _daemon(args: argparse.Namespace) -> int:
     return run(config, CATALOG)
 
 
-SCENARIO_NAMES = ("transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout")
+SCENARIO_NAMES = ("transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout", "shell")
 
 
 def build_parser() -> argparse.ArgumentParser:

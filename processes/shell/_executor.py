@@ -55,6 +55,7 @@ class _Run:
     spec: CommandSpec
     run_dir: RunDir
     started: Started
+    child: bool = False  # spawned by this executor: its pid cannot be reused before we reap it
     reason: str = "exited"
     stopping: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -68,7 +69,9 @@ class ShellExecutor:
         self.runs = Path(runs)
         self.rotate_every = rotate_every
         self._active: dict[str, _Run] = {}
-        self._groups: dict[int, float] = {}  # process groups whose orphans we still reap, -> until
+        self._groups: dict[int, float] = {}
+        self._children: set[int] = set()
+        self._reaping: asyncio.TimerHandle | None = None  # process groups whose orphans we still reap, -> until
         self._rotator: asyncio.Task[None] | None = None
         self.subreaper = become_subreaper()
         self.spawned = 0
@@ -97,7 +100,7 @@ class ShellExecutor:
                 run_dir.create()
                 found = self._start(run_dir, spec)
             started = found
-        run = _Run(action.id, spec, run_dir, started)
+        run = _Run(action.id, spec, run_dir, started, child=self.spawned_here(started))
         self._active[action.id] = run
         self._ensure_rotator()
         try:
@@ -126,6 +129,15 @@ class ShellExecutor:
         if run is not None:
             signal_group(run.started.pid, signal.SIGCONT)
 
+    async def close(self) -> None:
+        """Stop the log rotator (host shutdown). Commands run on; the next start re-attaches."""
+        if self._reaping is not None:
+            self._reaping.cancel()
+            self._reaping = None
+        if self._rotator is not None:
+            self._rotator.cancel()
+            await asyncio.gather(self._rotator, return_exceptions=True)
+
     # --- starting and attaching -------------------------------------------------------------
 
     def _start(self, run_dir: RunDir, spec: CommandSpec) -> Started:
@@ -138,6 +150,7 @@ class ShellExecutor:
         stdin = os.open(run_dir.write_stdin(spec.stdin) if spec.stdin is not None else os.devnull, os.O_RDONLY)
         stdout = open_log(Path(spec.stdout)) if spec.stdout else os.open(os.devnull, os.O_WRONLY)
         stderr = stdout if spec.stderr == "stdout" else open_log(Path(spec.stderr)) if spec.stderr else stdout
+        wall = time.time()  # before the spawn: a quick command may end before spawn returns
         try:
             script = wrapper_script(spec.limits or {}, spec.umask, LIMITS)
             pid = spawn_wrapper(script, run_dir.path, spec.cwd, spec.argv, env, stdin, stdout, stderr)
@@ -148,10 +161,14 @@ class ShellExecutor:
             for fd in {stdin, stdout, stderr}:
                 os.close(fd)
         ticks = start_time(pid)
-        started = Started(pid, ticks if ticks is not None else -1, time.time())
+        started = Started(pid, ticks if ticks is not None else -1, wall)
         run_dir.note_started(started.pid, started.ticks, started.wall)
         self.spawned += 1
+        self._children.add(pid)
         return started
+
+    def spawned_here(self, started: Started) -> bool:
+        return started.pid in self._children
 
     def _attach(self, run_dir: RunDir) -> Started | None:
         """The run's wrapper if it still runs (checked by pid *and* start time), else None."""
@@ -191,7 +208,8 @@ class ShellExecutor:
 
     async def _watch(self, run: _Run) -> None:
         timeout = run.spec.timeout
-        waiting = asyncio.ensure_future(wait_exit(run.started.pid, run.started.ticks))
+        pid = run.started.pid
+        waiting = asyncio.ensure_future(wait_exit(pid, None if pid in self._children else run.started.ticks))
         try:
             if timeout is None:
                 await waiting
@@ -217,7 +235,7 @@ class ShellExecutor:
         pid, ticks = run.started.pid, run.started.ticks
         signal_group(pid, run.spec.stop_signal)
         signal_group(pid, signal.SIGCONT)  # a paused group cannot act on the stop signal
-        ended = asyncio.ensure_future(wait_exit(pid, ticks))
+        ended = asyncio.ensure_future(wait_exit(pid, None if pid in self._children else ticks))
         try:
             done, _ = await asyncio.wait({ended}, timeout=run.spec.stop_grace)
             if not done:
@@ -231,27 +249,37 @@ class ShellExecutor:
     def _finish_group(self, run: _Run) -> None:
         """The wrapper has exited: kill what is left of its group, reap what we can."""
         pid = run.started.pid
-        if start_time(pid) in (run.started.ticks, None):
+        if run.child or start_time(pid) in (run.started.ticks, None):
             # The group id cannot be reused while the wrapper is an unreaped zombie or while any
             # member lives, so this reaches only leftovers of this command (none, usually).
             signal_group(pid, signal.SIGKILL)
         reap(pid)
+        self._children.discard(pid)
         self._groups[pid] = time.monotonic() + 10.0
-        self._reap()
+        if self.subreaper and self._reaping is None:
+            # Orphans of the group come to us as they die: reap them soon (one pass covers
+            # every group that ended meanwhile: /proc reads are the cost here).
+            self._reaping = asyncio.get_running_loop().call_later(0.1, self._reap)
 
     def _reap(self) -> None:
+        self._reaping = None
         now = time.monotonic()
-        for group in [g for g, until in self._groups.items() if until < now]:
+        while self._groups:
+            group, until = next(iter(self._groups.items()))  # insertion order is expiry order
+            if until >= now:
+                break
             del self._groups[group]
         if self.subreaper:
             reap_orphans(self._groups)
+            if self._groups and self._reaping is None:
+                self._reaping = asyncio.get_running_loop().call_later(1.0, self._reap)
 
     def _ensure_rotator(self) -> None:
         if self._rotator is None or self._rotator.done():
             self._rotator = asyncio.get_running_loop().create_task(self._rotate_periodically())
 
     async def _rotate_periodically(self) -> None:
-        while self._active or self._groups:
+        while self._active:
             await asyncio.sleep(self.rotate_every)
             for run in list(self._active.values()):
                 await self._rotate(run)

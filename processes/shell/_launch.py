@@ -107,11 +107,13 @@ def find_wrapper(run_dir: Path) -> int | None:
     return None
 
 
-async def wait_exit(pid: int, started: int) -> bool:
+async def wait_exit(pid: int, started: int | None) -> bool:
     """Wait until the process ``pid`` that started at ``started`` has exited.
 
     Returns False at once when that process is not there (ended, or the pid was reused). Works
     for processes that are not our children (after a daemon restart): a pidfd needs no parent.
+    ``started=None`` skips the start-time check, for an unreaped child of ours (its pid cannot
+    have been reused).
     """
     try:
         fd = os.pidfd_open(pid)
@@ -120,7 +122,7 @@ async def wait_exit(pid: int, started: int) -> bool:
     try:
         # The pid might have been reused between reading its start time and opening the pidfd:
         # the pidfd pins the process, so checking again now settles it.
-        if start_time(pid) != started:
+        if started is not None and start_time(pid) != started:
             return False
         loop = asyncio.get_running_loop()
         exited: asyncio.Future[None] = loop.create_future()

@@ -4,7 +4,7 @@ It is the idempotency record: the directory is created (atomically, ``mkdir``) b
 command starts, so an action executed again after a crash finds it and attaches to the run
 instead of starting the command a second time. Files, each written by one party::
 
-    started   pid, start ticks, wall-clock start     daemon, right after the spawn (atomic rename)
+    started   pid, start ticks, wall-clock start     daemon, right after the spawn (a partial file reads as absent)
     begun     empty                                   wrapper, just before it runs the command
     status    exit code, or "setup <what>"           wrapper, after the command ends
     times     CPU times (sh ``times`` output)          wrapper, after the command ends
@@ -13,6 +13,7 @@ instead of starting the command a second time. Files, each written by one party:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_FILES = ("started", "begun", "status", "times", "stdin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,22 +43,31 @@ class RunDir:
 
     def create(self) -> bool:
         """Create the directory; False when it exists already (this run may have started)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.path.mkdir(mode=0o700)
+            os.mkdir(self.path, 0o700)
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self.create()
         except FileExistsError:
             return False
         return True
 
     def note_started(self, pid: int, ticks: int, wall: float) -> None:
-        temporary = self.path / "started.tmp"
-        temporary.write_text(f"{pid} {ticks} {wall!r}\n")
-        os.replace(temporary, self.path / "started")
+        # No rename dance: a file cut short by a crash lacks its newline and reads as absent,
+        # and then the wrapper is found by its command line instead.
+        fd = os.open(self.path / "started", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{pid} {ticks} {wall!r}\n".encode())
+        finally:
+            os.close(fd)
 
     def started(self) -> Started | None:
         try:
-            pid, ticks, wall = (self.path / "started").read_text().split()
+            text = (self.path / "started").read_text()
+            pid, ticks, wall = text.split()
         except (FileNotFoundError, ValueError):
+            return None
+        if not text.endswith("\n"):
             return None
         return Started(int(pid), int(ticks), float(wall))
 
@@ -95,7 +106,15 @@ class RunDir:
         return path
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        for name in _FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path / name)
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(self.path, ignore_errors=True)  # something else was put there
 
     def __repr__(self) -> str:
         return f"<RunDir {self.path}>"

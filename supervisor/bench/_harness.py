@@ -68,7 +68,7 @@ def environment(options: BenchOptions) -> dict[str, Any]:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import _control, _core, _durability, _simulation
+    from . import _control, _core, _durability, _shell, _simulation
 
     return {
         "transitions": _core.transitions,
@@ -79,11 +79,12 @@ def _registry() -> dict[str, Scenario]:
         "sim": _simulation.sim,
         "rpc": _control.rpc,
         "watch-fanout": _control.watch_fanout,
+        "shell": _shell.shell,
     }
 
 
 SCENARIOS: tuple[str, ...] = (
-    "transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout",
+    "transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout", "shell",
 )  # fmt: skip
 
 
