@@ -208,14 +208,19 @@ class Host:
             raise
 
     def find(self, name: str) -> Handle:
-        """A live process by name, or the latest recently ended one of that name."""
-        try:
-            return self.runtime.find(name)
-        except ProcessNotFound:
-            for process in reversed(self._ended.values()):
-                if process.name == name:
-                    return Handle(process)
-            raise
+        """A live process by name, or the latest recently ended one of that name.
+
+        Supervised children are named by their path (``root/web``); a bare child name of the
+        root supervisor (``web``, as a configuration declares it) finds it too.
+        """
+        names = [name] if "/" in name else [name, f"{self.root.path}/{name}"]
+        for candidate in names:
+            with contextlib.suppress(ProcessNotFound):
+                return self.runtime.find(candidate)
+        for process in reversed(self._ended.values()):
+            if process.name in names:
+                return Handle(process)
+        raise ProcessNotFound(f"no live or recently ended process named {name!r}")
 
     def list(
         self, *, kind: str | None = None, lifecycle: Lifecycle | None = None, paused: bool | None = None

@@ -86,6 +86,14 @@ async def _operate(args: argparse.Namespace, path: str) -> int:
         elif command == "inspect":
             snapshot = await handle.state()
             print(_json(asdict(snapshot)) if args.json else json.dumps(asdict(snapshot), indent=2, default=str))
+        elif command == "logs":
+            stream = "stderr" if args.stderr else "stdout"
+            if args.follow:
+                async for line in handle.follow(stream, args.lines):
+                    print(line, flush=True)
+            else:
+                for line in await handle.logs(stream, args.lines):
+                    print(line)
         elif command == "watch":
             async for snapshot in handle.watch():
                 print(_json(asdict(snapshot)) if args.json else "  ".join(_row(snapshot)), flush=True)
@@ -141,6 +149,11 @@ def add_commands(commands: Any) -> None:
                        ("nudge", "permit one transition (step mode)"), ("inspect", "a process's full snapshot"),
                        ("watch", "follow a process's snapshots until it ends")):  # fmt: skip
         command(name, text).add_argument("pid", help="process id or name")
+    logs = command("logs", "a process's log: the last lines, or follow it (-f)")
+    logs.add_argument("pid", help="process id or name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
+    logs.add_argument("-n", "--lines", type=int, default=20, help="how many last lines (default 20)")
+    logs.add_argument("--stderr", action="store_true", help="the stderr log instead of stdout")
     kill = command("kill", "kill a process (never restarted by a policy)")
     kill.add_argument("pid", help="process id or name")
     kill.add_argument("--reason", default="killed from the command line")

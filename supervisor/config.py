@@ -101,18 +101,21 @@ class _Lines:
         return start
 
     def find_in_entry(self, table: str, occurrence: int, key: str) -> int | None:
-        """The line of ``key`` anywhere in the ``occurrence``-th ``[[table]]`` entry (sub-tables too)."""
+        """The line of a dotted ``key`` (``limits.stack``, ``argv[0]``) in the ``occurrence``-th
+        ``[[table]]`` entry, sub-tables included: its last part, else its first, else the entry."""
         start = self.find(table, None, occurrence)
         if start is None:
             return None
         entry = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        for number in range(start + 1, len(self.lines) + 1):
-            line = self.lines[number - 1]
-            if entry.match(line):
-                break
-            if pattern.match(line):
-                return number
+        end = next(
+            (n for n in range(start + 1, len(self.lines) + 1) if entry.match(self.lines[n - 1])), len(self.lines) + 1
+        )
+        parts = [p.split("[")[0] for p in key.split(".")]
+        for part in dict.fromkeys((parts[-1], parts[0])):
+            pattern = re.compile(rf"^\s*({re.escape(part)}\s*=|\[[^\]]*\b{re.escape(part)}\s*\])")
+            for number in range(start + 1, end):
+                if pattern.match(self.lines[number - 1]):
+                    return number
         return start
 
 
@@ -344,7 +347,7 @@ def parse(
             try:
                 check_settings(item["kind"], item["settings"])
             except SettingsError as exc:
-                line = checker.lines.find_in_entry("process", index, exc.key.split(".")[0].split("[")[0])
+                line = checker.lines.find_in_entry("process", index, exc.key)
                 raise ConfigError(checker.file, f"{prefix}settings.{exc.key}", line, exc.problem) from None
         depends = item["depends_on"]
         checker.check(

@@ -68,7 +68,7 @@ def test_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
     daemon.start()
     missing = cli(daemon, "kill", "nobody")
     assert 4 == missing.returncode
-    assert "no live process" in missing.stderr
+    assert "no live or recently ended process" in missing.stderr
     assert 2 == cli(daemon, "spawn", "ticker", "--state", "{not json").returncode
     daemon.stop()
     gone = cli(daemon, "ps")

@@ -51,11 +51,13 @@ def test_a_good_configuration_loads_with_paths_relative_to_the_file(tmp_path: Pa
 
 
 def test_the_shipped_example_configuration_is_valid() -> None:
-    """config/statevisor.toml (what the README's first command runs) validates."""
-    from processes import KINDS
+    """config/statevisor.toml (what the README's first command runs) validates, the kinds'
+    own settings checks included."""
+    from processes import CATALOG
 
-    config = load(Path(__file__).parent.parent / "config" / "statevisor.toml", known_kinds=KINDS.__contains__)
-    assert 2 == len(config.processes)
+    path = Path(__file__).parent.parent / "config" / "statevisor.toml"
+    config = load(path, known_kinds=CATALOG.kinds.__contains__, check_settings=CATALOG.check_settings)
+    assert ["ticker", "ticker", "shell"] == [p.kind for p in config.processes]
 
 
 BROKEN = [
@@ -135,3 +137,18 @@ def test_the_daemon_refuses_a_broken_configuration_with_exit_code_2(tmp_path: Pa
     assert case[2] in done.stderr
     assert not (tmp_path / "never.db").exists()
     assert not (tmp_path / "statevisor.db").exists()
+
+
+def test_a_kinds_settings_are_checked_at_load_naming_file_line_and_key(tmp_path: Path) -> None:
+    """A shell process's invalid settings refuse the whole file with where and what."""
+    from processes import CATALOG
+
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[[process]]\nname = "ok"\nkind = "shell"\n[process.settings]\nargv = ["true"]\n\n'
+        '[[process]]\nname = "bad"\nkind = "shell"\n[process.settings]\nargv = ["true"]\n'
+        "[process.settings.limits]\nstack = 5\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path, known_kinds=CATALOG.kinds.__contains__, check_settings=CATALOG.check_settings)
+    assert f"{path}:13: process[1].settings.limits.stack: unknown limit" in str(caught.value)

@@ -405,3 +405,27 @@ async def test_the_run_directory_is_removed_once_the_result_is_durable(host: Hos
     """After the result's transition is committed, the run record is cleaned up."""
     await run(host, {"argv": ["true"]})
     await wait_until(lambda: [] == list((tmp_path / "runs").iterdir()))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_simulated_shell_runs_each_command_once_across_crashes(seed: int) -> None:
+    """In simulation, shell processes under repeated crashes: every command runs exactly once
+    and every process ends as its simulated exit code says; same seed, same trace."""
+    from processes.shell import SimulatedShell
+    from supervisor import Simulation
+
+    def once() -> tuple[str, SimulatedShell, dict[str, Lifecycle]]:
+        shell = SimulatedShell(exit_codes={0: 3.0, 2: 1.0}, duration=(0.1, 2.0))
+        sim = Simulation([Shell("/nonexistent-logs")], seed=seed, executors=shell.executors)
+        pids = [sim.spawn(Shell, {"argv": ["job", str(n)]}) for n in range(20)]
+        for _ in range(5):
+            sim.run(40)
+            sim.crash()
+        sim.run_until_idle()
+        return sim.trace_hash, shell, {pid: sim.lifecycle(pid) for pid in pids}
+
+    trace, shell, ends = once()
+    assert 20 == len(shell.runs)
+    assert {1} == set(shell.runs.values()), "a command ran twice"
+    assert set(ends.values()) <= {Lifecycle.FINISHED, Lifecycle.FAILED}
+    assert trace == once()[0]

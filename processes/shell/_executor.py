@@ -306,10 +306,10 @@ class ShellExecutor:
             signum = int(signal.SIGKILL)  # the wrapper died with the group: only SIGKILL does that
         elif status[0] == "setup":
             reason = f"setup failed: {status[1]}"
-            ended = status[2]
+            ended = max(status[2], run.started.wall)  # file times are coarse (a clock tick)
         else:
             code = int(status[1])
-            ended = status[2]
+            ended = max(status[2], run.started.wall)
             if code > 128 and code - 128 < signal.NSIG:
                 signum = code - 128
             else:

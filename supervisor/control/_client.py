@@ -51,6 +51,7 @@ def _rebuild(fields: dict[str, Any]) -> BaseException:
         "WouldBlock": errors.WouldBlock, "CallTimeout": errors.CallTimeout, "ProcessNotFound": errors.ProcessNotFound,
         "ConfigurationError": errors.ConfigurationError, "StateTypeError": errors.ConfigurationError,
         "ProtocolError": ProtocolError, "NotFinished": errors.NotFinished, "TimeoutError": TimeoutError,
+        "LogNotFound": errors.LogNotFound,
     }  # fmt: skip
     if kind in simple:
         return simple[kind](message)
@@ -322,6 +323,19 @@ class RemoteHandle:
             if key != last:
                 last = key
                 yield snapshot
+
+    async def logs(self, stream: str = "stdout", lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of one of the process's log streams."""
+        found: list[str] = await self.client.request("logs", pid=self.pid, stream=stream, lines=lines)
+        return found
+
+    async def follow(self, stream: str = "stdout", lines: int = 10) -> AsyncIterator[str]:
+        """The last ``lines`` lines, then new lines as they are written, until the caller stops.
+        After a reconnection the stream starts again from the log's last line."""
+        first = lines
+        async for line in self.client.stream("follow", pid=self.pid, stream=stream, lines=first):
+            first = 0
+            yield str(line)
 
     def __repr__(self) -> str:
         return f"<RemoteHandle {self.pid} {self.kind!r} via {self.client.path}>"

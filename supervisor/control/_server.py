@@ -375,6 +375,24 @@ async def op_watch(c: _Connection, args: dict[str, Any], request_id: int) -> Any
         await process.wait_changed(seen)
 
 
+async def op_logs(c: _Connection, args: dict[str, Any], _: int) -> Any:
+    lines = _arg(args, "lines", int, required=False)
+    return await c.handle(args).logs(
+        _arg(args, "stream", str, required=False) or "stdout", 20 if lines is None else lines
+    )
+
+
+async def op_follow(c: _Connection, args: dict[str, Any], request_id: int) -> Any:
+    """Stream a log's last lines, then its new lines, until the client cancels."""
+    lines = _arg(args, "lines", int, required=False)
+    handle = c.handle(args)
+    async for line in handle.follow(
+        _arg(args, "stream", str, required=False) or "stdout", 10 if lines is None else lines
+    ):
+        await c.send_frame(encode_item(request_id, msgpack.packb(line)))
+    return None
+
+
 async def op_cancel(c: _Connection, args: dict[str, Any], _: int) -> Any:
     stream = _arg(args, "request", int)
     task = c.tasks.get(stream)
@@ -388,4 +406,5 @@ OPS: dict[str, Op] = {
     "spawn": op_spawn, "state": op_state, "list": op_list, "cast": op_cast, "try_cast": op_try_cast,
     "call": op_call, "nudge": op_nudge, "try_nudge": op_try_nudge, "pause": op_pause, "resume": op_resume,
     "kill": op_kill, "wait": op_wait, "statistics": op_statistics, "watch": op_watch, "cancel": op_cancel,
+    "logs": op_logs, "follow": op_follow,
 }  # fmt: skip

@@ -1,0 +1,103 @@
+"""Shell processes in a real daemon: declared in the configuration, surviving a SIGKILL of the
+daemon (re-attached, never re-run, exit codes collected), and tailed with `statevisor logs`."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from supervisor import decode_record
+from tests.test_daemon import ROOT, free_port, reachable, wait_for
+
+COMMANDS = 50
+
+
+def write_config(directory: Path) -> tuple[Path, int]:
+    port = free_port()
+    lines = [
+        "[daemon]",
+        'store = "var/store.db"',
+        'socket = "var/s.sock"',
+        f'metrics = "127.0.0.1:{port}"',
+        'log_dir = "var/log"',
+        'run_dir = "var/runs"',
+        'loop = "uvloop"',
+        "",
+    ]
+    for index in range(COMMANDS):
+        marker = directory / "markers" / f"{index}"
+        script = (
+            f"echo run >> {marker}; echo output of {index}; "
+            f"while [ ! -e {directory / 'release'} ]; do sleep 0.05; done; exit {index % 4}"
+        )
+        lines += [
+            "[[process]]",
+            f'name = "job{index}"',
+            'kind = "shell"',
+            'restart = "temporary"',
+            "[process.settings]",
+            f"argv = ['sh', '-c', '{script}']",
+            "success_codes = [0, 1]",
+            "",
+        ]
+    config = directory / "statevisor.toml"
+    config.write_text("\n".join(lines))
+    (directory / "markers").mkdir()
+    return config, port
+
+
+def start(config: Path, port: int) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: reachable(port) or child.poll() is not None)
+    assert child.poll() is None, child.communicate()[1]
+    return child
+
+
+def ended(store: Path) -> dict[str, object]:
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT name, record FROM processes WHERE ended IS NOT NULL").fetchall()
+    return {decode_record(blob).name.rpartition("/")[2]: decode_record(blob) for _, blob in rows}
+
+
+def test_commands_survive_a_daemon_sigkill_and_are_collected_exactly_once(tmp_path: Path) -> None:
+    """50 commands run; the daemon is SIGKILLed; they keep running. The restarted daemon
+    re-attaches to all 50 (none started again), and collects every exit code when they end."""
+    config, port = write_config(tmp_path)
+    markers = tmp_path / "markers"
+    first = start(config, port)
+    try:
+        wait_for(lambda: len(list(markers.iterdir())) == COMMANDS, timeout=60)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+        second = start(config, port)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    try:
+        (tmp_path / "release").touch()
+        wait_for(lambda: len(ended(tmp_path / "var" / "store.db")) == COMMANDS, timeout=60)
+        records = ended(tmp_path / "var" / "store.db")
+        for index in range(COMMANDS):
+            record = records[f"job{index}"]
+            assert "run\n" == (markers / f"{index}").read_text(), f"job{index} ran more than once"
+            result = record.state["result"]  # type: ignore[attr-defined]
+            assert index % 4 == result["exit_code"], f"job{index}"
+            assert [f"output of {index}"] == result["stdout_tail"]
+            expected = "finished" if index % 4 in (0, 1) else "failed"
+            assert expected == str(record.lifecycle), f"job{index}"  # type: ignore[attr-defined]
+        logs = subprocess.run(
+            [sys.executable, "-m", "supervisor", "logs", "--socket", str(tmp_path / "var" / "s.sock"), "job7"],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert 0 == logs.returncode, logs.stderr
+        assert "output of 7\n" == logs.stdout
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=30)
