@@ -48,6 +48,8 @@ CLEANUP = "shell.cleanup"
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
+_NEVER = Started(-1, -1, 0.0)  # a run with no note of its start
+
 
 @dataclass(slots=True)
 class _Run:
@@ -55,7 +57,6 @@ class _Run:
     spec: CommandSpec
     run_dir: RunDir
     started: Started
-    child: bool = False  # spawned by this executor: its pid cannot be reused before we reap it
     reason: str = "exited"
     stopping: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -69,9 +70,9 @@ class ShellExecutor:
         self.runs = Path(runs)
         self.rotate_every = rotate_every
         self._active: dict[str, _Run] = {}
-        self._groups: dict[int, float] = {}
-        self._children: set[int] = set()
-        self._reaping: asyncio.TimerHandle | None = None  # process groups whose orphans we still reap, -> until
+        self._groups: dict[int, float] = {}  # process groups whose orphans we still reap -> until
+        self._children: set[int] = set()  # wrappers we spawned and have not reaped yet
+        self._reaping: asyncio.TimerHandle | None = None
         self._rotator: asyncio.Task[None] | None = None
         self.subreaper = become_subreaper()
         self.spawned = 0
@@ -90,9 +91,15 @@ class ShellExecutor:
             started = self._start(run_dir, spec)
         else:
             found = self._attach(run_dir)
-            if found is None and (run_dir.status() is not None or run_dir.begun()):
-                return self._ended_unwatched(run_dir, spec)
             if found is None:
+                if run_dir.status() is not None:  # it ended while nobody watched: how it ended
+                    return self._result(_Run(action.id, spec, run_dir, run_dir.started() or _NEVER))
+                if run_dir.begun():
+                    raise CommandLost(
+                        f"the command (wrapper pid {(run_dir.started() or _NEVER).pid}) ended while the daemon "
+                        f"was not watching and left no exit status in {run_dir.path} (its wrapper was "
+                        "killed, or the machine rebooted)"
+                    )
                 # The wrapper never reached the command (the daemon died right after creating
                 # the directory, or the wrapper was killed before it began): this is its first
                 # and only start.
@@ -100,7 +107,7 @@ class ShellExecutor:
                 run_dir.create()
                 found = self._start(run_dir, spec)
             started = found
-        run = _Run(action.id, spec, run_dir, started, child=self.spawned_here(started))
+        run = _Run(action.id, spec, run_dir, started)
         self._active[action.id] = run
         self._ensure_rotator()
         try:
@@ -113,19 +120,19 @@ class ShellExecutor:
         return result
 
     async def cancel(self, action: TrackedAction) -> None:
-        run = self._active.get(action.id) or self._run_from_disk(action)
+        run = self._find_run(action)
         if run is None:
             return
         run.reason = "killed"
         await self._stop(run)
 
     async def pause(self, action: TrackedAction) -> None:
-        run = self._active.get(action.id) or self._run_from_disk(action)
+        run = self._find_run(action)
         if run is not None:
             signal_group(run.started.pid, signal.SIGSTOP)
 
     async def resume(self, action: TrackedAction) -> None:
-        run = self._active.get(action.id) or self._run_from_disk(action)
+        run = self._find_run(action)
         if run is not None:
             signal_group(run.started.pid, signal.SIGCONT)
 
@@ -167,9 +174,6 @@ class ShellExecutor:
         self._children.add(pid)
         return started
 
-    def spawned_here(self, started: Started) -> bool:
-        return started.pid in self._children
-
     def _attach(self, run_dir: RunDir) -> Started | None:
         """The run's wrapper if it still runs (checked by pid *and* start time), else None."""
         started = run_dir.started()
@@ -187,17 +191,10 @@ class ShellExecutor:
         self.attached += 1
         return started
 
-    def _ended_unwatched(self, run_dir: RunDir, spec: CommandSpec) -> Any:
-        """The run's wrapper is gone: its status file says how the command ended."""
-        started = run_dir.started() or Started(-1, -1, 0.0)
-        if run_dir.status() is not None:
-            return self._result(_Run("", spec, run_dir, started))
-        raise CommandLost(
-            f"the command (wrapper pid {started.pid}) ended while the daemon was not watching and "
-            f"left no exit status in {run_dir.path} (its wrapper was killed, or the machine rebooted)"
-        )
-
-    def _run_from_disk(self, action: TrackedAction) -> _Run | None:
+    def _find_run(self, action: TrackedAction) -> _Run | None:
+        """The watched run of ``action``, or its still-running command found on disk."""
+        if action.id in self._active:
+            return self._active[action.id]
         run_dir = RunDir(self.runs, action.id)
         started = run_dir.started()
         if started is None or start_time(started.pid) != started.ticks:
@@ -208,8 +205,7 @@ class ShellExecutor:
 
     async def _watch(self, run: _Run) -> None:
         timeout = run.spec.timeout
-        pid = run.started.pid
-        waiting = asyncio.ensure_future(wait_exit(pid, None if pid in self._children else run.started.ticks))
+        waiting = self._exited(run)
         try:
             if timeout is None:
                 await waiting
@@ -223,8 +219,9 @@ class ShellExecutor:
         finally:
             waiting.cancel()
         if run.stopping is not None:
-            await asyncio.shield(run.stopping)
-        self._finish_group(run)
+            await asyncio.shield(run.stopping)  # it finishes the group itself
+        else:
+            self._finish_group(run)
 
     async def _stop(self, run: _Run) -> None:
         if run.stopping is None:
@@ -232,10 +229,10 @@ class ShellExecutor:
         await asyncio.shield(run.stopping)
 
     async def _stop_group(self, run: _Run) -> None:
-        pid, ticks = run.started.pid, run.started.ticks
+        pid = run.started.pid
         signal_group(pid, run.spec.stop_signal)
         signal_group(pid, signal.SIGCONT)  # a paused group cannot act on the stop signal
-        ended = asyncio.ensure_future(wait_exit(pid, None if pid in self._children else ticks))
+        ended = self._exited(run)
         try:
             done, _ = await asyncio.wait({ended}, timeout=run.spec.stop_grace)
             if not done:
@@ -246,10 +243,16 @@ class ShellExecutor:
             ended.cancel()
         self._finish_group(run)
 
+    def _exited(self, run: _Run) -> asyncio.Future[bool]:
+        """Resolves when the run's wrapper has exited. An unreaped child of ours cannot have had
+        its pid reused, so only another's wrapper is checked by start time."""
+        pid = run.started.pid
+        return asyncio.ensure_future(wait_exit(pid, None if pid in self._children else run.started.ticks))
+
     def _finish_group(self, run: _Run) -> None:
         """The wrapper has exited: kill what is left of its group, reap what we can."""
         pid = run.started.pid
-        if run.child or start_time(pid) in (run.started.ticks, None):
+        if pid in self._children or start_time(pid) in (run.started.ticks, None):
             # The group id cannot be reused while the wrapper is an unreaped zombie or while any
             # member lives, so this reaches only leftovers of this command (none, usually).
             signal_group(pid, signal.SIGKILL)
@@ -287,8 +290,7 @@ class ShellExecutor:
 
     async def _rotate(self, run: _Run) -> None:
         spec = run.spec
-        for path in {spec.stdout, spec.stderr if spec.stderr != "stdout" else None} - {None}:
-            assert path is not None
+        for path in spec.log_paths():
             with contextlib.suppress(OSError):
                 if os.stat(path).st_size > spec.log_max_bytes:
                     await asyncio.to_thread(rotate_if_needed, Path(path), spec.log_max_bytes, spec.log_backups)
@@ -315,8 +317,7 @@ class ShellExecutor:
             else:
                 exit_code = code
         user, system = run_dir.cpu_times()
-        stdout = spec.stdout
-        stderr = spec.stderr if spec.stderr not in (None, "stdout") else None
+        stdout, stderr = spec.stdout, spec.stderr_path
         return {
             "exit_code": exit_code,
             "signal": signal.Signals(signum).name if signum else None,

@@ -80,16 +80,21 @@ def spawn_wrapper(
     )
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None when there is no such process."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """``/proc/<pid>/stat`` from field 3 (state) on; None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             raw = stat.read()
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:
         return None
     # comm (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    return raw[raw.rindex(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None when there is no such process."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields is not None else None
 
 
 def find_wrapper(run_dir: Path) -> int | None:
@@ -185,13 +190,8 @@ def reap_orphans(groups: Iterable[int]) -> int:
         return 0
     reaped = 0
     for child in _children():
-        try:
-            with open(f"/proc/{child}/stat", "rb") as stat:
-                raw = stat.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(b")") + 2 :].split()
-        if fields[0] == b"Z" and int(fields[2]) in wanted:
+        fields = _stat_fields(child)
+        if fields is not None and fields[0] == b"Z" and int(fields[2]) in wanted:
             with contextlib.suppress(ChildProcessError):
                 if os.waitpid(child, os.WNOHANG)[0]:
                     reaped += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from supervisor import SettingsError
@@ -64,47 +64,33 @@ class CommandSpec:
     log_backups: int = 3
     tail_lines: int = 20
 
+    @property
+    def stderr_path(self) -> str | None:
+        """The stderr log file, when stderr has one of its own."""
+        return self.stderr if self.stderr != "stdout" else None
+
+    def log_paths(self) -> list[str]:
+        """The distinct log files the command writes."""
+        return [p for p in dict.fromkeys((self.stdout, self.stderr_path)) if p]
+
     def payload(self) -> dict[str, Any]:
-        """The action payload: plain msgpack values."""
-        return {
-            "argv": list(self.argv),
-            "env": dict(self.env),
-            "env_unset": list(self.env_unset),
-            "inherit_env": self.inherit_env,
-            "cwd": self.cwd,
-            "stdin": self.stdin,
-            "umask": self.umask,
-            "limits": dict(self.limits or {}),
-            "timeout": self.timeout,
-            "stop_signal": int(self.stop_signal),
-            "stop_grace": self.stop_grace,
-            "stdout": self.stdout,
-            "stderr": self.stderr,
-            "log_max_bytes": self.log_max_bytes,
-            "log_backups": self.log_backups,
-            "tail_lines": self.tail_lines,
-        }
+        """The action payload: every field, as plain msgpack values."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> CommandSpec:
-        return cls(
-            argv=tuple(payload["argv"]),
-            env=payload["env"],
-            env_unset=tuple(payload["env_unset"]),
-            inherit_env=payload["inherit_env"],
-            cwd=payload["cwd"],
-            stdin=payload["stdin"],
-            umask=payload["umask"],
-            limits=payload["limits"],
-            timeout=payload["timeout"],
-            stop_signal=payload["stop_signal"],
-            stop_grace=payload["stop_grace"],
-            stdout=payload["stdout"],
-            stderr=payload["stderr"],
-            log_max_bytes=payload["log_max_bytes"],
-            log_backups=payload["log_backups"],
-            tail_lines=payload["tail_lines"],
-        )
+        """Back from :meth:`payload`; keys a payload lacks take their defaults."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in payload.items() if k in known}
+        return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
 
 
 def parse(settings: Mapping[str, Any]) -> CommandSpec:
