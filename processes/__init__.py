@@ -5,16 +5,18 @@ the public API of :mod:`supervisor`. :data:`CATALOG` is what the daemon runs the
 """
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from supervisor import Executor, Machine
-from supervisor.config import DaemonSettings
+from supervisor.config import Config
 
-from . import shell
+from . import batch, shell
+from .batch import BatchJob
 from .examples import Ticker
 from .shell import Shell
 
-KINDS: dict[str, type[Machine[Any]]] = {Ticker.kind: Ticker, Shell.kind: Shell}
+KINDS: dict[str, type[Machine[Any]]] = {Ticker.kind: Ticker, Shell.kind: Shell, BatchJob.kind: BatchJob}
 """Every process kind the daemon can run, by kind name."""
 
 
@@ -27,9 +29,17 @@ class Catalog:
     def check_settings(self, kind: str, settings: Mapping[str, Any]) -> None:
         self.kinds[kind].check_settings(settings)
 
-    def build(self, settings: DaemonSettings) -> tuple[list[Machine[Any]], dict[str, Executor]]:
-        machines: list[Machine[Any]] = [Ticker(), Shell(settings.log_dir)]
-        executors: dict[str, Executor] = {**shell.executors(settings.run_dir)}
+    def check_hosts(self, hosts: Mapping[str, Mapping[str, Any]], base: Path) -> None:
+        batch.parse_hosts(hosts, base)
+
+    def build(self, config: Config) -> tuple[list[Machine[Any]], dict[str, Executor]]:
+        settings = config.daemon
+        hosts = batch.parse_hosts(config.hosts, config.path.parent)
+        machines: list[Machine[Any]] = [Ticker(), Shell(settings.log_dir), BatchJob(hosts)]
+        executors: dict[str, Executor] = {
+            **shell.executors(settings.run_dir),
+            **batch.executors(hosts, settings.run_dir / "batch"),
+        }
         return machines, executors
 
     def __repr__(self) -> str:
@@ -38,4 +48,4 @@ class Catalog:
 
 CATALOG = Catalog(KINDS)
 
-__all__ = ["CATALOG", "KINDS", "Catalog", "Shell", "Ticker"]
+__all__ = ["CATALOG", "KINDS", "BatchJob", "Catalog", "Shell", "Ticker"]

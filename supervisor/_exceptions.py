@@ -32,7 +32,11 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   └── CorruptCheckpoint        a stored record cannot be decoded (it is quarantined)
     └── BackendError                 an executor's backend failed (reaches the process as ActionFailed)
         ├── CommandNotFound          the executable does not exist or is not executable
-        └── CommandLost              a detached command ended without recording its exit status
+        ├── CommandLost              a detached command ended without recording its exit status
+        ├── TransportError           a remote host could not be reached or talked to; ``host`` names it
+        │   ├── HostUnreachable      connecting failed (refused, timed out, auth); retried with backoff
+        │   └── HostKeyMismatch      the host's key is not the one known_hosts holds; never retried
+        └── SchedulerError           a batch scheduler refused a command (sbatch, qsub...); ``command`` names it
 
 Errors raised *by user transitions* reach callers as :class:`TransitionError` whose
 ``error_type`` and ``message`` name the original; in-process the original is also its
@@ -235,3 +239,31 @@ class CommandNotFound(BackendError):
 
 class CommandLost(BackendError):
     """A detached command ended while nobody watched it and left no exit status behind."""
+
+
+class TransportError(BackendError):
+    """A remote host could not be reached or talked to; ``host`` names it."""
+
+    def __init__(self, host: str, problem: str) -> None:
+        super().__init__(f"host {host!r}: {problem}")
+        self.host = host
+        self.problem = problem
+
+
+class HostUnreachable(TransportError):
+    """Connecting to a host failed (refused, timed out, authentication); retried with backoff."""
+
+
+class HostKeyMismatch(TransportError):
+    """The host presented a key that known_hosts does not hold for it. Never retried: fix
+    known_hosts (or the address), then resume the process."""
+
+
+class SchedulerError(BackendError):
+    """A batch scheduler's command failed; ``command`` is what ran, ``output`` what it said."""
+
+    def __init__(self, command: str, exit_status: int | None, output: str) -> None:
+        super().__init__(f"{command!r} failed (exit status {exit_status}): {output.strip()[:500]}")
+        self.command = command
+        self.exit_status = exit_status
+        self.output = output

@@ -14,6 +14,8 @@ class ControlEvent(StrEnum):
     """Events the runtime itself delivers."""
 
     STARTED = "started"
+    RESUMED = "resumed"
+    """Delivered on resume, only to a process that paused itself with ``ctx.pause(reason)``."""
 
 
 @dataclass(frozen=True, slots=True)

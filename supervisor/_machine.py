@@ -10,7 +10,7 @@ cancels the state timeout and re-delivers postponed inputs), timers, postpone, t
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -96,6 +96,12 @@ class Machine(Generic[S]):
         line and process. The default accepts anything.
         """
 
+    def on_kill(self, state: S) -> Sequence[tuple[str, Any]]:
+        """Untracked actions ``(type, payload)`` to run when the process is killed while no
+        tracked action is in flight whose executor could cancel the external work (e.g. it is
+        paused after a failure, with a job still queued somewhere). Default: none."""
+        return ()
+
     def log_files(self, state: S) -> Mapping[str, str]:
         """The files this process's output goes to, by stream (``stdout``, ``stderr``...).
 
@@ -122,6 +128,7 @@ class Context:
         "goto_phase",
         "name",
         "now",
+        "pause_reason",
         "phase",
         "pid",
         "postponed",
@@ -150,6 +157,7 @@ class Context:
         self.goto_phase: str | None = None
         self.postponed = False
         self.end: tuple[str, Any] | None = None
+        self.pause_reason: str | None = None
 
     # --- what a transition may read -------------------------------------------------
 
@@ -244,6 +252,13 @@ class Context:
         """Re-deliver this input after the next phase change (gen_statem's postpone)."""
         self.postponed = True
 
+    def pause(self, reason: str) -> None:
+        """Pause this process after the transition commits, with ``reason`` for everyone to see
+        (snapshots, ``statevisor list``). It takes no input until resumed; the resume arrives as
+        ``Control(ControlEvent.RESUMED)``, so the machine can retry what made it stop (a host
+        that was unreachable past its retry budget, say). In-flight actions go on."""
+        self.pause_reason = str(reason)
+
     def finish(self, result: Any = None) -> None:
         """End the process normally with ``result``."""
         check_value(result, "result")
@@ -263,6 +278,7 @@ class Context:
             self.goto_phase,
             self.postponed,
             self.end,
+            self.pause_reason,
         )
 
     def __repr__(self) -> str:

@@ -93,6 +93,7 @@ class Process:
         "_pause_reason",
         "_pause_requested",
         "_paused",
+        "_paused_itself",
         "_pending",
         "_postponed",
         "_redeliver",
@@ -159,6 +160,7 @@ class Process:
         self._nudge_room = WaitQueue()
         self._paused = False
         self._pause_reason: str | None = None
+        self._paused_itself = False
         self._resumed = WaitQueue()
         self._pause_requested = False
         self._pause_landed = WaitQueue()
@@ -574,6 +576,9 @@ class Process:
             else:
                 self._terminate(Lifecycle.FAILED, error=value, persisted=True)
             return
+        if ctx.pause_reason is not None:
+            self._paused_itself = True
+            self._hold(ctx.pause_reason)
         self._refresh_lifecycle()
         self._changed.wake_all()
 
@@ -765,6 +770,9 @@ class Process:
         if self._paused:
             self._paused = False
             self._pause_reason = None
+            if self._paused_itself:
+                self._paused_itself = False
+                self._mailbox.append(Control(ControlEvent.RESUMED))
             self.version += 1
             self._changed.wake_all()
             self._resumed.wake_all()
@@ -838,10 +846,24 @@ class Process:
             if not task.done():
                 self.runtime.abandon(task, self)
             self._in_transition = False
+        if not self._action_tasks:
+            self._run_kill_actions()
         await self._cancel_actions(deadline)
         if self._terminal is None:
             self._terminate(Lifecycle.KILLED, error=self._kill_reason)
         await self.wait_persisted(max(0.0, deadline - loop.time()))
+
+    def _run_kill_actions(self) -> None:
+        try:
+            leftovers = list(self.machine.on_kill(self._state))
+        except Exception as exc:
+            log.error("on_kill_failed", pid=self.pid, kind=self.machine.kind, error=repr(exc))
+            return
+        for action_type, payload in leftovers:
+            try:
+                self.runtime.run_untracked(UntrackedAction(action_type, payload, self.pid))
+            except Exception as exc:  # an unknown action type: say so, the kill goes on
+                log.error("on_kill_failed", pid=self.pid, kind=self.machine.kind, error=repr(exc))
 
     async def wait_persisted(self, timeout: float) -> None:
         """Wait (bounded) until the terminal record is durable, so an ended process is never revived."""

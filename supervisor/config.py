@@ -212,9 +212,16 @@ def _address(text: str) -> bool:
 SettingsCheck = Callable[[str, Mapping[str, Any]], None]
 """(kind, settings) -> None, raising SettingsError: a kind's own validation of its settings."""
 
+HostsCheck = Callable[[Mapping[str, Mapping[str, Any]], Path], None]
+"""Validates the ``[host.NAME]`` tables (given the configuration's directory); raises SettingsError."""
+
 
 def load(
-    path: str | Path, *, known_kinds: Callable[[str], bool] | None = None, check_settings: SettingsCheck | None = None
+    path: str | Path,
+    *,
+    known_kinds: Callable[[str], bool] | None = None,
+    check_settings: SettingsCheck | None = None,
+    check_hosts: HostsCheck | None = None,
 ) -> Config:
     """Read and validate a configuration file; raises :class:`ConfigError` naming what is wrong."""
     path = Path(path)
@@ -222,7 +229,7 @@ def load(
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", None, f"cannot read: {exc.strerror or exc}") from None
-    return parse(text, path, known_kinds=known_kinds, check_settings=check_settings)
+    return parse(text, path, known_kinds=known_kinds, check_settings=check_settings, check_hosts=check_hosts)
 
 
 def parse(
@@ -231,6 +238,7 @@ def parse(
     *,
     known_kinds: Callable[[str], bool] | None = None,
     check_settings: SettingsCheck | None = None,
+    check_hosts: HostsCheck | None = None,
 ) -> Config:
     checker = _Checker(path, text)
     try:
@@ -376,4 +384,11 @@ def parse(
     for name, host in data["host"].items():
         checker.check(isinstance(host, dict), f"host.{name}", "expected a table ([host.NAME])", "host", name)
         hosts[name] = host
+    if check_hosts is not None:
+        try:
+            check_hosts(hosts, path.resolve().parent)
+        except SettingsError as exc:
+            # exc.key is "host.NAME.key": the line is that key's in the [host.NAME] table.
+            _, name, key = [*exc.key.split(".", 2), "", ""][:3]
+            raise checker.fail(exc.key, exc.problem, f"host.{name}", key or None) from None
     return Config(path=path.resolve(), daemon=daemon, processes=tuple(processes), hosts=hosts)

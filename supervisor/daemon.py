@@ -19,7 +19,7 @@ from ._actions import Executor
 from ._host import Host
 from ._machine import Machine
 from ._supervisor import ChildSpec, SupervisorSpec
-from .config import Config, ConfigError, DaemonSettings, ProcessSettings, load
+from .config import Config, ConfigError, ProcessSettings, load
 from .logs import configure
 
 log = structlog.get_logger("statevisor.daemon")
@@ -33,7 +33,9 @@ class Catalog(Protocol):
 
     def check_settings(self, kind: str, settings: Mapping[str, Any]) -> None: ...
 
-    def build(self, settings: DaemonSettings) -> tuple[list[Machine[Any]], dict[str, Executor]]: ...
+    def check_hosts(self, hosts: Mapping[str, Mapping[str, Any]], base: Path) -> None: ...
+
+    def build(self, config: Config) -> tuple[list[Machine[Any]], dict[str, Executor]]: ...
 
 
 def read_token(path: Path) -> str:
@@ -73,7 +75,7 @@ def child_spec(process: ProcessSettings, kinds: Mapping[str, type[Machine[Any]]]
 
 def build_host(config: Config, catalog: Catalog) -> Host:
     children = [child_spec(p, catalog.kinds) for p in config.processes]
-    machines, executors = catalog.build(config.daemon)
+    machines, executors = catalog.build(config)
     return Host(
         machines=machines,
         executors=executors,
@@ -142,7 +144,12 @@ async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:
     ones; leave the rest alone. An invalid file is refused and the running configuration kept."""
     old = current[0]
     try:
-        new = load(old.path, known_kinds=catalog.kinds.__contains__, check_settings=catalog.check_settings)
+        new = load(
+            old.path,
+            known_kinds=catalog.kinds.__contains__,
+            check_settings=catalog.check_settings,
+            check_hosts=catalog.check_hosts,
+        )
     except ConfigError as exc:
         log.error("reload_refused", error=str(exc))
         return

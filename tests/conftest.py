@@ -33,6 +33,9 @@ def _uvloop() -> asyncio.AbstractEventLoop:
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.get_closest_marker("uvloop_only") is not None:
+        # Tests against real clusters take long; the loop's own behaviour is pinned elsewhere.
+        return {"uvloop": _uvloop}
     return {"uvloop": _uvloop, "asyncio-debug": _debug_loop}
 
 
@@ -57,3 +60,19 @@ def _fail_on_loop_trouble() -> Iterator[None]:
     if handler.records:
         messages = "\n".join(r.getMessage() for r in handler.records)
         pytest.fail(f"the event loop reported trouble during the test:\n{messages}")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real single-node Slurm and sshd on loopback (see tests/hpc.py), for the session."""
+    from tests.hpc import Cluster, missing_programs
+
+    missing = missing_programs()
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run the README's test command (bash .ci/test), which installs them")
+    started = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()

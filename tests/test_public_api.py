@@ -25,6 +25,7 @@ EXPECTED_EXPORTS = {
     "SupervisorStatistics", "decode_record", "Invariant", "Simulation", "SimCall", "SimExecutor",
     "SimulationError", "InvariantViolation", "encode_record",
     "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "tail_lines", "follow_lines", "LogNotFound",
+    "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError",
 }  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from supervisor import ActionFailed, ActionSucceeded, Context, Control, Input, Machine, SettingsError
+from supervisor import ActionFailed, ActionSucceeded, Context, Control, ControlEvent, Input, Machine, SettingsError
 
 from ._executor import CLEANUP, RUN
 from ._settings import parse
@@ -49,7 +49,7 @@ class Shell(Machine[dict[str, Any]]):
 
     async def transition(self, state: dict[str, Any], input: Input, ctx: Context) -> None:
         match input:
-            case Control():
+            case Control(event=ControlEvent.STARTED):
                 try:
                     spec = parse(state)
                 except SettingsError as exc:

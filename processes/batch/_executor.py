@@ -1,0 +1,397 @@
+"""The batch executor: submits jobs idempotently, watches them in batches, cancels them for sure.
+
+Two tracked actions make a job's life:
+
+* ``batch.submit`` stages input files up (SFTP, size and SHA-256 checked) and submits the job
+  script. Before submitting it notes the action id in a local journal; an execution that finds
+  the note (a daemon crash, a retry after a broken connection) first asks the scheduler for a
+  job of that name, and submits only if there is none. A job is never submitted twice.
+* ``batch.wait`` resolves when the job's state moves past the one its process knows (see
+  :mod:`._poller`), and on the final state fetches output files back.
+
+Kill cancels the job when the host answers within a few seconds; when it does not, the cancel is
+recorded as owed (in a file, so a daemon restart still owes it) and settled in the background
+once the host is back. Kill never waits on the retry loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from supervisor import HostKeyMismatch, SchedulerError, TrackedAction, TransportError, UntrackedAction
+
+from ._hosts import HostSpec
+from ._poller import HostPoller
+from ._schedulers import Scheduler, Slurm, check_job_id
+from ._schedulers_more import LSF, PBS, SGE
+from ._states import JobState
+from ._transport import SSHTransport
+
+log = structlog.get_logger("statevisor.batch")
+
+SUBMIT = "batch.submit"
+WAIT = "batch.wait"
+CANCEL = "batch.cancel"
+"""Untracked: cancel a job whose process was killed with no action in flight (see on_kill)."""
+
+SCHEDULERS: dict[str, type[Scheduler]] = {"slurm": Slurm, "pbs": PBS, "lsf": LSF, "sge": SGE}
+
+_TRANSIENT = re.compile(
+    r"contact slurm controller|timed out|temporarily unavailable|try again|connection refused|"
+    r"Socket timed out|Zero Bytes were transmitted",
+    re.IGNORECASE,
+)
+_CANCEL_WAIT = 3.0  # how long kill waits for a reachable host to confirm a cancel
+
+
+class _Host:
+    """What the executor keeps per host: its transport, scheduler and poller."""
+
+    def __init__(self, spec: HostSpec, transport: SSHTransport) -> None:
+        self.spec = spec
+        self.transport = transport
+        self.scheduler: Scheduler = SCHEDULERS[spec.scheduler]()
+        self.poller = HostPoller(spec, transport, self.scheduler)
+        self.ready = False  # the remote work directory exists
+
+
+class BatchExecutor:
+    """Executes ``batch.submit`` and ``batch.wait`` for every declared host."""
+
+    idempotent = True
+    uses_slot = False  # a job waits in the scheduler's queue, not in ours
+
+    def __init__(self, hosts: dict[str, HostSpec], state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self._journal = self.state_dir / "submits"
+        self._owed_file = self.state_dir / "owed-cancels.json"
+        transports: dict[tuple[Any, ...], SSHTransport] = {}
+        self.hosts: dict[str, _Host] = {}
+        for name in _jump_order(hosts):
+            spec = hosts[name]
+            jump = self.hosts[spec.jump].transport if spec.jump else None
+            # One connection per (address, port, user, route): two names for one login share it.
+            key = (spec.address, spec.port, spec.user, spec.jump)
+            transport = transports.get(key) or transports.setdefault(key, SSHTransport(spec, jump=jump))
+            self.hosts[name] = _Host(spec, transport)
+        self.owed: dict[str, list[str]] = self._load_owed()
+        self._settling: asyncio.Task[None] | None = None
+        self._cancels: dict[str, tuple[list[str], asyncio.Future[None]]] = {}
+        self._flushing: set[asyncio.Task[None]] = set()
+        self.submitted = 0
+        self.found_existing = 0
+
+    # --- the executor protocol --------------------------------------------------------------
+
+    async def execute(self, action: TrackedAction | UntrackedAction) -> Any:
+        payload = action.payload
+        host = self._host(payload["host"])
+        self._settle_soon()
+        if action.type == CANCEL:
+            await self._cancel_or_owe(host, payload["target"])
+            return None
+        assert isinstance(action, TrackedAction)
+        if action.type == SUBMIT:
+            return await self._submit(host, action.id, payload)
+        if action.type == WAIT:
+            return await self._wait(host, payload)
+        raise ValueError(f"batch executor got an action of type {action.type!r}")
+
+    async def cancel(self, action: TrackedAction) -> None:
+        payload = action.payload
+        host = self.hosts.get(payload.get("host", ""))
+        if host is None:
+            return
+        job_id = payload.get("job_id") if action.type == WAIT else self._journaled(action.id)
+        await self._cancel_or_owe(host, job_id or f"name:{payload['name']}")
+
+    async def _cancel_or_owe(self, host: _Host, target: str) -> None:
+        if host.transport.connected:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._cancel_batched(host, target)), timeout=_CANCEL_WAIT)
+                return
+            except (TransportError, SchedulerError, TimeoutError) as exc:
+                log.warning("batch_cancel_deferred", host=host.spec.name, job=target, error=str(exc) or repr(exc))
+        self._owe(host.spec.name, target)
+
+    def _cancel_batched(self, host: _Host, target: str) -> asyncio.Future[None]:
+        """Cancels asked for within a few milliseconds of each other (killing many processes
+        at once) go out as one scancel/qdel/bkill with every job id."""
+        batch = self._cancels.get(host.spec.name)
+        if batch is None:
+            batch = self._cancels[host.spec.name] = ([], asyncio.get_running_loop().create_future())
+            asyncio.get_running_loop().call_later(0.02, self._flush_cancels, host)
+        batch[0].append(target)
+        return batch[1]
+
+    def _flush_cancels(self, host: _Host) -> None:
+        targets, future = self._cancels.pop(host.spec.name)
+
+        async def flush() -> None:
+            try:
+                await self._cancel_on(host, targets)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(None)
+
+        task = asyncio.get_running_loop().create_task(flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+        future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)  # retrieved
+
+    async def pause(self, action: TrackedAction) -> None:
+        await self._hold(action, hold=True)
+
+    async def resume(self, action: TrackedAction) -> None:
+        await self._hold(action, hold=False)
+
+    async def close(self) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
+            await asyncio.gather(self._settling, return_exceptions=True)
+        for host in self.hosts.values():
+            await host.poller.close()
+        for transport in {id(h.transport): h.transport for h in self.hosts.values()}.values():
+            await transport.close()
+
+    # --- submit -----------------------------------------------------------------------------
+
+    async def _submit(self, host: _Host, action_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        name = payload["name"]
+        journal = self._journal_path(action_id)
+        known = self._journaled(action_id)
+        if known:
+            return {"job_id": known, "found": True}
+        maybe_submitted = journal.exists()  # an earlier execution got as far as submitting
+        if not maybe_submitted:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            journal.write_text("")
+        attempt = 0
+        while True:
+            try:
+                await self._prepare(host)
+                if maybe_submitted:
+                    found = await self._find(host, name)
+                    if found:
+                        self.found_existing += 1
+                        journal.write_text(found)
+                        log.info("batch_job_found", host=host.spec.name, job=found, name=name)
+                        return {"job_id": found, "found": True}
+                for local, remote in payload.get("stage_in", ()):
+                    await host.transport.put(Path(local), self._remote(host, remote))
+                argv = host.scheduler.submit(name, payload["comment"], host.spec.work_dir, payload.get("options", ()))
+                maybe_submitted = True  # from here a broken connection leaves it unknown
+                done = await host.transport.run(argv, input=payload["script"])
+                job_id = check_job_id(host.scheduler.parse_submit(done.stdout))
+            except HostKeyMismatch:
+                raise
+            except (TransportError, SchedulerError) as exc:
+                attempt += 1
+                transient = isinstance(exc, TransportError) or bool(_TRANSIENT.search(exc.output))
+                if not transient:
+                    journal.unlink(missing_ok=True)  # refused: nothing was submitted
+                    raise
+                if attempt > host.spec.retries:
+                    if isinstance(exc, SchedulerError):  # the scheduler, not the job, is the problem
+                        raise TransportError(host.spec.name, f"the scheduler does not answer: {exc}") from None
+                    raise
+                log.warning("batch_submit_retry", host=host.spec.name, name=name, attempt=attempt, error=str(exc))
+                if not isinstance(exc, TransportError):
+                    await asyncio.sleep(min(host.spec.backoff_max, 0.5 * 2**attempt))
+                continue
+            journal.write_text(job_id)
+            self.submitted += 1
+            return {"job_id": job_id, "found": False}
+
+    async def _find(self, host: _Host, name: str) -> str | None:
+        done = await host.transport.run(host.scheduler.find(name), check=False)
+        if done.exit_status != 0 and not host.scheduler.unknown_jobs(done.exit_status, done.stderr):
+            raise SchedulerError(" ".join(host.scheduler.find(name)), done.exit_status, done.stderr)
+        ids = host.scheduler.parse_find(done.stdout, name)
+        if ids:
+            return check_job_id(ids[0])
+        # Not in the queue. Its status file says whether it ran and has been forgotten since.
+        status = await host.transport.run(["cat", f"{host.spec.work_dir}/{name}.status"], check=False)
+        if status.exit_status == 0:
+            return f"gone:{name}"
+        return None
+
+    async def _prepare(self, host: _Host) -> None:
+        if not host.ready:
+            await host.transport.run(["mkdir", "-p", "--", host.spec.work_dir])
+            host.ready = True
+
+    # --- wait -------------------------------------------------------------------------------
+
+    async def _wait(self, host: _Host, payload: dict[str, Any]) -> dict[str, Any]:
+        job_id = payload["job_id"]
+        known = JobState(payload["known"])
+        if job_id.startswith("gone:"):
+            report_state, exit_code = await self._gone_status(host, payload["name"])
+            result: dict[str, Any] = {
+                "state": str(report_state),
+                "native": "vanished",
+                "held": False,
+                "exit_code": exit_code,
+                "vanished": True,
+            }
+        else:
+            report = await host.poller.wait(job_id, payload["name"], known)
+            result = report.payload()
+        if JobState(result["state"]).final:
+            for remote, local in payload.get("stage_out", ()):
+                await host.transport.get(self._remote(host, remote), Path(local))
+            if payload.get("submit_id"):
+                self._journal_path(payload["submit_id"]).unlink(missing_ok=True)
+        return result
+
+    async def _gone_status(self, host: _Host, name: str) -> tuple[JobState, int | None]:
+        done = await host.transport.run(["cat", f"{host.spec.work_dir}/{name}.status"], check=False)
+        text = done.stdout.strip()
+        code = int(text) if text.lstrip("-").isdigit() else None
+        return (JobState.COMPLETED if code == 0 else JobState.FAILED), code
+
+    # --- cancel and hold --------------------------------------------------------------------
+
+    async def _cancel_on(self, host: _Host, targets: list[str]) -> None:
+        job_ids = []
+        for target in targets:
+            if target.startswith("name:"):
+                found = await self._find(host, target[5:])
+                if found is not None and not found.startswith("gone:"):
+                    job_ids.append(found)
+            elif not target.startswith("gone:"):
+                job_ids.append(target)
+        if not job_ids:
+            return
+        argv = host.scheduler.cancel(job_ids)
+        done = await host.transport.run(argv, check=False)
+        if (
+            done.exit_status != 0
+            and not host.scheduler.unknown_jobs(done.exit_status, done.stderr)
+            and "already completing or completed" not in done.stderr
+        ):
+            raise SchedulerError(" ".join(argv), done.exit_status, done.stderr)
+        log.info("batch_jobs_cancelled", host=host.spec.name, jobs=job_ids)
+
+    async def _hold(self, action: TrackedAction, *, hold: bool) -> None:
+        if action.type != WAIT or action.payload.get("known") not in (JobState.QUEUED, JobState.NEW):
+            return  # only a pending job can be held; a running one runs on (see the README)
+        host = self.hosts.get(action.payload["host"])
+        job_id = action.payload["job_id"]
+        if host is None or job_id.startswith("gone:"):
+            return
+        scheduler = host.scheduler
+        argv = scheduler.hold(job_id) if hold else scheduler.release(job_id)
+        await host.transport.run(argv, check=False)
+
+    # --- owed cancels -----------------------------------------------------------------------
+
+    def _owe(self, host: str, target: str) -> None:
+        owed = self.owed.setdefault(host, [])
+        if target not in owed:
+            owed.append(target)
+            self._save_owed()
+        log.warning("batch_cancel_owed", host=host, job=target)
+        self._settle_soon()
+
+    def _settle_soon(self) -> None:
+        if self.owed and (self._settling is None or self._settling.done()):
+            with contextlib.suppress(RuntimeError):  # no running loop (constructed outside one)
+                self._settling = asyncio.get_running_loop().create_task(self._settle())
+
+    async def _settle(self) -> None:
+        while self.owed:
+            for name, targets in list(self.owed.items()):
+                host = self.hosts.get(name)
+                if host is None:
+                    del self.owed[name]  # the host is no longer declared: nothing to cancel on
+                    continue
+                try:
+                    await self._cancel_on(host, list(targets))
+                except (TransportError, SchedulerError):
+                    continue  # the transport spaces the next attempt
+                targets.clear()
+                if not targets:
+                    del self.owed[name]
+                self._save_owed()
+            if self.owed:
+                await asyncio.sleep(min(h.spec.poll_interval for h in self.hosts.values()))
+
+    def _load_owed(self) -> dict[str, list[str]]:
+        try:
+            data = json.loads(self._owed_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("batch_owed_cancels_unreadable", path=str(self._owed_file), error=str(exc))
+            return {}
+        return {str(k): [str(t) for t in v] for k, v in data.items()}
+
+    def _save_owed(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self._owed_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.owed))
+        os.replace(temporary, self._owed_file)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _host(self, name: str) -> _Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            declared = ", ".join(sorted(self.hosts)) or "none"
+            raise ValueError(f"no [host.{name}] is declared (hosts: {declared})") from None
+
+    def _journal_path(self, action_id: str) -> Path:
+        return self._journal / hashlib.sha256(action_id.encode()).hexdigest()[:32]
+
+    def _journaled(self, action_id: str) -> str | None:
+        with contextlib.suppress(FileNotFoundError):
+            return self._journal_path(action_id).read_text().strip() or None
+        return None
+
+    def _remote(self, host: _Host, path: str) -> str:
+        return path if path.startswith("/") else f"{host.spec.work_dir}/{path}"
+
+    def transport(self, host: str) -> SSHTransport:
+        return self._host(host).transport
+
+    def poller(self, host: str) -> HostPoller:
+        return self._host(host).poller
+
+    def __repr__(self) -> str:
+        owed = sum(len(v) for v in self.owed.values())
+        return (
+            f"<BatchExecutor hosts={len(self.hosts)} submitted={self.submitted} "
+            f"found_existing={self.found_existing} owed_cancels={owed}>"
+        )
+
+
+def _jump_order(hosts: dict[str, HostSpec]) -> list[str]:
+    """Host names, each after its jump host (parse_hosts has ruled out cycles)."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        jump = hosts[name].jump
+        if jump is not None:
+            visit(jump)
+        ordered.append(name)
+
+    for name in hosts:
+        visit(name)
+    return ordered
