@@ -104,7 +104,18 @@ def _daemon(args: argparse.Namespace) -> int:
     return run(config, CATALOG)
 
 
-SCENARIO_NAMES = ("transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout", "shell")
+SCENARIO_NAMES = (
+    "transitions",
+    "spawn",
+    "control",
+    "checkpoint",
+    "recovery",
+    "sim",
+    "rpc",
+    "watch-fanout",
+    "shell",
+    "slurm",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

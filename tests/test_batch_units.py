@@ -127,7 +127,7 @@ def test_host_tables_are_validated_with_the_key_named() -> None:
     ]
     for tables, key in cases:
         with pytest.raises(SettingsError) as caught:
-            parse_hosts(tables)
+            parse_hosts(tables)  # type: ignore[arg-type]
         assert caught.value.key == key, (tables, caught.value)
 
 
@@ -144,7 +144,7 @@ def test_job_settings_are_validated_with_the_key_named() -> None:
         ({"host": "h", "argv": ["x"], "walltime": 5}, "walltime"),
     ]:
         with pytest.raises(SettingsError) as caught:
-            BatchJob.check_settings(settings)
+            BatchJob.check_settings(settings)  # type: ignore[arg-type]
         assert caught.value.key == key
 
 

@@ -68,7 +68,7 @@ def environment(options: BenchOptions) -> dict[str, Any]:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import _control, _core, _durability, _shell, _simulation
+    from . import _control, _core, _durability, _shell, _simulation, _slurm
 
     return {
         "transitions": _core.transitions,
@@ -80,11 +80,12 @@ def _registry() -> dict[str, Scenario]:
         "rpc": _control.rpc,
         "watch-fanout": _control.watch_fanout,
         "shell": _shell.shell,
+        "slurm": _slurm.slurm,
     }
 
 
 SCENARIOS: tuple[str, ...] = (
-    "transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout", "shell",
+    "transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout", "shell", "slurm",
 )  # fmt: skip
 
 
