@@ -86,7 +86,16 @@ class Host:
         self._pruner: asyncio.Task[None] | None = None
 
     def register(self, machine: Machine[Any] | type[Machine[Any]]) -> Machine[Any]:
-        """Make a process type known by its kind (revived checkpoints find their type this way)."""
+        """Make a process type known by its kind (revived checkpoints find their type this way).
+
+        A class whose kind is already registered as an instance of that class resolves to that
+        instance: kinds whose constructor needs arguments (hosts, directories) are registered
+        once, built, and then named by class in child specs.
+        """
+        if isinstance(machine, type):
+            registered = self.machines.get(machine.kind)
+            if type(registered) is machine:
+                return registered
         instance = machine() if isinstance(machine, type) else machine
         known = self.machines.get(instance.kind)
         if known is not None and type(known) is not type(instance):
