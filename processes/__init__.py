@@ -11,12 +11,18 @@ from typing import Any
 from supervisor import Executor, Machine
 from supervisor.config import Config
 
-from . import batch, shell
+from . import batch, logapply, shell
 from .batch import BatchJob
 from .examples import Ticker
+from .logapply import LogApply
 from .shell import Shell
 
-KINDS: dict[str, type[Machine[Any]]] = {Ticker.kind: Ticker, Shell.kind: Shell, BatchJob.kind: BatchJob}
+KINDS: dict[str, type[Machine[Any]]] = {
+    Ticker.kind: Ticker,
+    Shell.kind: Shell,
+    BatchJob.kind: BatchJob,
+    LogApply.kind: LogApply,
+}
 """Every process kind the daemon can run, by kind name."""
 
 
@@ -35,10 +41,11 @@ class Catalog:
     def build(self, config: Config) -> tuple[list[Machine[Any]], dict[str, Executor]]:
         settings = config.daemon
         hosts = batch.parse_hosts(config.hosts, config.path.parent)
-        machines: list[Machine[Any]] = [Ticker(), Shell(settings.log_dir), BatchJob(hosts)]
+        machines: list[Machine[Any]] = [Ticker(), Shell(settings.log_dir), BatchJob(hosts), LogApply()]
         executors: dict[str, Executor] = {
             **shell.executors(settings.run_dir),
             **batch.executors(hosts, settings.run_dir / "batch"),
+            **logapply.executors(settings.run_dir / "logapply"),
         }
         return machines, executors
 
@@ -48,4 +55,4 @@ class Catalog:
 
 CATALOG = Catalog(KINDS)
 
-__all__ = ["CATALOG", "KINDS", "BatchJob", "Catalog", "Shell", "Ticker"]
+__all__ = ["CATALOG", "KINDS", "BatchJob", "Catalog", "LogApply", "Shell", "Ticker"]

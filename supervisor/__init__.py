@@ -4,10 +4,12 @@ The public API is what this module exports; implementation lives in private modu
 """
 
 from ._actions import Executor, ExecutorRegistry, FunctionExecutor, TrackedAction, UntrackedAction
+from ._atomic import AtomicValue
 from ._clock import Clock, ManualClock, SystemClock, TimerHandle
 from ._codec import FORMAT_VERSION, decode_record, encode_record
 from ._diagram import mermaid
 from ._exceptions import (
+    ApplyFailed,
     BackendError,
     CallTimeout,
     CheckpointRejected,
@@ -16,12 +18,15 @@ from ._exceptions import (
     ConfigurationError,
     CorruptCheckpoint,
     DiagramError,
+    EntryRejected,
     HostKeyMismatch,
     HostUnreachable,
     IllegalLifecycleMove,
     IllegalPhaseChange,
     InvariantViolation,
     LifecycleError,
+    LogError,
+    LogGap,
     LogNotFound,
     NondeterminismError,
     NotFinished,
@@ -33,6 +38,8 @@ from ._exceptions import (
     SchedulerError,
     SettingsError,
     SimulationError,
+    SnapshotError,
+    StaleWriter,
     StateMutationError,
     StateTypeError,
     StatevisorError,
@@ -73,6 +80,13 @@ from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState,
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApplyFailed",
+    "EntryRejected",
+    "LogError",
+    "LogGap",
+    "SnapshotError",
+    "StaleWriter",
+    "AtomicValue",
     "LogNotFound",
     "follow_lines",
     "tail_lines",

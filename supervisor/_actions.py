@@ -109,11 +109,15 @@ class ExecutorRegistry:
                 f"no executor registered for action type {action_type!r} (registered: {known})"
             ) from None
 
+    def unique(self) -> list[Executor]:
+        """Each registered executor once (one executor often serves several action types)."""
+        return list({id(e): e for e in self._executors.values()}.values())
+
     async def close(self, timeout: float) -> None:
         """Close every executor that has a ``close()`` (once each, bounded by ``timeout``)."""
 
         closing = []
-        for executor in {id(e): e for e in self._executors.values()}.values():
+        for executor in self.unique():
             close = getattr(executor, "close", None)
             if close is not None:
                 closing.append(asyncio.ensure_future(close()))

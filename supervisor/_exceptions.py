@@ -8,7 +8,8 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   ├── StateTypeError           a state value that does not round-trip through msgpack
     │   ├── UnknownActionType        an action names a type no executor is registered for
     │   ├── DiagramError             a process type declares no phases to draw
-    │   └── SettingsError            a process's settings are invalid; ``key`` names which
+    │   ├── SettingsError            a process's settings are invalid; ``key`` names which
+    │   └── EntryRejected            a log entry that is neither bytes nor a msgpack value
     ├── LifecycleError               an operation that the process's lifecycle does not allow
     │   ├── IllegalLifecycleMove     e.g. finished -> running; a runtime bug if ever seen
     │   └── ProcessTerminated        the process is finished, failed or killed (base of the three below)
@@ -23,6 +24,7 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   ├── StateMutationError       state mutated outside a transition
     │   └── NondeterminismError      check mode re-ran a transition and got a different outcome
     ├── CallTimeout (also TimeoutError)  call() got no reply in time
+    ├── ApplyFailed                  a proposed log entry was committed, but apply raised on it; ``index`` names it
     ├── SimulationError              a simulation cannot go on (e.g. a transition awaited real I/O)
     │   └── InvariantViolation       an invariant failed; carries seed, step and how to replay
     ├── StoreError                   the checkpoint store failed; ``path`` names it
@@ -36,7 +38,11 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
         ├── TransportError           a remote host could not be reached or talked to; ``host`` names it
         │   ├── HostUnreachable      connecting failed (refused, timed out, auth); retried with backoff
         │   └── HostKeyMismatch      the host's key is not the one known_hosts holds; never retried
-        └── SchedulerError           a batch scheduler refused a command (sbatch, qsub...); ``command`` names it
+        ├── SchedulerError           a batch scheduler refused a command (sbatch, qsub...); ``command`` names it
+        └── LogError                 a log-apply machine's log failed or cannot be trusted; ``log`` names it
+            ├── LogGap               entries the machine needs were compacted away with no snapshot covering them
+            ├── StaleWriter          an append was fenced off: another writer appended under this writer's id
+            └── SnapshotError        no snapshot could be loaded and the log does not start at index 1
 
 Errors raised *by user transitions* reach callers as :class:`TransitionError` whose
 ``error_type`` and ``message`` name the original; in-process the original is also its
@@ -84,6 +90,14 @@ class SettingsError(ConfigurationError, ValueError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.problem = message
+
+
+class EntryRejected(ConfigurationError, ValueError):
+    """A log entry that cannot go on a log: neither bytes nor a msgpack value. ``where`` says which."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
 
 
 class LifecycleError(StatevisorError):
@@ -267,3 +281,39 @@ class SchedulerError(BackendError):
         self.command = command
         self.exit_status = exit_status
         self.output = output
+
+
+class ApplyFailed(StatevisorError):
+    """A proposed entry is in the log at ``index``, but the machine's apply raised on it.
+
+    The state is unchanged by that entry, on every replica alike; the entry stays in the log.
+    """
+
+    def __init__(self, index: int, error: str) -> None:
+        super().__init__(f"entry {index} was committed but apply raised {error}")
+        self.index = index
+        self.error = error
+
+
+class LogError(BackendError):
+    """A log-apply machine's log failed or cannot be trusted; ``log`` names it."""
+
+    def __init__(self, log: str, message: str) -> None:
+        super().__init__(f"log {log}: {message}")
+        self.log = log
+
+
+class LogGap(LogError):
+    """Entries the machine needs are gone from the log and no snapshot covers them.
+
+    Applying on from the next available entry would silently diverge from every other replica,
+    so the machine stops instead.
+    """
+
+
+class StaleWriter(LogError):
+    """An append was fenced off: the log holds a newer append under this writer's id."""
+
+
+class SnapshotError(LogError):
+    """No snapshot could be loaded, and the log no longer starts at index 1."""

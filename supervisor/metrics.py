@@ -127,9 +127,24 @@ class HostCollector(Collector):
         yield queued
 
 
+class ExecutorCollector(Collector):
+    """Metric families of executors that keep their own (``metric_families()``): process kinds
+    add metrics without the runtime knowing them."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def collect(self) -> Iterator[Any]:
+        for executor in self.host.runtime.executors.unique():
+            families = getattr(executor, "metric_families", None)
+            if families is not None:
+                yield from families()
+
+
 def registry_for(host: Host, connections: Any = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HostCollector(host, connections))
+    registry.register(ExecutorCollector(host))
     host.runtime.observers.append(ActionObserver(registry))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
