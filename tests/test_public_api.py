@@ -47,6 +47,7 @@ def test_public_classes_do_not_leak_private_module_names_in_errors() -> None:
 # The machine model and handle layer (the "core") never import from the layers built on it.
 CORE_MODULES = {
     "_actions",
+    "_atomic",
     "_clock",
     "_diagram",
     "_exceptions",
