@@ -10,7 +10,8 @@ import supervisor
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 EXPECTED_EXPORTS = {
-    "STATE_TIMEOUT", "ApplyFailed", "AtomicValue", "EntryRejected", "LogError", "LogGap", "SnapshotError", "StaleWriter", "ActionFailed", "ActionResult", "ActionSucceeded", "Call", "CallTimeout", "Cast",
+    "STATE_TIMEOUT", "ApplyFailed", "AtomicValue", "EntryRejected", "LogError", "LogGap", "SnapshotError",
+    "StaleWriter", "ActionFailed", "ActionResult", "ActionSucceeded", "Call", "CallTimeout", "Cast",
     "Checkpointer", "Clock", "ConfigurationError", "Context", "Control", "ControlEvent", "DiagramError",
     "DriveMode", "ErrorPolicy", "Executor", "ExecutorRegistry", "FunctionExecutor", "Handle",
     "IllegalLifecycleMove", "IllegalPhaseChange", "Input", "Lifecycle", "LifecycleError", "Machine",

@@ -10,6 +10,7 @@ from ._jetstream import JetStreamLog
 from ._log import Entry, Log
 from ._machine import LogApply, LogApplyClient
 from ._replica import OnError, Replica, ReplicaPhase
+from ._sim import AckLost, SimulatedLog
 from ._snapshots import SnapshotStore
 from ._sqlite_log import SQLiteLog
 
@@ -29,6 +30,8 @@ __all__ = [
     "Replica",
     "ReplicaPhase",
     "SQLiteLog",
+    "SimulatedLog",
+    "AckLost",
     "SnapshotStore",
     "decode_entry",
     "encode_entry",
