@@ -98,4 +98,7 @@ class SimulatedLog:
         return None
 
     def __repr__(self) -> str:
-        return f"<SimulatedLog {self.name} first={self.first} last={self.last} dups={self.duplicates_sent} holes={self.holes_sent}>"
+        return (
+            f"<SimulatedLog {self.name} first={self.first} last={self.last} "
+            f"dups={self.duplicates_sent} holes={self.holes_sent}>"
+        )
