@@ -47,7 +47,8 @@ class SQLiteLog:
         self._committed = asyncio.Event()
         self._tail: list[Entry] = []
         self._first = 1
-        self._last = 0
+        self._last = 0  # written by the writer thread
+        self._visible = 0  # the last index followers may read: set on the loop after commit
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -81,6 +82,7 @@ class SQLiteLog:
         compacted_through = kept[0] - 1 if kept else 0
         self._last = row[0] if row[0] is not None else compacted_through
         self._first = row[1] if row[1] is not None else self._last + 1
+        self._visible = self._last
         self._writer = writer
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
@@ -151,6 +153,7 @@ class SQLiteLog:
         if not rows:
             return
         self._tail.extend(rows)
+        self._visible = rows[-1][0]
         if len(self._tail) > 2 * _TAIL_KEPT:
             del self._tail[:-_TAIL_KEPT]
         self._committed.set()
@@ -158,21 +161,17 @@ class SQLiteLog:
 
     async def follow(self, after: int) -> AsyncIterator[list[Entry]]:
         while not self._closed:
-            batch = self._from_tail(after)
-            if batch is None:
-                batch = await asyncio.to_thread(self._select, after)
+            if after >= self._visible:
+                await self._committed.wait()
+                continue
+            batch = self._from_tail(after) or await asyncio.to_thread(self._select, after)
             if batch:
                 after = batch[-1][0]
                 yield batch
-                continue
-            committed = self._committed
-            if after < self._last:
-                continue  # committed while we read: read again
-            await committed.wait()
 
     def _from_tail(self, after: int) -> list[Entry] | None:
         tail = self._tail
-        if not tail or after + 1 < tail[0][0]:
+        if not tail or not tail[0][0] <= after + 1 <= tail[-1][0]:
             return None
         start = after + 1 - tail[0][0]
         return tail[start : start + _READ_BATCH]
@@ -185,7 +184,7 @@ class SQLiteLog:
         return [(int(i), bytes(d)) for i, d in rows]
 
     async def bounds(self) -> tuple[int, int]:
-        return self._first, self._last
+        return self._first, self._visible
 
     async def compact(self, through: int) -> None:
         through = min(through, self._last)
