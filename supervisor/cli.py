@@ -115,6 +115,7 @@ SCENARIO_NAMES = (
     "watch-fanout",
     "shell",
     "slurm",
+    "logapply",
 )
 
 

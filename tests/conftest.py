@@ -76,3 +76,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real 3-node NATS JetStream cluster on loopback (processes/logapply/loopback.py)."""
+    from processes.logapply.loopback import NatsCluster, nats_server
+
+    if nats_server() is None:
+        pytest.fail("nats-server is missing: run the README's test command (bash .ci/test), which installs it")
+    started = NatsCluster(tmp_path_factory.mktemp("nats"))
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()

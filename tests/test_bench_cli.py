@@ -21,6 +21,14 @@ METRICS = {
     "sim": {"ledger_transitions_per_s", "booking_transitions_per_s", "ledger_ratio", "booking_ratio"},
     "rpc": {"calls_per_s", "p99_ms", "ratio"},
     "watch-fanout": {"ratio"},
+    "logapply": {
+        "entries_per_s",
+        "baseline_per_s",
+        "ratio",
+        "jetstream_entries_per_s",
+        "jetstream_ratio",
+        "recovery_seconds",
+    },
 }
 
 

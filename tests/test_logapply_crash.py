@@ -9,7 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteLog
 
@@ -18,15 +21,30 @@ TOTAL = 60_000
 KILLS = 8
 
 
+CHILDREN: list[subprocess.Popen[str]] = []
+
+
 def start_child(directory: Path, first: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    CHILDREN.append(child := subprocess.Popen(
         [sys.executable, "-m", "tests.logapply_crashworker", str(directory), str(first), str(TOTAL)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    ))  # fmt: skip
+    return child
 
 
 def acknowledged(out: str) -> set[int]:
     return {int(line.split()[1]) for line in out.splitlines() if line.startswith("ack ")}
+
+
+@pytest.fixture(autouse=True)
+def _no_child_left_behind() -> Iterator[None]:
+    # A failing (or timed-out) test must not leave a worker running for the rest of the suite.
+    yield
+    for child in CHILDREN:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    CHILDREN.clear()
 
 
 def test_sigkill_of_the_embedded_log_loses_and_doubles_nothing(tmp_path: Path) -> None:

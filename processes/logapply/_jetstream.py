@@ -60,6 +60,7 @@ class JetStreamLog:
         replicas: int = 3,
         append_timeout: float = 30.0,
         duplicate_window: float = 120.0,
+        stall_after: float = 3.0,
     ) -> None:
         self.servers = list(servers)
         self.stream = check_name("stream", stream)
@@ -72,6 +73,8 @@ class JetStreamLog:
         self.appended = 0
         self.retries = 0
         self.resubscribes = 0
+        self.stalls = 0
+        self.stall_after = stall_after
         self._nc: Any = None
         self._js: Any = None
         self._queue: list[tuple[bytes, str | None, asyncio.Future[int]]] = []
@@ -213,15 +216,35 @@ class JetStreamLog:
 
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
         self.resubscribes += 1
-        subscription = await self._js.subscribe(
-            f"svlog.{self.stream}.>", cb=received, ordered_consumer=True, config=config, idle_heartbeat=2.0
-        )
+        deadline = time.monotonic() + self.append_timeout
+        while True:  # during a failover the consumer cannot be made for a while: retry, bounded
+            try:
+                subscription = await self._js.subscribe(
+                    f"svlog.{self.stream}.>", cb=received, ordered_consumer=True, config=config, idle_heartbeat=2.0
+                )
+                break
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise LogError(self.name, f"cannot make a consumer from index {after + 1}: {exc}") from None
+                await asyncio.sleep(0.25)
+        delivered = after
         try:
             while True:
-                await arrived.wait()
+                try:
+                    await asyncio.wait_for(arrived.wait(), self.stall_after)
+                except TimeoutError:
+                    # Nothing arrived for a while. If the stream has moved on, the consumer is
+                    # stalled (its server died and the client did not notice): end this follow,
+                    # and the replica follows again from its applied index on a new consumer.
+                    if (await self.bounds())[1] > delivered:
+                        self.stalls += 1
+                        log.warning("consumer_stalled", log=self.name, delivered=delivered)
+                        return
+                    continue
                 arrived.clear()
                 batch, buffer[:] = list(buffer), []
                 if batch:
+                    delivered = max(delivered, batch[-1][0])
                     yield batch
         finally:
             with contextlib.suppress(Exception):  # the connection may be gone: nothing to clean then

@@ -89,6 +89,7 @@ cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, route
         self.children[node] = None
 
     def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         for node in range(self.size):
             self.start_node(node)
 

@@ -1,0 +1,212 @@
+"""The log-apply kind on a real 3-node NATS JetStream cluster: replicas in three real daemons
+converge under a NATS server SIGKILL and a daemon SIGKILL; replicas resume from their applied
+index after NATS restarts; a stale writer is fenced off; retried appends land once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processes.logapply import JetStreamLog, KeyValue, LogApplyClient, Replica, SnapshotStore
+from processes.logapply.loopback import NatsCluster
+from supervisor import StaleWriter
+from supervisor.control import Client
+from tests.test_daemon import ROOT, free_port, reachable, wait_for
+
+pytestmark = pytest.mark.uvloop_only
+
+_streams = itertools.count()
+
+
+def stream_name() -> str:
+    return f"t{next(_streams)}x{free_port()}"
+
+
+async def test_retried_appends_land_once_and_a_stale_writer_is_fenced(nats_cluster: NatsCluster) -> None:
+    """An append retried under the same message id returns the first index and adds nothing;
+    a second incarnation of the same writer appends fine, after which the first incarnation's
+    next append is refused as a stale writer."""
+    stream = stream_name()
+    first = JetStreamLog(nats_cluster.urls, stream, writer="w1")
+    await first.open()
+    index = await first.append(b"a", "id-1")
+    assert index == await first.append(b"a", "id-1")
+    assert (1, 1) == await first.bounds()
+    second = JetStreamLog(nats_cluster.urls, stream, writer="w1")  # the same daemon, restarted
+    await second.open()
+    assert 2 == await second.append(b"b", "id-2")
+    with pytest.raises(StaleWriter, match="another daemon running with the same writer name"):
+        await first.append(b"c", "id-3")
+    assert (1, 2) == await second.bounds()
+    await first.close()
+    await second.close()
+
+
+async def test_replicas_resume_from_their_applied_index_across_nats_restarts(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Two replicas; one NATS server is SIGKILLed and restarted while entries are proposed,
+    then a replica is closed and reopened (from its snapshot): both end at the same index with
+    the same state hash, every entry applied once."""
+    stream = stream_name()
+
+    def replica(name: str) -> Replica:
+        log = JetStreamLog(nats_cluster.urls, stream, writer=name)
+        return Replica(name, KeyValue(), log, SnapshotStore(tmp_path / name), snapshot_every=300, compact=False)
+
+    one, two = replica("r1"), replica("r2")
+    try:
+        await one.start()
+        await two.start()
+
+        async def propose(r: Replica, keys: range) -> None:
+            for n in keys:
+                await r.propose({"op": "add", "key": f"e{n}", "by": 1}, msg_id=f"{r.name}-{n}")
+
+        await asyncio.gather(propose(one, range(0, 400)), propose(two, range(400, 800)))
+        nats_cluster.stop_node(1)
+        await asyncio.gather(propose(one, range(800, 1000)), propose(two, range(1000, 1200)))
+        await asyncio.to_thread(nats_cluster.start_node, 1)
+        await two.close()
+        await propose(one, range(1200, 1500))
+        two = replica("r2")
+        await two.start()
+        assert two.snapshot_index > 0, "the reopened replica did not start from its snapshot"
+        await one.caught_up(1500)
+        await two.caught_up(1500)
+        assert one.status()["hash"] == two.status()["hash"]
+        assert {f"e{n}": 1 for n in range(1500)} == dict(two.value.root)
+    finally:
+        await one.close()
+        await two.close()
+
+
+def write_config(directory: Path, cluster: NatsCluster, stream: str, writer: str) -> tuple[Path, int]:
+    port = free_port()
+    directory.mkdir(parents=True)
+    config = directory / "statevisor.toml"
+    config.write_text(
+        f"""[daemon]
+store = "var/store.db"
+socket = "var/s.sock"
+metrics = "127.0.0.1:{port}"
+log_dir = "var/log"
+run_dir = "var/runs"
+
+[[process]]
+name = "kv"
+kind = "logapply"
+[process.settings]
+app = "kv"
+log = "jetstream"
+servers = {cluster.urls!r}
+stream = "{stream}"
+writer = "{writer}"
+snapshot_every = 5000
+"""
+    )
+    return config, port
+
+
+def start_daemon(config: Path, port: int) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: reachable(port) or child.poll() is not None)
+    assert child.poll() is None, child.communicate()[1]
+    return child
+
+
+ENTRIES = 6_000
+IN_FLIGHT = 64
+
+
+async def test_three_daemons_converge_under_nats_and_daemon_sigkills(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    """6,000 entries proposed through three replica daemons (remote handles); one NATS server
+    is SIGKILLed and restarted, and one daemon is SIGKILLed and restarted mid-run. Afterwards
+    the three replicas are at the same index with equal state hashes; a fresh replica replaying
+    the stream finds every entry applied exactly once and every acknowledged one present, and only
+    the killed daemon's callers saw errors (the NATS failover cost no proposal)."""
+    stream = stream_name()
+    setups = [write_config(tmp_path / f"d{i}", nats_cluster, stream, f"d{i}") for i in range(3)]
+    daemons = [start_daemon(config, port) for config, port in setups]
+    acked: set[int] = set()
+    progress = asyncio.Event()
+    failed = [0, 0, 0]  # proposals that raised, per daemon
+    numbers = iter(range(ENTRIES))
+    try:
+        clients = [Client.connect(str(tmp_path / f"d{i}" / "var" / "s.sock")) for i in range(3)]
+        for client in clients:
+            await client.__aenter__()
+
+        async def handle(i: int) -> LogApplyClient:
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        return LogApplyClient(await clients[i].get("kv"), timeout=60)
+                    except Exception:  # the daemon is (re)starting
+                        await asyncio.sleep(0.1)
+
+        async def worker(i: int) -> None:
+            kv = await handle(i)
+            for n in numbers:
+                try:
+                    await kv.propose({"op": "add", "key": f"e{n}", "by": 1})
+                    acked.add(n)
+                    progress.set()
+                except Exception:  # its daemon was killed: the entry may or may not land
+                    failed[i] += 1
+                    kv = await handle(i)
+
+        async def reached(fraction: float) -> None:
+            while len(acked) < ENTRIES * fraction:
+                await progress.wait()
+                progress.clear()
+
+        async def chaos() -> None:
+            async with asyncio.timeout(600):
+                await reached(0.25)
+                await asyncio.to_thread(nats_cluster.stop_node, 2)
+                await reached(0.4)
+                await asyncio.to_thread(nats_cluster.start_node, 2)
+                await reached(0.55)
+                daemons[1].send_signal(signal.SIGKILL)
+                await asyncio.to_thread(daemons[1].communicate, timeout=10)
+                daemons[1] = await asyncio.to_thread(start_daemon, *setups[1])
+
+        async with asyncio.timeout(900):
+            await asyncio.gather(chaos(), *(worker(i) for i in range(3) for _ in range(IN_FLIGHT)))
+        statuses: list[dict[str, Any]] = []
+        for i in range(3):
+            kv = await handle(i)
+            await kv.read("e0", sync=True)
+            statuses.append(await kv.status())
+        for client in clients:
+            await client.__aexit__(None, None, None)
+    finally:
+        for daemon in daemons:
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.communicate(timeout=30)
+    checker = Replica("checker", KeyValue(), JetStreamLog(nats_cluster.urls, stream, writer="checker"))
+    await checker.start()
+    state = dict(checker.value.root)
+    last = checker.applied
+    await checker.close()
+    applied = {s["applied"] for s in statuses}
+    assert {last} == applied, statuses
+    assert {checker.status()["hash"]} == {s["hash"] for s in statuses}
+    assert {} == {k: v for k, v in state.items() if v != 1}, "an entry was applied twice"
+    assert last == len(state), "the log holds an entry twice"
+    assert set() == {f"e{n}" for n in acked} - set(state), "an acknowledged entry is missing"
+    assert ENTRIES - sum(failed) <= len(acked)
+    # The NATS server's death must cost no proposal; only the killed daemon's callers see errors.
+    assert 0 == failed[0] + failed[2], failed
