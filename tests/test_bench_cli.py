@@ -28,6 +28,7 @@ METRICS = {
         "jetstream_entries_per_s",
         "jetstream_ratio",
         "recovery_seconds",
+        "recovery_replay_seconds",
     },
 }
 
