@@ -32,6 +32,7 @@ from ._exceptions import (
 from ._inputs import STATE_TIMEOUT, ActionFailed, ActionSucceeded, Call, Cast, Control, ControlEvent, Input, TimerFired
 from ._lifecycle import DriveMode, ErrorPolicy, Lifecycle, check_move
 from ._machine import Context, Machine
+from ._release import Held, ReleaseQueue
 from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot
 from ._state import Journal, TrackedDict, adopt, pack, unpack
 from ._waiters import WaitQueue
@@ -80,6 +81,7 @@ class Process:
         "_error",
         "_errors",
         "_final_save",
+        "_held",
         "_in_transition",
         "_journal",
         "_kill_reason",
@@ -188,6 +190,7 @@ class Process:
         self._done = WaitQueue()
         self._final_save: asyncio.Task[None] | None = None
         self._dirty = False
+        self._held: ReleaseQueue | None = None  # made on the first pipelined checkpoint
 
     # --- derived status ------------------------------------------------------------------
 
@@ -222,8 +225,8 @@ class Process:
 
     @property
     def stepping(self) -> bool:
-        """Handling an input right now (including waiting for its checkpoint)."""
-        return self._stepping
+        """Handling an input right now, or holding effects until their checkpoint is durable."""
+        return self._stepping or bool(self._held)
 
     @property
     def dirty(self) -> bool:
@@ -549,9 +552,21 @@ class Process:
                 self._pending[action.id] = action
         checkpointer = self.runtime.checkpointer
         if checkpointer is not None:
+            if ctx.end is None and (tracked or ctx.untracked or ctx.replies) and self._can_pipeline(checkpointer):
+                # Write-ahead, pipelined: the effects wait for the checkpoint; the process goes on.
+                self._hold_until_durable(checkpointer, ctx)
+                if ctx.pause_reason is not None:
+                    self._paused_itself = True
+                    self._hold(ctx.pause_reason)
+                self._refresh_lifecycle()
+                self._changed.wake_all()
+                await self._held_room()
+                return
             if tracked or ctx.untracked or ctx.replies or ctx.end is not None or self.runtime.checkpoint_every_commit:
                 # Write-ahead: the state is durable before anything of it leaves the process
                 # (actions, replies, the end), so the outside never sees a state a crash loses.
+                if self._held:
+                    await self._held.until_empty()  # effects leave in transition order
                 await self._make_durable(ctx.end)
             else:
                 # Nothing left the process: the next group commit takes its latest state.
@@ -581,6 +596,42 @@ class Process:
             self._hold(ctx.pause_reason)
         self._refresh_lifecycle()
         self._changed.wake_all()
+
+    def _can_pipeline(self, checkpointer: Checkpointer) -> bool:
+        # Only stores that hand out a future per checkpoint can; checkpoint_every_commit means
+        # one durable write per transition, each waited for, so it never pipelines.
+        return not self.runtime.checkpoint_every_commit and hasattr(checkpointer, "submit")
+
+    def _hold_until_durable(self, checkpointer: Checkpointer, ctx: Context) -> None:
+        held = self._held
+        if held is None:
+            held = self._held = ReleaseQueue(self._release, self._make_durable)
+        durable = checkpointer.submit(self.checkpoint())  # type: ignore[attr-defined]
+        held.hold(durable, ctx.tracked, ctx.untracked, ctx.replies)
+
+    async def _held_room(self) -> None:
+        held = self._held
+        if held is not None:
+            await held.until_room()
+
+    def _release(self, held: Held) -> None:
+        """The checkpoint of ``held``'s transition is durable: let its effects out."""
+        if self._terminal is not None or self._kill_reason is not None:
+            return  # ended or detached meanwhile: the checkpoint keeps the actions for restore
+        if held.tracked:
+            pending = self._pending
+            for action in held.tracked:
+                if action.id in pending:  # not consumed or dropped since
+                    self._dispatch(action)
+        if held.untracked:
+            for untracked in held.untracked:
+                self._dispatch_untracked(untracked)
+        if held.replies:
+            calls = self._calls
+            for ref, value in held.replies:
+                future = calls.pop(ref, None)
+                if future is not None and not future.done():
+                    future.set_result(value)
 
     async def _make_durable(self, ending: tuple[str, Any] | None = None) -> None:
         """Checkpoint the committed state; on store errors retry, then pause with the reason.
@@ -890,6 +941,8 @@ class Process:
         if self._terminal is not None or self._kill_reason is not None:
             return
         self._kill_reason = "detached"  # makes the task's cancellation quiet; never reported
+        if self._held is not None:
+            self._held.drop()
         tasks = [t for t in (self._task, *self._action_tasks.values()) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
@@ -927,6 +980,8 @@ class Process:
         self._mailbox.clear()
         self._redeliver.clear()
         self._postponed.clear()
+        if self._held is not None:
+            self._held.drop()
         checkpointer = self.runtime.checkpointer
         if checkpointer is not None and not persisted:
             self._final_save = self.runtime.background(self._save_final(checkpointer))

@@ -224,12 +224,17 @@ class SQLiteStore:
 
     async def save(self, checkpoint: Checkpoint) -> None:
         """Make ``checkpoint`` durable; returns once its transaction has committed."""
-        if self._closed:
-            raise StoreError(self.path, "the store is closed")
+        await self.submit(checkpoint)
+
+    def submit(self, checkpoint: Checkpoint) -> asyncio.Future[None]:
+        """Queue ``checkpoint`` for the next group commit; the future resolves once it is durable."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(StoreError(self.path, "the store is closed"))
+            return future
         self._queue.append((checkpoint, future))
         self._kick()
-        await future
+        return future
 
     async def save_record(self, record: ProcessRecord) -> None:
         await self.save(encode_record(record))

@@ -58,6 +58,7 @@ CORE_MODULES = {
     "_logtail",
     "_machine",
     "_process",
+    "_release",
     "_runtime",
     "_slots",
     "_snapshot",
