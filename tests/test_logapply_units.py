@@ -119,6 +119,8 @@ def test_settings_errors_name_the_key() -> None:
         ({"app": "kv", "snapshot_every": 0}, "snapshot_every"),
         ({"app": "kv", "stream": "a.b"}, "stream"),
         ({"app": "kv", "replicas": 7}, "replicas"),
+        ({"app": "kv", "lanes": 65}, "lanes"),
+        ({"app": "kv", "lanes": 0}, "lanes"),
         ({"app": "kv", "colour": "red"}, "colour"),
     ]
     for settings, key in cases:

@@ -55,7 +55,7 @@ class LogApplyExecutor:
         log: Log
         if spec.log == "jetstream":
             stream = spec.stream or _directory_name(name).replace(".", "_")
-            log = JetStreamLog(spec.servers, stream, writer=spec.writer, replicas=spec.replicas)
+            log = JetStreamLog(spec.servers, stream, writer=spec.writer, replicas=spec.replicas, lanes=spec.lanes)
         else:
             log = SQLiteLog(spec.path or home / "log.db", synchronous=spec.synchronous)
         return Replica(

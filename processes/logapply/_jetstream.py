@@ -1,14 +1,20 @@
 """The replicated log: one NATS JetStream stream per machine; the stream sequence is the index.
 
-Appends: each writer (a daemon's replica, named by ``writer``) publishes on a subject of its
-own, ``svlog.<stream>.<writer>``, with ``Nats-Expected-Last-Subject-Sequence`` set to its
-previous append's sequence and ``Nats-Msg-Id`` set to the proposal's id. The expected sequence
-fences a stale incarnation of the same writer (a daemon thought dead, still running): its next
-append is refused, the log never gets interleaved appends from two incarnations. The message id
-makes a retried append (timeout, failover) land once; nats-server checks the expected sequence
-*before* deduplication, so a refused retry is resolved by reading the writer's last message: if
-it carries our id, the earlier attempt landed. A writer appends one entry at a time (it needs
-the previous sequence); writers on different daemons append concurrently.
+Appends: each writer (a daemon's replica, named by ``writer``) publishes on subjects of its
+own, one per *lane*: ``svlog.<stream>.<writer>`` for lane 0 and ``svlog.<stream>.<writer>.<k>``
+for lane k. Each append carries ``Nats-Expected-Last-Subject-Sequence`` (the previous append's
+sequence on its lane) and ``Nats-Msg-Id`` (the proposal's id). The expected sequence fences a
+stale incarnation of the same writer (a daemon thought dead, still running): once the new
+incarnation has appended on a lane, the old one's next append there is refused and the old log
+stops appending altogether. The message id makes a retried append (timeout, failover) land once;
+nats-server checks the expected sequence *before* deduplication, so a refused retry is resolved
+by reading the lane's last message: if it carries our id, the earlier attempt landed.
+
+A lane has one append in flight (its next expected sequence is the ack of the one before), so
+lanes are what lets a writer pipeline: up to ``lanes`` appends in flight. An append takes the
+lowest idle lane, so a lightly loaded writer uses lane 0 only and a stale incarnation meets the
+new one's appends there at once. Entries of one writer in flight together may land in any order
+(as concurrent proposals may); one proposal awaited before the next lands after it.
 
 Following: an ordered push consumer from ``applied + 1``, messages buffered by a callback. After
 a server failover the consumer may deliver an entry twice or skip ahead; the replica drops
@@ -24,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import re
 import socket
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -61,12 +69,16 @@ class JetStreamLog:
         append_timeout: float = 30.0,
         duplicate_window: float = 120.0,
         stall_after: float = 3.0,
+        lanes: int = 8,
     ) -> None:
+        if not 1 <= lanes <= 64:
+            raise LogError(stream, f"lanes must be 1 to 64; got {lanes}")
         self.servers = list(servers)
         self.stream = check_name("stream", stream)
         self.writer = check_name("writer", writer or socket.gethostname().split(".")[0])
         self.name = f"jetstream:{stream}"
         self.subject = f"svlog.{stream}.{self.writer}"
+        self.lanes = lanes
         self.replicas = replicas
         self.append_timeout = append_timeout
         self.duplicate_window = duplicate_window
@@ -77,11 +89,16 @@ class JetStreamLog:
         self.stall_after = stall_after
         self._nc: Any = None
         self._js: Any = None
-        self._queue: list[tuple[bytes, str | None, asyncio.Future[int]]] = []
+        self._queue: deque[tuple[bytes, str | None, asyncio.Future[int]]] = deque()
         self._wake = asyncio.Event()
-        self._writer_last = 0
+        self._lane_last = [0] * lanes  # each lane's last sequence: its next append's expectation
+        self._idle = list(range(lanes))  # a heap: appends take the lowest idle lane
+        self._sending: set[asyncio.Task[None]] = set()
         self._sender: asyncio.Task[None] | None = None
         self._stale: StaleWriter | None = None
+
+    def lane_subject(self, lane: int) -> str:
+        return self.subject if lane == 0 else f"{self.subject}.{lane}"
 
     async def open(self) -> None:
         import nats
@@ -109,14 +126,14 @@ class JetStreamLog:
                 if time.monotonic() > deadline:
                     raise LogError(self.name, f"cannot create or find the stream: {exc}") from None
                 await asyncio.sleep(0.25)
-        self._writer_last = await self._last_on_subject()
+        self._lane_last = list(await asyncio.gather(*(self._last_on_lane(lane) for lane in range(self.lanes))))
         self._sender = asyncio.get_running_loop().create_task(self._send_forever(), name=f"log-send {self.name}")
 
-    async def _last_on_subject(self) -> int:
+    async def _last_on_lane(self, lane: int) -> int:
         from nats.js.errors import NotFoundError
 
         try:
-            message = await self._js.get_last_msg(self.stream, self.subject)
+            message = await self._js.get_last_msg(self.stream, self.lane_subject(lane))
         except NotFoundError:
             return 0
         return int(message.seq)
@@ -132,42 +149,57 @@ class JetStreamLog:
         return await future
 
     async def _send_forever(self) -> None:
-        while True:
+        # Hands queued appends to idle lanes, lowest first; stops for good on a stale writer.
+        loop = asyncio.get_running_loop()
+        while self._stale is None:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
-                data, msg_id, future = self._queue.pop(0)
-                try:
-                    seq = await self._send(data, msg_id)
-                except StaleWriter as exc:
-                    self._stale = exc
-                    for _, _, waiting in [(data, msg_id, future), *self._queue]:
-                        if not waiting.done():
-                            waiting.set_exception(exc)
-                    self._queue.clear()
-                    return
-                except Exception as exc:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, LogError) else LogError(self.name, str(exc)))
-                    continue
-                if not future.done():
-                    future.set_result(seq)
+            while self._queue and self._idle and self._stale is None:
+                lane = heapq.heappop(self._idle)
+                task = loop.create_task(self._send_on(lane, *self._queue.popleft()))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
 
-    async def _send(self, data: bytes, msg_id: str | None) -> int:
+    async def _send_on(self, lane: int, data: bytes, msg_id: str | None, future: asyncio.Future[int]) -> None:
+        try:
+            seq = await self._send(lane, data, msg_id)
+        except asyncio.CancelledError:  # the log is closing
+            if not future.done():
+                future.set_exception(LogError(self.name, "the log was closed before the append was acknowledged"))
+            raise
+        except StaleWriter as exc:
+            self._stale = exc
+            for _, _, waiting in [(data, msg_id, future), *self._queue]:
+                if not waiting.done():
+                    waiting.set_exception(exc)
+            self._queue.clear()
+            self._wake.set()
+            return
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc if isinstance(exc, LogError) else LogError(self.name, str(exc)))
+        else:
+            if not future.done():
+                future.set_result(seq)
+        heapq.heappush(self._idle, lane)
+        self._wake.set()
+
+    async def _send(self, lane: int, data: bytes, msg_id: str | None) -> int:
         from nats.js.errors import APIError
 
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(self._writer_last)}
+        subject = self.lane_subject(lane)
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(self._lane_last[lane])}
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         deadline = time.monotonic() + self.append_timeout
         delay = 0.05
         while True:
             try:
-                ack = await self._js.publish(self.subject, data, headers=headers, timeout=2.0)
+                ack = await self._js.publish(subject, data, headers=headers, timeout=2.0)
             except APIError as exc:
                 if exc.err_code != _WRONG_LAST_SEQUENCE:
                     raise LogError(self.name, f"append refused: {exc.description}") from None
-                landed = await self._landed(msg_id)
+                landed = await self._landed(subject, msg_id)
                 if landed is None:
                     raise StaleWriter(
                         self.name,
@@ -184,18 +216,18 @@ class JetStreamLog:
                 continue
             else:
                 seq = int(ack.seq)
-            self._writer_last = seq
+            self._lane_last[lane] = seq
             self.appended += 1
             return seq
 
-    async def _landed(self, msg_id: str | None) -> int | None:
+    async def _landed(self, subject: str, msg_id: str | None) -> int | None:
         """After a refused retry: the sequence our earlier attempt got, if it landed."""
         if msg_id is None:
             return None
         from nats.js.errors import NotFoundError
 
         try:
-            message = await self._js.get_last_msg(self.stream, self.subject)
+            message = await self._js.get_last_msg(self.stream, subject)
         except NotFoundError:
             return None
         if (message.headers or {}).get("Nats-Msg-Id") == msg_id:
@@ -269,9 +301,10 @@ class JetStreamLog:
         return None  # shared by every replica: retention is the stream's (see the module docstring)
 
     async def close(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
+        tasks = [*self._sending, *([self._sender] if self._sender is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for _, _, future in self._queue:
             if not future.done():
                 future.set_exception(LogError(self.name, "the log was closed before the entry was appended"))
@@ -279,4 +312,7 @@ class JetStreamLog:
             await self._nc.close()
 
     def __repr__(self) -> str:
-        return f"<JetStreamLog {self.stream} writer={self.writer} appended={self.appended} retries={self.retries}>"
+        return (
+            f"<JetStreamLog {self.stream} writer={self.writer} lanes={self.lanes - len(self._idle)}/{self.lanes} "
+            f"busy queued={len(self._queue)} appended={self.appended} retries={self.retries}>"
+        )

@@ -1,7 +1,8 @@
 """A log-apply machine's settings, validated with errors that name the key.
 
 ``app`` names a registered :class:`Applier`; ``log`` is ``sqlite`` (embedded, the default) or
-``jetstream`` (with ``servers``, ``stream``, ``replicas``, ``writer``). Snapshots are taken
+``jetstream`` (with ``servers``, ``stream``, ``replicas``, ``writer``, and ``lanes``: how many
+appends a writer keeps in flight). Snapshots are taken
 every ``snapshot_every`` entries or ``snapshot_bytes`` of entries, whichever comes first.
 """
 
@@ -18,8 +19,8 @@ from ._apply import APPLIERS
 from ._replica import OnError
 
 KEYS = frozenset(
-    {"app", "log", "path", "servers", "stream", "replicas", "writer", "snapshot_every", "snapshot_bytes",
-     "on_error", "synchronous"}
+    {"app", "log", "path", "servers", "stream", "replicas", "writer", "lanes", "snapshot_every",
+     "snapshot_bytes", "on_error", "synchronous"}
 )  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -33,6 +34,7 @@ class MachineSpec:
     stream: str | None = None
     replicas: int = 3
     writer: str | None = None
+    lanes: int = 8
     snapshot_every: int = 100_000
     snapshot_bytes: int = 64 << 20
     on_error: OnError = OnError.SKIP
@@ -83,6 +85,9 @@ def parse(settings: Mapping[str, Any]) -> MachineSpec:
     replicas = _positive(settings, "replicas", 3)
     if replicas > 5:
         raise SettingsError("replicas", f"JetStream allows 1 to 5 replicas; got {replicas}")
+    lanes = _positive(settings, "lanes", 8)
+    if lanes > 64:
+        raise SettingsError("lanes", f"expected 1 to 64 appends in flight per writer; got {lanes}")
     return MachineSpec(
         app=app,
         log=log,
@@ -91,6 +96,7 @@ def parse(settings: Mapping[str, Any]) -> MachineSpec:
         stream=_name(settings, "stream"),
         replicas=replicas,
         writer=_name(settings, "writer"),
+        lanes=lanes,
         snapshot_every=_positive(settings, "snapshot_every", 100_000),
         snapshot_bytes=_positive(settings, "snapshot_bytes", 64 << 20),
         on_error=OnError(on_error),
