@@ -51,7 +51,7 @@ from ._exceptions import (
     UnknownActionType,
     WouldBlock,
 )
-from ._handle import Handle
+from ._handle import Handle, HandleAPI
 from ._host import Host, StartReport
 from ._inputs import (
     STATE_TIMEOUT,
@@ -123,6 +123,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FunctionExecutor",
     "Handle",
+    "HandleAPI",
     "Host",
     "IllegalLifecycleMove",
     "IllegalPhaseChange",

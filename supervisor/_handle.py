@@ -2,14 +2,18 @@
 
 Naming rules (kept across the package): ``op`` awaits room, ``try_op`` never waits and raises
 :class:`WouldBlock`; waiting methods are ``wait*``; counters come from ``statistics()``.
+
+:class:`HandleAPI` is what in-process and remote handles (``supervisor.control``) share, all of
+it awaitable: code written against it runs on either. In-process handles act at once where they
+can (``try_cast``, ``try_nudge``, ``statistics``), and what those return may still be awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Generator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ._exceptions import CallTimeout, LogNotFound, NotFinished, ProcessFailed, ProcessKilled, WouldBlock
 from ._inputs import Call, Cast
@@ -17,6 +21,50 @@ from ._lifecycle import DriveMode, Lifecycle
 from ._logtail import follow_lines, tail_lines
 from ._process import Process
 from ._snapshot import ProcessStatistics, Snapshot
+
+
+class HandleAPI(Protocol):
+    """What every handle offers, in-process or remote; the same semantics on both."""
+
+    @property
+    def pid(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    async def nudge(self) -> None: ...
+    def try_nudge(self) -> Awaitable[None]: ...
+    async def pause(self) -> None: ...
+    async def resume(self) -> None: ...
+    async def kill(self, reason: str = "killed") -> Snapshot: ...
+    async def cast(self, message: Any) -> None: ...
+    def try_cast(self, message: Any) -> Awaitable[None]: ...
+    async def call(self, message: Any, timeout: float | None = None) -> Any: ...
+    async def snapshot(self) -> Snapshot: ...
+    def statistics(self) -> Awaitable[ProcessStatistics]: ...
+    async def wait(self, timeout: float | None = None) -> Snapshot: ...
+    def watch(self) -> AsyncIterator[Snapshot]: ...
+    async def logs(self, stream: str = "stdout", lines: int = 20) -> list[str]: ...
+    def follow(self, stream: str = "stdout", lines: int = 10) -> AsyncIterator[str]: ...
+
+
+class _Done:
+    """What ``try_*`` return: they have acted already; awaiting this is optional and instant."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return _nothing().__await__()
+
+    def __repr__(self) -> str:
+        return "<done>"
+
+
+async def _nothing() -> None:
+    return None
+
+
+DONE = _Done()
 
 
 class Handle:
@@ -59,15 +107,19 @@ class Handle:
         await process.wait_nudge_room()
         process.add_nudge()
 
-    def try_nudge(self) -> None:
-        """Like :meth:`nudge` but raises :class:`WouldBlock` instead of waiting for room."""
+    def try_nudge(self) -> Awaitable[None]:
+        """Like :meth:`nudge` but raises :class:`WouldBlock` instead of waiting for room.
+
+        Acts at once; the return value may be awaited (as on a remote handle) or ignored.
+        """
         process = self._process
         process.check_accepting()
         if process.mode is DriveMode.AUTO:
-            return
+            return DONE
         if process.nudge_full():
             raise WouldBlock(f"process {process.pid}: nudge buffer is full ({process.statistics().nudges_buffered})")
         process.add_nudge()
+        return DONE
 
     async def pause(self) -> None:
         """Stop advancing after the current transition (at once if between transitions).
@@ -104,13 +156,17 @@ class Handle:
             await process.wait_room()
         process.enqueue(Cast(message))
 
-    def try_cast(self, message: Any) -> None:
-        """Queue a message or raise :class:`WouldBlock` when the mailbox is full."""
+    def try_cast(self, message: Any) -> Awaitable[None]:
+        """Queue a message or raise :class:`WouldBlock` when the mailbox is full.
+
+        Acts at once; the return value may be awaited (as on a remote handle) or ignored.
+        """
         process = self._process
         process.check_accepting()
         if not process.has_room():
             raise WouldBlock(f"process {process.pid}: mailbox is full ({process.statistics().mailbox_capacity})")
         process.enqueue(Cast(message))
+        return DONE
 
     async def call(self, message: Any, timeout: float | None = None) -> Any:
         """Send a message and wait for the transition's reply.
@@ -137,6 +193,10 @@ class Handle:
     @property
     def state(self) -> Snapshot:
         """The latest snapshot: lifecycle, paused, phase, a copy of the state view, version."""
+        return self._process.snapshot()
+
+    async def snapshot(self) -> Snapshot:
+        """The latest snapshot (the portable spelling of :attr:`state`, as on remote handles)."""
         return self._process.snapshot()
 
     def log_files(self) -> Mapping[str, str]:

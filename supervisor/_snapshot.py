@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,15 @@ class ProcessStatistics:
     armed_timers: int
     postponed: int
     watchers: int
+
+    def __await__(self) -> Generator[Any, None, ProcessStatistics]:
+        # In-process statistics are immediate; awaiting them too lets code written for remote
+        # handles (where statistics() is a round trip) run on in-process handles unchanged.
+        return _immediately(self).__await__()
+
+
+async def _immediately(value: ProcessStatistics) -> ProcessStatistics:
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,20 +6,20 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from supervisor import Handle, Snapshot
+from supervisor import Handle, HandleAPI, ProcessStatistics, Snapshot
 
 DEFAULT_TIMEOUT = 10.0
 
 
 async def wait_for_snapshot(
-    handle: Handle, predicate: Callable[[Snapshot], bool], timeout: float = DEFAULT_TIMEOUT
+    handle: Handle | HandleAPI, predicate: Callable[[Snapshot], bool], timeout: float = DEFAULT_TIMEOUT
 ) -> Snapshot:
     """Return the first snapshot from ``handle.watch()`` that satisfies ``predicate``."""
     async with asyncio.timeout(timeout):
         async for snapshot in handle.watch():
             if predicate(snapshot):
                 return snapshot
-    raise AssertionError(f"process ended without reaching the condition; last: {handle.state}")
+    raise AssertionError(f"process ended without reaching the condition; last: {await handle.snapshot()}")
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -64,3 +64,13 @@ class Gate:
 
     async def cancel(self, action: Any) -> None:
         self.cancelled.append(action)
+
+
+async def wait_for_statistics(
+    handle: HandleAPI, predicate: Callable[[ProcessStatistics], bool], timeout: float = DEFAULT_TIMEOUT
+) -> ProcessStatistics:
+    """Poll ``await handle.statistics()`` until ``predicate`` holds (counters raise no event)."""
+    async with asyncio.timeout(timeout):
+        while not predicate(stats := await handle.statistics()):  # noqa: ASYNC110 - counters raise no event
+            await asyncio.sleep(0.001)
+    return stats

@@ -13,7 +13,7 @@ EXPECTED_EXPORTS = {
     "STATE_TIMEOUT", "ApplyFailed", "AtomicValue", "EntryRejected", "LogError", "LogGap", "SnapshotError",
     "StaleWriter", "ActionFailed", "ActionResult", "ActionSucceeded", "Call", "CallTimeout", "Cast",
     "Checkpointer", "Clock", "ConfigurationError", "Context", "Control", "ControlEvent", "DiagramError",
-    "DriveMode", "ErrorPolicy", "Executor", "ExecutorRegistry", "FunctionExecutor", "Handle",
+    "DriveMode", "ErrorPolicy", "Executor", "ExecutorRegistry", "FunctionExecutor", "Handle", "HandleAPI",
     "IllegalLifecycleMove", "IllegalPhaseChange", "Input", "Lifecycle", "LifecycleError", "Machine",
     "ManualClock", "NondeterminismError", "NotFinished", "ProcessFailed", "ProcessFinished", "ProcessKilled",
     "ProcessNotFound", "ProcessRecord", "ProcessStatistics", "ProcessTerminated", "Runtime", "RuntimeObserver",
@@ -115,3 +115,18 @@ def test_process_kinds_use_only_the_public_api() -> None:
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         private = {name for name in imported if name.startswith("supervisor._")}
         assert set() == private, f"{path.relative_to(ROOT)} imports {private}"
+
+
+def test_in_process_and_remote_handles_share_the_handle_api() -> None:
+    """Handle and RemoteHandle both satisfy HandleAPI: mypy checks the assignment below
+    structurally, and every method the protocol names exists on both classes."""
+    from supervisor import Handle, HandleAPI
+    from supervisor.control import RemoteHandle
+
+    def as_api(local: Handle, remote: RemoteHandle) -> list[HandleAPI]:
+        return [local, remote]  # the static check: both conform
+
+    methods = {name for name in dir(HandleAPI) if not name.startswith("_")} - {"pid", "name", "kind"}
+    assert {"try_cast", "try_nudge", "snapshot", "statistics", "watch"} <= methods
+    assert set() == methods - set(dir(Handle))
+    assert set() == methods - set(dir(RemoteHandle))

@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import _exceptions as errors
 from .._lifecycle import Lifecycle
-from .._snapshot import Snapshot
+from .._snapshot import ProcessStatistics, Snapshot
 from ._protocol import PROTOCOL_VERSION, ProtocolError, encode, read_frame
 
 
@@ -309,6 +309,14 @@ class RemoteHandle:
 
     async def state(self) -> Snapshot:
         return _snapshot(await self.client.request("state", pid=self.pid))
+
+    async def snapshot(self) -> Snapshot:
+        """The latest snapshot (as ``Handle.snapshot()``)."""
+        return await self.state()
+
+    async def statistics(self) -> ProcessStatistics:
+        """The process's counters (as ``Handle.statistics()``)."""
+        return ProcessStatistics(**await self.client.request("statistics", pid=self.pid))
 
     async def wait(self, timeout: float | None = None) -> Snapshot:
         return _snapshot(await self.client.request("wait", pid=self.pid, timeout=timeout))

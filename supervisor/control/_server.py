@@ -81,6 +81,7 @@ class ControlServer:
         self._encoded: dict[str, tuple[int, bytes]] = {}  # pid -> (version, encoded snapshot)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()  # one per connection, awaited by close()
         self.refused = 0
 
     def encoded_snapshot(self, snapshot: Snapshot) -> bytes:
@@ -121,6 +122,8 @@ class ControlServer:
             self._server.close()
             for connection in list(self._connections):
                 connection.close()
+            if self._handlers:  # let each connection finish its requests' cancellation (bounded)
+                await asyncio.wait(list(self._handlers), timeout=5)
             await self._server.wait_closed()
             self._server = None
         with contextlib.suppress(FileNotFoundError):
@@ -146,10 +149,15 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str | None) -> None:
         connection = _Connection(self, reader, writer, token)
         self._connections.add(connection)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         try:
             await connection.serve()
         finally:
             self._connections.discard(connection)
+            if handler is not None:
+                self._handlers.discard(handler)
 
 
 def _peer_uid(sock: socket.socket) -> int | None:
@@ -364,15 +372,19 @@ async def op_watch(c: _Connection, args: dict[str, Any], request_id: int) -> Any
     process = c.handle(args)._process
     interval = c.server.watch_interval
     seen = -1
-    while True:
-        snapshot = process.snapshot()
-        if snapshot.version != seen:
-            seen = snapshot.version
-            await c.send_frame(encode_item(request_id, c.server.encoded_snapshot(snapshot)))
-        if snapshot.lifecycle.terminal:
-            return None  # the response that ends the stream
-        await asyncio.sleep(interval)
-        await process.wait_changed(seen)
+    process.watcher_added(1)  # counted like an in-process watcher (statistics().watchers)
+    try:
+        while True:
+            snapshot = process.snapshot()
+            if snapshot.version != seen:
+                seen = snapshot.version
+                await c.send_frame(encode_item(request_id, c.server.encoded_snapshot(snapshot)))
+            if snapshot.lifecycle.terminal:
+                return None  # the response that ends the stream
+            await asyncio.sleep(interval)
+            await process.wait_changed(seen)
+    finally:
+        process.watcher_added(-1)
 
 
 async def op_logs(c: _Connection, args: dict[str, Any], _: int) -> Any:
