@@ -13,7 +13,7 @@ from pathlib import Path
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from supervisor import Host, Lifecycle, ProcessFinished, ProcessNotFound, TransitionError, WouldBlock
+from supervisor import Host, Lifecycle, ProcessFinished, ProcessNotFound, Snapshot, TransitionError, WouldBlock
 from supervisor.control import Client, ControlServer, ProtocolError
 from tests.helpers import Recorder, wait_until
 from tests.machines import Counter, Worker
@@ -276,3 +276,55 @@ async def raw_exchange_tcp(port: int, frames: list[bytes]) -> list[dict[str, obj
     writer.close()
     await writer.wait_closed()
     return [reply]
+
+
+class Sink:
+    """A watcher's end of a connection, recording frames; ``stuck`` makes it report a backlog."""
+
+    def __init__(self, stuck: bool = False) -> None:
+        self.frames: list[bytes] = []
+        self.stuck = stuck
+
+    def write_now(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def backlog(self) -> int:
+        return 10**9 if self.stuck else 0
+
+
+async def test_watch_fanout_skips_backlogged_watchers_but_always_sends_the_terminal() -> None:
+    """One tick pushes the latest snapshot, encoded once, to every watcher behind; a watcher
+    whose connection holds a backlog is skipped (it sees a later version), yet it gets the
+    current snapshot at once and the terminal one at the end, and then its stream ends."""
+    from supervisor.control._fanout import WatchFanout
+
+    host = Host(machines=[Counter])
+    handle = await host.spawn(Counter, {"n": 0})
+    await handle.call("get")
+    encoded: list[int] = []
+
+    def encode(snapshot: Snapshot) -> bytes:
+        encoded.append(snapshot.version)
+        return msgpack.packb(["v", snapshot.version])  # type: ignore[no-any-return]
+
+    fanout = WatchFanout(encode, lambda: 3600.0)  # the ticker never fires by itself: the test ticks
+    fast, slow, other = Sink(), Sink(stuck=True), Sink()
+    process = handle._process
+    streams = [asyncio.ensure_future(fanout.watch(s, i, process)) for i, s in enumerate((fast, slow, other))]
+    await wait_until(lambda: all(len(s.frames) == 1 for s in (fast, slow, other)))
+    assert 3 == handle.statistics().watchers
+    await handle.cast(1)
+    await handle.call("get")
+    before = len(encoded)
+    fanout.tick()
+    assert (2, 1, 2) == (len(fast.frames), len(slow.frames), len(other.frames))
+    assert 1 == len(encoded) - before, "one encoding per version, whatever the number of watchers"
+    fanout.tick()  # nothing changed: nothing sent
+    assert (2, 1, 2) == (len(fast.frames), len(slow.frames), len(other.frames))
+    final = await handle.kill()
+    fanout.tick()
+    await asyncio.wait_for(asyncio.gather(*streams), 5)
+    terminal = msgpack.packb(["v", final.version])
+    assert all(s.frames[-1].endswith(terminal) for s in (fast, slow, other))
+    assert 0 == handle.statistics().watchers
+    fanout.close()

@@ -26,6 +26,7 @@ from .._handle import Handle
 from .._host import Host
 from .._lifecycle import DriveMode, Lifecycle
 from .._snapshot import Snapshot
+from ._fanout import WatchFanout
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, encode, encode_item, error_fields, read_frame
 
 log = structlog.get_logger("statevisor.control")
@@ -78,6 +79,7 @@ class ControlServer:
         self.max_frame = max_frame
         self.allow_uids = allow_uids if allow_uids is not None else {os.getuid()}
         self.watch_interval = 0.05
+        self.fanout = WatchFanout(self.encoded_snapshot, lambda: self.watch_interval)
         self._encoded: dict[str, tuple[int, bytes]] = {}  # pid -> (version, encoded snapshot)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
@@ -115,6 +117,7 @@ class ControlServer:
         return int(sockets[0].getsockname()[1]) if sockets else None
 
     async def close(self) -> None:
+        self.fanout.close()
         if self._tcp_server is not None:
             self._tcp_server.close()
             self._tcp_server = None
@@ -203,6 +206,15 @@ class _Connection:
                 await self.fail(message.get("id"), exc)
                 return
             self.close()
+
+    def write_now(self, frame: bytes) -> None:
+        """Queue a whole frame without waiting for the peer (the watch fan-out paces itself)."""
+        if not self.closed and not self.writer.transport.is_closing():
+            self.writer.write(frame)
+
+    def backlog(self) -> int:
+        """Bytes written here that the peer has not taken yet."""
+        return int(self.writer.transport.get_write_buffer_size())
 
     async def send_frame(self, frame: bytes) -> None:
         if self.closed:
@@ -366,25 +378,12 @@ async def op_statistics(c: _Connection, args: dict[str, Any], _: int) -> Any:
 
 
 async def op_watch(c: _Connection, args: dict[str, Any], request_id: int) -> Any:
-    """Stream snapshots until the terminal one (or a cancel), paced: at most one push per
-    ``watch_interval`` per stream, always the latest version, the terminal one always sent.
-    A thousand watchers thus cost the daemon a bounded amount of work, not one push per commit."""
-    process = c.handle(args)._process
-    interval = c.server.watch_interval
-    seen = -1
-    process.watcher_added(1)  # counted like an in-process watcher (statistics().watchers)
-    try:
-        while True:
-            snapshot = process.snapshot()
-            if snapshot.version != seen:
-                seen = snapshot.version
-                await c.send_frame(encode_item(request_id, c.server.encoded_snapshot(snapshot)))
-            if snapshot.lifecycle.terminal:
-                return None  # the response that ends the stream
-            await asyncio.sleep(interval)
-            await process.wait_changed(seen)
-    finally:
-        process.watcher_added(-1)
+    """Stream snapshots until the terminal one (or a cancel), paced: the current one at once,
+    then at most one push per ``watch_interval``, always the latest version, the terminal one
+    always sent (see ``_fanout``: one ticker serves every stream). Remote watchers count in the
+    process's ``statistics().watchers``."""
+    await c.server.fanout.watch(c, request_id, c.handle(args)._process)
+    return None  # the response that ends the stream
 
 
 async def op_logs(c: _Connection, args: dict[str, Any], _: int) -> Any:

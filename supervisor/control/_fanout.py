@@ -1,0 +1,115 @@
+"""Remote watch streams, paced: one pass per tick pushes the latest snapshot to every watcher.
+
+A watch stream that slept and woke on its own cost, per watcher and per tick, a task wake-up, a
+timer and a drain: with 1,000 remote watchers on a busy process, some 20,000 wake-ups a second
+taken from the very process being watched. Here one ticker wakes every ``interval``, takes each
+watched process's snapshot once, encodes it once, and writes it to each of its watchers. A
+watcher whose connection still holds a backlog of earlier pushes is skipped for this tick: it
+sees a later version instead (watch semantics: the latest, never a queue). The terminal snapshot
+is always written, after which the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from .._snapshot import Snapshot
+from ._protocol import encode_item
+
+if TYPE_CHECKING:
+    from .._process import Process
+
+BACKLOG_LIMIT = 256 * 1024
+"""Bytes already queued on a connection above which a non-terminal push is skipped."""
+
+
+class Outlet(Protocol):
+    """Where a watcher's frames go (a control connection)."""
+
+    def write_now(self, frame: bytes) -> None: ...
+    def backlog(self) -> int: ...
+
+
+class _Watcher:
+    __slots__ = ("done", "outlet", "request_id", "seen")
+
+    def __init__(self, outlet: Outlet, request_id: int, done: asyncio.Future[None]) -> None:
+        self.outlet = outlet
+        self.request_id = request_id
+        self.done = done
+        self.seen = -1
+
+
+class WatchFanout:
+    """Every remote watcher of every process, served by one ticker."""
+
+    def __init__(self, encode: Callable[[Snapshot], bytes], interval: Callable[[], float]) -> None:
+        self._encode = encode
+        self._interval = interval
+        self._watchers: dict[Process, list[_Watcher]] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self.pushes = 0
+        self.skipped = 0
+
+    async def watch(self, outlet: Outlet, request_id: int, process: Process) -> None:
+        """Stream ``process``'s snapshots to ``outlet`` until the terminal one (or cancellation)."""
+        loop = asyncio.get_running_loop()
+        watcher = _Watcher(outlet, request_id, loop.create_future())
+        process.watcher_added(1)
+        try:
+            snapshot = process.snapshot()
+            self._push(watcher, snapshot, self._encode(snapshot))  # the current one, at once
+            if snapshot.lifecycle.terminal:
+                return
+            self._watchers.setdefault(process, []).append(watcher)
+            if self._ticker is None or self._ticker.done():
+                self._ticker = loop.create_task(self._tick_forever(), name="watch-fanout")
+            await watcher.done
+        finally:
+            process.watcher_added(-1)
+            watchers = self._watchers.get(process)
+            if watchers is not None and watcher in watchers:
+                watchers.remove(watcher)
+                if not watchers:
+                    del self._watchers[process]
+
+    def _push(self, watcher: _Watcher, snapshot: Snapshot, body: bytes) -> None:
+        watcher.outlet.write_now(encode_item(watcher.request_id, body))
+        watcher.seen = snapshot.version
+        self.pushes += 1
+
+    async def _tick_forever(self) -> None:
+        while self._watchers:
+            await asyncio.sleep(self._interval())
+            self.tick()
+
+    def tick(self) -> None:
+        """One pass: the latest snapshot of each watched process to each watcher behind it."""
+        for process, watchers in list(self._watchers.items()):
+            snapshot = process.snapshot()
+            terminal = snapshot.lifecycle.terminal
+            body: bytes | None = None
+            for watcher in watchers:
+                if watcher.seen == snapshot.version:
+                    continue
+                if not terminal and watcher.outlet.backlog() > BACKLOG_LIMIT:
+                    self.skipped += 1
+                    continue
+                if body is None:
+                    body = self._encode(snapshot)
+                self._push(watcher, snapshot, body)
+            if terminal:
+                del self._watchers[process]
+                for watcher in watchers:
+                    if not watcher.done.done():
+                        watcher.done.set_result(None)
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    def __repr__(self) -> str:
+        streams = sum(len(w) for w in self._watchers.values())
+        return f"<WatchFanout {len(self._watchers)} processes, {streams} streams, {self.pushes} pushes>"
