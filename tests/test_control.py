@@ -328,3 +328,23 @@ async def test_watch_fanout_skips_backlogged_watchers_but_always_sends_the_termi
     assert all(s.frames[-1].endswith(terminal) for s in (fast, slow, other))
     assert 0 == handle.statistics().watchers
     fanout.close()
+
+
+async def test_watch_fanout_paces_many_streams_to_its_push_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tick interval is the configured one until the streams would together exceed the
+    push budget; then it stretches to keep them within it."""
+    from supervisor.control import _fanout
+
+    host = Host(machines=[Counter])
+    handle = await host.spawn(Counter, {"n": 0})
+    fanout = _fanout.WatchFanout(lambda s: b"x", lambda: 0.05)
+    sinks = [Sink() for _ in range(40)]
+    streams = [asyncio.ensure_future(fanout.watch(s, i, handle._process)) for i, s in enumerate(sinks)]
+    await wait_until(lambda: handle.statistics().watchers == 40)
+    assert 0.05 == fanout.pace()  # 40 streams / 0.05 s = 800 pushes/s: within the default budget
+    monkeypatch.setattr(_fanout, "PUSH_BUDGET", 200)
+    assert 0.2 == fanout.pace()  # 40 streams at 200 pushes/s: one push each per 0.2 s
+    await handle.kill()
+    fanout.tick()
+    await asyncio.wait_for(asyncio.gather(*streams), 5)
+    fanout.close()

@@ -6,7 +6,9 @@ taken from the very process being watched. Here one ticker wakes every ``interva
 watched process's snapshot once, encodes it once, and writes it to each of its watchers. A
 watcher whose connection still holds a backlog of earlier pushes is skipped for this tick: it
 sees a later version instead (watch semantics: the latest, never a queue). The terminal snapshot
-is always written, after which the stream ends.
+is always written, after which the stream ends. With very many watchers the ticks space out so
+that all of them together cost at most ``PUSH_BUDGET`` pushes a second (1,000 watchers: one
+push each per 100 ms); the daemon's processes keep their pace however many watch.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from ._protocol import encode_item
 
 if TYPE_CHECKING:
     from .._process import Process
+
+PUSH_BUDGET = 10_000
+"""Pushes a second, over all remote watchers, above which the pace slows (see ``pace``)."""
 
 BACKLOG_LIMIT = 256 * 1024
 """Bytes already queued on a connection above which a non-terminal push is skipped."""
@@ -82,8 +87,14 @@ class WatchFanout:
 
     async def _tick_forever(self) -> None:
         while self._watchers:
-            await asyncio.sleep(self._interval())
+            await asyncio.sleep(self.pace())
             self.tick()
+
+    def pace(self) -> float:
+        """Seconds between ticks: the configured interval, stretched so that all streams
+        together get at most ``PUSH_BUDGET`` pushes a second (watching has a bounded cost)."""
+        streams = sum(len(w) for w in self._watchers.values())
+        return max(self._interval(), streams / PUSH_BUDGET)
 
     def tick(self) -> None:
         """One pass: the latest snapshot of each watched process to each watcher behind it."""
