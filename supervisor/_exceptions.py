@@ -35,6 +35,7 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     └── BackendError                 an executor's backend failed (reaches the process as ActionFailed)
         ├── CommandNotFound          the executable does not exist or is not executable
         ├── CommandLost              a detached command ended without recording its exit status
+        ├── RunMonitorError          the run monitor (which starts local commands) cannot be started or reached
         ├── TransportError           a remote host could not be reached or talked to; ``host`` names it
         │   ├── HostUnreachable      connecting failed (refused, timed out, auth); retried with backoff
         │   └── HostKeyMismatch      the host's key is not the one known_hosts holds; never retried
@@ -253,6 +254,11 @@ class CommandNotFound(BackendError):
 
 class CommandLost(BackendError):
     """A detached command ended while nobody watched it and left no exit status behind."""
+
+
+class RunMonitorError(BackendError):
+    """The run monitor, the process that starts local commands and outlives the daemon, could
+    not be started or reached; its log (``<run_dir>/.monitor.log``) says why."""
 
 
 class TransportError(BackendError):

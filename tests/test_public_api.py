@@ -25,7 +25,8 @@ EXPECTED_EXPORTS = {
     "StoreFull", "StoreLocked", "StoreStatistics", "Strategy", "Supervisor", "SupervisorSpec", "SupervisorState",
     "SupervisorStatistics", "decode_record", "Invariant", "Simulation", "SimCall", "SimExecutor",
     "SimulationError", "InvariantViolation", "encode_record",
-    "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "tail_lines", "follow_lines", "LogNotFound",
+    "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "RunMonitorError", "tail_lines",
+    "follow_lines", "LogNotFound",
     "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError",
 }  # fmt: skip
 

@@ -4,9 +4,12 @@ logs and rotation, errors, supervision, and re-attaching to commands after a res
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
+import signal
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -16,8 +19,9 @@ from typing import Any
 import pytest
 
 from processes.shell import RUN, Shell, ShellExecutor, executors
+from processes.shell._journal import Journal, marker
 from processes.shell._launch import start_time
-from processes.shell._rundir import RunDir
+from processes.shell._monitor import JOURNAL, MARKER
 from supervisor import (
     Backoff,
     Budget,
@@ -65,15 +69,39 @@ def group_members(pgid: int) -> list[tuple[int, str]]:
     return found
 
 
+def zombie(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return False
+    return raw[raw.rindex(b")") + 2 :].split()[0] == b"Z"
+
+
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
 
 
-def wrapper_pid(handle: Handle) -> int:
-    started = RunDir(Path(handle.state.state["_stdout"]).parent.parent / "runs", handle.state.state["_run"]).started()
-    assert started is not None
-    return started.pid
+async def command_pid(handle: Handle) -> int:
+    """The command's pid, which is also its process group's id (it leads its own session),
+    once the run monitor has noted it."""
+    await wait_until(lambda: "_run" in handle.state.state)
+    journal = Path(handle.state.state["_stdout"]).parent.parent / "runs" / JOURNAL
+    action_id = handle.state.state["_run"]
+
+    def started() -> int | None:
+        if not journal.exists():
+            return None
+        for line in journal.read_text().splitlines():
+            entry = json.loads(line)
+            if entry[:2] == ["started", action_id]:
+                return int(entry[2][0])
+        return None
+
+    await wait_until(lambda: started() is not None)
+    pid = started()
+    assert pid is not None
+    return pid
 
 
 async def test_a_command_that_exits_zero_finishes_with_its_result(host: Host) -> None:
@@ -163,7 +191,7 @@ async def test_kill_takes_down_a_tree_that_ignores_sigterm(host: Host) -> None:
     script = "trap '' TERM; (trap '' TERM; sleep 1000) & (sh -c 'trap \"\" TERM; sleep 1000') & sleep 1000"
     handle = await host.spawn("shell", {"argv": ["sh", "-c", script], "stop_grace": 0.5})
     await wait_until(lambda: "_run" in handle.state.state)
-    pgid = wrapper_pid(handle)
+    pgid = await command_pid(handle)
     await wait_until(lambda: len(group_members(pgid)) >= 5)
     began = time.monotonic()
     snapshot = await handle.kill("test")
@@ -177,9 +205,8 @@ async def test_pause_stops_the_group_and_resume_continues_it(host: Host) -> None
     continues it."""
     handle = await host.spawn("shell", {"argv": ["sh", "-c", "while :; do :; done"]})
     await wait_until(lambda: "_run" in handle.state.state)
-    pgid = wrapper_pid(handle)
-    await wait_until(lambda: len(group_members(pgid)) >= 2)
-    burner = next(pid for pid, _ in group_members(pgid) if pid != pgid)
+    pgid = await command_pid(handle)
+    burner = pgid  # the shell runs the loop itself
     await wait_until(lambda: cpu_ticks(burner) > 0)
     await handle.pause()
     await wait_until(lambda: all(state == "T" for _, state in group_members(pgid)))
@@ -220,17 +247,25 @@ async def test_a_pipe_as_log_target_is_never_rotated(host: Host, tmp_path: Path)
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     received = bytearray()
+    # The reader is there before the command starts (a FIFO without one fails the start), and
+    # the test holds a write end too, so that the reader sees EOF only once it lets go.
+    source = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    os.set_blocking(source, True)
+    holder = os.open(fifo, os.O_WRONLY)
 
     def drain() -> None:
-        with open(fifo, "rb") as source:
-            while chunk := source.read(65536):
+        with open(source, "rb") as pipe:
+            while chunk := pipe.read(65536):
                 received.extend(chunk)
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    handle = await run(
-        host, {"argv": ["sh", "-c", "yes 0123456789 | head -c 3000000"], "stdout": str(fifo), "log_max_bytes": 1024}
-    )
+    try:
+        handle = await run(
+            host, {"argv": ["sh", "-c", "yes 0123456789 | head -c 3000000"], "stdout": str(fifo), "log_max_bytes": 1024}
+        )
+    finally:
+        os.close(holder)
     reader.join(timeout=10)
     assert Lifecycle.FINISHED == handle.state.lifecycle
     assert 3_000_000 == len(received)
@@ -276,7 +311,7 @@ async def test_missing_or_non_executable_programs_fail_clearly(host: Host, tmp_p
     assert f"CommandNotFound: '{script}': not executable (mode 644)" == plain.state.error
     nowhere = await run(host, {"argv": ["/nonexistent/bin/x"]})
     assert "CommandNotFound: '/nonexistent/bin/x': no such file" == nowhere.state.error
-    assert [] == list((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs" / JOURNAL).exists(), "nothing was claimed"
 
 
 async def test_invalid_settings_fail_the_process_naming_the_key(host: Host) -> None:
@@ -342,15 +377,18 @@ async def test_executing_an_action_id_again_never_reruns_the_command(tmp_path: P
     executor = ShellExecutor(tmp_path / "runs")
     marker = tmp_path / "ran"
     act = action("p1:1:0", ["sh", "-c", f"echo x >> {marker}; exit 4"], tmp_path)
-    first = await executor.execute(act)
-    second = await executor.execute(act)
+    try:
+        first = await executor.execute(act)
+        second = await executor.execute(act)
+    finally:
+        await executor.close()
     assert 4 == first["exit_code"] == second["exit_code"]
     assert "x\n" == marker.read_text()
 
 
 async def test_a_running_command_is_reattached_not_restarted(tmp_path: Path) -> None:
-    """A second executor (a restarted daemon) attaches to the still-running command by pid and
-    start time, and collects its exit status when it ends."""
+    """A second executor (a restarted daemon) finds the run monitor that outlived the first
+    one, attaches to the still-running command, and collects its exit status when it ends."""
     release = tmp_path / "release"
     marker = tmp_path / "ran"
     act = action(
@@ -361,50 +399,175 @@ async def test_a_running_command_is_reattached_not_restarted(tmp_path: Path) -> 
     await wait_until(lambda: marker.exists())
     running.cancel()  # the daemon went away: the command goes on
     await asyncio.gather(running, return_exceptions=True)
+    await first.close()
     second = ShellExecutor(tmp_path / "runs")
-    attached = asyncio.ensure_future(second.execute(act))
-    await wait_until(lambda: second.attached == 1)
-    release.touch()
-    result = await asyncio.wait_for(attached, 10)
+    try:
+        attached = asyncio.ensure_future(second.execute(act))
+        await wait_until(lambda: second.attached == 1)
+        release.touch()
+        result = await asyncio.wait_for(attached, 10)
+    finally:
+        await second.close()
     assert 7 == result["exit_code"]
     assert "x\n" == marker.read_text()
     assert 0 == second.spawned
+    assert 1 == first.monitor.monitors_started
+    assert 0 == second.monitor.monitors_started, "the monitor that started the command was found again"
+
+
+async def test_a_killed_monitor_loses_no_exit_status_while_the_daemon_lives(tmp_path: Path) -> None:
+    """The run monitor is SIGKILLed while a command runs: the daemon inherits the command (it
+    is the monitor's parent and a child subreaper), collects its exit status itself, and starts
+    a new monitor for the next command."""
+    release = tmp_path / "release"
+    marker = tmp_path / "ran"
+    act = action(
+        "p1:1:0", ["sh", "-c", f"echo x >> {marker}; while [ ! -e {release} ]; do sleep 0.02; done; exit 5"], tmp_path
+    )
+    executor = ShellExecutor(tmp_path / "runs")
+    try:
+        running = asyncio.ensure_future(executor.execute(act))
+        await wait_until(lambda: marker.exists())
+        monitor = executor.monitor.monitor_pid
+        assert monitor is not None
+        os.kill(monitor, signal.SIGKILL)
+        await wait_until(lambda: start_time(monitor) is None or zombie(monitor))
+        release.touch()
+        result = await asyncio.wait_for(running, 10)
+        again = await executor.execute(action("p1:2:0", ["sh", "-c", "exit 3"], tmp_path))
+    finally:
+        await executor.close()
+    assert 5 == result["exit_code"]
+    assert 3 == again["exit_code"]
+    assert "x\n" == marker.read_text()
+    assert 2 == executor.monitor.monitors_started
+
+
+async def test_the_monitor_exits_once_nothing_runs_and_nobody_is_connected(tmp_path: Path) -> None:
+    """After the executor closes with no command running, its monitor exits and is reaped:
+    nothing is left behind, not even a zombie."""
+    executor = ShellExecutor(tmp_path / "runs")
+    assert 0 == (await executor.execute(action("p1:1:0", ["true"], tmp_path)))["exit_code"]
+    monitor = executor.monitor.monitor_pid
+    assert monitor is not None
+    await executor.close()
+    assert start_time(monitor) is None, "the monitor is gone and reaped"
+
+
+async def test_a_bad_frame_does_not_stop_the_monitor(tmp_path: Path) -> None:
+    """Garbage on the monitor's socket closes that connection only; the monitor goes on
+    starting commands."""
+    executor = ShellExecutor(tmp_path / "runs")
+    try:
+        assert 0 == (await executor.execute(action("p1:1:0", ["true"], tmp_path)))["exit_code"]
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "runs" / ".monitor.sock"))
+        writer.write(b"\x00\x00\x00\x03\xc1\xc1\xc1")  # 0xc1: never valid msgpack
+        assert b"" == await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert 0 == (await executor.execute(action("p1:2:0", ["true"], tmp_path)))["exit_code"]
+    finally:
+        await executor.close()
+    assert 1 == executor.monitor.monitors_started
 
 
 async def test_a_reused_pid_is_not_mistaken_for_the_command(tmp_path: Path) -> None:
-    """The run record names a pid that now belongs to another process (start time differs):
-    the executor does not attach to it; with no exit status left, it says the run was lost."""
-    act = action("p1:1:0", ["true"], tmp_path)
-    run_dir = RunDir(tmp_path / "runs", act.id)
-    run_dir.create()
+    """The journal names a pid that now belongs to another process (start time differs): the
+    executor does not attach to it; with no exit status left, it says the run was lost. A run
+    whose end the journal holds returns that end, without starting or attaching anything."""
+    reused, ended = action("p1:1:0", ["true"], tmp_path), action("p1:2:0", ["true"], tmp_path)
+    (tmp_path / "runs").mkdir()
+    journal = Journal(str(tmp_path / "runs" / JOURNAL))  # as a monitor killed earlier left it
     me = os.getpid()
     ticks = start_time(me)
     assert ticks is not None
-    run_dir.note_started(me, ticks - 1, time.time())  # our pid, someone else's start time
-    (run_dir.path / "begun").touch()
+    journal.append("claim", reused.id)
+    journal.append("started", reused.id, [me, ticks - 1, time.time()])  # our pid, someone else's start time
+    journal.append("claim", ended.id)
+    journal.append("started", ended.id, [me, ticks - 1, time.time()])
+    journal.append("ended", ended.id, {"exit": 5, "user": 0.25, "system": 0.5, "ended": time.time()})
+    journal.close()
     executor = ShellExecutor(tmp_path / "runs")
-    with pytest.raises(CommandLost, match="left no exit status"):
-        await asyncio.wait_for(executor.execute(act), 5)
-    (run_dir.path / "status").write_text("5\n")
-    assert 5 == (await executor.execute(act))["exit_code"]
+    try:
+        with pytest.raises(CommandLost, match="left no exit status"):
+            await asyncio.wait_for(executor.execute(reused), 5)
+        result = await executor.execute(ended)
+    finally:
+        await executor.close()
+    assert (5, 0.25, 0.5) == (result["exit_code"], result["user_cpu"], result["system_cpu"])
     assert 0 == executor.spawned + executor.attached
 
 
-async def test_a_run_that_never_began_is_started_exactly_once(tmp_path: Path) -> None:
-    """The daemon died after creating the run directory but before the spawn: the re-issued
-    action starts the command (its first start)."""
-    marker = tmp_path / "ran"
-    act = action("p1:1:0", ["sh", "-c", f"echo x >> {marker}"], tmp_path)
-    RunDir(tmp_path / "runs", act.id).create()
-    executor = ShellExecutor(tmp_path / "runs")
-    assert 0 == (await executor.execute(act))["exit_code"]
-    assert "x\n" == marker.read_text()
+async def test_an_interrupted_start_is_never_repeated(tmp_path: Path) -> None:
+    """The monitor died after claiming a run but before noting its start: a command that names
+    the run in its environment is found and attached to; with none, the run is reported lost
+    (it may have run), never started a second time."""
+    lost, found = action("p1:1:0", ["true"], tmp_path), action("p1:2:0", ["true"], tmp_path)
+    runs = (tmp_path / "runs").resolve()
+    runs.mkdir()
+    journal = Journal(str(runs / JOURNAL))
+    journal.append("claim", lost.id)
+    journal.append("claim", found.id)
+    journal.close()
+    # A plain child that no event loop watches (the executor must be the one to reap it).
+    orphan = subprocess.Popen(["sleep", "30"], env={**os.environ, MARKER: marker(str(runs), found.id)})  # noqa: ASYNC220
+    executor = ShellExecutor(runs)
+    try:
+        with pytest.raises(CommandLost, match="whether it ran is unknown"):
+            await asyncio.wait_for(executor.execute(lost), 5)
+        attached = asyncio.ensure_future(executor.execute(found))
+        await wait_until(lambda: executor.attached == 1)
+        orphan.terminate()
+        result = await asyncio.wait_for(attached, 10)
+    finally:
+        orphan.kill()
+        orphan.wait()
+        await executor.close()
+    assert "SIGTERM" == result["signal"]
+    assert 0 == executor.spawned
 
 
-async def test_the_run_directory_is_removed_once_the_result_is_durable(host: Host, tmp_path: Path) -> None:
-    """After the result's transition is committed, the run record is cleaned up."""
-    await run(host, {"argv": ["true"]})
-    await wait_until(lambda: [] == list((tmp_path / "runs").iterdir()))
+def test_the_journal_survives_a_torn_line_and_compacts_forgotten_runs(tmp_path: Path) -> None:
+    """A journal whose last line was cut short (the monitor died mid-write) loads every whole
+    line and drops the torn one; forgotten runs are dropped from it once it has grown."""
+    path = tmp_path / "journal"
+    journal = Journal(str(path))
+    journal.append("claim", "a")
+    journal.append("started", "a", [1, 2, 3.0])
+    journal.close()
+    with open(path, "ab") as torn:
+        torn.write(b'["ended","a",{"exit":')
+    again = Journal(str(path))
+    assert [1, 2, 3.0] == again.runs["a"].started
+    assert again.runs["a"].ended is None
+    for index in range(20_000):
+        again.append("claim", f"run-{index}")
+        again.append("ended", f"run-{index}", {"exit": 0, "user": 0.0, "system": 0.0, "ended": 0.0})
+        again.append("forget", f"run-{index}")
+    again.close()
+    assert path.stat().st_size < 200_000, "compacted: forgotten runs are gone from the file"
+    reloaded = Journal(str(path))
+    assert ["a"] == list(reloaded.runs)
+    reloaded.close()
+
+
+async def test_a_fifo_without_a_reader_fails_the_start_instead_of_stalling(host: Host, tmp_path: Path) -> None:
+    """stdout into a FIFO nobody reads: the start fails at once, saying so, and the monitor
+    goes on starting other commands."""
+    fifo = tmp_path / "lonely"
+    os.mkfifo(fifo)
+    handle = await run(host, {"argv": ["true"], "stdout": str(fifo)})
+    assert "setup failed: stdout" == handle.state.error
+    assert 0 == (await run(host, {"argv": ["true"]})).result()["exit_code"]
+
+
+async def test_a_run_is_forgotten_once_the_result_is_durable(host: Host, tmp_path: Path) -> None:
+    """After the result's transition is committed, the monitor forgets the run (its journal
+    says so); the stdin file given to the command is gone too."""
+    handle = await run(host, {"argv": ["cat"], "stdin": "hello\n"})
+    assert ["hello"] == handle.result()["stdout_tail"]
+    journal = tmp_path / "runs" / JOURNAL
+    await wait_until(lambda: f'["forget","{handle.state.state["_run"]}"]' in journal.read_text())
+    assert [] == list((tmp_path / "runs").glob(".stdin-*"))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -1,10 +1,12 @@
 """The shell executor: runs a command for a ``shell.run`` action, idempotently, and controls it.
 
-``execute`` is idempotent by the run directory (see :mod:`._rundir`): executing an action id a
-second time (after a daemon crash) attaches to the command that the first execution started,
-or reads how it ended, and never starts it again. ``cancel`` (kill) stops the command's whole
-process group: the stop signal, ``stop_grace`` seconds, then SIGKILL. ``pause``/``resume``
-send SIGSTOP/SIGCONT to the group.
+The run monitor (:mod:`._monitor`) starts the commands and collects their exit status; the
+executor asks it over :class:`._link.MonitorLink` and watches. ``execute`` is idempotent by the
+run monitor's journal (see :mod:`._journal`): executing an action id a second time (after a daemon
+crash) attaches to the command that the first execution started, or reads how it ended, and
+never starts it again. ``cancel`` (kill) stops the command's whole process group: the stop
+signal, ``stop_grace`` seconds, then SIGKILL. ``pause``/``resume`` send SIGSTOP/SIGCONT to the
+group.
 """
 
 from __future__ import annotations
@@ -23,20 +25,20 @@ import structlog
 
 from supervisor import CommandLost, CommandNotFound, TrackedAction, UntrackedAction, tail_lines
 
+from ._journal import marker
 from ._launch import (
     become_subreaper,
-    find_wrapper,
-    reap,
+    find_by_marker,
+    reap_child,
     reap_orphans,
     signal_group,
-    spawn_wrapper,
     start_time,
     wait_exit,
-    wrapper_script,
 )
-from ._logs import open_log, rotate_if_needed
-from ._rundir import RunDir, Started
-from ._settings import LIMITS, CommandSpec
+from ._link import MonitorLink, MonitorLost
+from ._logs import rotate_if_needed
+from ._outcome import Outcome, Started
+from ._settings import CommandSpec
 
 log = structlog.get_logger("statevisor.shell")
 
@@ -55,9 +57,10 @@ _NEVER = Started(-1, -1, 0.0)  # a run with no note of its start
 class _Run:
     action_id: str
     spec: CommandSpec
-    run_dir: RunDir
     started: Started
+    request: dict[str, Any] | None = field(default=None, repr=False)
     reason: str = "exited"
+    ending: asyncio.Future[Outcome] | None = field(default=None, repr=False)
     stopping: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -67,11 +70,12 @@ class ShellExecutor:
     idempotent = True
 
     def __init__(self, runs: Path, *, rotate_every: float = 0.25) -> None:
-        self.runs = Path(runs)
+        self.runs = Path(runs).resolve()
         self.rotate_every = rotate_every
+        self.monitor = MonitorLink(self.runs)
+        self._home = os.getcwd()  # a command without cwd runs where the daemon was started
         self._active: dict[str, _Run] = {}
         self._groups: dict[int, float] = {}  # process groups whose orphans we still reap -> until
-        self._children: set[int] = set()  # wrappers we spawned and have not reaped yet
         self._reaping: asyncio.TimerHandle | None = None
         self._rotator: asyncio.Task[None] | None = None
         self.subreaper = become_subreaper()
@@ -82,146 +86,177 @@ class ShellExecutor:
 
     async def execute(self, action: TrackedAction | UntrackedAction) -> Any:
         if action.type == CLEANUP:
-            RunDir(self.runs, str(action.payload)).remove()
+            await self.monitor.forget(str(action.payload))
             return None
         assert isinstance(action, TrackedAction)
+        current = self._active.get(action.id)
+        if current is not None and current.ending is not None:
+            # Executed again while this executor still watches it (a restore racing a watch).
+            return self._result(current, await asyncio.shield(current.ending))
         spec = CommandSpec.from_payload(action.payload)
-        run_dir = RunDir(self.runs, action.id)
-        if run_dir.create():
-            started = self._start(run_dir, spec)
-        else:
-            found = self._attach(run_dir)
-            if found is None:
-                if run_dir.status() is not None:  # it ended while nobody watched: how it ended
-                    return self._result(_Run(action.id, spec, run_dir, run_dir.started() or _NEVER))
-                if run_dir.begun():
-                    raise CommandLost(
-                        f"the command (wrapper pid {(run_dir.started() or _NEVER).pid}) ended while the daemon "
-                        f"was not watching and left no exit status in {run_dir.path} (its wrapper was "
-                        "killed, or the machine rebooted)"
-                    )
-                # The wrapper never reached the command (the daemon died right after creating
-                # the directory, or the wrapper was killed before it began): this is its first
-                # and only start.
-                run_dir.remove()
-                run_dir.create()
-                found = self._start(run_dir, spec)
-            started = found
-        run = _Run(action.id, spec, run_dir, started)
+        run = await self._begin(action.id, spec)
         self._active[action.id] = run
         self._ensure_rotator()
         try:
-            await self._watch(run)
+            outcome = await self._watch(run)
         finally:
             if self._active.get(action.id) is run:
                 del self._active[action.id]
-        result = self._result(run)
+        result = self._result(run, outcome)
         await self._rotate(run)  # a fast writer may have overshot the cap since the last check
         return result
 
     async def cancel(self, action: TrackedAction) -> None:
-        run = self._find_run(action)
+        run = await self._find_run(action)
         if run is None:
             return
         run.reason = "killed"
         await self._stop(run)
 
     async def pause(self, action: TrackedAction) -> None:
-        run = self._find_run(action)
+        run = await self._find_run(action)
         if run is not None:
             signal_group(run.started.pid, signal.SIGSTOP)
 
     async def resume(self, action: TrackedAction) -> None:
-        run = self._find_run(action)
+        run = await self._find_run(action)
         if run is not None:
             signal_group(run.started.pid, signal.SIGCONT)
 
     async def close(self) -> None:
-        """Stop the log rotator (host shutdown). Commands run on; the next start re-attaches."""
+        """Stop the log rotator and let go of the monitor (host shutdown). Commands run on;
+        the next start re-attaches."""
         if self._reaping is not None:
             self._reaping.cancel()
             self._reaping = None
         if self._rotator is not None:
             self._rotator.cancel()
             await asyncio.gather(self._rotator, return_exceptions=True)
+        await self.monitor.close(wait=not self._active)
 
     # --- starting and attaching -------------------------------------------------------------
 
-    def _start(self, run_dir: RunDir, spec: CommandSpec) -> Started:
+    async def _begin(self, action_id: str, spec: CommandSpec) -> _Run:
+        """Have the monitor start the run, or find it started; the run, with its ending."""
         env = self._environment(spec)
-        try:
-            _check_executable(spec, env)
-        except CommandNotFound:
-            run_dir.remove()  # nothing started: a later execution may try again
-            raise
-        stdin = os.open(run_dir.write_stdin(spec.stdin) if spec.stdin is not None else os.devnull, os.O_RDONLY)
-        stdout = open_log(Path(spec.stdout)) if spec.stdout else os.open(os.devnull, os.O_WRONLY)
-        stderr = stdout if spec.stderr == "stdout" else open_log(Path(spec.stderr)) if spec.stderr else stdout
-        wall = time.time()  # before the spawn: a quick command may end before spawn returns
-        try:
-            script = wrapper_script(spec.limits or {}, spec.umask, LIMITS)
-            pid = spawn_wrapper(script, run_dir.path, spec.cwd, spec.argv, env, stdin, stdout, stderr)
-        except OSError:
-            run_dir.remove()
-            raise
-        finally:
-            for fd in {stdin, stdout, stderr}:
-                os.close(fd)
-        ticks = start_time(pid)
-        started = Started(pid, ticks if ticks is not None else -1, wall)
-        run_dir.note_started(started.pid, started.ticks, started.wall)
-        self.spawned += 1
-        self._children.add(pid)
-        return started
+        request = {
+            "op": "run",
+            "id": action_id,
+            "program": _program(spec, env, self._home),
+            "argv": list(spec.argv),
+            "env": env,
+            "cwd": os.path.join(self._home, spec.cwd) if spec.cwd else self._home,
+            "umask": spec.umask,
+            "limits": dict(spec.limits) if spec.limits else None,
+            "stdin": spec.stdin,
+            "stdout": spec.stdout,
+            "stderr": spec.stderr,
+        }
+        reply, exited = await self.monitor.run(action_id, request)
+        kind = reply["kind"]
+        run = _Run(action_id, spec, _NEVER, request)
+        loop = asyncio.get_running_loop()
+        if kind == "setup":
+            log.warning("command_setup_failed", action=action_id, step=reply["what"], detail=reply["detail"])
+            run.ending = loop.create_future()
+            run.ending.set_result(Outcome.setup_failed(reply["what"], time.time()))
+            return run
+        if kind in ("started", "running"):
+            run.started = Started(*reply["started"])
+            if kind == "started":
+                self.spawned += 1
+            else:
+                self.attached += 1
+            run.ending = loop.create_task(self._ending(run, exited))
+            return run
+        # "exists": claimed before, and not running under the current monitor.
+        started = Started(*reply["started"]) if reply["started"] else None
+        if reply["ended"] is not None:
+            run.started = started or _NEVER
+            run.ending = loop.create_future()
+            run.ending.set_result(Outcome.from_event(reply["ended"]))
+            return run
+        run.started = self._attach(action_id, started)
+        self.attached += 1
+        run.ending = loop.create_task(self._ending(run, None))
+        return run
 
-    def _attach(self, run_dir: RunDir) -> Started | None:
-        """The run's wrapper if it still runs (checked by pid *and* start time), else None."""
-        started = run_dir.started()
+    def _attach(self, action_id: str, started: Started | None) -> Started:
+        """The still-running command of a claimed run, checked by pid *and* start time."""
         if started is None:
-            # The daemon died between creating the directory and noting the spawn: look for
-            # the wrapper by its command line, which names this run directory.
-            pid = find_wrapper(run_dir.path)
+            # The monitor died between claiming the run and noting the spawn: the command, if
+            # it started, names the run in its environment.
+            pid = find_by_marker(marker(str(self.runs), action_id))
             ticks = start_time(pid) if pid is not None else None
             if pid is None or ticks is None:
-                return None
-            started = Started(pid, ticks, time.time())
-            run_dir.note_started(pid, ticks, started.wall)
-        elif start_time(started.pid) != started.ticks:
-            return None  # ended (or the pid now belongs to someone else)
-        self.attached += 1
+                raise CommandLost(
+                    f"the run monitor died while starting the command of {action_id!r}; whether it "
+                    "ran is unknown, so it is not started again"
+                )
+            return Started(pid, ticks, time.time())
+        if start_time(started.pid) != started.ticks:
+            raise CommandLost(
+                f"the command of {action_id!r} (pid {started.pid}) ended while no monitor watched it "
+                "and left no exit status (its monitor was killed, or the machine rebooted)"
+            )
         return started
 
-    def _find_run(self, action: TrackedAction) -> _Run | None:
-        """The watched run of ``action``, or its still-running command found on disk."""
+    async def _ending(self, run: _Run, exited: asyncio.Future[dict[str, Any]] | None) -> Outcome:
+        """How the run ends: from the monitor's exit event; if the monitor goes away, from the
+        monitor that serves the directory next, or from the process itself."""
+        while exited is not None:
+            try:
+                return Outcome.from_event(await exited)
+            except MonitorLost:
+                assert run.request is not None
+                reply, exited = await self.monitor.run(run.action_id, run.request)
+                if reply["kind"] == "exists" and reply["ended"] is not None:
+                    return Outcome.from_event(reply["ended"])
+                if reply["kind"] != "running":
+                    exited = None
+        pid = run.started.pid
+        await wait_exit(pid, None if _is_our_child(pid) else run.started.ticks)
+        # Its monitor died: we (a child subreaper, and the monitor's parent) inherited it.
+        reaped = reap_child(pid)
+        if reaped is not None:
+            status, usage = reaped
+            self._track_group(pid)
+            return Outcome.from_wait_status(status, usage.ru_utime, usage.ru_stime, time.time())
+        known = await self.monitor.query(run.action_id)
+        if known["kind"] == "exists" and known["ended"] is not None:
+            return Outcome.from_event(known["ended"])
+        raise CommandLost(
+            f"the command of {run.action_id!r} (pid {pid}) ended while no monitor watched it and left no "
+            "exit status (its monitor was killed, or the machine rebooted)"
+        )
+
+    async def _find_run(self, action: TrackedAction) -> _Run | None:
+        """The watched run of ``action``, or its still-running command as the monitor knows it."""
         if action.id in self._active:
             return self._active[action.id]
-        run_dir = RunDir(self.runs, action.id)
-        started = run_dir.started()
-        if started is None or start_time(started.pid) != started.ticks:
+        known = await self.monitor.query(action.id)
+        if known["kind"] not in ("running", "exists") or not known["started"] or known.get("ended"):
             return None
-        return _Run(action.id, CommandSpec.from_payload(action.payload), run_dir, started)
+        started = Started(*known["started"])
+        if start_time(started.pid) != started.ticks:
+            return None
+        return _Run(action.id, CommandSpec.from_payload(action.payload), started)
 
     # --- watching and stopping --------------------------------------------------------------
 
-    async def _watch(self, run: _Run) -> None:
+    async def _watch(self, run: _Run) -> Outcome:
+        assert run.ending is not None
         timeout = run.spec.timeout
-        waiting = self._exited(run)
-        try:
-            if timeout is None:
-                await waiting
-            else:
-                left = max(0.0, run.started.wall + timeout - time.time())
-                done, _ = await asyncio.wait({waiting}, timeout=left)
-                if not done:
-                    run.reason = "timeout"
-                    await self._stop(run)
-                    await asyncio.wait({waiting}, timeout=5.0)
-        finally:
-            waiting.cancel()
+        if timeout is not None and not run.ending.done():
+            left = max(0.0, run.started.wall + timeout - time.time())
+            done, _ = await asyncio.wait({run.ending}, timeout=left)
+            if not done:
+                run.reason = "timeout"
+                await self._stop(run)
+        outcome = await asyncio.shield(run.ending)
         if run.stopping is not None:
-            await asyncio.shield(run.stopping)  # it finishes the group itself
-        else:
-            self._finish_group(run)
+            await asyncio.shield(run.stopping)
+        return outcome
 
     async def _stop(self, run: _Run) -> None:
         if run.stopping is None:
@@ -230,38 +265,26 @@ class ShellExecutor:
 
     async def _stop_group(self, run: _Run) -> None:
         pid = run.started.pid
+        if pid <= 0:
+            return
+        ending: asyncio.Future[Any] | None = run.ending
+        if ending is None:  # found on disk, not watched here: watch the process itself
+            ending = asyncio.ensure_future(wait_exit(pid, None if _is_our_child(pid) else run.started.ticks))
         signal_group(pid, run.spec.stop_signal)
         signal_group(pid, signal.SIGCONT)  # a paused group cannot act on the stop signal
-        ended = self._exited(run)
-        try:
-            done, _ = await asyncio.wait({ended}, timeout=run.spec.stop_grace)
-            if not done:
-                log.warning("command_stop_escalated", pid=pid, grace=run.spec.stop_grace)
-                signal_group(pid, signal.SIGKILL)
-                await asyncio.wait({ended}, timeout=5.0)
-        finally:
-            ended.cancel()
-        self._finish_group(run)
-
-    def _exited(self, run: _Run) -> asyncio.Future[bool]:
-        """Resolves when the run's wrapper has exited. An unreaped child of ours cannot have had
-        its pid reused, so only another's wrapper is checked by start time."""
-        pid = run.started.pid
-        return asyncio.ensure_future(wait_exit(pid, None if pid in self._children else run.started.ticks))
-
-    def _finish_group(self, run: _Run) -> None:
-        """The wrapper has exited: kill what is left of its group, reap what we can."""
-        pid = run.started.pid
-        if pid in self._children or start_time(pid) in (run.started.ticks, None):
-            # The group id cannot be reused while the wrapper is an unreaped zombie or while any
-            # member lives, so this reaches only leftovers of this command (none, usually).
+        done, _ = await asyncio.wait({ending}, timeout=run.spec.stop_grace)
+        if not done:
+            log.warning("command_stop_escalated", pid=pid, grace=run.spec.stop_grace)
             signal_group(pid, signal.SIGKILL)
-        reap(pid)
-        self._children.discard(pid)
+            await asyncio.wait({ending}, timeout=5.0)
+        if run.ending is None:
+            ending.cancel()
+
+    def _track_group(self, pid: int) -> None:
+        """A group whose leader we reaped: its orphans come to us as they die; reap them for a
+        while (one pass covers every group that ended meanwhile: /proc reads are the cost)."""
         self._groups[pid] = time.monotonic() + 10.0
         if self.subreaper and self._reaping is None:
-            # Orphans of the group come to us as they die: reap them soon (one pass covers
-            # every group that ended meanwhile: /proc reads are the cost here).
             self._reaping = asyncio.get_running_loop().call_later(0.1, self._reap)
 
     def _reap(self) -> None:
@@ -297,36 +320,19 @@ class ShellExecutor:
 
     # --- results ----------------------------------------------------------------------------
 
-    def _result(self, run: _Run) -> dict[str, Any]:
-        spec, run_dir = run.spec, run.run_dir
-        status = run_dir.status()
-        exit_code: int | None = None
-        signum: int | None = None
-        reason = run.reason
-        ended = time.time()
-        if status is None:
-            signum = int(signal.SIGKILL)  # the wrapper died with the group: only SIGKILL does that
-        elif status[0] == "setup":
-            reason = f"setup failed: {status[1]}"
-            ended = max(status[2], run.started.wall)  # file times are coarse (a clock tick)
-        else:
-            code = int(status[1])
-            ended = max(status[2], run.started.wall)
-            if code > 128 and code - 128 < signal.NSIG:
-                signum = code - 128
-            else:
-                exit_code = code
-        user, system = run_dir.cpu_times()
+    def _result(self, run: _Run, outcome: Outcome) -> dict[str, Any]:
+        spec = run.spec
+        reason = f"setup failed: {outcome.setup}" if outcome.setup is not None else run.reason
         stdout, stderr = spec.stdout, spec.stderr_path
         return {
-            "exit_code": exit_code,
-            "signal": signal.Signals(signum).name if signum else None,
+            "exit_code": outcome.exit_code,
+            "signal": outcome.signal_name,
             "reason": reason,
             "pid": run.started.pid,
             "started": run.started.wall,
-            "ended": ended,
-            "user_cpu": user,
-            "system_cpu": system,
+            "ended": max(outcome.ended, run.started.wall),  # file times are coarse (a clock tick)
+            "user_cpu": outcome.user,
+            "system_cpu": outcome.system,
             "stdout_tail": tail_lines(Path(stdout), spec.tail_lines) if stdout else [],
             "stderr_tail": tail_lines(Path(stderr), spec.tail_lines) if stderr else [],
         }
@@ -345,16 +351,34 @@ class ShellExecutor:
         )
 
 
-def _check_executable(spec: CommandSpec, env: dict[str, str]) -> None:
-    """Refuse a missing or non-executable program before anything starts (a clear error)."""
+def _is_our_child(pid: int) -> bool:
+    """An unreaped child of ours cannot have had its pid reused: no start-time check needed."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            raw = stat.read()
+    except OSError:
+        return False
+    return int(raw[raw.rindex(b")") + 2 :].split()[1]) == os.getpid()
+
+
+def _program(spec: CommandSpec, env: dict[str, str], home: str) -> str:
+    """The absolute path of the program to run; a missing or non-executable one is refused
+    before anything starts, with a clear error."""
     program = spec.argv[0]
+    cwd = os.path.join(home, spec.cwd) if spec.cwd else home
     if "/" in program:
-        path = Path(spec.cwd or ".") / program if not os.path.isabs(program) else Path(program)
+        path = Path(cwd) / program
         if not path.is_file():
             raise CommandNotFound(f"{program!r}: no such file")
         if not os.access(path, os.X_OK):
             raise CommandNotFound(f"{program!r}: not executable (mode {path.stat().st_mode & 0o777:o})")
-    elif shutil.which(program, path=env.get("PATH", DEFAULT_PATH)) is None:
-        raise CommandNotFound(f"{program!r}: not found on PATH ({env.get('PATH', DEFAULT_PATH)})")
-    if spec.cwd is not None and not os.path.isdir(spec.cwd):
+        found = str(path)
+    else:
+        search = env.get("PATH", DEFAULT_PATH)
+        which = shutil.which(program, path=search)
+        if which is None:
+            raise CommandNotFound(f"{program!r}: not found on PATH ({search})")
+        found = os.path.join(cwd, which)  # a relative PATH entry is relative to the command's cwd
+    if spec.cwd is not None and not os.path.isdir(cwd):
         raise CommandNotFound(f"cwd {spec.cwd!r}: no such directory")
+    return found

@@ -1,21 +1,12 @@
-"""Starting detached commands and watching them: the operating-system half of the shell kind.
+"""Finding, watching, signalling and reaping commands: the operating-system half of the shell
+kind on the daemon's side (the run monitor, :mod:`._monitor`, starts them).
 
-Why ``posix_spawn`` and not ``asyncio.create_subprocess_exec``: uvloop spawns through libuv,
-whose ``uv_spawn`` calls ``fork()`` on Linux. A fork copies the daemon's page tables, so
-spawning gets slower as the daemon grows (measured here: 270 spawns/s at 0 MB of ballast, 42/s
-at 500 MB). CPython's own path uses ``vfork()`` but waits for each child on a thread. glibc's
-``posix_spawn`` uses ``clone(CLONE_VM | CLONE_VFORK)``, which costs the same whatever the
-daemon's size, and a pidfd tells the event loop (any loop) when the child has exited.
-
-Each command runs under a wrapper, a few lines of POSIX sh, so that it outlives the daemon:
-
-* the wrapper is a session leader (its own process group), so signals reach the command's
-  whole tree and the daemon's terminal or process group never does;
-* it traps the polite signals (TERM, INT...) with a no-op, so a stop signal sent to the group
-  stops the command while the wrapper lives on to record how it ended (the command itself gets
-  the default dispositions back at exec);
-* it writes ``begun`` before running the command, then ``times`` (CPU time used) and
-  ``status`` (the exit code; 128+N when killed by signal N, as shells report it) after.
+Why the monitor spawns with ``posix_spawn`` and not ``asyncio.create_subprocess_exec``: uvloop
+spawns through libuv, whose ``uv_spawn`` calls ``fork()`` on Linux. A fork copies the parent's
+page tables, so spawning gets slower as the parent grows (measured here: 270 spawns/s at 0 MB
+of ballast, 42/s at 500 MB). glibc's ``posix_spawn`` uses ``clone(CLONE_VM | CLONE_VFORK)``,
+which costs the same whatever the size, and a pidfd tells the event loop (any loop) when a
+process, child or not, has exited.
 
 The daemon finds a surviving command again by its pid and its start time in ``/proc``, which
 a reused pid cannot match.
@@ -27,57 +18,22 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import resource
 import signal
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable
 
-WRAPPER_NAME = "statevisor-run"
-"""argv[0] of the wrapper: ``ps`` shows it, and it marks our wrappers in /proc."""
+from ._monitor import start_time
+from ._spawn import MARKER
 
-_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-"""Dispositions a Python daemon changes (it ignores SIGPIPE) that children must not inherit."""
-
-
-def wrapper_script(limits: Mapping[str, int], umask: int | None, flags: Mapping[str, tuple[str, int]]) -> str:
-    """The wrapper's sh program; only integers are interpolated, never user strings."""
-    setup = "".join(
-        f"ulimit {flags[name][0]} {max(1, int(value) // flags[name][1])} || fail limit-{name}\n"
-        for name, value in limits.items()
-    )
-    if umask is not None:
-        setup += f"umask {int(umask):03o}\n"
-    return (
-        "trap : HUP INT QUIT TERM USR1 USR2\n"
-        'd=$1; shift\nfail() { echo "setup $1" > "$d/status"; exit 126; }\n'
-        'if [ -n "$1" ]; then cd -- "$1" || fail cwd; fi; shift\n'
-        f'{setup}: > "$d/begun"\n"$@"\nc=$?\ntimes > "$d/times"\necho "$c" > "$d/status"\n'
-    )
-
-
-def spawn_wrapper(
-    script: str,
-    run_dir: Path,
-    cwd: str | None,
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    stdin: int,
-    stdout: int,
-    stderr: int,
-) -> int:
-    """Start the wrapper in a new session with the given descriptors as 0, 1, 2; returns its pid."""
-    return os.posix_spawn(
-        "/bin/sh",
-        ["/bin/sh", "-c", script, WRAPPER_NAME, str(run_dir), cwd or "", *argv],
-        dict(env),
-        file_actions=[
-            (os.POSIX_SPAWN_DUP2, stdin, 0),
-            (os.POSIX_SPAWN_DUP2, stdout, 1),
-            (os.POSIX_SPAWN_DUP2, stderr, 2),
-        ],
-        setsid=True,
-        setsigdef=_RESET_SIGNALS,
-        setsigmask=(),
-    )
+__all__ = [
+    "become_subreaper",
+    "find_by_marker",
+    "reap_child",
+    "reap_orphans",
+    "signal_group",
+    "start_time",
+    "wait_exit",
+]
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
@@ -91,24 +47,20 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return raw[raw.rindex(b")") + 2 :].split()
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None when there is no such process."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields is not None else None
-
-
-def find_wrapper(run_dir: Path) -> int | None:
-    """The pid of a live wrapper of ``run_dir`` (used when the daemon died before noting it)."""
-    marker = f"{WRAPPER_NAME}\0{run_dir}\0".encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
-                if marker in cmdline.read():
-                    return int(entry.name)
-        except OSError:
-            continue
+def find_by_marker(value: str) -> int | None:
+    """The pid of a live command whose environment holds the run marker ``value`` (see
+    :func:`._journal.marker`), for a run whose start the monitor did not live to note."""
+    marker = f"\0{MARKER}={value}\0".encode()
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as environ:
+                    if marker in b"\0" + environ.read():
+                        return int(entry.name)
+            except OSError:
+                continue
     return None
 
 
@@ -146,13 +98,22 @@ async def wait_exit(pid: int, started: int | None) -> bool:
         os.close(fd)
 
 
-def reap(pid: int) -> int | None:
-    """Collect a child's exit status if it is our child and has exited; the raw wait status."""
+def reap_child(pid: int) -> tuple[int, resource.struct_rusage] | None:
+    """If ``pid`` is an exited child of ours, kill what is left of its group and reap it: its
+    wait status and resource usage. None when it is not our child (or has not exited)."""
     try:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None or info.si_pid == 0:
+            return None
     except ChildProcessError:
         return None
-    return status if done else None
+    # The unreaped zombie pins the group id: this reaches leftovers of this command only.
+    signal_group(pid, signal.SIGKILL)
+    try:
+        _, status, usage = os.wait4(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return status, usage
 
 
 def signal_group(pgid: int, signum: int) -> bool:

@@ -13,9 +13,7 @@ from typing import Any
 
 from supervisor import SettingsError
 
-LIMITS = {"address_space": ("-v", 1024), "cpu_seconds": ("-t", 1), "open_files": ("-n", 1)}
-"""Resource limit setting -> the ``ulimit`` flag the wrapper applies it with, and the unit that
-flag counts in (address space is set in bytes, ``ulimit -v`` counts KiB)."""
+from ._spawn import LIMITS  # the limits the run monitor knows how to set (setrlimit, in the child)
 
 KEYS = frozenset(
     {

@@ -2,7 +2,7 @@
 
 Ours: 2,000 ``/bin/true`` shell processes, 16 in flight, on a Host with its SQLite store (the
 daemon's configuration), on the requested loop (uvloop by default): each is checkpointed,
-spawned through the detached wrapper, watched, and its result made durable. The baseline:
+started by the run monitor, watched, and its result made durable. The baseline:
 bare ``asyncio.create_subprocess_exec`` with the same concurrency on the stdlib loop (the
 faster raw path on this machine), in a child interpreter, alternating with ours.
 """
@@ -84,7 +84,7 @@ async def shell(options: BenchOptions) -> BenchResult:
     result = BenchResult("shell", {"spawns_per_s": spawns, "baseline_per_s": baseline, "ratio": spawns / baseline})
     result.lines = [
         f"{total} /bin/true runs, {concurrency} in flight, {options.repeats} repeats (medians)",
-        f"ours: shell processes on a Host with its SQLite store, {options.loop} loop, posix_spawn + pidfd",
+        f"ours: shell processes on a Host with its SQLite store, {options.loop} loop, via the run monitor",
         "baseline: asyncio.create_subprocess_exec on the stdlib loop, in a child interpreter",
     ]
     return result
