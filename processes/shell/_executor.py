@@ -25,10 +25,11 @@ import structlog
 
 from supervisor import CommandLost, CommandNotFound, TrackedAction, UntrackedAction, tail_lines
 
-from ._journal import marker
+from ._journal import ended_entry, marker
 from ._launch import (
     become_subreaper,
     find_by_marker,
+    is_our_child,
     reap_child,
     reap_orphans,
     signal_group,
@@ -139,13 +140,14 @@ class ShellExecutor:
     async def _begin(self, action_id: str, spec: CommandSpec) -> _Run:
         """Have the monitor start the run, or find it started; the run, with its ending."""
         env = self._environment(spec)
+        cwd = os.path.join(self._home, spec.cwd) if spec.cwd else self._home
         request = {
             "op": "run",
             "id": action_id,
-            "program": _program(spec, env, self._home),
+            "program": _program(spec, env, cwd),
             "argv": list(spec.argv),
             "env": env,
-            "cwd": os.path.join(self._home, spec.cwd) if spec.cwd else self._home,
+            "cwd": cwd,
             "umask": spec.umask,
             "limits": dict(spec.limits) if spec.limits else None,
             "stdin": spec.stdin,
@@ -215,13 +217,12 @@ class ShellExecutor:
                 if reply["kind"] != "running":
                     exited = None
         pid = run.started.pid
-        await wait_exit(pid, None if _is_our_child(pid) else run.started.ticks)
+        await self._exited(run)
         # Its monitor died: we (a child subreaper, and the monitor's parent) inherited it.
         reaped = reap_child(pid)
         if reaped is not None:
-            status, usage = reaped
             self._track_group(pid)
-            return Outcome.from_wait_status(status, usage.ru_utime, usage.ru_stime, time.time())
+            return Outcome.from_event(ended_entry(*reaped))
         known = await self.monitor.query(run.action_id)
         if known["kind"] == "exists" and known["ended"] is not None:
             return Outcome.from_event(known["ended"])
@@ -268,8 +269,8 @@ class ShellExecutor:
         if pid <= 0:
             return
         ending: asyncio.Future[Any] | None = run.ending
-        if ending is None:  # found on disk, not watched here: watch the process itself
-            ending = asyncio.ensure_future(wait_exit(pid, None if _is_our_child(pid) else run.started.ticks))
+        if ending is None:  # found through the monitor, not watched here: watch the process itself
+            ending = asyncio.ensure_future(self._exited(run))
         signal_group(pid, run.spec.stop_signal)
         signal_group(pid, signal.SIGCONT)  # a paused group cannot act on the stop signal
         done, _ = await asyncio.wait({ending}, timeout=run.spec.stop_grace)
@@ -279,6 +280,12 @@ class ShellExecutor:
             await asyncio.wait({ending}, timeout=5.0)
         if run.ending is None:
             ending.cancel()
+
+    @staticmethod
+    async def _exited(run: _Run) -> bool:
+        """Wait until the run's command has exited (False at once when it is not there)."""
+        pid = run.started.pid
+        return await wait_exit(pid, None if is_our_child(pid) else run.started.ticks)
 
     def _track_group(self, pid: int) -> None:
         """A group whose leader we reaped: its orphans come to us as they die; reap them for a
@@ -351,21 +358,10 @@ class ShellExecutor:
         )
 
 
-def _is_our_child(pid: int) -> bool:
-    """An unreaped child of ours cannot have had its pid reused: no start-time check needed."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            raw = stat.read()
-    except OSError:
-        return False
-    return int(raw[raw.rindex(b")") + 2 :].split()[1]) == os.getpid()
-
-
-def _program(spec: CommandSpec, env: dict[str, str], home: str) -> str:
-    """The absolute path of the program to run; a missing or non-executable one is refused
-    before anything starts, with a clear error."""
+def _program(spec: CommandSpec, env: dict[str, str], cwd: str) -> str:
+    """The absolute path of the program to run from ``cwd``; a missing or non-executable one
+    is refused before anything starts, with a clear error."""
     program = spec.argv[0]
-    cwd = os.path.join(home, spec.cwd) if spec.cwd else home
     if "/" in program:
         path = Path(cwd) / program
         if not path.is_file():

@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,13 @@ def marker(runs: str, action_id: str) -> str:
     """The value of the MARKER environment variable for a run: how a command whose start the
     monitor did not live to note is found again in ``/proc/<pid>/environ``."""
     return f"{action_id}@{runs}"
+
+
+def ended_entry(status: int, usage: resource.struct_rusage) -> dict[str, Any]:
+    """The ``ended`` entry (and exit event) of a command reaped with ``status`` and ``usage``."""
+    code = os.waitstatus_to_exitcode(status)
+    how = {"signal": -code} if code < 0 else {"exit": code}
+    return how | {"user": usage.ru_utime, "system": usage.ru_stime, "ended": time.time()}
 
 
 def stdin_path(runs: str, action_id: str) -> str:

@@ -22,12 +22,13 @@ import resource
 import signal
 from collections.abc import Iterable
 
-from ._monitor import start_time
+from ._monitor import start_time, stat_fields
 from ._spawn import MARKER
 
 __all__ = [
     "become_subreaper",
     "find_by_marker",
+    "is_our_child",
     "reap_child",
     "reap_orphans",
     "signal_group",
@@ -36,15 +37,11 @@ __all__ = [
 ]
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """``/proc/<pid>/stat`` from field 3 (state) on; None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            raw = stat.read()
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after its last ')'.
-    return raw[raw.rindex(b")") + 2 :].split()
+def is_our_child(pid: int) -> bool:
+    """Whether ``pid`` is a child of this process (an unreaped one cannot have had its pid
+    reused, so it needs no start-time check)."""
+    fields = stat_fields(pid)
+    return fields is not None and int(fields[1]) == os.getpid()
 
 
 def find_by_marker(value: str) -> int | None:
@@ -151,7 +148,7 @@ def reap_orphans(groups: Iterable[int]) -> int:
         return 0
     reaped = 0
     for child in _children():
-        fields = _stat_fields(child)
+        fields = stat_fields(child)
         if fields is not None and fields[0] == b"Z" and int(fields[2]) in wanted:
             with contextlib.suppress(ChildProcessError):
                 if os.waitpid(child, os.WNOHANG)[0]:

@@ -23,6 +23,7 @@ import msgpack  # type: ignore[import-untyped]
 from supervisor import RunMonitorError
 
 from . import _monitor
+from ._launch import wait_exit
 
 _SCRIPT = str(Path(_monitor.__file__).resolve())
 _HEADER = _monitor._HEADER
@@ -111,7 +112,7 @@ class MonitorLink:
         self._fail_pending()
         for pid in list(self._children) if wait else ():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_exited(pid), timeout=2.0)
+                await asyncio.wait_for(wait_exit(pid, None), timeout=2.0)
             self._reap(pid)
 
     # --- connecting -------------------------------------------------------------------------
@@ -207,11 +208,11 @@ class MonitorLink:
         loop.add_reader(fd, exited)
 
     def _reap(self, pid: int) -> None:
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                self._children.discard(pid)
-                return
-        if not _alive(pid):
+        try:
+            reaped = os.waitpid(pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:
+            reaped = True  # reaped already
+        if reaped:
             self._children.discard(pid)
 
     # --- reading ----------------------------------------------------------------------------
@@ -288,28 +289,3 @@ async def _read_line(fd: int) -> str:
     finally:
         loop.remove_reader(fd)
     return data.decode(errors="replace").strip()
-
-
-async def _exited(pid: int) -> None:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    loop.add_reader(fd, done.set)
-    try:
-        await done.wait()
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -46,13 +46,24 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 
 if __package__:
-    from ._journal import Journal, stdin_path
+    from ._journal import Journal, ended_entry, stdin_path
     from ._spawn import MARKER, SetupFailed, spawn
 else:  # run as a script (the monitor process): its siblings are top-level modules
-    from _journal import Journal, stdin_path  # type: ignore[import-not-found,no-redef]
+    from _journal import Journal, ended_entry, stdin_path  # type: ignore[import-not-found,no-redef]
     from _spawn import MARKER, SetupFailed, spawn  # type: ignore[import-not-found,no-redef]
 
-__all__ = ["JOURNAL", "LOCK", "LOG", "MARKER", "SOCKET", "Monitor", "main", "socket_address", "start_time"]
+__all__ = [
+    "JOURNAL",
+    "LOCK",
+    "LOG",
+    "MARKER",
+    "SOCKET",
+    "Monitor",
+    "main",
+    "socket_address",
+    "start_time",
+    "stat_fields",
+]
 
 SOCKET = ".monitor.sock"
 LOCK = ".monitor.lock"
@@ -65,15 +76,21 @@ IDLE_EXIT = 10.0  # with no command and nobody connected since start, give up af
 _HEADER = struct.Struct(">I")
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+def stat_fields(pid: int) -> list[bytes] | None:
+    """``/proc/<pid>/stat`` from field 3 (state) on; None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             raw = stat.read()
     except OSError:
         return None
     # comm (field 2) may hold spaces and parentheses: split after its last ')'.
-    return int(raw[raw.rindex(b")") + 2 :].split()[19])
+    return raw[raw.rindex(b")") + 2 :].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields is not None else None
 
 
 # --- the monitor ------------------------------------------------------------------------
@@ -253,11 +270,9 @@ class Monitor:
 
     def _ended(self, command: _Command, status: int, usage: resource.struct_rusage) -> None:
         del self.by_id[command.id]
-        code = os.waitstatus_to_exitcode(status)
         if command.popen is not None:
-            command.popen.returncode = code  # it must not try to reap the pid again
-        how = {"signal": -code} if code < 0 else {"exit": code}
-        ended = how | {"user": usage.ru_utime, "system": usage.ru_stime, "ended": time.time()}
+            command.popen.returncode = os.waitstatus_to_exitcode(status)  # it must not reap the pid again
+        ended = ended_entry(status, usage)
         self.journal.append("ended", command.id, ended)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stdin_path(self.runs, command.id))  # the command had it open; done with it

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -33,11 +32,6 @@ class Outcome:
         if "setup" in event:
             return cls.setup_failed(str(event["setup"]), event["ended"])
         return cls(event.get("exit"), event.get("signal"), event["user"], event["system"], event["ended"])
-
-    @classmethod
-    def from_wait_status(cls, status: int, user: float, system: float, ended: float) -> Outcome:
-        code = os.waitstatus_to_exitcode(status)
-        return cls(None if code < 0 else code, -code if code < 0 else None, user, system, ended)
 
     @classmethod
     def setup_failed(cls, what: str, ended: float) -> Outcome:
