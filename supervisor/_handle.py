@@ -20,7 +20,7 @@ from ._inputs import Call, Cast
 from ._lifecycle import DriveMode, Lifecycle
 from ._logtail import follow_lines, tail_lines
 from ._process import Process
-from ._snapshot import ProcessStatistics, Snapshot
+from ._snapshot import ProcessStatistics, Snapshot, immediately
 
 
 class HandleAPI(Protocol):
@@ -54,14 +54,10 @@ class _Done:
     __slots__ = ()
 
     def __await__(self) -> Generator[Any, None, None]:
-        return _nothing().__await__()
+        return immediately(None).__await__()
 
     def __repr__(self) -> str:
         return "<done>"
-
-
-async def _nothing() -> None:
-    return None
 
 
 DONE = _Done()

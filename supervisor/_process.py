@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -575,15 +575,7 @@ class Process:
         if tracked and ctx.end is None:
             for action in tracked:
                 self._dispatch(action)
-        if ctx.untracked:
-            for untracked in ctx.untracked:
-                self._dispatch_untracked(untracked)
-        if ctx.replies:
-            calls = self._calls
-            for ref, value in ctx.replies:
-                future = calls.pop(ref, None)
-                if future is not None and not future.done():
-                    future.set_result(value)
+        self._deliver(ctx.untracked, ctx.replies)
         if ctx.end is not None:
             how, value = ctx.end
             if how == "finished":
@@ -623,12 +615,16 @@ class Process:
             for action in held.tracked:
                 if action.id in pending:  # not consumed or dropped since
                     self._dispatch(action)
-        if held.untracked:
-            for untracked in held.untracked:
-                self._dispatch_untracked(untracked)
-        if held.replies:
+        self._deliver(held.untracked, held.replies)
+
+    def _deliver(self, untracked: Sequence[UntrackedAction] | None, replies: Sequence[tuple[int, Any]] | None) -> None:
+        """Let a committed transition's untracked actions out and answer its calls."""
+        if untracked:
+            for action in untracked:
+                self._dispatch_untracked(action)
+        if replies:
             calls = self._calls
-            for ref, value in held.replies:
+            for ref, value in replies:
                 future = calls.pop(ref, None)
                 if future is not None and not future.done():
                     future.set_result(value)

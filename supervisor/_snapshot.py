@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ._actions import TrackedAction
 from ._lifecycle import Lifecycle
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +59,12 @@ class ProcessStatistics:
     def __await__(self) -> Generator[Any, None, ProcessStatistics]:
         # In-process statistics are immediate; awaiting them too lets code written for remote
         # handles (where statistics() is a round trip) run on in-process handles unchanged.
-        return _immediately(self).__await__()
+        return immediately(self).__await__()
 
 
-async def _immediately(value: ProcessStatistics) -> ProcessStatistics:
+async def immediately(value: _T) -> _T:
+    """``value``, as an awaitable that completes at once (what in-process handles return where
+    remote handles make a round trip)."""
     return value
 
 
