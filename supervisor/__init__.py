@@ -9,13 +9,16 @@ from ._clock import Clock, ManualClock, SystemClock, TimerHandle
 from ._codec import FORMAT_VERSION, decode_record, encode_record
 from ._diagram import mermaid
 from ._exceptions import (
+    AckLost,
     ApplyFailed,
     BackendError,
     CallTimeout,
     CheckpointRejected,
     CommandLost,
     CommandNotFound,
+    ConfigError,
     ConfigurationError,
+    ConnectionDenied,
     CorruptCheckpoint,
     DiagramError,
     EntryRejected,
@@ -35,6 +38,8 @@ from ._exceptions import (
     ProcessKilled,
     ProcessNotFound,
     ProcessTerminated,
+    ProtocolError,
+    RemoteError,
     RunMonitorError,
     SchedulerError,
     SettingsError,
@@ -81,6 +86,7 @@ from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState,
 __version__ = "0.1.0"
 
 __all__ = [
+    "AckLost",
     "ApplyFailed",
     "EntryRejected",
     "LogError",
@@ -93,6 +99,8 @@ __all__ = [
     "tail_lines",
     "SettingsError",
     "CommandNotFound",
+    "ConfigError",
+    "ConnectionDenied",
     "CommandLost",
     "RunMonitorError",
     "HostKeyMismatch",
@@ -145,6 +153,8 @@ __all__ = [
     "ProcessRecord",
     "ProcessStatistics",
     "ProcessTerminated",
+    "ProtocolError",
+    "RemoteError",
     "Quarantined",
     "Recovery",
     "Restart",

@@ -9,7 +9,8 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   ├── UnknownActionType        an action names a type no executor is registered for
     │   ├── DiagramError             a process type declares no phases to draw
     │   ├── SettingsError            a process's settings are invalid; ``key`` names which
-    │   └── EntryRejected            a log entry that is neither bytes nor a msgpack value
+    │   ├── EntryRejected            a log entry that is neither bytes nor a msgpack value
+    │   └── ConfigError              an invalid configuration file; ``file``, ``key``, ``line`` say where
     ├── LifecycleError               an operation that the process's lifecycle does not allow
     │   ├── IllegalLifecycleMove     e.g. finished -> running; a runtime bug if ever seen
     │   └── ProcessTerminated        the process is finished, failed or killed (base of the three below)
@@ -24,6 +25,9 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   ├── StateMutationError       state mutated outside a transition
     │   └── NondeterminismError      check mode re-ran a transition and got a different outcome
     ├── CallTimeout (also TimeoutError)  call() got no reply in time
+    ├── ProtocolError                a control frame or message that does not follow the protocol
+    │   └── ConnectionDenied         the daemon refused the connection (token, protocol version)
+    ├── RemoteError                  a daemon's error that has no class of its own on the client's side
     ├── ApplyFailed                  a proposed log entry was committed, but apply raised on it; ``index`` names it
     ├── SimulationError              a simulation cannot go on (e.g. a transition awaited real I/O)
     │   └── InvariantViolation       an invariant failed; carries seed, step and how to replay
@@ -43,6 +47,7 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
         └── LogError                 a log-apply machine's log failed or cannot be trusted; ``log`` names it
             ├── LogGap               entries the machine needs were compacted away with no snapshot covering them
             ├── StaleWriter          an append was fenced off: another writer appended under this writer's id
+            ├── AckLost              an append landed but its acknowledgement was lost; retry with the same id
             └── SnapshotError        no snapshot could be loaded and the log does not start at index 1
 
 Errors raised *by user transitions* reach callers as :class:`TransitionError` whose
@@ -99,6 +104,17 @@ class EntryRejected(ConfigurationError, ValueError):
     def __init__(self, where: str, message: str) -> None:
         super().__init__(f"{where}: {message}")
         self.where = where
+
+
+class ConfigError(ConfigurationError):
+    """An invalid configuration file; ``file``, ``key``, ``line`` say where, the message what."""
+
+    def __init__(self, file: str, key: str, line: int | None, message: str) -> None:
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        self.file = file
+        self.key = key
+        self.line = line
 
 
 class LifecycleError(StatevisorError):
@@ -289,6 +305,24 @@ class SchedulerError(BackendError):
         self.output = output
 
 
+class ProtocolError(StatevisorError):
+    """A frame or message that does not follow the control protocol."""
+
+
+class ConnectionDenied(ProtocolError):
+    """The daemon refused the connection: a missing or wrong token, or a protocol version it
+    does not speak. Retrying with the same credentials cannot help."""
+
+
+class RemoteError(StatevisorError):
+    """An error from the daemon that has no class of its own on this side."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
 class ApplyFailed(StatevisorError):
     """A proposed entry is in the log at ``index``, but the machine's apply raised on it.
 
@@ -319,6 +353,11 @@ class LogGap(LogError):
 
 class StaleWriter(LogError):
     """An append was fenced off: the log holds a newer append under this writer's id."""
+
+
+class AckLost(LogError):
+    """An append landed but its acknowledgement was lost (the simulated log injects this):
+    retry with the same message id, and deduplication keeps the entry single."""
 
 
 class SnapshotError(LogError):

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Generator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from ._exceptions import CallTimeout, LogNotFound, NotFinished, ProcessFailed, ProcessKilled, WouldBlock
+from ._exceptions import CallTimeout, LogNotFound, WouldBlock
 from ._inputs import Call, Cast
-from ._lifecycle import DriveMode, Lifecycle
+from ._lifecycle import DriveMode
 from ._logtail import follow_lines, tail_lines
 from ._process import Process
 from ._snapshot import ProcessStatistics, Snapshot, immediately
@@ -253,14 +253,7 @@ class Handle:
 
         :class:`NotFinished` while alive, :class:`ProcessFailed` or :class:`ProcessKilled`.
         """
-        snapshot = self._process.snapshot()
-        if snapshot.lifecycle is Lifecycle.FINISHED:
-            return snapshot.result
-        if snapshot.lifecycle is Lifecycle.FAILED:
-            raise ProcessFailed(self.pid, snapshot.error or "failed")
-        if snapshot.lifecycle is Lifecycle.KILLED:
-            raise ProcessKilled(self.pid, snapshot.error or "killed")
-        raise NotFinished(f"process {self.pid} is {snapshot.lifecycle}")
+        return self._process.snapshot().outcome()
 
     def statistics(self) -> ProcessStatistics:
         return self._process.statistics()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ._actions import TrackedAction
+from ._exceptions import NotFinished, ProcessFailed, ProcessKilled
 from ._lifecycle import Lifecycle
 
 _T = TypeVar("_T")
@@ -39,6 +40,17 @@ class Snapshot:
     @property
     def done(self) -> bool:
         return self.lifecycle.terminal
+
+    def outcome(self) -> Any:
+        """The finished process's result; raises how it ended otherwise: :class:`NotFinished`
+        while alive, :class:`ProcessFailed` or :class:`ProcessKilled`."""
+        if self.lifecycle is Lifecycle.FINISHED:
+            return self.result
+        if self.lifecycle is Lifecycle.FAILED:
+            raise ProcessFailed(self.pid, self.error or "failed")
+        if self.lifecycle is Lifecycle.KILLED:
+            raise ProcessKilled(self.pid, self.error or "killed")
+        raise NotFinished(f"process {self.pid} is {self.lifecycle}")
 
 
 @dataclass(frozen=True, slots=True)

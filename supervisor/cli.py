@@ -76,7 +76,8 @@ def _store(args: argparse.Namespace) -> int:
 def _daemon(args: argparse.Namespace) -> int:
     from processes import CATALOG
 
-    from .config import ConfigError, load
+    from ._exceptions import ConfigError
+    from .config import load
     from .daemon import run
 
     try:

@@ -1,8 +1,14 @@
 """Command-line operations on a running daemon, through the control client.
 
 Exit codes (stable, for scripts): 0 done; 1 the operation failed (e.g. WouldBlock, a
-transition error); 2 bad usage or configuration; 3 the daemon cannot be reached; 4 no such
-process.
+transition error); 2 bad usage or configuration; 3 the daemon cannot be reached (or refused the
+connection, e.g. a wrong token); 4 no such process.
+
+The daemon is reached on its unix socket (``--socket``, or the one ``--config`` names), or over
+TCP with ``--tcp host:port``; TCP needs the token, read from ``--token-file`` (or the config's
+``daemon.token_file``) or the ``STATEVISOR_TOKEN`` environment variable, never from an argument
+(arguments are visible to every user in ``ps``). Beyond loopback the connection is TLS, verified
+against ``--tls-ca`` (or the config's ``daemon.tls_cert``, for a self-signed daemon).
 """
 
 from __future__ import annotations
@@ -10,24 +16,95 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import ssl
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._exceptions import ProcessNotFound, StatevisorError
+from ._exceptions import ConfigurationError, ConnectionDenied, ProcessNotFound, StatevisorError
 from ._snapshot import Snapshot
 
+if TYPE_CHECKING:
+    from .control import Client
+
 OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND = 0, 1, 2, 3, 4
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def socket_path(args: argparse.Namespace) -> str:
-    if args.socket:
-        return str(args.socket)
-    from .config import load
+@dataclass(frozen=True)
+class Target:
+    """Where the daemon is, and how to connect to it."""
 
-    return str(load(args.config).daemon.socket)
+    where: str
+    socket: str | None = None
+    tcp: tuple[str, int] | None = None
+    token: str | None = None
+    tls: ssl.SSLContext | None = None
+
+    def client(self) -> Client:
+        from .control import Client
+
+        if self.tcp is None:
+            assert self.socket is not None
+            return Client.connect(self.socket)
+        assert self.token is not None
+        return Client.connect_tcp(self.tcp[0], self.tcp[1], token=self.token, tls=self.tls)
+
+
+def _token(args: argparse.Namespace, configured: Path | None) -> str:
+    if args.token_file:
+        return _read_token(Path(args.token_file), "--token-file")
+    if os.environ.get("STATEVISOR_TOKEN"):
+        return os.environ["STATEVISOR_TOKEN"]
+    if configured is not None:
+        return _read_token(configured, "daemon.token_file")
+    raise ConfigurationError("--tcp needs a token: --token-file FILE, STATEVISOR_TOKEN, or daemon.token_file")
+
+
+def _read_token(path: Path, source: str) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"{source}: cannot read {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigurationError(f"{source}: {path} is empty")
+    return token
+
+
+def target(args: argparse.Namespace) -> Target:
+    """The daemon the arguments name: ``--tcp`` beats ``--socket`` beats the config's socket."""
+    if not args.tcp:
+        if args.socket:
+            return Target(str(args.socket), socket=str(args.socket))
+        from .config import load
+
+        socket = str(load(args.config).daemon.socket)
+        return Target(socket, socket=socket)
+    host, _, port = str(args.tcp).rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"--tcp: expected host:port, got {args.tcp!r}")
+    daemon = None
+    if Path(args.config).exists():
+        # The config may supply the token file and the daemon's certificate; without one,
+        # the arguments and the environment must.
+        from .config import load
+
+        daemon = load(args.config).daemon
+    tls = None
+    ca = Path(args.tls_ca) if args.tls_ca else daemon.tls_cert if daemon is not None else None
+    if ca is not None or host not in LOOPBACK:
+        # Beyond loopback the daemon serves TLS only; verify it (a self-signed daemon's own
+        # certificate is its CA), never fall back to an unverified connection.
+        try:
+            tls = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"--tls-ca: cannot load {ca}: {exc}") from None
+    token = _token(args, daemon.token_file if daemon is not None else None)
+    return Target(f"{host}:{port}", tcp=(host, int(port)), token=token, tls=tls)
 
 
 def _json(value: Any) -> str:
@@ -52,10 +129,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 HEADER = ["PID", "NAME", "KIND", "LIFECYCLE", "PAUSED", "PHASE", "VERSION", "SINCE", "WAITING ON"]
 
 
-async def _operate(args: argparse.Namespace, path: str) -> int:
-    from .control import Client
-
-    async with Client.connect(path) as client:
+async def _operate(args: argparse.Namespace, daemon: Target) -> int:
+    async with daemon.client() as client:
         command = args.command
         if command == "ps":
             from ._lifecycle import Lifecycle
@@ -69,7 +144,10 @@ async def _operate(args: argparse.Namespace, path: str) -> int:
             counts: dict[str, int] = {}
             for snapshot in found:
                 counts[str(snapshot.lifecycle)] = counts.get(str(snapshot.lifecycle), 0) + 1
-            status = {"daemon": client.server_version, "socket": path, "processes": len(found), "by_lifecycle": counts}
+            status = {
+                "daemon": client.server_version, "address": daemon.where,
+                "processes": len(found), "by_lifecycle": counts,
+            }  # fmt: skip
             print(_json(status) if args.json else "\n".join(f"{k}: {v}" for k, v in status.items()))
             return OK
         if command == "spawn":
@@ -102,20 +180,24 @@ async def _operate(args: argparse.Namespace, path: str) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     try:
-        path = socket_path(args)
+        daemon = target(args)
     except StatevisorError as exc:
         print(f"statevisor {args.command}: {exc}", file=sys.stderr)
         return USAGE
-    if not Path(path).exists():
-        print(f"statevisor {args.command}: no daemon socket at {path} (is the daemon running?)", file=sys.stderr)
+    if daemon.socket is not None and not Path(daemon.socket).exists():
+        problem = f"no daemon socket at {daemon.socket} (is the daemon running?)"
+        print(f"statevisor {args.command}: {problem}", file=sys.stderr)
         return UNREACHABLE
     try:
-        return asyncio.run(_operate(args, path))
+        return asyncio.run(_operate(args, daemon))
     except ProcessNotFound as exc:
         print(f"statevisor {args.command}: {exc}", file=sys.stderr)
         return NOT_FOUND
-    except (ConnectionError, OSError) as exc:
-        print(f"statevisor {args.command}: cannot reach the daemon at {path}: {exc}", file=sys.stderr)
+    except ConnectionDenied as exc:
+        print(f"statevisor {args.command}: {daemon.where}: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    except (ConnectionError, OSError, ssl.SSLError) as exc:
+        print(f"statevisor {args.command}: cannot reach the daemon at {daemon.where}: {exc}", file=sys.stderr)
         return UNREACHABLE
     except json.JSONDecodeError as exc:
         print(f"statevisor {args.command}: --state is not JSON: {exc}", file=sys.stderr)
@@ -131,7 +213,10 @@ def add_commands(commands: Any) -> None:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(name, help=help)
         parser.add_argument("--socket", help="control socket (default: the one in --config)")
-        parser.add_argument("--config", default="config/statevisor.toml", help="to find the socket")
+        parser.add_argument("--config", default="config/statevisor.toml", help="to find socket/token/cert")
+        parser.add_argument("--tcp", metavar="HOST:PORT", help="reach the daemon over TCP instead (needs its token)")
+        parser.add_argument("--token-file", help="file holding the TCP token (or set STATEVISOR_TOKEN)")
+        parser.add_argument("--tls-ca", help="CA to verify the daemon's TLS cert (default: daemon.tls_cert)")
         parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.set_defaults(func=run_command)
         return parser

@@ -17,23 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import ConfigurationError, SettingsError
+from ._exceptions import ConfigError, SettingsError
 from ._policy import Restart
 
 LOOPS = ("uvloop", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class ConfigError(ConfigurationError):
-    """An invalid configuration file; ``file``, ``key``, ``line`` say where, the message what."""
-
-    def __init__(self, file: str, key: str, line: int | None, message: str) -> None:
-        where = f"{file}:{line}" if line else file
-        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
-        self.file = file
-        self.key = key
-        self.line = line
 
 
 @dataclass(frozen=True)

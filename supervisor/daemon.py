@@ -16,10 +16,11 @@ from typing import Any, Protocol
 import structlog
 
 from ._actions import Executor
+from ._exceptions import ConfigError
 from ._host import Host
 from ._machine import Machine
 from ._supervisor import ChildSpec, SupervisorSpec
-from .config import Config, ConfigError, ProcessSettings, load
+from .config import Config, ProcessSettings, load
 from .logs import configure
 
 log = structlog.get_logger("statevisor.daemon")

@@ -74,3 +74,66 @@ def test_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
     gone = cli(daemon, "ps")
     assert 3 == gone.returncode
     assert "is the daemon running" in gone.stderr or "cannot reach" in gone.stderr
+
+
+def test_commands_reach_a_daemon_over_tcp_with_its_token_and_tls(daemon: Daemon, tmp_path: Path) -> None:
+    """--tcp HOST:PORT reaches the daemon over TLS-wrapped TCP: the token comes from the config's
+    token file, or --token-file, or STATEVISOR_TOKEN (never an argument); the certificate is
+    verified against the config's tls_cert or --tls-ca. A wrong token exits 3 (refused), a
+    missing one exits 2; the token never appears in the output."""
+    import os
+
+    from tests.test_daemon import free_port
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    secret = "a-long-enough-secret-token"
+    token_file = daemon.config.parent / "token"
+    token_file.write_text(secret + "\n")
+    os.chmod(token_file, 0o600)
+    port = free_port()
+    daemon.config.write_text(
+        daemon.config.read_text().replace(
+            "[daemon]\n",
+            f'[daemon]\ntcp = "127.0.0.1:{port}"\ntoken_file = "token"\ntls_cert = "{cert}"\ntls_key = "{key}"\n',
+        )
+    )
+    daemon.start()
+    address = f"127.0.0.1:{port}"
+
+    def run(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "STATEVISOR_TOKEN"}
+        if token is not None:
+            env["STATEVISOR_TOKEN"] = token
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env=env, check=False,
+        )  # fmt: skip
+
+    configured = run("ps", "--json", "--tcp", address, "--config", str(daemon.config))
+    assert 0 == configured.returncode, configured.stderr
+    assert {"root/fast", "root/after"} == {p["name"] for p in json.loads(configured.stdout)}
+    nowhere = str(tmp_path / "absent.toml")
+    by_env = run("status", "--json", "--tcp", address, "--config", nowhere, "--tls-ca", str(cert), token=secret)
+    assert 0 == by_env.returncode, by_env.stderr
+    assert (2, address) == (json.loads(by_env.stdout)["processes"], json.loads(by_env.stdout)["address"])
+    by_file = run("ps", "--tcp", address, "--config", nowhere, "--tls-ca", str(cert), "--token-file", str(token_file))
+    assert 0 == by_file.returncode, by_file.stderr
+
+    wrong = run("ps", "--tcp", address, "--config", nowhere, "--tls-ca", str(cert), token="not-the-token-at-all")
+    assert 3 == wrong.returncode
+    assert "refused the connection" in wrong.stderr
+    assert "valid token is required" in wrong.stderr
+    missing = run("ps", "--tcp", address, "--config", nowhere, "--tls-ca", str(cert))
+    assert 2 == missing.returncode
+    assert "needs a token" in missing.stderr
+    bad_address = run("ps", "--tcp", "no-port-here", "--config", nowhere, token=secret)
+    assert 2 == bad_address.returncode
+    assert "--tcp: expected host:port" in bad_address.stderr
+    for done in (configured, by_env, by_file, wrong, missing, bad_address):
+        assert secret not in done.stdout + done.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import Restart
-from supervisor.config import ConfigError, load
+from supervisor import ConfigError, Restart
+from supervisor.config import load
 
 GOOD = """\
 [daemon]

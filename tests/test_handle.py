@@ -2,12 +2,13 @@
 
 The suite runs twice over: on in-process handles and on remote handles (through a control
 server over a unix socket), unchanged, through the API both share (``HandleAPI``). A few tests
-at the end pin what only in-process handles have (``result()``, ``done()``, ``repr``).
+at the end pin what only in-process handles have (``repr``, immediate ``try_*``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -369,27 +370,41 @@ async def test_state_says_what_a_process_waits_for_and_since_when(source: Handle
     await handle.kill()
 
 
-# --- what only in-process handles have ------------------------------------------------------
+async def settled(value: Any) -> Any:
+    """In-process done()/result() answer at once; remote ones are round trips."""
+    return await value if inspect.isawaitable(value) else value
 
 
-async def test_in_process_result_and_done_say_how_the_process_ended() -> None:
+async def test_result_and_done_say_how_the_process_ended(source: HandleSource) -> None:
     """result() on a live process raises NotFinished and done() is False; after a kill,
-    result() raises ProcessKilled; after finishing it returns the result. try_* act at once,
-    without being awaited."""
-    runtime = Runtime()
-    live = runtime.spawn(Counter, {"n": 4})
-    assert not live.done()
+    result() raises ProcessKilled with the reason; after finishing it returns the result."""
+    live = await source.spawn(Counter, {"n": 4})
+    assert not await settled(live.done())  # type: ignore[attr-defined]
     with pytest.raises(NotFinished):
-        live.result()
-    live.try_cast(1)  # not awaited: acts at once all the same
+        await settled(live.result())  # type: ignore[attr-defined]
+    await live.cast(1)
     assert 5 == await live.call("get")
     await live.call("finish")
     await live.wait(timeout=5)
-    assert (True, 5) == (live.done(), live.result())
-    killed = runtime.spawn(Counter)
+    assert (True, 5) == (await settled(live.done()), await settled(live.result()))  # type: ignore[attr-defined]
+    killed = await source.spawn(Counter)
     await killed.kill("operator")
+    assert await settled(killed.done())  # type: ignore[attr-defined]
     with pytest.raises(ProcessKilled, match="operator"):
-        killed.result()
+        await settled(killed.result())  # type: ignore[attr-defined]
+
+
+# --- what only in-process handles have ------------------------------------------------------
+
+
+async def test_try_operations_act_without_being_awaited_in_process() -> None:
+    """In-process try_cast/try_nudge act at once, without being awaited (remote ones are
+    round trips and must be awaited)."""
+    runtime = Runtime()
+    live = runtime.spawn(Counter, {"n": 4})
+    live.try_cast(1)  # not awaited: acts at once all the same
+    assert 5 == await live.call("get")
+    await live.kill()
 
 
 async def test_in_process_statistics_and_repr_show_state_and_counts() -> None:

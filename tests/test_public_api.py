@@ -26,6 +26,7 @@ EXPECTED_EXPORTS = {
     "SupervisorStatistics", "decode_record", "Invariant", "Simulation", "SimCall", "SimExecutor",
     "SimulationError", "InvariantViolation", "encode_record",
     "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "RunMonitorError", "tail_lines",
+    "ConfigError", "ConnectionDenied", "ProtocolError", "RemoteError", "AckLost",
     "follow_lines", "LogNotFound",
     "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError",
 }  # fmt: skip
@@ -131,3 +132,41 @@ def test_in_process_and_remote_handles_share_the_handle_api() -> None:
     assert {"try_cast", "try_nudge", "snapshot", "statistics", "watch"} <= methods
     assert set() == methods - set(dir(Handle))
     assert set() == methods - set(dir(RemoteHandle))
+
+
+def test_the_drawn_hierarchy_is_the_real_one() -> None:
+    """The tree at the top of supervisor/_exceptions.py names every error class in the module,
+    each under its real parent; and no module of supervisor/ or processes/ derives an error
+    class of its own from that hierarchy elsewhere (one exceptions module; private control-flow
+    exceptions of the standalone run monitor derive from Exception and never reach users)."""
+    import re
+
+    from supervisor import _exceptions
+
+    drawn: dict[str, str] = {}
+    parents: list[str] = []
+    for line in (_exceptions.__doc__ or "").splitlines():
+        found = re.match(
+            r"^    ((?:[│ ]   )*)(?:├── |└── )([A-Z]\w+)(?: \(also \w+\))?\s{2,}|^    (StatevisorError)$", line
+        )
+        if not found:
+            continue
+        name = found.group(2) or found.group(3)
+        depth = len(found.group(1) or "") // 4 + (0 if found.group(3) else 1)
+        del parents[depth:]
+        if parents:
+            drawn[name] = parents[-1]
+        parents.append(name)
+    classes = {
+        name: cls
+        for name, cls in vars(_exceptions).items()
+        if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == _exceptions.__name__
+    }
+    assert set(classes) - {"StatevisorError"} == set(drawn)
+    for name, parent in drawn.items():
+        assert classes[name].__mro__[1].__name__ == parent, name
+    for path in [*(ROOT / "supervisor").rglob("*.py"), *(ROOT / "processes").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and path.name != "_exceptions.py":
+                bases = {ast.unparse(b).rpartition(".")[2] for b in node.bases}
+                assert set() == bases & set(classes), f"{path.relative_to(ROOT)}: {node.name} derives from {bases}"

@@ -13,13 +13,9 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 
-from supervisor import LogError
+from supervisor import AckLost
 
 from ._log import Entry
-
-
-class AckLost(LogError):
-    """The simulated append landed but its acknowledgement was lost: retry with the same id."""
 
 
 class SimulatedLog:

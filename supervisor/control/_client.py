@@ -8,7 +8,7 @@
 
 Remote handles raise the same exception classes as in-process ones (rebuilt from the error's
 fields), and return the same :class:`Snapshot` records. Operations that cannot be synchronous
-over a socket (``try_nudge``, ``try_cast``, ``state``) are coroutines here.
+over a socket (``try_nudge``, ``try_cast``, ``state``, ``done``, ``result``) are coroutines here.
 """
 
 from __future__ import annotations
@@ -22,18 +22,10 @@ from types import TracebackType
 from typing import Any
 
 from .. import _exceptions as errors
+from .._exceptions import ConnectionDenied, ProtocolError, RemoteError
 from .._lifecycle import Lifecycle
 from .._snapshot import ProcessStatistics, Snapshot
-from ._protocol import PROTOCOL_VERSION, ProtocolError, encode, read_frame
-
-
-class RemoteError(errors.StatevisorError):
-    """An error from the daemon that has no class of its own on this side."""
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
-        self.message = message
+from ._protocol import PROTOCOL_VERSION, encode, read_frame
 
 
 def _rebuild(fields: dict[str, Any]) -> BaseException:
@@ -144,7 +136,7 @@ class Client:
             with contextlib.suppress(ConnectionError):
                 await self._writer.wait_closed()
             reason = (answer or {}).get("error", {}).get("message", "connection closed")
-            raise ProtocolError(f"the daemon refused the connection: {reason}")
+            raise ConnectionDenied(f"the daemon refused the connection: {reason}")
         self.server_version = answer["result"].get("server")
         self._pump = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -186,6 +178,8 @@ class Client:
                     try:
                         await self.open()
                         return
+                    except ConnectionDenied:
+                        raise
                     except (ConnectionError, FileNotFoundError, ProtocolError):
                         await asyncio.sleep(delay)
                         delay = min(1.0, delay * 2)
@@ -320,6 +314,15 @@ class RemoteHandle:
 
     async def wait(self, timeout: float | None = None) -> Snapshot:
         return _snapshot(await self.client.request("wait", pid=self.pid, timeout=timeout))
+
+    async def done(self) -> bool:
+        """Whether the process has ended (a round trip; in-process ``done()`` is immediate)."""
+        return (await self.state()).done
+
+    async def result(self) -> Any:
+        """The finished process's result; raises how it ended otherwise (as ``Handle.result()``:
+        :class:`NotFinished` while alive, :class:`ProcessFailed` or :class:`ProcessKilled`)."""
+        return (await self.state()).outcome()
 
     async def watch(self) -> AsyncIterator[Snapshot]:
         """Snapshots until the terminal one; survives daemon restarts (resumes from the current

@@ -20,15 +20,11 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from .._exceptions import StatevisorError
+from .._exceptions import ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
 _LENGTH = struct.Struct(">I")
-
-
-class ProtocolError(StatevisorError):
-    """A frame or message that does not follow the protocol."""
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -21,13 +21,13 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import structlog
 
-from .._exceptions import ConfigurationError, ProcessNotFound, StatevisorError
+from .._exceptions import ConfigurationError, ProcessNotFound, ProtocolError, StatevisorError
 from .._handle import Handle
 from .._host import Host
 from .._lifecycle import DriveMode, Lifecycle
 from .._snapshot import Snapshot
 from ._fanout import WatchFanout
-from ._protocol import MAX_FRAME, PROTOCOL_VERSION, ProtocolError, encode, encode_item, error_fields, read_frame
+from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, encode_item, error_fields, read_frame
 
 log = structlog.get_logger("statevisor.control")
 
