@@ -105,21 +105,6 @@ def _daemon(args: argparse.Namespace) -> int:
     return run(config, CATALOG)
 
 
-SCENARIO_NAMES = (
-    "transitions",
-    "spawn",
-    "control",
-    "checkpoint",
-    "recovery",
-    "sim",
-    "rpc",
-    "watch-fanout",
-    "shell",
-    "slurm",
-    "logapply",
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statevisor", description="An actor-style process supervisor on asyncio.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -129,10 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.set_defaults(func=_daemon)
 
     bench = commands.add_parser("bench", help="run a benchmark scenario with its same-run baseline")
-    bench.add_argument(
-        "scenario",
-        help=", ".join(("transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout")),
-    )
+    from .bench._harness import SCENARIOS
+
+    bench.add_argument("scenario", help=", ".join(SCENARIOS))
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)")
     bench.add_argument("--scale", type=float, default=1.0, help="shrink or grow the workloads (default 1)")
