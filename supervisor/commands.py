@@ -172,10 +172,32 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             else:
                 for line in await handle.logs(stream, args.lines):
                     print(line)
+        elif command in ("call", "cast"):
+            message = _argument(args.message, "MESSAGE")
+            if command == "cast":
+                await handle.cast(message)
+            else:
+                print(_json(await handle.call(message, timeout=args.timeout)))
+        elif command in ("propose", "read"):
+            from processes.logapply import LogApplyClient
+
+            machine = LogApplyClient(handle, timeout=args.timeout)
+            if command == "propose":
+                index, result = await machine.propose_indexed(_argument(args.entry, "ENTRY"))
+                print(_json({"index": index, "result": result}) if args.json else f"{index}\t{_json(result)}")
+            else:
+                print(_json(await machine.read(_argument(args.query, "QUERY"), sync=args.sync)))
         elif command == "watch":
             async for snapshot in handle.watch():
                 print(_json(asdict(snapshot)) if args.json else "  ".join(_row(snapshot)), flush=True)
         return OK
+
+
+def _argument(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{what} is not JSON ({exc}): {text!r:.80}") from None
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -193,6 +215,9 @@ def run_command(args: argparse.Namespace) -> int:
     except ProcessNotFound as exc:
         print(f"statevisor {args.command}: {exc}", file=sys.stderr)
         return NOT_FOUND
+    except ConfigurationError as exc:  # a bad argument, here or as the daemon saw it (e.g. an unknown kind)
+        print(f"statevisor {args.command}: {exc}", file=sys.stderr)
+        return USAGE
     except ConnectionDenied as exc:
         print(f"statevisor {args.command}: {daemon.where}: {exc}", file=sys.stderr)
         return UNREACHABLE
@@ -239,6 +264,21 @@ def add_commands(commands: Any) -> None:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
     logs.add_argument("-n", "--lines", type=int, default=20, help="how many last lines (default 20)")
     logs.add_argument("--stderr", action="store_true", help="the stderr log instead of stdout")
+    for name, text in (("call", "send a message and print the reply (JSON in, JSON out)"),
+                       ("cast", "send a message, no reply")):  # fmt: skip
+        message = command(name, text)
+        message.add_argument("pid", help="process id or name")
+        message.add_argument("message", help="the message, as JSON")
+        message.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply (default 60)")
+    propose = command("propose", "log-apply: append an entry; print its index and apply result once applied")
+    propose.add_argument("pid", help="process id or name")
+    propose.add_argument("entry", help="the entry, as JSON")
+    propose.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    read = command("read", "log-apply: answer a query from the applied state")
+    read.add_argument("pid", help="process id or name")
+    read.add_argument("query", help="the query, as JSON")
+    read.add_argument("--sync", action="store_true", help="first catch up with the log's current end")
+    read.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
     kill = command("kill", "kill a process (never restarted by a policy)")
     kill.add_argument("pid", help="process id or name")
     kill.add_argument("--reason", default="killed from the command line")

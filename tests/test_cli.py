@@ -137,3 +137,33 @@ def test_commands_reach_a_daemon_over_tcp_with_its_token_and_tls(daemon: Daemon,
     assert "--tcp: expected host:port" in bad_address.stderr
     for done in (configured, by_env, by_file, wrong, missing, bad_address):
         assert secret not in done.stdout + done.stderr
+
+
+def test_call_cast_propose_and_read_from_the_command_line(daemon: Daemon) -> None:
+    """call prints a process's reply as JSON; cast sends without one; propose appends to a
+    log-apply machine and prints the entry's index and apply result (the old value); read
+    answers from the applied state (--sync after catching up). An entry apply rejects exits 1
+    naming the error; a message that is not JSON exits 2 and says which argument."""
+    daemon.config.write_text(
+        daemon.config.read_text()
+        + '\n[[process]]\nname = "kv"\nkind = "logapply"\n[process.settings]\napp = "kv"\npath = "var/kv.db"\n'
+    )
+    daemon.start()
+    assert isinstance(json.loads(cli(daemon, "call", "fast", '"ticks"').stdout), int)
+    assert 0 == cli(daemon, "cast", "fast", '"hello"').returncode
+
+    first = cli(daemon, "propose", "kv", '{"op": "set", "key": "a", "value": 1}', "--json")
+    assert 0 == first.returncode, first.stderr
+    assert {"index": 1, "result": None} == json.loads(first.stdout)
+    second = cli(daemon, "propose", "kv", '{"op": "add", "key": "a", "by": 41}')
+    assert ["2", "1"] == second.stdout.split()
+    assert 42 == json.loads(cli(daemon, "read", "kv", '"a"', "--sync").stdout)
+    assert json.loads(cli(daemon, "read", "kv", '"missing"').stdout) is None
+
+    rejected = cli(daemon, "propose", "kv", '{"op": "explode", "key": "a"}')
+    assert 1 == rejected.returncode
+    assert "unknown kv op 'explode'" in rejected.stderr
+    assert 42 == json.loads(cli(daemon, "read", "kv", '"a"').stdout)  # a rejected entry changes nothing
+    not_json = cli(daemon, "call", "fast", "{oops")
+    assert 2 == not_json.returncode
+    assert "MESSAGE is not JSON" in not_json.stderr
