@@ -64,12 +64,15 @@ def test_watch_follows_a_process_to_its_end(daemon: Daemon) -> None:
 
 
 def test_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
-    """4: no such process; 2: bad --state; 3: no daemon to reach."""
+    """4: no such process; 2: bad --state, or a kind the daemon does not know; 3: no daemon to reach."""
     daemon.start()
     missing = cli(daemon, "kill", "nobody")
     assert 4 == missing.returncode
     assert "no live or recently ended process" in missing.stderr
     assert 2 == cli(daemon, "spawn", "ticker", "--state", "{not json").returncode
+    unknown = cli(daemon, "spawn", "no-such-kind")
+    assert 2 == unknown.returncode
+    assert "no-such-kind" in unknown.stderr
     daemon.stop()
     gone = cli(daemon, "ps")
     assert 3 == gone.returncode
