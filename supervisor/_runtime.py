@@ -18,6 +18,7 @@ from ._handle import Handle
 from ._lifecycle import DriveMode, Lifecycle
 from ._machine import Machine
 from ._process import Process
+from ._process_base import ProcessBase
 from ._slots import SlotPool
 from ._snapshot import ProcessRecord
 from ._state import Journal, new_state
@@ -244,7 +245,7 @@ class Runtime:
         except Exception as exc:
             log.warning("untracked_action_failed", pid=action.pid, action_type=action.type, error=repr(exc))
 
-    def abandon(self, task: asyncio.Future[Any], process: Process) -> None:
+    def abandon(self, task: asyncio.Future[Any], process: ProcessBase) -> None:
         log.warning("task_abandoned", pid=process.pid, kind=process.kind, task=repr(task))
         self._abandoned.add(task)
         task.add_done_callback(self._abandoned.discard)
@@ -258,7 +259,7 @@ class Runtime:
         for observer in self.observers:
             observer.action_done(process, action, seconds, ok)
 
-    def forget(self, process: Process) -> None:
+    def forget(self, process: ProcessBase) -> None:
         """Drop a process from the live registry (it ended, or it was detached)."""
         if self._live.get(process.pid) is process:
             del self._live[process.pid]

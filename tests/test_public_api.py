@@ -60,6 +60,8 @@ CORE_MODULES = {
     "_logtail",
     "_machine",
     "_process",
+    "_process_base",
+    "_process_control",
     "_release",
     "_runtime",
     "_slots",
