@@ -115,6 +115,7 @@ class ConfigError(ConfigurationError):
         self.file = file
         self.key = key
         self.line = line
+        self.problem = message
 
 
 class LifecycleError(StatevisorError):

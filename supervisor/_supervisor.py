@@ -31,7 +31,14 @@ log = structlog.get_logger("statevisor.supervisor")
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """A declared child: a process of ``machine`` (with ``state``), or a child ``supervisor``."""
+    """A declared child: a process of ``machine`` (with ``state``), or a child ``supervisor``.
+
+    ``backoff``: this child's delays between restarts (default: its supervisor's).
+    ``budget``: this child's own restart budget; past it the child is *given up* (left down,
+    logged, counted in ``statistics().given_up``; ``start_child`` brings it back) while its
+    siblings go on, as supervisord does for a program past ``startretries``. The supervisor's
+    budget counts the child's restarts as well and escalates as usual.
+    """
 
     name: str
     machine: Machine[Any] | type[Machine[Any]] | None = None
@@ -40,6 +47,8 @@ class ChildSpec:
     depends_on: tuple[str, ...] = ()
     mode: DriveMode = DriveMode.AUTO
     supervisor: SupervisorSpec | None = None
+    backoff: Backoff | None = None
+    budget: Budget | None = None
 
     def __post_init__(self) -> None:
         if (self.machine is None) == (self.supervisor is None):
@@ -61,6 +70,7 @@ class SupervisorStatistics:
     alive: int
     restarts: int
     pending_restarts: int
+    given_up: int = 0
 
 
 class SupervisorState(StrEnum):
@@ -72,7 +82,10 @@ class SupervisorState(StrEnum):
 
 
 class _Child:
-    __slots__ = ("handle", "on_purpose", "pending_restart", "running", "since", "spec", "streak", "sub", "watcher")
+    __slots__ = (
+        "given_up", "handle", "on_purpose", "pending_restart", "running", "since", "spec", "streak", "sub", "watcher",
+        "window",
+    )  # fmt: skip
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
@@ -84,6 +97,8 @@ class _Child:
         self.since = 0.0
         self.streak = 0  # restarts in a row (for backoff)
         self.pending_restart: TimerHandle | None = None
+        self.window = RestartWindow(spec.budget) if spec.budget is not None else None
+        self.given_up = False
 
     @property
     def alive(self) -> bool:
@@ -169,13 +184,20 @@ class Supervisor:
             log.info("child_ended", supervisor=self.path, child=child.spec.name, outcome=str(outcome))
             return
         now = self.host.runtime.clock.now()
+        if child.window is not None and not child.window.allow(now):
+            child.given_up = True
+            log.error(
+                "child_given_up", supervisor=self.path, child=child.spec.name, budget=str(child.spec.budget),
+                outcome=str(outcome),
+            )  # fmt: skip
+            return
         if not self._window.allow(now):
             log.error(
                 "restart_budget_exceeded", supervisor=self.path, child=child.spec.name, budget=str(self.spec.budget)
             )
             self._spawn_task(self._escalate())
             return
-        backoff = self.spec.backoff
+        backoff = child.spec.backoff or self.spec.backoff
         child.streak = 1 if now - child.since >= backoff.reset_after else child.streak + 1
         delay = backoff.delay(child.streak, self._rng)
         names = affected(self.spec.strategy, self.order, child.spec.name)
@@ -239,10 +261,17 @@ class Supervisor:
         await self._stop_child(child, reason=reason)
 
     async def start_child(self, name: str) -> None:
-        """Start a child that was stopped on purpose (or has ended and is not restarted)."""
-        child = self._children[name]
+        """Start a child that was stopped on purpose (or has ended and is not restarted, or was
+        given up)."""
+        try:
+            child = self._children[name]
+        except KeyError:
+            raise ProcessNotFound(f"supervisor {self.path} has no child {name!r}") from None
         if child.alive:
             return
+        if child.given_up:  # an operator's start: the child's budget starts afresh
+            child.given_up = False
+            child.window = RestartWindow(child.spec.budget) if child.spec.budget is not None else None
         await self._start_child(child)
 
     async def add_child(self, spec: ChildSpec) -> None:
@@ -318,11 +347,13 @@ class Supervisor:
             alive=sum(1 for c in children if c.alive),
             restarts=self.restarts,
             pending_restarts=sum(1 for c in children if c.pending_restart is not None),
+            given_up=sum(1 for c in children if c.given_up),
         )
 
     def __repr__(self) -> str:
         alive = sum(1 for c in self._children.values() if c.alive)
+        given_up = sum(1 for c in self._children.values() if c.given_up)
         return (
             f"<Supervisor {self.path} {self.state} {self.spec.strategy}: {alive}/{len(self._children)} children "
-            f"alive, {self.restarts} restarts>"
+            f"alive, {self.restarts} restarts" + (f", {given_up} given up>" if given_up else ">")
         )

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import ConfigError, SettingsError
-from ._policy import Restart
+from ._config_check import REQUIRED, Checker
+from ._exceptions import ConfigError, ConfigurationError, SettingsError
+from ._policy import Backoff, Budget, Restart, Strategy
 
 LOOPS = ("uvloop", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -51,6 +52,17 @@ class ProcessSettings:
     restart: Restart = Restart.PERMANENT
     depends_on: tuple[str, ...] = ()
     settings: Mapping[str, Any] = field(default_factory=dict)
+    backoff: Backoff | None = None  # None: the [supervisor] backoff
+    budget: Budget | None = None  # None: only the [supervisor] budget applies
+
+
+@dataclass(frozen=True)
+class RootSettings:
+    """``[supervisor]``: how the declared processes are restarted (the root supervisor)."""
+
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    budget: Budget = field(default_factory=Budget)
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 @dataclass(frozen=True)
@@ -59,109 +71,8 @@ class Config:
     daemon: DaemonSettings
     processes: tuple[ProcessSettings, ...]
     hosts: Mapping[str, Mapping[str, Any]]
+    supervisor: RootSettings = field(default_factory=RootSettings)
 
-
-class _Lines:
-    """Finds the line of a key (tomllib reports none): the first ``key =`` after its table header."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-
-    def find(self, table: str, key: str | None, occurrence: int = 0) -> int | None:
-        header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$")
-        seen, start = -1, None
-        for number, line in enumerate(self.lines, start=1):
-            if header.match(line):
-                seen += 1
-                if seen == occurrence:
-                    start = number
-                    break
-        if start is None:
-            return None
-        if key is None:
-            return start
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        for number in range(start, len(self.lines) + 1):
-            line = self.lines[number - 1]
-            if number > start and re.match(r"^\s*\[", line):
-                break
-            if pattern.match(line):
-                return number
-        return start
-
-    def find_in_entry(self, table: str, occurrence: int, key: str) -> int | None:
-        """The line of a dotted ``key`` (``limits.stack``, ``argv[0]``) in the ``occurrence``-th
-        ``[[table]]`` entry, sub-tables included: its last part, else its first, else the entry."""
-        start = self.find(table, None, occurrence)
-        if start is None:
-            return None
-        entry = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
-        end = next(
-            (n for n in range(start + 1, len(self.lines) + 1) if entry.match(self.lines[n - 1])), len(self.lines) + 1
-        )
-        parts = [p.split("[")[0] for p in key.split(".")]
-        for part in dict.fromkeys((parts[-1], parts[0])):
-            pattern = re.compile(rf"^\s*({re.escape(part)}\s*=|\[[^\]]*\b{re.escape(part)}\s*\])")
-            for number in range(start + 1, end):
-                if pattern.match(self.lines[number - 1]):
-                    return number
-        return start
-
-
-class _Checker:
-    def __init__(self, path: Path, text: str) -> None:
-        self.file = str(path)
-        self.lines = _Lines(text)
-
-    def fail(self, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> ConfigError:
-        return ConfigError(self.file, key, self.lines.find(table, name, occurrence), message)
-
-    def section(
-        self,
-        data: Mapping[str, Any],
-        table: str,
-        prefix: str,
-        spec: Mapping[str, tuple[Any, Any]],
-        occurrence: int = 0,
-    ) -> dict[str, Any]:
-        """Check one table against ``spec``: key -> (expected type(s), default or REQUIRED)."""
-        unknown = [k for k in data if k not in spec]
-        if unknown:
-            key = unknown[0]
-            raise self.fail(
-                f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(spec))}", table, key, occurrence
-            )
-        out: dict[str, Any] = {}
-        for key, (kind, default) in spec.items():
-            if key not in data:
-                if default is _REQUIRED:
-                    raise self.fail(f"{prefix}{key}", "missing (required)", table, None, occurrence)
-                out[key] = default
-                continue
-            value = data[key]
-            kinds = kind if isinstance(kind, tuple) else (kind,)
-            # bool is an int in Python, never in a configuration.
-            if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-                names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
-                got = _TYPE_NAMES.get(type(value), type(value).__name__)
-                raise self.fail(f"{prefix}{key}", f"expected {names}; got {got} {value!r}", table, key, occurrence)
-            out[key] = value
-        return out
-
-    def check(self, ok: bool, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> None:
-        if not ok:
-            raise self.fail(key, message, table, name, occurrence)
-
-
-_REQUIRED = object()
-_TYPE_NAMES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "true/false",
-    list: "an array",
-    dict: "a table",
-}
 
 _DAEMON = {
     "store": (str, "statevisor.db"),
@@ -181,15 +92,95 @@ _DAEMON = {
     "run_dir": (str, "runs"),
 }
 _PROCESS = {
-    "name": (str, _REQUIRED),
-    "kind": (str, _REQUIRED),
+    "name": (str, REQUIRED),
+    "kind": (str, REQUIRED),
     "restart": (str, "permanent"),
     "depends_on": (list, []),
     "settings": (dict, {}),
+    "backoff": (dict, None),
+    "max_restarts": (int, None),
+    "period": ((int, float), None),
 }
+_DEFAULT_BACKOFF = Backoff()
+_BACKOFF = {
+    "initial": ((int, float), _DEFAULT_BACKOFF.initial),
+    "maximum": ((int, float), _DEFAULT_BACKOFF.maximum),
+    "multiplier": ((int, float), _DEFAULT_BACKOFF.multiplier),
+    "jitter": ((int, float), _DEFAULT_BACKOFF.jitter),
+    "reset_after": ((int, float), _DEFAULT_BACKOFF.reset_after),
+}
+_SUPERVISOR = {
+    "strategy": (str, Strategy.ONE_FOR_ONE.value),
+    "max_restarts": (int, Budget().max_restarts),
+    "period": ((int, float), Budget().period),
+    "backoff": (dict, {}),
+}
+CHILD_BUDGET_PERIOD = 60.0
+"""A process's own budget counts restarts within this many seconds unless it sets ``period``."""
 
 
-def _positive(checker: _Checker, value: float, key: str, table: str, name: str) -> None:
+def _backoff(checker: Checker, data: Mapping[str, Any], prefix: str, table: str, index: int = 0) -> Backoff:
+    values = checker.section(data, table, prefix, _BACKOFF, index)
+    try:
+        return Backoff(**{k: float(v) for k, v in values.items()})
+    except ConfigurationError as exc:
+        raise checker.fail(prefix.rstrip("."), str(exc), table, "backoff", index) from None
+
+
+def _budget(checker: Checker, max_restarts: int, period: float, prefix: str, table: str, index: int = 0) -> Budget:
+    try:
+        return Budget(max_restarts, float(period))
+    except ConfigurationError as exc:
+        wrong = "max_restarts" if max_restarts < 0 else "period"
+        raise checker.fail(f"{prefix}{wrong}", str(exc), table, wrong, index) from None
+
+
+def _root(checker: Checker, data: Mapping[str, Any]) -> RootSettings:
+    raw = checker.section(data, "supervisor", "supervisor.", _SUPERVISOR)
+    strategies = [s.value for s in Strategy]
+    checker.check(
+        raw["strategy"] in strategies,
+        "supervisor.strategy",
+        f"expected one of {', '.join(strategies)}; got {raw['strategy']!r}",
+        "supervisor",
+        "strategy",
+    )
+    try:
+        backoff = _backoff(checker, raw["backoff"], "supervisor.backoff.", "supervisor.backoff")
+    except ConfigError as exc:
+        if exc.line is not None:
+            raise
+        # backoff = { ... } inline in [supervisor] rather than a [supervisor.backoff] table
+        raise ConfigError(exc.file, exc.key, checker.lines.find("supervisor", "backoff"), exc.problem) from None
+    return RootSettings(
+        strategy=Strategy(raw["strategy"]),
+        budget=_budget(checker, raw["max_restarts"], raw["period"], "supervisor.", "supervisor"),
+        backoff=backoff,
+    )
+
+
+def _process_policy(checker: Checker, item: Mapping[str, Any], index: int) -> tuple[Backoff | None, Budget | None]:
+    prefix = f"process[{index}]."
+    backoff = None
+    if item["backoff"] is not None:
+        try:
+            backoff = _backoff(checker, item["backoff"], f"{prefix}backoff.", "process", index)
+        except ConfigError as exc:  # the key is inside the entry: point at its own line
+            line = checker.lines.find_in_entry("process", index, exc.key.removeprefix(prefix))
+            raise ConfigError(exc.file, exc.key, line, exc.problem) from None
+    budget = None
+    if item["max_restarts"] is not None:
+        period = item["period"] if item["period"] is not None else CHILD_BUDGET_PERIOD
+        budget = _budget(checker, item["max_restarts"], period, prefix, "process", index)
+    else:
+        checker.check(
+            item["period"] is None, f"{prefix}period", "period needs max_restarts (the budget it counts)",
+            "process", "period", index,
+        )  # fmt: skip
+    return backoff, budget
+
+
+def _positive(checker: Checker, value: float, key: str, table: str, name: str) -> None:
     checker.check(value > 0, key, f"expected a number > 0; got {value!r}", table, name)
 
 
@@ -229,13 +220,15 @@ def parse(
     check_settings: SettingsCheck | None = None,
     check_hosts: HostsCheck | None = None,
 ) -> Config:
-    checker = _Checker(path, text)
+    checker = Checker(path, text)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"at line (\d+)", str(exc))
         raise ConfigError(str(path), "", int(found.group(1)) if found else None, f"not valid TOML: {exc}") from None
-    top: dict[str, tuple[Any, Any]] = {"daemon": (dict, {}), "process": (list, []), "host": (dict, {})}
+    top: dict[str, tuple[Any, Any]] = {
+        "daemon": (dict, {}), "supervisor": (dict, {}), "process": (list, []), "host": (dict, {}),
+    }  # fmt: skip
     data = checker.section(data, "", "", top)
 
     raw = checker.section(data["daemon"], "daemon", "daemon.", _DAEMON)
@@ -355,8 +348,11 @@ def parse(
             "depends_on",
             index,
         )
+        backoff, budget = _process_policy(checker, item, index)
         processes.append(
-            ProcessSettings(item["name"], item["kind"], Restart(item["restart"]), tuple(depends), item["settings"])
+            ProcessSettings(
+                item["name"], item["kind"], Restart(item["restart"]), tuple(depends), item["settings"], backoff, budget
+            )
         )
     for index, process in enumerate(processes):
         for needed in process.depends_on:
@@ -380,4 +376,5 @@ def parse(
             # exc.key is "host.NAME.key": the line is that key's in the [host.NAME] table.
             _, name, key = [*exc.key.split(".", 2), "", ""][:3]
             raise checker.fail(exc.key, exc.problem, f"host.{name}", key or None) from None
-    return Config(path=path.resolve(), daemon=daemon, processes=tuple(processes), hosts=hosts)
+    root = _root(checker, data["supervisor"])
+    return Config(path=path.resolve(), daemon=daemon, processes=tuple(processes), hosts=hosts, supervisor=root)

@@ -71,6 +71,8 @@ def child_spec(process: ProcessSettings, kinds: Mapping[str, type[Machine[Any]]]
         state=dict(process.settings),
         restart=process.restart,
         depends_on=process.depends_on,
+        backoff=process.backoff,
+        budget=process.budget,
     )
 
 
@@ -84,7 +86,13 @@ def build_host(config: Config, catalog: Catalog) -> Host:
         slots=dict(config.daemon.slots),
         kill_grace=config.daemon.kill_grace,
         retention=config.daemon.retention_days * 86_400,
-        root=SupervisorSpec("root", children),
+        root=SupervisorSpec(
+            "root",
+            children,
+            strategy=config.supervisor.strategy,
+            budget=config.supervisor.budget,
+            backoff=config.supervisor.backoff,
+        ),
     )
 
 
@@ -161,6 +169,8 @@ async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:
     added = [n for n in after if n not in before]
     if new.daemon != old.daemon:
         log.warning("reload_daemon_settings_need_restart", note="[daemon] changes apply at the next start")
+    if new.supervisor != old.supervisor:
+        log.warning("reload_supervisor_settings_need_restart", note="[supervisor] changes apply at the next start")
     root = host.root
     for name in reversed(removed + changed):
         await root.remove_child(name, "removed or changed by a configuration reload")

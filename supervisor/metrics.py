@@ -97,6 +97,11 @@ class HostCollector(Collector):
         ended.add_metric(["killed"], stats.killed)
         yield ended
         yield CounterMetricFamily("statevisor_restarts", "Restarts by supervisors", value=self.host.root.restarts)
+        yield GaugeMetricFamily(
+            "statevisor_children_given_up",
+            "Declared processes left down after exceeding their own restart budget",
+            value=self.host.root.statistics().given_up,
+        )
 
         store = self.host.store
         if store is not None:

@@ -50,6 +50,30 @@ def test_a_good_configuration_loads_with_paths_relative_to_the_file(tmp_path: Pa
     )  # fmt: skip
 
 
+def test_restart_policy_loads_for_the_root_and_per_process(tmp_path: Path) -> None:
+    """[supervisor] sets the root's strategy, budget and backoff; a process's own backoff and
+    budget (max_restarts, period defaulting to 60 s) land in its settings; without them a process
+    has none (the root's apply)."""
+    from supervisor import Backoff, Budget, Strategy
+
+    text = GOOD + (
+        "\n[[process]]\nname = 'c'\nkind = 'ticker'\nbackoff = { initial = 2, maximum = 20 }\nmax_restarts = 4\n\n"
+        "[[process]]\nname = 'd'\nkind = 'ticker'\nmax_restarts = 1\nperiod = 30\n\n"
+        "[supervisor]\nstrategy = 'rest_for_one'\nmax_restarts = 7\nperiod = 9.5\n"
+        "[supervisor.backoff]\ninitial = 0.5\njitter = 0\n"
+    )
+    config = load(write(tmp_path, text), known_kinds={"ticker"}.__contains__)
+    root = config.supervisor
+    assert (Strategy.REST_FOR_ONE, Budget(7, 9.5)) == (root.strategy, root.budget)
+    assert Backoff(initial=0.5, jitter=0.0) == root.backoff
+    a, _, c, d = config.processes
+    assert (None, None) == (a.backoff, a.budget)
+    assert (Backoff(initial=2.0, maximum=20.0), Budget(4, 60.0)) == (c.backoff, c.budget)
+    assert (None, Budget(1, 30.0)) == (d.backoff, d.budget)
+    defaults = load(write(tmp_path, GOOD), known_kinds={"ticker"}.__contains__).supervisor
+    assert (Strategy.ONE_FOR_ONE, Budget(), Backoff()) == (defaults.strategy, defaults.budget, defaults.backoff)
+
+
 def test_the_shipped_example_configuration_is_valid() -> None:
     """config/statevisor.toml (what the README's first command runs) validates, the kinds'
     own settings checks included."""
@@ -63,7 +87,7 @@ def test_the_shipped_example_configuration_is_valid() -> None:
 BROKEN = [
     ("[daemon\nstore = 1", 1, "", "not valid TOML"),
     ("x = = 1", 1, "", "not valid TOML"),
-    ("extra = 1", None, "extra", "unknown key; expected one of daemon, host, process"),
+    ("extra = 1", None, "extra", "unknown key; expected one of daemon, host, process, supervisor"),
     ("[daemon]\nstores = 'x'", 2, "daemon.stores", "unknown key"),
     ("[daemon]\nstore = 5", 2, "daemon.store", "expected a string; got an integer 5"),
     ("[daemon]\nkill_grace = 'soon'", 2, "daemon.kill_grace", "expected an integer or a number; got a string"),
@@ -97,6 +121,22 @@ BROKEN = [
     ("[daemon]\ntcp = '127.0.0.1:7411'", 2, "daemon.token_file", "required when daemon.tcp is set"),
     ("[daemon]\ntcp = '10.0.0.5:7411'\ntoken_file = 't'", 2, "daemon.tls_cert", "required when daemon.tcp is not"),
     ("[daemon]\ntcp = 'nowhere'\ntoken_file = 't'", 2, "daemon.tcp", "expected host:port"),
+    ("[supervisor]\nstrategy = 'all_for_none'", 2, "supervisor.strategy",
+     "expected one of one_for_one, one_for_all, rest_for_one; got 'all_for_none'"),
+    ("[supervisor]\nmax_restarts = -1", 2, "supervisor.max_restarts", "max_restarts >= 0"),
+    ("[supervisor]\nperiod = 0", 2, "supervisor.period", "period > 0"),
+    ("[supervisor]\nlimit = 3", 2, "supervisor.limit", "unknown key"),
+    ("[supervisor.backoff]\nintial = 1", 2, "supervisor.backoff.intial", "unknown key; expected one of initial"),
+    ("[supervisor.backoff]\ninitial = 9\nmaximum = 1", 1, "supervisor.backoff", "initial <= maximum"),
+    ("[supervisor]\nstrategy = 'one_for_all'\nbackoff = { jitter = 2 }", 3, "supervisor.backoff", "0 <= jitter < 1"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\nbackoff = { initial = 'slow' }", 4, "process[0].backoff.initial",
+     "expected an integer or a number; got a string"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\n[process.backoff]\nmultiplier = 0.5", 4, "process[0].backoff",
+     "multiplier >= 1"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\nmax_restarts = 2.5", 4, "process[0].max_restarts",
+     "expected an integer; got a number"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\nperiod = 10", 4, "process[0].period", "period needs max_restarts"),
+    ("[[process]]\nname = 'a'\nkind = 'ticker'\nmax_restarts = 2\nperiod = -1", 5, "process[0].period", "period > 0"),
 ]  # fmt: skip
 
 

@@ -270,3 +270,27 @@ def test_tcp_control_needs_the_token_and_a_private_token_file(daemon: Daemon) ->
     status, logs = daemon.stop()
     assert 0 == status
     assert "a-long-enough-secret-token" not in json.dumps(logs)
+
+
+def test_a_declared_process_past_its_own_budget_is_given_up_and_the_daemon_goes_on(daemon: Daemon) -> None:
+    """A declared command that keeps failing, with its own backoff and budget from the config
+    (max_restarts = 1), is restarted once and then given up: the metrics count one restart and
+    one given-up process, the other declared processes keep running, the daemon stays up and
+    logs `child_given_up` naming the process."""
+    daemon.config.write_text(
+        daemon.config.read_text()
+        + '\n[[process]]\nname = "flaky"\nkind = "shell"\nmax_restarts = 1\nperiod = 60\n'
+        + "backoff = { initial = 0.05, jitter = 0 }\n"
+        + '[process.settings]\nargv = ["/bin/false"]\n'
+    )
+    daemon.start()
+    wait_for(lambda: scrape(daemon.port)["statevisor_children_given_up"] == 1)
+    metrics = scrape(daemon.port)
+    assert 1 == metrics["statevisor_restarts_total"]
+    assert 2 == metrics['statevisor_processes{kind="ticker",lifecycle="waiting"}']
+    first = metrics["statevisor_transitions_total"]
+    wait_for(lambda: scrape(daemon.port)["statevisor_transitions_total"] > first + 3)  # the tickers go on
+    status, logs = daemon.stop()
+    assert 0 == status
+    given_up = [line for line in logs if line["event"] == "child_given_up"]
+    assert ["flaky"] == [line["child"] for line in given_up]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from supervisor import (
     Backoff,
     Budget,
@@ -16,6 +18,7 @@ from supervisor import (
     Input,
     Machine,
     ManualClock,
+    ProcessNotFound,
     Restart,
     Strategy,
     Supervisor,
@@ -184,6 +187,54 @@ async def test_backoff_grows_between_consecutive_restarts() -> None:
         assert pid == pid_of(host, "a")
         clock.advance(0.01)
         await restarted(host, "a", pid)
+    await host.root.stop()
+
+
+async def test_a_child_with_its_own_backoff_waits_its_own_delays() -> None:
+    """A child's own backoff replaces its supervisor's for that child only: it waits 5 s, a
+    sibling without one waits the supervisor's 1 s."""
+    own = Backoff(initial=5.0, maximum=50.0, multiplier=2.0, jitter=0.0, reset_after=1000.0)
+    host, clock = await started(Strategy.ONE_FOR_ONE, [spec("slow", backoff=own), spec("fast")])
+    slow, fast = pid_of(host, "slow"), pid_of(host, "fast")
+    await crash(host, "slow")
+    await crash(host, "fast")
+    clock.advance(1.0)
+    await restarted(host, "fast", fast)
+    clock.advance(3.99)
+    assert slow == pid_of(host, "slow")
+    clock.advance(0.01)
+    await restarted(host, "slow", slow)
+    await host.root.stop()
+
+
+async def test_a_child_past_its_own_budget_is_given_up_and_its_siblings_go_on() -> None:
+    """A child past its own restart budget stays down (given up, counted in statistics), the
+    supervisor does not escalate and the sibling keeps running; start_child brings the child
+    back with a fresh budget."""
+    host, clock = await started(
+        Strategy.ONE_FOR_ONE,
+        [spec("flaky", budget=Budget(max_restarts=1, period=100)), spec("steady")],
+        budget=Budget(max_restarts=10, period=100),
+    )
+    steady = pid_of(host, "steady")
+    first = pid_of(host, "flaky")
+    await crash(host, "flaky")
+    clock.advance(1.0)
+    await restarted(host, "flaky", first)
+    await crash(host, "flaky", restarts=False)
+    await wait_until(lambda: host.root.statistics().given_up == 1)
+    clock.advance(100)
+    assert (0, 1) == (host.root.statistics().pending_restarts, host.root.statistics().alive)
+    assert SupervisorState.RUNNING == host.root.state
+    assert steady == pid_of(host, "steady")
+    assert repr(host.root).endswith("1/2 children alive, 1 restarts, 1 given up>")
+    with pytest.raises(ProcessNotFound):
+        await host.root.start_child("nobody")
+    gone = pid_of(host, "flaky")
+    await host.root.start_child("flaky")
+    assert gone != pid_of(host, "flaky")
+    assert 0 == host.root.statistics().given_up
+    await crash(host, "flaky")  # the fresh budget allows a restart again
     await host.root.stop()
 
 
