@@ -6,7 +6,8 @@ Layout (format 1)::
      paused, meta]
 
 ``state`` is the state map itself (inline, so a checkpoint costs one msgpack pass); ``pending``
-is ``[[id, type, payload], ...]``; ``timers`` is ``[[name, deadline, payload], ...]``. Decoding
+is ``[[id, type, payload], ...]``; ``timers`` is ``[[name, deadline, payload], ...]``; ``paused``
+is false, true (an operator's pause) or the reason the process paused itself (``ctx.pause``). Decoding
 validates every field and raises :class:`CorruptCheckpoint` naming what is wrong, so a bad
 record is quarantined rather than half-loaded.
 """
@@ -50,7 +51,7 @@ def encode_fields(
     lifecycle: Lifecycle,
     result: Any,
     error: str | None,
-    paused: bool,
+    paused: bool | str,
     meta: dict[str, Any],
 ) -> Checkpoint:
     blob = pack(
@@ -79,7 +80,7 @@ def encode_record(record: ProcessRecord) -> Checkpoint:
     return encode_fields(
         r.pid, r.name, r.kind, r.version, r.phase, r.state,
         [[a.id, a.type, a.payload] for a in r.pending], [[t.name, t.deadline, t.payload] for t in r.timers],
-        r.lifecycle, r.result, r.error, r.paused, r.meta,
+        r.lifecycle, r.result, r.error, (r.pause_reason or True) if r.paused and r.pause_reason else r.paused, r.meta,
     )  # fmt: skip
 
 
@@ -110,6 +111,7 @@ def decode_record(blob: bytes, *, path: str = "?", pid: str = "?") -> ProcessRec
     except (TypeError, ValueError) as exc:
         raise CorruptCheckpoint(path, pid, f"bad lifecycle, pending actions or timers ({exc})") from None
     _expect(isinstance(meta, dict), "meta is not a map", pid, path)
+    _expect(isinstance(paused, bool | str), f"paused is {type(paused).__name__}, not a flag or a reason", pid, path)
     return ProcessRecord(
         pid=rpid,
         name=name,
@@ -124,4 +126,5 @@ def decode_record(blob: bytes, *, path: str = "?", pid: str = "?") -> ProcessRec
         error=error if isinstance(error, str) else None,
         paused=bool(paused),
         meta=meta,
+        pause_reason=paused if isinstance(paused, str) else None,
     )

@@ -52,6 +52,8 @@ class Process(ProcessControl):
             self._mailbox.append(Control(ControlEvent.STARTED))
         else:
             self._paused = restore.paused
+            self._pause_reason = restore.pause_reason
+            self._paused_itself = restore.pause_reason is not None
             for action in restore.pending:
                 self._pending[action.id] = action
         self._task = self.runtime.launch(self, restore)
@@ -258,14 +260,17 @@ class Process(ProcessControl):
         if tracked:
             for action in tracked:
                 self._pending[action.id] = action
+        if ctx.pause_reason is not None and ctx.end is None:
+            # A self-pause is part of what this transition commits: the checkpoint below carries
+            # it and its reason, so a restart brings the process back paused, saying why.
+            self._paused = True
+            self._pause_reason = ctx.pause_reason
+            self._paused_itself = True
         checkpointer = self.runtime.checkpointer
         if checkpointer is not None:
             if ctx.end is None and (tracked or ctx.untracked or ctx.replies) and self._can_pipeline(checkpointer):
                 # Write-ahead, pipelined: the effects wait for the checkpoint; the process goes on.
                 self._hold_until_durable(checkpointer, ctx)
-                if ctx.pause_reason is not None:
-                    self._paused_itself = True
-                    self._hold(ctx.pause_reason)
                 self._refresh_lifecycle()
                 self._changed.wake_all()
                 await self._held_room()
@@ -291,9 +296,6 @@ class Process(ProcessControl):
             else:
                 self._terminate(Lifecycle.FAILED, error=value, persisted=True)
             return
-        if ctx.pause_reason is not None:
-            self._paused_itself = True
-            self._hold(ctx.pause_reason)
         self._refresh_lifecycle()
         self._changed.wake_all()
 

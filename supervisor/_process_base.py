@@ -12,7 +12,7 @@ import itertools
 from collections import deque
 from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._actions import TrackedAction
 from ._codec import Checkpoint, decode_record, encode_fields
@@ -26,6 +26,7 @@ from ._waiters import WaitQueue
 
 if TYPE_CHECKING:
     from ._clock import TimerHandle
+    from ._process import Process
     from ._runtime import Runtime
 
 _timer_tokens = itertools.count()
@@ -288,6 +289,7 @@ class ProcessBase:
         ``ending`` is a finishing transition's ``ctx.end``: the checkpoint is then terminal.
         """
         lifecycle, result, error = self._ending(ending)
+        paused = self._persisted_pause()
         pending = [[a.id, a.type, a.payload] for a in self._pending.values()] if self._pending else []
         timers = [[n, t.deadline, t.payload] for n, t in self._timers.items()] if self._timers else []
         self._dirty = False
@@ -296,14 +298,32 @@ class ProcessBase:
             try:
                 return encode_fields(
                     self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
-                    pending, timers, lifecycle, result, error, self._paused, self.meta,
+                    pending, timers, lifecycle, result, error, paused, self.meta,
                 )  # fmt: skip
             finally:
                 self._journal.swap_to_after()
         return encode_fields(
             self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
-            pending, timers, lifecycle, result, error, self._paused, self.meta,
+            pending, timers, lifecycle, result, error, paused, self.meta,
         )  # fmt: skip
+
+    def _persisted_pause(self) -> bool | str:
+        """What the checkpoint keeps of a pause: the reason of a self-pause (resume then tells
+        the machine), True for an operator's pause, and nothing of the runtime's own holds
+        (a failing store): a restart is the retry those wait for."""
+        if not self._paused:
+            return False
+        if self._paused_itself:
+            return self._pause_reason or True
+        return self._pause_reason is None
+
+    def mark_changed_outside_transitions(self) -> None:
+        """A pause or resume changed what the checkpoint keeps: have the next group commit
+        write it (no transition ran, so nothing else would)."""
+        checkpointer = self.runtime.checkpointer
+        if checkpointer is not None and self._terminal is None:
+            self._dirty = True
+            checkpointer.mark_dirty(cast("Process", self))  # the only concrete subclass
 
     def record(self) -> ProcessRecord:
         """The last committed state as a record (a decoded checkpoint: a plain copy)."""

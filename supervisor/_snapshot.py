@@ -109,3 +109,4 @@ class ProcessRecord:
     error: str | None = None
     paused: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    pause_reason: str | None = None  # set when the process paused itself (ctx.pause)

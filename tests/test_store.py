@@ -350,3 +350,55 @@ async def test_a_process_pipelines_checkpoints_but_no_effect_leaves_before_its_o
     assert [(i, True) for i in done.state["issued"]] == seen
     assert host.store.statistics().batches - batches < 50, "every transition waited for its own commit"
     await host.shutdown()
+
+
+class SelfPausing(Worker):
+    """Pauses itself on "stop" with a reason; counts the RESUMED events resume() delivers."""
+
+    kind = "selfpausing"
+
+    async def transition(self, state: dict[str, Any], input: Any, ctx: Any) -> None:
+        from supervisor import Cast, Control, ControlEvent
+
+        match input:
+            case Cast("stop"):
+                ctx.pause("waiting for the operator (resume to retry)")
+            case Control(event=ControlEvent.RESUMED):
+                state["resumed"] = state.get("resumed", 0) + 1
+            case _:
+                await super().transition(state, input, ctx)
+
+
+def stored(db: Path, pid: str) -> ProcessRecord:
+    with sqlite3.connect(db) as connection:
+        (blob,) = connection.execute("SELECT record FROM processes WHERE pid = ?", (pid,)).fetchone()
+    return decode_record(blob)
+
+
+async def test_pauses_are_durable_and_a_self_pause_keeps_its_reason_across_a_restart(tmp_path: Path) -> None:
+    """An operator's pause and a process's own pause (with its reason) reach the store without
+    any transition; a host restarted on the store brings both back paused, the self-paused one
+    with its reason, and resuming it delivers RESUMED to the machine; a resume is durable too."""
+    db = tmp_path / "s.db"
+    first = Host(machines=[Worker, SelfPausing], executors={"work": Recorder()}, store=str(db))
+    await first.start()
+    operator = await first.spawn(Worker, pid="op")
+    itself = await first.spawn(SelfPausing, pid="self")
+    await operator.pause()
+    await itself.cast("stop")
+    await wait_until(lambda: stored(db, "op").paused and stored(db, "self").paused)
+    assert (None, "waiting for the operator (resume to retry)") == (
+        stored(db, "op").pause_reason, stored(db, "self").pause_reason
+    )  # fmt: skip
+    await first.shutdown()
+
+    second = Host(machines=[Worker, SelfPausing], executors={"work": Recorder()}, store=str(db))
+    await second.start()
+    op, me = second.find("op"), second.find("self")
+    assert (True, None) == (op.state.paused, op.state.pause_reason)
+    assert (True, "waiting for the operator (resume to retry)") == (me.state.paused, me.state.pause_reason)
+    await me.resume()
+    await wait_for_snapshot(me, lambda s: s.state.get("resumed") == 1)
+    await op.resume()
+    await wait_until(lambda: not stored(db, "op").paused and not stored(db, "self").paused)
+    await second.shutdown()

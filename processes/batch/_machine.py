@@ -78,10 +78,8 @@ class BatchJob(Machine[dict[str, Any]]):
                     ctx.goto(Phase.ENDED)
                     ctx.fail(f"{input.error_type}: {input.message}")
 
-    def restore(self, state: dict[str, Any], ctx: Context) -> None:
-        super().restore(state, ctx)
-        if not ctx.pending and "_retry" in state:
-            self._retry(state, ctx)  # it had paused on an unreachable host: a restart retries
+    # restore is the default one: pending actions are re-issued. A process that paused itself
+    # (state["_retry"], nothing pending) comes back paused with its reason, and resume retries.
 
     def on_kill(self, state: dict[str, Any]) -> Sequence[tuple[str, Any]]:
         # Killed while paused (nothing in flight to cancel): the job may still be queued.
