@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from ._exceptions import CallTimeout, LogNotFound, WouldBlock
 from ._inputs import Call, Cast
 from ._lifecycle import DriveMode
-from ._logtail import follow_lines, tail_lines
+from ._logtail import follow_lines, follow_positions, tail_lines
 from ._process import Process
 from ._snapshot import ProcessStatistics, Snapshot, immediately
 
@@ -209,6 +209,14 @@ class Handle:
         (through rotations), until the caller stops iterating."""
         async for line in follow_lines(self._log_path(stream), lines=lines):
             yield line
+
+    async def follow_positions(
+        self, stream: str = "stdout", lines: int = 10, start: int | None = None
+    ) -> AsyncIterator[tuple[str, int]]:
+        """As :meth:`follow`, each line with the log offset just after it: a reader that was cut
+        off passes the last offset as ``start`` and resumes with the next line."""
+        async for found in follow_positions(self._log_path(stream), lines=lines, start=start):
+            yield found
 
     def _log_path(self, stream: str) -> Path:
         files = self.log_files()

@@ -51,11 +51,33 @@ async def follow_lines(path: Path, *, lines: int = 10, interval: float = 0.2) ->
     A file that shrank was rotated: reading starts again at its beginning. A pipe or terminal
     has nothing to follow: the iteration ends at once.
     """
-    first, offset = _tail(path, lines, complete_only=True)
-    if offset is None:
-        return
-    for line in first:
+    async for line, _ in follow_positions(path, lines=lines, interval=interval):
         yield line
+
+
+async def follow_positions(
+    path: Path, *, lines: int = 10, interval: float = 0.2, start: int | None = None
+) -> AsyncIterator[tuple[str, int]]:
+    """As :func:`follow_lines`, each line with the file offset just after it, so a reader that
+    was cut off resumes with ``start=`` that offset: nothing missed, nothing repeated (unless
+    the file was rotated meanwhile: it then starts again at the new file's beginning). With
+    ``start`` no last lines are sent first."""
+    if start is None:
+        first, found = _tail(path, lines, complete_only=True)
+        if found is None:
+            return
+        offset = found
+        for line in first:
+            yield line, offset
+    else:
+        try:
+            status = os.stat(path)
+        except FileNotFoundError:
+            offset = 0
+        else:
+            if not stat.S_ISREG(status.st_mode):
+                return
+            offset = start if 0 <= start <= status.st_size else 0
     partial = b""
     while True:
         try:
@@ -66,10 +88,12 @@ async def follow_lines(path: Path, *, lines: int = 10, interval: float = 0.2) ->
             offset, partial = 0, b""
         if size > offset:
             chunk = _read(path, offset, min(size - offset, 1 << 20))
+            end = offset - len(partial)  # where the first line of this read begins
             offset += len(chunk)
             *complete, partial = (partial + chunk).split(b"\n")
             for raw in complete:
-                yield raw.decode(errors="replace")
+                end += len(raw) + 1
+                yield raw.decode(errors="replace"), end
             continue
         await asyncio.sleep(interval)
 

@@ -12,9 +12,9 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -289,6 +289,48 @@ async def test_follow_yields_new_lines_as_they_are_written(host: Host) -> None:
     assert ["line 1", "line 2", "line 3"] == seen
     with pytest.raises(LogNotFound, match="no 'journal' log"):
         await handle.logs("journal")
+    await handle.kill()
+
+
+def lines_in(log: Path) -> int:
+    return log.read_bytes().count(b"\n")
+
+
+async def test_a_remote_follow_resumes_after_a_disconnection_missing_and_repeating_nothing(
+    host: Host, tmp_path: Path
+) -> None:
+    """A remote follow cut off while the command keeps writing (the control server goes away
+    and comes back on the same socket, as in a daemon restart) resumes after the last line it
+    yielded: the lines arrive in order, none missing, none twice."""
+    from supervisor.control import Client, ControlServer
+
+    handle = await host.spawn(
+        "shell",
+        {"argv": ["sh", "-c", "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo n$i; sleep 0.01; done; sleep 30"]},
+    )
+    await wait_until(lambda: "_run" in handle.state.state)
+    path = str(tmp_path / "control.sock")
+    server = ControlServer(host, path)
+    await server.start()
+    log = Path(handle.log_files()["stdout"])
+    seen: list[str] = []
+    async with Client.connect(path) as client:
+        remote = await client.get(handle.pid)
+        follower = cast(AsyncGenerator[str, None], remote.follow("stdout", lines=1000))
+        async with asyncio.timeout(60):
+            async for line in follower:
+                seen.append(line)
+                if len(seen) == 20:
+                    await server.close()  # cut off: the follower reconnects by itself
+                    written = lines_in(log)
+                    await wait_until(lambda w=written: lines_in(log) > w + 30)  # type: ignore[misc]
+                    server = ControlServer(host, path)
+                    await server.start()
+                if line == "n200":
+                    break
+        await follower.aclose()
+    await server.close()
+    assert [f"n{i}" for i in range(1, 201)] == seen
     await handle.kill()
 
 

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -227,14 +227,19 @@ class Client:
         await self._send(request, op, args)
         return await future
 
-    async def stream(self, op: str, **args: Any) -> AsyncIterator[Any]:
+    def stream(self, op: str, **args: Any) -> AsyncIterator[Any]:
         """Items of a server stream; after a disconnection the stream is asked for again."""
+        return self.resumable_stream(op, lambda: args)
+
+    async def resumable_stream(self, op: str, args: Callable[[], dict[str, Any]]) -> AsyncIterator[Any]:
+        """Items of a server stream; after a disconnection it is asked for again with what
+        ``args()`` returns then (e.g. the position reached)."""
         while True:
             request = next(self._ids)
             queue: asyncio.Queue[Any] = asyncio.Queue()
             self._streams[request] = queue
             try:
-                await self._send(request, op, args)
+                await self._send(request, op, args())
                 while True:
                     item = await queue.get()
                     if isinstance(item, StopAsyncIteration):
@@ -342,10 +347,16 @@ class RemoteHandle:
 
     async def follow(self, stream: str = "stdout", lines: int = 10) -> AsyncIterator[str]:
         """The last ``lines`` lines, then new lines as they are written, until the caller stops.
-        After a reconnection the stream starts again from the log's last line."""
-        first = lines
-        async for line in self.client.stream("follow", pid=self.pid, stream=stream, lines=first):
-            first = 0
+        After a reconnection (a daemon restart) it goes on after the last line it yielded:
+        nothing missed, nothing repeated (unless the log was rotated meanwhile)."""
+        reached: list[int | None] = [None]
+
+        def args() -> dict[str, Any]:
+            first = lines if reached[0] is None else 0
+            return {"pid": self.pid, "stream": stream, "lines": first, "positions": True, "start": reached[0]}
+
+        async for line, offset in self.client.resumable_stream("follow", args):
+            reached[0] = offset
             yield str(line)
 
     def __repr__(self) -> str:

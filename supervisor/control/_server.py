@@ -394,12 +394,18 @@ async def op_logs(c: _Connection, args: dict[str, Any], _: int) -> Any:
 
 
 async def op_follow(c: _Connection, args: dict[str, Any], request_id: int) -> Any:
-    """Stream a log's last lines, then its new lines, until the client cancels."""
+    """Stream a log's last lines, then its new lines, until the client cancels. With
+    ``positions``, items are ``[line, offset after it]`` and ``start`` resumes after an offset
+    (a client that reconnects misses nothing and repeats nothing)."""
     lines = _arg(args, "lines", int, required=False)
+    stream = _arg(args, "stream", str, required=False) or "stdout"
     handle = c.handle(args)
-    async for line in handle.follow(
-        _arg(args, "stream", str, required=False) or "stdout", 10 if lines is None else lines
-    ):
+    if _arg(args, "positions", bool, required=False):
+        start = _arg(args, "start", int, required=False)
+        async for found in handle.follow_positions(stream, 10 if lines is None else lines, start):
+            await c.send_frame(encode_item(request_id, msgpack.packb(found)))
+        return None
+    async for line in handle.follow(stream, 10 if lines is None else lines):
         await c.send_frame(encode_item(request_id, msgpack.packb(line)))
     return None
 
