@@ -241,3 +241,33 @@ async def test_files_are_staged_up_and_down_with_their_checksums(
     done = await handle.wait(timeout=60)
     assert done.lifecycle is Lifecycle.FINISHED, done.error
     assert back.read_bytes() == source.read_bytes() * 2
+
+
+async def test_a_cancel_during_an_in_flight_submit_cancels_the_job_that_lands_after_it(
+    slurm_host: tuple[Host, BatchExecutor], cluster: Cluster
+) -> None:
+    """A kill that comes while sbatch is in flight (the submit's journal entry exists, no job
+    id yet, and Slurm does not know the name yet) keeps looking for that name: the job sbatch
+    then creates is cancelled, and the watch is dropped once it has been."""
+    from processes.batch._executor import SUBMIT
+    from processes.batch._schedulers import job_name
+    from supervisor import TrackedAction
+
+    _, executor = slurm_host
+    action_id = "late-pid:submit:1"
+    name = job_name(action_id)
+    action = TrackedAction(action_id, SUBMIT, {"host": "cluster", "name": name}, "late-pid")
+    journal = executor._journal_path(action_id)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text("")  # what _submit leaves just before it runs sbatch
+    await executor.cancel(action)
+    assert [t for t in executor.owed.get("cluster", []) if t.startswith(f"late:{name}:")]
+    landed = cluster.slurm.run("sbatch", "--parsable", f"--job-name={name}", "--output=/dev/null", "--wrap=sleep 300")
+    assert 0 == landed.returncode, landed.stderr
+    job_id = landed.stdout.strip().split(";")[0]
+
+    def cancelled() -> bool:
+        states = {found: state for found, state, _ in cluster.slurm.jobs()}
+        return states.get(job_id) == "CANCELLED" and "cluster" not in executor.owed
+
+    await wait_until(cancelled, timeout=30)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from ._transport import SSHTransport
 log = structlog.get_logger("statevisor.batch")
 
 SUBMIT = "batch.submit"
+LATE_SUBMIT_WINDOW = 120.0
+"""Seconds a cancel keeps looking for the job of a submit that was in flight when it came."""
 WAIT = "batch.wait"
 CANCEL = "batch.cancel"
 """Untracked: cancel a job whose process was killed with no action in flight (see on_kill)."""
@@ -112,6 +115,10 @@ class BatchExecutor:
         if host is None:
             return
         job_id = payload.get("job_id") if action.type == WAIT else self._journaled(action.id)
+        if action.type == SUBMIT and not job_id and self._journal_path(action.id).exists():
+            # The submit got as far as sbatch and may still be in flight: a job of its name
+            # can appear after the search below looked. Keep looking for a while.
+            self._owe(host.spec.name, f"late:{payload['name']}:{time.time() + LATE_SUBMIT_WINDOW:.0f}")
         await self._cancel_or_owe(host, job_id or f"name:{payload['name']}")
 
     async def _cancel_or_owe(self, host: _Host, target: str) -> None:
@@ -265,17 +272,22 @@ class BatchExecutor:
 
     # --- cancel and hold --------------------------------------------------------------------
 
-    async def _cancel_on(self, host: _Host, targets: list[str]) -> None:
-        job_ids = []
+    async def _cancel_on(self, host: _Host, targets: list[str]) -> list[str]:
+        """Cancel ``targets`` (job ids, ``name:N``, ``late:N:deadline``); returns the late ones
+        still to look for (not found yet, deadline not passed)."""
+        job_ids, lingering = [], []
         for target in targets:
-            if target.startswith("name:"):
-                found = await self._find(host, target[5:])
+            if target.startswith(("name:", "late:")):
+                kind, name, deadline = [*target.split(":", 2), ""][:3]
+                found = await self._find(host, name)
                 if found is not None and not found.startswith("gone:"):
                     job_ids.append(found)
+                elif kind == "late" and deadline.isdigit() and time.time() < int(deadline):
+                    lingering.append(target)
             elif not target.startswith("gone:"):
                 job_ids.append(target)
         if not job_ids:
-            return
+            return lingering
         argv = host.scheduler.cancel(job_ids)
         done = await host.transport.run(argv, check=False)
         if (
@@ -285,6 +297,7 @@ class BatchExecutor:
         ):
             raise SchedulerError(" ".join(argv), done.exit_status, done.stderr)
         log.info("batch_jobs_cancelled", host=host.spec.name, jobs=job_ids)
+        return lingering
 
     async def _hold(self, action: TrackedAction, *, hold: bool) -> None:
         if action.type != WAIT or action.payload.get("known") not in (JobState.QUEUED, JobState.NEW):
@@ -320,10 +333,10 @@ class BatchExecutor:
                     del self.owed[name]  # the host is no longer declared: nothing to cancel on
                     continue
                 try:
-                    await self._cancel_on(host, list(targets))
+                    lingering = await self._cancel_on(host, list(targets))
                 except (TransportError, SchedulerError):
                     continue  # the transport spaces the next attempt
-                targets.clear()
+                targets[:] = lingering
                 if not targets:
                     del self.owed[name]
                 self._save_owed()
