@@ -145,7 +145,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             for snapshot in found:
                 counts[str(snapshot.lifecycle)] = counts.get(str(snapshot.lifecycle), 0) + 1
             status = {
-                "daemon": client.server_version, "address": daemon.where,
+                "daemon": client.server_version, "address": daemon.where, "socket": daemon.socket,
                 "processes": len(found), "by_lifecycle": counts,
             }  # fmt: skip
             print(_json(status) if args.json else "\n".join(f"{k}: {v}" for k, v in status.items()))
