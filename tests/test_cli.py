@@ -147,9 +147,10 @@ def test_call_cast_propose_and_read_from_the_command_line(daemon: Daemon) -> Non
     log-apply machine and prints the entry's index and apply result (the old value); read
     answers from the applied state (--sync after catching up). An entry apply rejects exits 1
     naming the error; a message that is not JSON exits 2 and says which argument."""
+    log = daemon.config.parent / "kv.db"
     daemon.config.write_text(
         daemon.config.read_text()
-        + '\n[[process]]\nname = "kv"\nkind = "logapply"\n[process.settings]\napp = "kv"\npath = "var/kv.db"\n'
+        + f'\n[[process]]\nname = "kv"\nkind = "logapply"\n[process.settings]\napp = "kv"\npath = "{log}"\n'
     )
     daemon.start()
     assert isinstance(json.loads(cli(daemon, "call", "fast", '"ticks"').stdout), int)
