@@ -80,7 +80,7 @@ def encode_record(record: ProcessRecord) -> Checkpoint:
     return encode_fields(
         r.pid, r.name, r.kind, r.version, r.phase, r.state,
         [[a.id, a.type, a.payload] for a in r.pending], [[t.name, t.deadline, t.payload] for t in r.timers],
-        r.lifecycle, r.result, r.error, (r.pause_reason or True) if r.paused and r.pause_reason else r.paused, r.meta,
+        r.lifecycle, r.result, r.error, r.pause_reason if r.paused and r.pause_reason else r.paused, r.meta,
     )  # fmt: skip
 
 

@@ -283,8 +283,7 @@ class Process(ProcessControl):
                 await self._make_durable(ctx.end)
             else:
                 # Nothing left the process: the next group commit takes its latest state.
-                self._dirty = True
-                checkpointer.mark_dirty(self)
+                self.mark_dirty()
         if tracked and ctx.end is None:
             for action in tracked:
                 self._dispatch(action)

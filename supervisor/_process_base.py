@@ -317,9 +317,10 @@ class ProcessBase:
             return self._pause_reason or True
         return self._pause_reason is None
 
-    def mark_changed_outside_transitions(self) -> None:
-        """A pause or resume changed what the checkpoint keeps: have the next group commit
-        write it (no transition ran, so nothing else would)."""
+    def mark_dirty(self) -> None:
+        """Have the next group commit write this process's latest state (nobody waits for it):
+        after an effect-free commit, or a pause or resume (no transition ran, so nothing else
+        would write those)."""
         checkpointer = self.runtime.checkpointer
         if checkpointer is not None and self._terminal is None:
             self._dirty = True

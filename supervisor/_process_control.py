@@ -101,7 +101,7 @@ class ProcessControl(ProcessBase):
         if not self._paused:
             self._paused = True
             self.version += 1
-            self.mark_changed_outside_transitions()
+            self.mark_dirty()
             self._changed.wake_all()
         self._pause_landed.wake_all()
 
@@ -115,7 +115,7 @@ class ProcessControl(ProcessBase):
                 self._paused_itself = False
                 self._mailbox.append(Control(ControlEvent.RESUMED))
             self.version += 1
-            self.mark_changed_outside_transitions()
+            self.mark_dirty()
             self._changed.wake_all()
             self._resumed.wake_all()
             self._poke()

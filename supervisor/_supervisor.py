@@ -97,8 +97,14 @@ class _Child:
         self.since = 0.0
         self.streak = 0  # restarts in a row (for backoff)
         self.pending_restart: TimerHandle | None = None
-        self.window = RestartWindow(spec.budget) if spec.budget is not None else None
+        self.window: RestartWindow | None = None
         self.given_up = False
+        self.reset_budget()
+
+    def reset_budget(self) -> None:
+        """Count this child's own restarts afresh (at its creation, and when an operator
+        starts it again after it was given up)."""
+        self.window = RestartWindow(self.spec.budget) if self.spec.budget is not None else None
 
     @property
     def alive(self) -> bool:
@@ -271,7 +277,7 @@ class Supervisor:
             return
         if child.given_up:  # an operator's start: the child's budget starts afresh
             child.given_up = False
-            child.window = RestartWindow(child.spec.budget) if child.spec.budget is not None else None
+            child.reset_budget()
         await self._start_child(child)
 
     async def add_child(self, spec: ChildSpec) -> None:

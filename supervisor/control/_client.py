@@ -349,14 +349,14 @@ class RemoteHandle:
         """The last ``lines`` lines, then new lines as they are written, until the caller stops.
         After a reconnection (a daemon restart) it goes on after the last line it yielded:
         nothing missed, nothing repeated (unless the log was rotated meanwhile)."""
-        reached: list[int | None] = [None]
+        reached: int | None = None  # the offset after the last line yielded
 
         def args() -> dict[str, Any]:
-            first = lines if reached[0] is None else 0
-            return {"pid": self.pid, "stream": stream, "lines": first, "positions": True, "start": reached[0]}
+            first = lines if reached is None else 0
+            return {"pid": self.pid, "stream": stream, "lines": first, "positions": True, "start": reached}
 
         async for line, offset in self.client.resumable_stream("follow", args):
-            reached[0] = offset
+            reached = offset
             yield str(line)
 
     def __repr__(self) -> str:

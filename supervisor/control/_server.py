@@ -399,14 +399,11 @@ async def op_follow(c: _Connection, args: dict[str, Any], request_id: int) -> An
     (a client that reconnects misses nothing and repeats nothing)."""
     lines = _arg(args, "lines", int, required=False)
     stream = _arg(args, "stream", str, required=False) or "stdout"
-    handle = c.handle(args)
-    if _arg(args, "positions", bool, required=False):
-        start = _arg(args, "start", int, required=False)
-        async for found in handle.follow_positions(stream, 10 if lines is None else lines, start):
-            await c.send_frame(encode_item(request_id, msgpack.packb(found)))
-        return None
-    async for line in handle.follow(stream, 10 if lines is None else lines):
-        await c.send_frame(encode_item(request_id, msgpack.packb(line)))
+    positions = _arg(args, "positions", bool, required=False)
+    start = _arg(args, "start", int, required=False) if positions else None
+    async for line, offset in c.handle(args).follow_positions(stream, 10 if lines is None else lines, start):
+        item = [line, offset] if positions else line
+        await c.send_frame(encode_item(request_id, msgpack.packb(item)))
     return None
 
 
