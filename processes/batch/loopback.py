@@ -89,6 +89,10 @@ def _children(parent: int) -> list[int]:
     return found
 
 
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
+
+
 class Munge:
     """munged on its default socket (Slurm's auth/munge looks there); started when not running."""
 
@@ -196,32 +200,39 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubsc
 
 
 class Sshd:
-    """An sshd on a loopback port with a generated host key and client key."""
+    """An sshd on a loopback port with a generated host key, a client key in its
+    authorized_keys, and a user certificate authority it trusts (see :meth:`certify`).
 
-    def __init__(self, root: Path, slurm_conf: Path) -> None:
+    ``extra`` is appended to sshd_config (a jump host that refuses forwarding, say)."""
+
+    def __init__(self, root: Path, slurm_conf: Path, extra: str = "") -> None:
         self.root = root
         self.port = free_port()
         self.slurm_conf = slurm_conf
+        self.extra = extra
         self.host_key = root / "hostkey"
         self.client_key = root / "userkey"
+        self.user_ca = root / "user_ca"
         self.known_hosts = root / "known_hosts"
+        self.authorized_keys = root / "authorized_keys"
         self.config = root / "sshd_config"
         self.process: subprocess.Popen[bytes] | None = None
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         Path("/run/sshd").mkdir(exist_ok=True)
-        for key in (self.host_key, self.client_key):
+        for key in (self.host_key, self.client_key, self.user_ca):
             if not key.exists():
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        shutil.copy(f"{self.client_key}.pub", self.root / "authorized_keys")
+                _keygen(key)
+        shutil.copy(f"{self.client_key}.pub", self.authorized_keys)
         public = Path(f"{self.host_key}.pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n")
         self.config.write_text(
             f"""Port {self.port}
 ListenAddress 127.0.0.1
 HostKey {self.host_key}
-AuthorizedKeysFile {self.root}/authorized_keys
+AuthorizedKeysFile {self.authorized_keys}
+TrustedUserCAKeys {self.user_ca}.pub
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
@@ -232,6 +243,7 @@ MaxStartups 100:30:200
 PidFile {self.root}/sshd.pid
 SetEnv SLURM_CONF={self.slurm_conf}
 Subsystem sftp internal-sftp
+{self.extra}
 """
         )
 
@@ -254,11 +266,45 @@ Subsystem sftp internal-sftp
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def new_key(self, name: str, *, authorize: bool = False) -> Path:
+        """A fresh client key; listed in authorized_keys only when asked."""
+        key = self.root / name
+        _keygen(key)
+        if authorize:
+            with self.authorized_keys.open("a") as keys:
+                keys.write(Path(f"{key}.pub").read_text())
+        return key
+
+    def certify(self, key: Path, *, principal: str = "root", validity: str = "-5m:+1h") -> Path:
+        """An OpenSSH user certificate for ``key``, signed by the CA this sshd trusts.
+
+        It is moved to ``<key>.cert`` so that nothing finds it by the ``-cert.pub`` naming
+        convention: a test that logs in with it must have been given it."""
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-s",
+                str(self.user_ca),
+                "-I",
+                f"statevisor-test-{key.name}",
+                "-n",
+                principal,
+                "-V",
+                validity,
+                f"{key}.pub",
+            ],
+            check=True,
+        )
+        certificate = key.with_name(f"{key.name}.cert")
+        Path(f"{key}-cert.pub").rename(certificate)
+        return certificate
+
     def wrong_known_hosts(self) -> Path:
         """A known_hosts that holds another key for this host's address."""
         other = self.root / "otherkey"
         if not other.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+            _keygen(other)
         public = Path(f"{other}.pub").read_text().split()
         path = self.root / "known_hosts.wrong"
         path.write_text(f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n")
