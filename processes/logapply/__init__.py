@@ -12,7 +12,7 @@ from ._jetstream import JetStreamLog
 from ._log import Entry, Log
 from ._machine import LogApply, LogApplyClient
 from ._replica import OnError, Replica, ReplicaPhase
-from ._sim import SimulatedLog
+from ._sim import SimulatedLog, SimulatedLogApply
 from ._snapshots import SnapshotStore
 from ._sqlite_log import SQLiteLog
 
@@ -33,6 +33,7 @@ __all__ = [
     "ReplicaPhase",
     "SQLiteLog",
     "SimulatedLog",
+    "SimulatedLogApply",
     "AckLost",
     "SnapshotStore",
     "decode_entry",

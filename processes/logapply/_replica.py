@@ -44,7 +44,7 @@ class ReplicaPhase(StrEnum):
     STOPPED = "stopped"
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     # A result may be a container inside the state, which later entries change: copy it out.
     if isinstance(value, dict | list):
         return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
@@ -183,7 +183,7 @@ class Replica:
 
     def _apply_one(self, index: int, data: bytes) -> None:
         try:
-            outcome: Outcome = (True, _plain(self.value.apply(self.applier.apply, decode_entry(data))))
+            outcome: Outcome = (True, plain(self.value.apply(self.applier.apply, decode_entry(data))))
         except Exception as exc:
             outcome = (False, f"{type(exc).__name__}: {exc}")
             self.apply_errors += 1
@@ -273,7 +273,7 @@ class Replica:
         """Answer ``query`` from the applied state; ``sync``: first catch up with the log's end."""
         if sync:
             await self.caught_up()
-        return _plain(self.applier.query(self.value.root, query))
+        return plain(self.applier.query(self.value.root, query))
 
     def status(self) -> dict[str, Any]:
         """Where this replica is, with the hash of its state at ``applied``."""
