@@ -35,6 +35,9 @@ class Catalog:
     def check_settings(self, kind: str, settings: Mapping[str, Any]) -> None:
         self.kinds[kind].check_settings(settings)
 
+    def resolve_paths(self, kind: str, settings: Mapping[str, Any], base: Path) -> dict[str, Any]:
+        return self.kinds[kind].resolve_paths(settings, base)
+
     def check_hosts(self, hosts: Mapping[str, Mapping[str, Any]], base: Path) -> None:
         batch.parse_hosts(hosts, base)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ._actions import TrackedAction, UntrackedAction
@@ -39,6 +40,8 @@ class Machine(Generic[S]):
     * ``edges``: ``{source: {target: label}}``; when declared, ``ctx.goto`` outside them raises
       and :func:`supervisor.mermaid` draws them.
     * ``error_policy``: what a raising transition does to the process (continue or fail).
+    * ``local_paths``: the settings that are local file paths; in a configuration file a
+      relative one is relative to that file (see :meth:`resolve_paths`).
     """
 
     kind: ClassVar[str] = ""
@@ -46,6 +49,7 @@ class Machine(Generic[S]):
     initial_phase: ClassVar[str] = ""
     edges: ClassVar[Mapping[str, Mapping[str, str]]] = {}
     error_policy: ClassVar[ErrorPolicy] = ErrorPolicy.CONTINUE
+    local_paths: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -95,6 +99,20 @@ class Machine(Generic[S]):
         Raise :class:`SettingsError` naming the key; the configuration loader adds the file,
         line and process. The default accepts anything.
         """
+
+    @classmethod
+    def resolve_paths(cls, settings: Mapping[str, Any], base: Path) -> dict[str, Any]:
+        """Settings from a configuration file (already checked), with relative local paths made
+        absolute against ``base``, the file's directory, so that the daemon finds the same files
+        wherever it was started. The default resolves the string settings named in
+        ``local_paths``; override it for paths nested deeper.
+        """
+        resolved = dict(settings)
+        for key in cls.local_paths:
+            value = resolved.get(key)
+            if isinstance(value, str) and value:
+                resolved[key] = str(base / Path(value).expanduser())
+        return resolved
 
     def on_kill(self, state: S) -> Sequence[tuple[str, Any]]:
         """Untracked actions ``(type, payload)`` to run when the process is killed while no

@@ -81,12 +81,7 @@ def _daemon(args: argparse.Namespace) -> int:
     from .daemon import run
 
     try:
-        config = load(
-            args.config,
-            known_kinds=CATALOG.kinds.__contains__,
-            check_settings=CATALOG.check_settings,
-            check_hosts=CATALOG.check_hosts,
-        )
+        config = load(args.config, CATALOG)
     except ConfigError as exc:
         print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -5,17 +5,18 @@ Every error names the file, the key path, the line and what was expected::
     config/bad.toml:14: process[1].restart: expected one of permanent, transient, temporary; got 'sometimes'
 
 A configuration is validated whole before anything starts: an invalid file never starts a
-half-configured daemon. Paths in ``[daemon]`` are relative to the configuration file.
+half-configured daemon. Relative paths, in ``[daemon]`` and in a process's settings (the kind says
+which settings are paths), are relative to the configuration file.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ._config_check import REQUIRED, Checker
 from ._exceptions import ConfigError, ConfigurationError, SettingsError
@@ -189,37 +190,37 @@ def _address(text: str) -> bool:
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
-SettingsCheck = Callable[[str, Mapping[str, Any]], None]
-"""(kind, settings) -> None, raising SettingsError: a kind's own validation of its settings."""
+class Kinds(Protocol):
+    """What the loader asks of the process kinds (``processes.CATALOG``); it knows none itself.
 
-HostsCheck = Callable[[Mapping[str, Mapping[str, Any]], Path], None]
-"""Validates the ``[host.NAME]`` tables (given the configuration's directory); raises SettingsError."""
+    ``check_settings`` and ``check_hosts`` raise :class:`SettingsError` naming the key;
+    ``resolve_paths`` returns a process's settings with its relative local paths made absolute
+    against ``base``, the configuration file's directory.
+    """
+
+    @property
+    def kinds(self) -> Mapping[str, Any]: ...
+
+    def check_settings(self, kind: str, settings: Mapping[str, Any]) -> None: ...
+
+    def check_hosts(self, hosts: Mapping[str, Mapping[str, Any]], base: Path) -> None: ...
+
+    def resolve_paths(self, kind: str, settings: Mapping[str, Any], base: Path) -> dict[str, Any]: ...
 
 
-def load(
-    path: str | Path,
-    *,
-    known_kinds: Callable[[str], bool] | None = None,
-    check_settings: SettingsCheck | None = None,
-    check_hosts: HostsCheck | None = None,
-) -> Config:
-    """Read and validate a configuration file; raises :class:`ConfigError` naming what is wrong."""
+def load(path: str | Path, kinds: Kinds | None = None) -> Config:
+    """Read and validate a configuration file; raises :class:`ConfigError` naming what is wrong.
+
+    Without ``kinds``, process kinds, their settings and hosts are taken as written."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", None, f"cannot read: {exc.strerror or exc}") from None
-    return parse(text, path, known_kinds=known_kinds, check_settings=check_settings, check_hosts=check_hosts)
+    return parse(text, path, kinds)
 
 
-def parse(
-    text: str,
-    path: Path,
-    *,
-    known_kinds: Callable[[str], bool] | None = None,
-    check_settings: SettingsCheck | None = None,
-    check_hosts: HostsCheck | None = None,
-) -> Config:
+def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
     checker = Checker(path, text)
     try:
         data = tomllib.loads(text)
@@ -324,21 +325,21 @@ def parse(
             "restart",
             index,
         )
-        if known_kinds is not None:
+        if kinds is not None:
             checker.check(
-                known_kinds(item["kind"]),
+                item["kind"] in kinds.kinds,
                 f"{prefix}kind",
                 f"unknown process kind {item['kind']!r}",
                 "process",
                 "kind",
                 index,
             )
-        if check_settings is not None:
             try:
-                check_settings(item["kind"], item["settings"])
+                kinds.check_settings(item["kind"], item["settings"])
             except SettingsError as exc:
                 line = checker.lines.find_in_entry("process", index, exc.key)
                 raise ConfigError(checker.file, f"{prefix}settings.{exc.key}", line, exc.problem) from None
+            item["settings"] = kinds.resolve_paths(item["kind"], item["settings"], path.resolve().parent)
         depends = item["depends_on"]
         checker.check(
             all(isinstance(d, str) for d in depends),
@@ -369,9 +370,9 @@ def parse(
     for name, host in data["host"].items():
         checker.check(isinstance(host, dict), f"host.{name}", "expected a table ([host.NAME])", "host", name)
         hosts[name] = host
-    if check_hosts is not None:
+    if kinds is not None:
         try:
-            check_hosts(hosts, path.resolve().parent)
+            kinds.check_hosts(hosts, path.resolve().parent)
         except SettingsError as exc:
             # exc.key is "host.NAME.key": the line is that key's in the [host.NAME] table.
             _, name, key = [*exc.key.split(".", 2), "", ""][:3]

@@ -20,21 +20,17 @@ from ._exceptions import ConfigError
 from ._host import Host
 from ._machine import Machine
 from ._supervisor import ChildSpec, SupervisorSpec
-from .config import Config, ProcessSettings, load
+from .config import Config, Kinds, ProcessSettings, load
 from .logs import configure
 
 log = structlog.get_logger("statevisor.daemon")
 
 
-class Catalog(Protocol):
+class Catalog(Kinds, Protocol):
     """The process kinds a daemon runs (``processes.CATALOG``): the daemon knows none itself."""
 
     @property
     def kinds(self) -> Mapping[str, type[Machine[Any]]]: ...
-
-    def check_settings(self, kind: str, settings: Mapping[str, Any]) -> None: ...
-
-    def check_hosts(self, hosts: Mapping[str, Mapping[str, Any]], base: Path) -> None: ...
 
     def build(self, config: Config) -> tuple[list[Machine[Any]], dict[str, Executor]]: ...
 
@@ -153,12 +149,7 @@ async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:
     ones; leave the rest alone. An invalid file is refused and the running configuration kept."""
     old = current[0]
     try:
-        new = load(
-            old.path,
-            known_kinds=catalog.kinds.__contains__,
-            check_settings=catalog.check_settings,
-            check_hosts=catalog.check_hosts,
-        )
+        new = load(old.path, catalog)
     except ConfigError as exc:
         log.error("reload_refused", error=str(exc))
         return

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import CATALOG
 from supervisor import ConfigError, Restart
 from supervisor.config import load
 
@@ -41,13 +42,65 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_a_good_configuration_loads_with_paths_relative_to_the_file(tmp_path: Path) -> None:
     """Every key lands in typed settings; relative paths resolve against the file's directory."""
-    config = load(write(tmp_path, GOOD), known_kinds={"ticker"}.__contains__)
+    config = load(write(tmp_path, GOOD), CATALOG)
     assert tmp_path / "var" / "s.db" == config.daemon.store
     assert {"ticker": 2} == dict(config.daemon.slots)
     assert ["a", "b"] == [p.name for p in config.processes]
     assert (Restart.TRANSIENT, ("a",), {"interval": 1.5}) == (
         config.processes[1].restart, config.processes[1].depends_on, dict(config.processes[1].settings)
     )  # fmt: skip
+
+
+def test_relative_paths_in_process_settings_resolve_against_the_file(tmp_path: Path) -> None:
+    """A process's local paths (a shell's cwd, a log-apply machine's log, a batch job's local
+    staging files) are relative to the configuration file, as [daemon] paths are, so a daemon
+    started from another directory uses the same files; absolute paths and the remote side of
+    staging are left as written, and so is a shell's stdout (relative to the log directory)."""
+    text = """\
+[[process]]
+name = "sh"
+kind = "shell"
+[process.settings]
+argv = ["true"]
+cwd = "work"
+stdout = "sh.log"
+
+[[process]]
+name = "kv"
+kind = "logapply"
+[process.settings]
+app = "kv"
+path = "data/kv.db"
+
+[[process]]
+name = "abs"
+kind = "logapply"
+[process.settings]
+app = "kv"
+path = "/srv/kv.db"
+
+[[process]]
+name = "job"
+kind = "batch"
+[process.settings]
+host = "cluster"
+argv = ["true"]
+stage_in = [["in/a.dat", "run/a.dat"]]
+stage_out = [["run/b.dat", "out/b.dat"]]
+
+[host.cluster]
+address = "login.example.org"
+"""
+    base = tmp_path / "nested"
+    base.mkdir()
+    config = load(write(base, text), CATALOG)
+    shell, kv, absolute, job = (dict(p.settings) for p in config.processes)
+    assert (str(base / "work"), "sh.log") == (shell["cwd"], shell["stdout"])
+    assert str(base / "data" / "kv.db") == kv["path"]
+    assert "/srv/kv.db" == absolute["path"]
+    assert [[str(base / "in" / "a.dat"), "run/a.dat"]] == job["stage_in"]
+    assert [["run/b.dat", str(base / "out" / "b.dat")]] == job["stage_out"]
+    assert "work" == load(write(tmp_path, text)).processes[0].settings["cwd"], "without kinds: as written"
 
 
 def test_restart_policy_loads_for_the_root_and_per_process(tmp_path: Path) -> None:
@@ -62,7 +115,7 @@ def test_restart_policy_loads_for_the_root_and_per_process(tmp_path: Path) -> No
         "[supervisor]\nstrategy = 'rest_for_one'\nmax_restarts = 7\nperiod = 9.5\n"
         "[supervisor.backoff]\ninitial = 0.5\njitter = 0\n"
     )
-    config = load(write(tmp_path, text), known_kinds={"ticker"}.__contains__)
+    config = load(write(tmp_path, text), CATALOG)
     root = config.supervisor
     assert (Strategy.REST_FOR_ONE, Budget(7, 9.5)) == (root.strategy, root.budget)
     assert Backoff(initial=0.5, jitter=0.0) == root.backoff
@@ -70,7 +123,7 @@ def test_restart_policy_loads_for_the_root_and_per_process(tmp_path: Path) -> No
     assert (None, None) == (a.backoff, a.budget)
     assert (Backoff(initial=2.0, maximum=20.0), Budget(4, 60.0)) == (c.backoff, c.budget)
     assert (None, Budget(1, 30.0)) == (d.backoff, d.budget)
-    defaults = load(write(tmp_path, GOOD), known_kinds={"ticker"}.__contains__).supervisor
+    defaults = load(write(tmp_path, GOOD), CATALOG).supervisor
     assert (Strategy.ONE_FOR_ONE, Budget(), Backoff()) == (defaults.strategy, defaults.budget, defaults.backoff)
 
 
@@ -80,7 +133,7 @@ def test_the_shipped_example_configuration_is_valid() -> None:
     from processes import CATALOG
 
     path = Path(__file__).parent.parent / "config" / "statevisor.toml"
-    config = load(path, known_kinds=CATALOG.kinds.__contains__, check_settings=CATALOG.check_settings)
+    config = load(path, CATALOG)
     assert ["ticker", "ticker", "shell"] == [p.kind for p in config.processes]
 
 
@@ -148,7 +201,7 @@ def test_broken_configurations_name_the_file_key_line_and_expectation(
     expected (the line is where the offending key or table is)."""
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
-        load(path, known_kinds={"ticker"}.__contains__)
+        load(path, CATALOG)
     error = caught.value
     assert str(path) == error.file
     assert key == error.key
@@ -190,5 +243,5 @@ def test_a_kinds_settings_are_checked_at_load_naming_file_line_and_key(tmp_path:
         "[process.settings.limits]\nstack = 5\n"
     )
     with pytest.raises(ConfigError) as caught:
-        load(path, known_kinds=CATALOG.kinds.__contains__, check_settings=CATALOG.check_settings)
+        load(path, CATALOG)
     assert f"{path}:13: process[1].settings.limits.stack: unknown limit" in str(caught.value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar
 
 from supervisor import ActionFailed, ActionSucceeded, Context, Control, ControlEvent, Input, Machine, SettingsError
@@ -51,6 +52,18 @@ class BatchJob(Machine[dict[str, Any]]):
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
         parse(settings)
+
+    @classmethod
+    def resolve_paths(cls, settings: Mapping[str, Any], base: Path) -> dict[str, Any]:
+        """The local side of each staged file is relative to the configuration file."""
+        resolved = dict(settings)
+        for key, local in (("stage_in", 0), ("stage_out", 1)):
+            pairs = [list(pair) for pair in resolved.get(key, [])]
+            for pair in pairs:
+                pair[local] = str(base / Path(pair[local]).expanduser())
+            if pairs:
+                resolved[key] = pairs
+        return resolved
 
     async def transition(self, state: dict[str, Any], input: Input, ctx: Context) -> None:
         match input:

@@ -34,6 +34,7 @@ class Shell(Machine[dict[str, Any]]):
     """
 
     kind = "shell"
+    local_paths = ("cwd",)  # stdout/stderr are relative to log_dir instead
     phases = Phase
     edges: ClassVar[Mapping[str, Mapping[str, str]]] = {
         Phase.STARTING: {Phase.RUNNING: "run", Phase.ENDED: "invalid"},
