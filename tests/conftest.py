@@ -79,6 +79,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def grid_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real single-host Grid Engine on loopback ports, in a cell of its own
+    (processes/batch/loopback_sge.py), for the SGE adapter's tests."""
+    from processes.batch.loopback_sge import GridEngine, missing_programs
+
+    missing = missing_programs()
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run the README's test command (bash .ci/test), which installs them")
+    started = GridEngine(tmp_path_factory.mktemp("sge"))
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="session")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real 3-node NATS JetStream cluster on loopback (processes/logapply/loopback.py)."""
     from processes.logapply.loopback import NatsCluster, nats_server

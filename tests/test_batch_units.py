@@ -102,6 +102,23 @@ def test_sge_parser_reads_qstat_xml_and_finds_by_name() -> None:
         SGE().parse_status("error: commlib error")
 
 
+def test_sge_parser_reads_what_a_real_grid_engine_printed() -> None:
+    """qstat -xml as Son of Grid Engine 8.1.9 (Debian 12) really printed it, recorded from the
+    loopback Grid Engine the SGE tests run (tests/test_batch_sge.py): running, held, error,
+    waiting, and a running job being deleted (``dr``)."""
+    jobs = SGE().parse_status((DATA / "sge_8.1.9_qstat.xml").read_text())
+    assert {n: (j.state, j.held) for n, j in jobs.items()} == {
+        "1": (JobState.ACTIVE, False),
+        "2": (JobState.QUEUED, True),
+        "3": (JobState.FAILED, False),
+        "4": (JobState.QUEUED, False),
+    }
+    deleting = SGE().parse_status((DATA / "sge_8.1.9_qstat_deleting.xml").read_text())
+    assert deleting["1"].state is JobState.CANCELED
+    assert deleting["1"].native == "dr"
+    assert SGE().parse_find((DATA / "sge_8.1.9_qstat.xml").read_text(), "sv-held") == ["2"]
+
+
 def test_job_states_never_move_backwards() -> None:
     """A requeued job (PENDING after RUNNING) stays active; a final state is never left."""
     assert advance(JobState.ACTIVE, JobState.QUEUED) is JobState.ACTIVE

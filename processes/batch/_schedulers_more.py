@@ -1,7 +1,8 @@
 """PBS Pro/Torque, LSF and SGE adapters (see :mod:`._schedulers` for the interface).
 
-None of these schedulers can run on this machine, so their parsers are tested on the output
-formats their manuals document (``tests/data/schedulers``); Slurm is the one tested live.
+SGE is tested live against a real Grid Engine (``loopback_sge``) and on its recorded output; PBS
+and LSF cannot run on this machine, so their parsers are tested on the output formats their
+manuals document (``tests/data/schedulers``).
 Pause holds a pending job on each (``qhold``; ``bstop`` on LSF, which suspends a running job
 too); resume releases it (``qrls``; ``bresume``).
 """
