@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 import pytest
 import uvloop
@@ -62,20 +63,29 @@ def _fail_on_loop_trouble() -> Iterator[None]:
         pytest.fail(f"the event loop reported trouble during the test:\n{messages}")
 
 
+class _Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def _running(service: _Service, missing: list[str]) -> Iterator[object]:
+    """Start a real service for the session and stop it after; a missing program fails (the
+    test command installs them all), it never skips."""
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run the README's test command (bash .ci/test), which installs them")
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real single-node Slurm and sshd on loopback (see tests/hpc.py), for the session."""
     from tests.hpc import Cluster, missing_programs
 
-    missing = missing_programs()
-    if missing:
-        pytest.fail(f"missing {', '.join(missing)}: run the README's test command (bash .ci/test), which installs them")
-    started = Cluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        started.start()
-        yield started
-    finally:
-        started.stop()
+    yield from _running(Cluster(tmp_path_factory.mktemp("cluster")), missing_programs())
 
 
 @pytest.fixture(scope="session")
@@ -84,15 +94,7 @@ def grid_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     (processes/batch/loopback_sge.py), for the SGE adapter's tests."""
     from processes.batch.loopback_sge import GridEngine, missing_programs
 
-    missing = missing_programs()
-    if missing:
-        pytest.fail(f"missing {', '.join(missing)}: run the README's test command (bash .ci/test), which installs them")
-    started = GridEngine(tmp_path_factory.mktemp("sge"))
-    try:
-        started.start()
-        yield started
-    finally:
-        started.stop()
+    yield from _running(GridEngine(tmp_path_factory.mktemp("sge")), missing_programs())
 
 
 @pytest.fixture(scope="session")
@@ -100,11 +102,5 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real 3-node NATS JetStream cluster on loopback (processes/logapply/loopback.py)."""
     from processes.logapply.loopback import NatsCluster, nats_server
 
-    if nats_server() is None:
-        pytest.fail("nats-server is missing: run the README's test command (bash .ci/test), which installs it")
-    started = NatsCluster(tmp_path_factory.mktemp("nats"))
-    try:
-        started.start()
-        yield started
-    finally:
-        started.stop()
+    missing = [] if nats_server() is not None else ["nats-server (Debian package nats-server)"]
+    yield from _running(NatsCluster(tmp_path_factory.mktemp("nats")), missing)
