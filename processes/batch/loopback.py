@@ -94,36 +94,49 @@ def _keygen(path: Path) -> None:
 
 
 class Munge:
-    """munged on its default socket (Slurm's auth/munge looks there); started when not running."""
+    """A munged of its own: its own key and socket, so that test sessions (and a developer's
+    own Slurm) never share one, and stopping ours cannot take anyone else's away.
+
+    munged insists that every directory above its socket is searchable by all, which pytest's
+    private temporary directories are not: its files live in ``/run/statevisor-munge-<port>``.
+    """
 
     def __init__(self) -> None:
-        self.started = False
+        self.root = Path(f"/run/statevisor-munge-{free_port()}")
+        self.socket = self.root / "munge.socket"
 
     def running(self) -> bool:
-        ok = subprocess.run(["sh", "-c", "munge -n | unmunge"], capture_output=True, check=False)
-        return ok.returncode == 0
+        socket = str(self.socket)
+        credential = subprocess.run(["munge", "-n", "-S", socket], capture_output=True, check=False)
+        if credential.returncode != 0:
+            return False
+        decoded = subprocess.run(["unmunge", "-S", socket], input=credential.stdout, capture_output=True, check=False)
+        return decoded.returncode == 0
 
     def start(self) -> None:
-        if self.running():
-            return
-        Path("/run/munge").mkdir(parents=True, exist_ok=True)
-        shutil.chown("/run/munge", "munge", "munge")
-        if not Path("/etc/munge/munge.key").exists():
-            subprocess.run(["runuser", "-u", "munge", "--", "mungekey", "--create"], check=True)
-        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
-        self.started = True
+        self.root.mkdir(mode=0o755, parents=True)
+        self.root.chmod(0o755)
+        key = self.root / "munge.key"
+        subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True)
+        subprocess.run(
+            ["/usr/sbin/munged", f"--socket={self.socket}", f"--key-file={key}",
+             f"--pid-file={self.root}/munged.pid", f"--log-file={self.root}/munged.log",
+             f"--seed-file={self.root}/munged.seed"],
+            check=True,
+        )  # fmt: skip
         wait_for("munged to answer", self.running, 10)
 
     def stop(self) -> None:
-        if self.started:
-            _kill_pidfile(Path("/run/munge/munged.pid"))
+        _kill_pidfile(self.root / "munged.pid")
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class Slurm:
     """slurmctld + slurmd for one node, 127.0.0.1, ports and state of its own."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, munge_socket: Path) -> None:
         self.root = root
+        self.munge_socket = munge_socket
         self.conf = root / "slurm.conf"
         self.ctld_port = free_port()
         self.d_port = free_port()
@@ -143,6 +156,7 @@ SlurmdUser=root
 SlurmctldPort={self.ctld_port}
 SlurmdPort={self.d_port}
 AuthType=auth/munge
+AuthInfo=socket={self.munge_socket}
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
@@ -316,7 +330,7 @@ class Cluster:
 
     def __init__(self, root: Path) -> None:
         self.munge = Munge()
-        self.slurm = Slurm(root / "slurm")
+        self.slurm = Slurm(root / "slurm", self.munge.socket)
         self.sshd = Sshd(root / "sshd", self.slurm.conf)
         self.work_dir = str(root / "work")
 
