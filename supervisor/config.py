@@ -261,7 +261,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         ok = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
         checker.check(ok, f"daemon.slots.{kind}", f"expected a whole number >= 1; got {limit!r}", "daemon.slots", kind)
         slots[kind] = limit
-    base = path.parent
+    base = path.resolve().parent
     if raw["tcp"] is not None:
         checker.check(_address(raw["tcp"]), "daemon.tcp", f"expected host:port; got {raw['tcp']!r}", "daemon", "tcp")
         checker.check(
@@ -339,7 +339,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
             except SettingsError as exc:
                 line = checker.lines.find_in_entry("process", index, exc.key)
                 raise ConfigError(checker.file, f"{prefix}settings.{exc.key}", line, exc.problem) from None
-            item["settings"] = kinds.resolve_paths(item["kind"], item["settings"], path.resolve().parent)
+            item["settings"] = kinds.resolve_paths(item["kind"], item["settings"], base)
         depends = item["depends_on"]
         checker.check(
             all(isinstance(d, str) for d in depends),
@@ -372,7 +372,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         hosts[name] = host
     if kinds is not None:
         try:
-            kinds.check_hosts(hosts, path.resolve().parent)
+            kinds.check_hosts(hosts, base)
         except SettingsError as exc:
             # exc.key is "host.NAME.key": the line is that key's in the [host.NAME] table.
             _, name, key = [*exc.key.split(".", 2), "", ""][:3]

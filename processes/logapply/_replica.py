@@ -51,6 +51,28 @@ def plain(value: Any) -> Any:
     return value
 
 
+def describe_status(
+    phase: ReplicaPhase,
+    applied: int,
+    commit: int,
+    snapshot_index: int,
+    snapshot_at: float | None,
+    apply_errors: int,
+    state: Any,
+) -> dict[str, Any]:
+    """What ``logapply.status`` answers, for a replica or a simulated one."""
+    return {
+        "phase": str(phase),
+        "applied": applied,
+        "commit": max(commit, applied),
+        "lag": max(commit - applied, 0),
+        "snapshot_index": snapshot_index,
+        "snapshot_age": None if snapshot_at is None else time.time() - snapshot_at,
+        "apply_errors": apply_errors,
+        "hash": state_hash(state),
+    }
+
+
 class Replica:
     """Applies ``log``'s entries in order, exactly once, to ``applier``'s state."""
 
@@ -277,16 +299,10 @@ class Replica:
 
     def status(self) -> dict[str, Any]:
         """Where this replica is, with the hash of its state at ``applied``."""
-        return {
-            "phase": str(self.phase),
-            "applied": self.applied,
-            "commit": max(self.commit, self.applied),
-            "lag": max(self.commit - self.applied, 0),
-            "snapshot_index": self.snapshot_index,
-            "snapshot_age": None if self.snapshot_at is None else time.time() - self.snapshot_at,
-            "apply_errors": self.apply_errors,
-            "hash": state_hash(self.value.root),
-        }
+        return describe_status(
+            self.phase, self.applied, self.commit, self.snapshot_index, self.snapshot_at, self.apply_errors,
+            self.value.root,
+        )  # fmt: skip
 
     async def close(self) -> None:
         if self._closed:

@@ -23,10 +23,10 @@ from typing import Any
 
 from supervisor import AckLost, AtomicValue, SimExecutor, TrackedAction, UntrackedAction
 
-from ._apply import APPLIERS, Applier, state_hash
+from ._apply import APPLIERS, Applier
 from ._executor import PROPOSE, READ, SERVE, STATUS
 from ._log import Entry
-from ._replica import plain
+from ._replica import ReplicaPhase, describe_status, plain
 
 
 class SimulatedLog:
@@ -187,17 +187,8 @@ class SimulatedLogApply:
 
     def _status(self, action: TrackedAction | UntrackedAction, rng: random.Random) -> dict[str, Any]:
         machine = self.machine(action.pid)
-        applied = len(machine.log)
-        return {
-            "phase": "serving",
-            "applied": applied,
-            "commit": applied,
-            "lag": 0,
-            "snapshot_index": 0,
-            "snapshot_age": None,
-            "apply_errors": machine.errors,
-            "hash": state_hash(machine.value.root),
-        }
+        applied = len(machine.log)  # one replica, always caught up, never snapshotted
+        return describe_status(ReplicaPhase.SERVING, applied, applied, 0, None, machine.errors, machine.value.root)
 
     def __repr__(self) -> str:
         entries = sum(len(m.log) for m in self.machines.values())
