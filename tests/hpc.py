@@ -1,6 +1,22 @@
 """The loopback Slurm + sshd the batch tests run against (it lives in the package: the slurm
-benchmark starts one too)."""
+benchmark starts one too), and the Host those tests build on the hosts they declare."""
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from processes.batch import BatchExecutor, BatchJob, executors, parse_hosts
 from processes.batch.loopback import Cluster, Sshd, missing_programs, wait_for
+from supervisor import Host
 
-__all__ = ["Cluster", "Sshd", "missing_programs", "wait_for"]
+__all__ = ["Cluster", "Sshd", "batch_host", "missing_programs", "wait_for"]
+
+
+def batch_host(tables: Mapping[str, Mapping[str, Any]], tmp_path: Path) -> tuple[Host, BatchExecutor]:
+    """A Host (not started, no store) running batch processes on the ``[host.NAME]`` ``tables``,
+    and its batch executor."""
+    hosts = parse_hosts(tables)
+    made = executors(hosts, tmp_path / "batch")
+    executor = made["batch.submit"]
+    assert isinstance(executor, BatchExecutor)
+    return Host(machines=[BatchJob(hosts)], executors=made, kill_grace=10.0, store=None), executor

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from processes.batch import BatchJob, executors, parse_hosts
+from processes.batch import BatchExecutor, parse_hosts
 from processes.batch._transport import SSHTransport
 from supervisor import Host, HostUnreachable, Lifecycle
 from tests.helpers import wait_until
-from tests.hpc import Cluster, Sshd, wait_for
+from tests.hpc import Cluster, Sshd, batch_host, wait_for
 
 pytestmark = pytest.mark.uvloop_only
 
@@ -112,7 +112,7 @@ async def gateway(cluster: Cluster, root: Path, extra: str = "") -> AsyncIterato
         sshd.stop()
 
 
-def jumped_host(cluster: Cluster, jump: Sshd, tmp_path: Path) -> tuple[Host, Any]:
+def jumped_host(cluster: Cluster, jump: Sshd, tmp_path: Path) -> tuple[Host, BatchExecutor]:
     tables = {
         "gateway": {
             "address": "127.0.0.1",
@@ -128,9 +128,7 @@ def jumped_host(cluster: Cluster, jump: Sshd, tmp_path: Path) -> tuple[Host, Any
         },
         "cluster": cluster.host_table(jump="gateway", retries=1, backoff_max=1.0),
     }
-    hosts = parse_hosts(tables)
-    made = executors(hosts, tmp_path / "batch")
-    return Host(machines=[BatchJob(hosts)], executors=made, kill_grace=10.0, store=None), made["batch.submit"]
+    return batch_host(tables, tmp_path)
 
 
 async def test_a_job_runs_through_a_jump_host(cluster: Cluster, tmp_path: Path) -> None:

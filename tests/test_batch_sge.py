@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from processes.batch import BatchExecutor, BatchJob, executors, parse_hosts
+from processes.batch import BatchExecutor
 from processes.batch.loopback_sge import GridEngine
 from supervisor import Host, Lifecycle
 from tests.helpers import wait_until
-from tests.hpc import Cluster
+from tests.hpc import Cluster, batch_host
 
 pytestmark = pytest.mark.uvloop_only
 
@@ -27,11 +27,7 @@ async def sge_host(
     # The cell's SGE_ROOT/SGE_CELL/ports reach qsub and qstat the way a site's would: the
     # host's env, set on the remote side of every command.
     table = cluster.host_table(scheduler="sge", env=grid_engine.env, poll_interval=0.5)
-    hosts = parse_hosts({"grid": table})
-    made = executors(hosts, tmp_path / "batch")
-    host = Host(machines=[BatchJob(hosts)], executors=made, kill_grace=10.0, store=None)
-    executor = made["batch.submit"]
-    assert isinstance(executor, BatchExecutor)
+    host, executor = batch_host({"grid": table}, tmp_path)
     await host.start()
     yield host, executor
     await host.shutdown(timeout=10)

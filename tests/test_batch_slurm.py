@@ -10,21 +10,16 @@ from typing import Any
 
 import pytest
 
-from processes.batch import BatchExecutor, BatchJob, executors, parse_hosts
+from processes.batch import BatchExecutor
 from supervisor import Host, Lifecycle
 from tests.helpers import wait_until
-from tests.hpc import Cluster
+from tests.hpc import Cluster, batch_host
 
 pytestmark = pytest.mark.uvloop_only
 
 
 def make_host(cluster: Cluster, tmp_path: Path, **overrides: Any) -> tuple[Host, BatchExecutor]:
-    hosts = parse_hosts({"cluster": cluster.host_table(**overrides)})
-    made = executors(hosts, tmp_path / "batch")
-    host = Host(machines=[BatchJob(hosts)], executors=made, kill_grace=10.0, store=None)
-    executor = made["batch.submit"]
-    assert isinstance(executor, BatchExecutor)
-    return host, executor
+    return batch_host({"cluster": cluster.host_table(**overrides)}, tmp_path)
 
 
 @pytest.fixture

@@ -17,16 +17,17 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 PACKAGES = {"slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "munged": "munge", "sshd": "openssh-server"}
 
 
-def missing_programs() -> list[str]:
+def missing_programs(packages: Mapping[str, str] = PACKAGES) -> list[str]:
+    """``packages`` is {program: the Debian package that has it}."""
     return [
         f"{program} (Debian package {package})"
-        for program, package in PACKAGES.items()
+        for program, package in packages.items()
         if shutil.which(program) is None and not Path(f"/usr/sbin/{program}").exists()
     ]
 
@@ -52,7 +53,7 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _kill_pidfile(path: Path, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+def kill_pidfile(path: Path, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
     try:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
@@ -114,8 +115,8 @@ class Munge:
         return decoded.returncode == 0
 
     def start(self) -> None:
-        self.root.mkdir(mode=0o755, parents=True)
-        self.root.chmod(0o755)
+        self.root.mkdir(parents=True)
+        self.root.chmod(0o755)  # not mkdir's mode, which the umask would narrow
         key = self.root / "munge.key"
         subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True)
         subprocess.run(
@@ -127,7 +128,7 @@ class Munge:
         wait_for("munged to answer", self.running, 10)
 
     def stop(self) -> None:
-        _kill_pidfile(self.root / "munged.pid")
+        kill_pidfile(self.root / "munged.pid")
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -193,7 +194,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubsc
         wait_for("slurmctld to answer", lambda: self.run("squeue", "-h").returncode == 0, 30)
 
     def stop_controller(self) -> None:
-        _kill_pidfile(self.root / "slurmctld.pid")
+        kill_pidfile(self.root / "slurmctld.pid")
 
     def _idle(self) -> bool:
         out = self.run("sinfo", "-h", "-o", "%T")
@@ -209,7 +210,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubsc
 
     def stop(self) -> None:
         self.run("scancel", "--full", "--user=root")
-        _kill_pidfile(self.root / "slurmd.pid")
+        kill_pidfile(self.root / "slurmd.pid")
         self.stop_controller()
 
 

@@ -13,16 +13,15 @@ to every remote command.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import shutil
-import signal
 import socket
 import subprocess
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-from .loopback import free_port, wait_for
+from . import loopback
+from .loopback import free_port, kill_pidfile, wait_for
 
 SGE_ROOT = Path("/var/lib/gridengine")
 PACKAGES = {"sge_qmaster": "gridengine-master", "sge_execd": "gridengine-exec", "qsub": "gridengine-client"}
@@ -31,11 +30,7 @@ _GLOBAL_CONFIGURATION = Path("/usr/share/gridengine/default-configuration")
 
 
 def missing_programs() -> list[str]:
-    return [
-        f"{program} (Debian package {package})"
-        for program, package in PACKAGES.items()
-        if shutil.which(program) is None and not Path(f"/usr/sbin/{program}").exists()
-    ]
+    return loopback.missing_programs(PACKAGES)
 
 
 class GridEngine:
@@ -56,8 +51,13 @@ class GridEngine:
             "SGE_EXECD_PORT": str(self.execd_port),
         }
 
-    def run(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(list(argv), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60)
+    def run(
+        self, *argv: str, check: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``argv`` in this cell (``env`` adds to its variables); ``check``: raise with its stderr."""
+        done = subprocess.run(
+            list(argv), env={**os.environ, **self.env, **(env or {})}, capture_output=True, text=True, timeout=60
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}")
         return done
@@ -126,12 +126,7 @@ scheduler_threads       1
         editor.chmod(0o755)
         self.run("qconf", "-as", self.host, check=True)
         self.run("qconf", "-Ae", str(conf / "exechost"), check=True)
-        queue = subprocess.run(
-            ["qconf", "-aq", "all.q"], env={**os.environ, **self.env, "EDITOR": str(editor)},
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        if queue.returncode != 0:
-            raise RuntimeError(f"qconf -aq all.q exited {queue.returncode}: {queue.stderr.strip()}")
+        self.run("qconf", "-aq", "all.q", check=True, env={"EDITOR": str(editor)})
         scheduler = self.run("qconf", "-ssconf", check=True).stdout
         faster = "\n".join(
             "schedule_interval 0:0:1" if line.startswith("schedule_interval") else line
@@ -148,8 +143,6 @@ scheduler_threads       1
 
     def jobs(self) -> list[tuple[str, str, str]]:
         """(number, state, name) of every job qstat lists (pending and running ones)."""
-        import xml.etree.ElementTree as ElementTree
-
         out = self.run("qstat", "-xml", "-u", "*", check=True).stdout
         return [
             (job.findtext("JB_job_number", ""), job.findtext("state", ""), job.findtext("JB_name", ""))
@@ -159,16 +152,5 @@ scheduler_threads       1
     def stop(self) -> None:
         # execd names its spool directory by the name its address resolves to (often localhost)
         for pidfile in [*(self.root / "execd").glob("*/execd.pid"), self.root / "qmaster" / "qmaster.pid"]:
-            with contextlib.suppress(OSError, ValueError, ProcessLookupError):
-                pid = int(pidfile.read_text().strip())
-                os.kill(pid, signal.SIGTERM)
-                wait_for(f"pid {pid} to exit", functools.partial(_gone, pid), 20)
+            kill_pidfile(pidfile)
         shutil.rmtree(SGE_ROOT / self.cell, ignore_errors=True)
-
-
-def _gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie nobody here will reap (the daemons detach)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
