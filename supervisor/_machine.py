@@ -111,8 +111,13 @@ class Machine(Generic[S]):
         for key in cls.local_paths:
             value = resolved.get(key)
             if isinstance(value, str) and value:
-                resolved[key] = str(base / Path(value).expanduser())
+                resolved[key] = cls.local_path(value, base)
         return resolved
+
+    @staticmethod
+    def local_path(value: str, base: Path) -> str:
+        """``value`` (``~`` expanded) made absolute against ``base``; an absolute one stays."""
+        return str(base / Path(value).expanduser())
 
     def on_kill(self, state: S) -> Sequence[tuple[str, Any]]:
         """Untracked actions ``(type, payload)`` to run when the process is killed while no

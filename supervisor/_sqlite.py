@@ -25,64 +25,7 @@ from typing import Any, Literal, Protocol
 from ._codec import Checkpoint, decode_record, encode_record
 from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError, StoreFull, StoreLocked
 from ._snapshot import ProcessRecord
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS processes (
-    pid TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    lifecycle TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    updated REAL NOT NULL,
-    ended REAL,
-    record BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS processes_ended ON processes (ended);
-CREATE TABLE IF NOT EXISTS quarantine (
-    pid TEXT PRIMARY KEY,
-    reason TEXT NOT NULL,
-    at REAL NOT NULL,
-    record BLOB
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-SCHEMA_VERSION = "1"
-
-_UPSERT_HEAD = "INSERT INTO processes (pid, name, kind, lifecycle, version, updated, ended, record) VALUES "
-_UPSERT_TAIL = """
-ON CONFLICT (pid) DO UPDATE SET
-    name = excluded.name, kind = excluded.kind, lifecycle = excluded.lifecycle,
-    version = excluded.version, updated = excluded.updated, ended = excluded.ended,
-    record = excluded.record
-WHERE excluded.version >= processes.version
-"""
-UPSERT = _UPSERT_HEAD + "(?, ?, ?, ?, ?, ?, ?, ?)" + _UPSERT_TAIL
-
-# Rows per multi-row statement. executemany() runs one sqlite3_step per row and gives the GIL
-# back and takes it again around each; with the event loop busy on the other thread, every
-# re-take can wait for the interpreter's switch interval. One statement per chunk avoids that.
-_CHUNKS = (512, 64, 8, 1)
-_UPSERTS = {n: _UPSERT_HEAD + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n) + _UPSERT_TAIL for n in _CHUNKS}
-
-
-def chunk_parameters(rows: list[tuple[Any, ...]]) -> list[tuple[str, list[Any]]]:
-    """(statement, flat parameters) pairs covering ``rows`` in as few statements as possible.
-
-    Built on the event loop's thread, so the writer thread only runs C code (binding and
-    stepping) and never queues for the GIL behind the loop in Python code.
-    """
-    out, index = [], 0
-    for size in _CHUNKS:
-        while len(rows) - index >= size:
-            out.append((_UPSERTS[size], [value for row in rows[index : index + size] for value in row]))
-            index += size
-    return out
-
-
-def upsert_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    for statement, parameters in chunk_parameters(rows):
-        db.execute(statement, parameters)
-
+from ._sqlite_sql import SCHEMA, SCHEMA_VERSION, chunk_parameters
 
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
 

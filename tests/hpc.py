@@ -9,7 +9,7 @@ from processes.batch import BatchExecutor, BatchJob, executors, parse_hosts
 from processes.batch.loopback import Cluster, Sshd, missing_programs, wait_for
 from supervisor import Host
 
-__all__ = ["Cluster", "Sshd", "batch_host", "missing_programs", "wait_for"]
+__all__ = ["Cluster", "Sshd", "batch_host", "missing_programs", "spawn_job", "wait_for"]
 
 
 def batch_host(tables: Mapping[str, Mapping[str, Any]], tmp_path: Path) -> tuple[Host, BatchExecutor]:
@@ -20,3 +20,8 @@ def batch_host(tables: Mapping[str, Mapping[str, Any]], tmp_path: Path) -> tuple
     executor = made["batch.submit"]
     assert isinstance(executor, BatchExecutor)
     return Host(machines=[BatchJob(hosts)], executors=made, kill_grace=10.0, store=None), executor
+
+
+def spawn_job(host: Host, argv: list[str], *, on: str = "cluster", **settings: Any) -> Any:
+    """Spawn a batch process running ``argv`` on the declared host ``on``."""
+    return host.spawn("batch", {"host": on, "argv": argv, **settings})

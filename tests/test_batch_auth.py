@@ -18,7 +18,7 @@ from processes.batch import BatchExecutor, parse_hosts
 from processes.batch._transport import SSHTransport
 from supervisor import Host, HostUnreachable, Lifecycle
 from tests.helpers import wait_until
-from tests.hpc import Cluster, Sshd, batch_host, wait_for
+from tests.hpc import Cluster, Sshd, batch_host, spawn_job, wait_for
 
 pytestmark = pytest.mark.uvloop_only
 
@@ -138,7 +138,7 @@ async def test_a_job_runs_through_a_jump_host(cluster: Cluster, tmp_path: Path) 
         host, executor = jumped_host(cluster, jump, tmp_path)
         await host.start()
         try:
-            handle = await host.spawn("batch", {"host": "cluster", "argv": ["sh", "-c", "exit 0"]})
+            handle = await spawn_job(host, ["sh", "-c", "exit 0"])
             done = await handle.wait(timeout=60)
             assert done.lifecycle is Lifecycle.FINISHED, done
             assert done.result["state"] == "completed"
@@ -156,7 +156,7 @@ async def test_a_jump_host_that_refuses_forwarding_stops_the_route(cluster: Clus
         host, executor = jumped_host(cluster, jump, tmp_path)
         await host.start()
         try:
-            handle = await host.spawn("batch", {"host": "cluster", "argv": ["true"]})
+            handle = await spawn_job(host, ["true"])
             await wait_until(lambda: handle.state.paused, timeout=60)
             reason = handle.state.pause_reason or ""
             assert "cannot connect" in reason, reason

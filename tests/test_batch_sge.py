@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,7 +14,7 @@ from processes.batch import BatchExecutor
 from processes.batch.loopback_sge import GridEngine
 from supervisor import Host, Lifecycle
 from tests.helpers import wait_until
-from tests.hpc import Cluster, batch_host
+from tests.hpc import Cluster, batch_host, spawn_job
 
 pytestmark = pytest.mark.uvloop_only
 
@@ -33,17 +32,13 @@ async def sge_host(
     await host.shutdown(timeout=10)
 
 
-def spawn(host: Host, argv: list[str], **settings: Any) -> Any:
-    return host.spawn("batch", {"host": "grid", "argv": argv, **settings})
-
-
 async def test_an_sge_job_runs_to_completion_with_its_exit_code(
     sge_host: tuple[Host, BatchExecutor], cluster: Cluster
 ) -> None:
     """qsub -terse gives the job number; qstat -xml follows it; once it leaves qstat the status
     file gives exit code 0 and the output is in the work directory."""
     host, executor = sge_host
-    handle = await spawn(host, ["sh", "-c", "echo hello from sge"])
+    handle = await spawn_job(host, ["sh", "-c", "echo hello from sge"], on="grid")
     done = await handle.wait(timeout=90)
     assert done.lifecycle is Lifecycle.FINISHED, done
     assert done.result["state"] == "completed"
@@ -56,7 +51,7 @@ async def test_an_sge_job_runs_to_completion_with_its_exit_code(
 async def test_an_sge_job_that_exits_3_fails_its_process(sge_host: tuple[Host, BatchExecutor]) -> None:
     """A non-zero exit (qstat does not say it; the status file does) fails the process with it."""
     host, _ = sge_host
-    handle = await spawn(host, ["sh", "-c", "exit 3"])
+    handle = await spawn_job(host, ["sh", "-c", "exit 3"], on="grid")
     done = await handle.wait(timeout=90)
     assert done.lifecycle is Lifecycle.FAILED, done
     assert "3" in str(done.error)
@@ -71,7 +66,7 @@ async def test_pause_holds_a_pending_sge_job_and_resume_releases_it(
     from datetime import datetime, timedelta
 
     later = (datetime.now() + timedelta(minutes=10)).strftime("%Y%m%d%H%M")
-    handle = await spawn(host, ["true"], options=["-a", later])
+    handle = await spawn_job(host, ["true"], on="grid", options=["-a", later])
     await wait_until(lambda: handle.state.phase == "queued", timeout=60)
     job_id = handle.state.state["job_id"]
 
@@ -92,7 +87,7 @@ async def test_killing_processes_deletes_their_sge_jobs(
     """Five running sleep jobs: killing their processes qdel's them, and Grid Engine lists none
     of them afterwards."""
     host, _ = sge_host
-    handles = [await spawn(host, ["sleep", "300"]) for _ in range(5)]
+    handles = [await spawn_job(host, ["sleep", "300"], on="grid") for _ in range(5)]
     await wait_until(lambda: all(h.state.phase == "active" for h in handles), timeout=90)
     ids = {h.state.state["job_id"] for h in handles}
     for handle in handles:

@@ -72,6 +72,23 @@ def test_pbs_parser_reads_qstat_f_blocks() -> None:
     assert PBS().parse_submit("1234.pbs01\n") == "1234.pbs01"
 
 
+def test_pbs_parser_reads_slurm_torque_wrapper_output() -> None:
+    """qstat -f as Slurm 22.05's Torque wrappers (slurm-wlm-torque) really print it, recorded on
+    the loopback Slurm: attributes indented by a tab, not four spaces (a tab line is not taken for
+    a wrapped value), no exit status (the job's status file gives it), cancelled jobs shown as C."""
+    jobs = PBS().parse_status((DATA / "pbs_slurm-torque_22.05.8_qstat_f.txt").read_text())
+    assert {job_id: status.state for job_id, status in jobs.items()} == {
+        "1": JobState.COMPLETED,  # exited 3: only its status file says so
+        "2": JobState.QUEUED,  # submitted held (qsub -h)
+        "3": JobState.ACTIVE,
+        "4": JobState.ACTIVE,
+        "5": JobState.QUEUED,  # qhold
+        "6": JobState.COMPLETED,  # qdel'd while running
+    }
+    assert all(status.exit_code is None for status in jobs.values())
+    assert {status.native for status in jobs.values()} == {"C", "Q", "R"}
+
+
 def test_lsf_parser_reads_bjobs_o_lines_and_skips_not_found() -> None:
     """bjobs -o "jobid stat exit_code" lines; "Job <N> is not found" mixed in is skipped."""
     jobs = LSF().parse_status((DATA / "lsf_bjobs.txt").read_text())
@@ -237,3 +254,19 @@ async def test_a_machine_can_pause_itself_with_a_reason_and_hears_of_the_resume(
         assert handle.state.state["resumed"] == 1
     finally:
         await host.shutdown(timeout=5)
+
+
+def test_owed_cancels_survive_a_restart_and_a_damaged_file_costs_only_itself(tmp_path: Path) -> None:
+    """Owed cancels are written through to their file (a new executor reads them back, one entry
+    per target however often it is owed); an unreadable file is logged and starts empty instead
+    of stopping the executor."""
+    from processes.batch._owed import OwedCancels
+
+    path = tmp_path / "state" / "owed-cancels.json"
+    owed = OwedCancels(path)
+    owed.add("cluster", "17")
+    owed.add("cluster", "17")
+    owed.add("other", "late:sv-x:a1")
+    assert OwedCancels(path) == {"cluster": ["17"], "other": ["late:sv-x:a1"]}
+    path.write_text("{not json")
+    assert OwedCancels(path) == {}

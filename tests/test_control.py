@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import stat
@@ -139,18 +140,23 @@ def frame(message: object) -> bytes:
 
 
 async def test_protocol_errors_get_error_frames(served: tuple[Host, ControlServer, str]) -> None:
-    """No hello first: error and close. Unknown operation, bad arguments: an error frame naming
-    the problem, and the connection stays usable. An oversized frame: error and close."""
+    """No hello first: error and close. Unknown operation, bad arguments (wrong type, or nil for a
+    required one): an error frame naming the problem, and the connection stays usable. An
+    oversized frame: error and close."""
     _, _, path = served
     (no_hello,) = await raw_exchange(path, [frame({"id": 1, "op": "list", "args": {}})])
     assert "expected hello" in no_hello["error"]["message"]  # type: ignore[index]
     hello = frame({"id": 0, "op": "hello", "v": 1})
     replies = await raw_exchange(path, [hello, frame({"id": 1, "op": "explode"}),
                                         frame({"id": 2, "op": "cast", "args": {"pid": 7}}),
-                                        frame({"id": 3, "op": "list", "args": {}})])  # fmt: skip
+                                        frame({"id": 3, "op": "list", "args": {}}),
+                                        frame({"id": 4, "op": "call", "args": {"pid": None}})])  # fmt: skip
     assert "unknown operation 'explode'" in replies[1]["error"]["message"]  # type: ignore[index]
     assert "argument 'pid' must be str" in replies[2]["error"]["message"]  # type: ignore[index]
     assert replies[3]["ok"] is True
+    # A required argument sent as nil is refused by name (the fuzzer found it reaching lookup).
+    assert replies[4]["error"]["type"] == "ProtocolError", replies[4]  # type: ignore[index]
+    assert "argument 'pid' must be str, not nil" in replies[4]["error"]["message"]  # type: ignore[index]
     oversized = await raw_exchange(path, [hello, struct.pack(">I", 50 << 20)])
     assert "over the" in oversized[-1]["error"]["message"]  # type: ignore[index]
 
@@ -203,10 +209,12 @@ def fuzz_frame(rng: random.Random) -> bytes:
 
 
 async def test_ten_thousand_fuzzed_frames_leave_the_daemon_serving(served: tuple[Host, ControlServer, str]) -> None:
-    """10,000 random and mutated frames (seeded): the server stays up, serves a well-formed
-    client afterwards, and leaks no file descriptors or tasks."""
+    """10,000 random and mutated frames (seeded): the server stays up, answers every bad request
+    with an error naming it (none reaches a bug: no InternalError), serves a well-formed client
+    afterwards, and leaks no file descriptors or tasks."""
     host, server, path = served
     rng = random.Random(20261122)
+    gc.collect()  # earlier tests' unreachable sockets must not be counted as ours, then as closed
     fds, tasks = open_fds(), len(asyncio.all_tasks())
     sent = 0
     while sent < 10_000:
@@ -232,6 +240,8 @@ async def test_ten_thousand_fuzzed_frames_leave_the_daemon_serving(served: tuple
         assert 42 == await remote.call("get", timeout=5)
         await remote.kill()
     await wait_until(lambda: server.connections == 0)
+    assert server.internal_errors == 0, "a fuzzed request reached a bug instead of a ProtocolError"
+    gc.collect()
     assert fds == open_fds()
     await wait_until(lambda: len(asyncio.all_tasks()) <= tasks)
 

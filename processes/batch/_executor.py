@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
-import os
 import re
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ import structlog
 from supervisor import HostKeyMismatch, SchedulerError, TrackedAction, TransportError, UntrackedAction
 
 from ._hosts import HostSpec
+from ._owed import OwedCancels
 from ._poller import HostPoller
 from ._schedulers import Scheduler, Slurm, check_job_id
 from ._schedulers_more import LSF, PBS, SGE
@@ -76,7 +75,6 @@ class BatchExecutor:
     def __init__(self, hosts: dict[str, HostSpec], state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self._journal = self.state_dir / "submits"
-        self._owed_file = self.state_dir / "owed-cancels.json"
         transports: dict[tuple[Any, ...], SSHTransport] = {}
         self.hosts: dict[str, _Host] = {}
         for name in _jump_order(hosts):
@@ -86,7 +84,7 @@ class BatchExecutor:
             key = (spec.address, spec.port, spec.user, spec.jump)
             transport = transports.get(key) or transports.setdefault(key, SSHTransport(spec, jump=jump))
             self.hosts[name] = _Host(spec, transport)
-        self.owed: dict[str, list[str]] = self._load_owed()
+        self.owed = OwedCancels(self.state_dir / "owed-cancels.json")
         self._settling: asyncio.Task[None] | None = None
         self._cancels: dict[str, tuple[list[str], asyncio.Future[None]]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
@@ -313,10 +311,7 @@ class BatchExecutor:
     # --- owed cancels -----------------------------------------------------------------------
 
     def _owe(self, host: str, target: str) -> None:
-        owed = self.owed.setdefault(host, [])
-        if target not in owed:
-            owed.append(target)
-            self._save_owed()
+        self.owed.add(host, target)
         log.warning("batch_cancel_owed", host=host, job=target)
         self._settle_soon()
 
@@ -339,25 +334,9 @@ class BatchExecutor:
                 targets[:] = lingering
                 if not targets:
                     del self.owed[name]
-                self._save_owed()
+                self.owed.save()
             if self.owed:
                 await asyncio.sleep(min(h.spec.poll_interval for h in self.hosts.values()))
-
-    def _load_owed(self) -> dict[str, list[str]]:
-        try:
-            data = json.loads(self._owed_file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.error("batch_owed_cancels_unreadable", path=str(self._owed_file), error=str(exc))
-            return {}
-        return {str(k): [str(t) for t in v] for k, v in data.items()}
-
-    def _save_owed(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        temporary = self._owed_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.owed))
-        os.replace(temporary, self._owed_file)
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ class BatchJob(Machine[dict[str, Any]]):
         for key, local in (("stage_in", 0), ("stage_out", 1)):
             pairs = [list(pair) for pair in resolved.get(key, [])]
             for pair in pairs:
-                pair[local] = str(base / Path(pair[local]).expanduser())
+                pair[local] = cls.local_path(pair[local], base)
             if pairs:
                 resolved[key] = pairs
         return resolved

@@ -1,8 +1,9 @@
 """PBS Pro/Torque, LSF and SGE adapters (see :mod:`._schedulers` for the interface).
 
-SGE is tested live against a real Grid Engine (``loopback_sge``) and on its recorded output; PBS
-and LSF cannot run on this machine, so their parsers are tested on the output formats their
-manuals document (``tests/data/schedulers``).
+SGE is tested live against a real Grid Engine (``loopback_sge``) and on its recorded output. PBS
+Pro, Torque and LSF cannot run on this machine: their parsers are tested on the output formats
+their manuals document, and the PBS one also on output recorded from Slurm's Torque wrappers
+(``slurm-wlm-torque``), which sites moving from Torque to Slurm keep (``tests/data/schedulers``).
 Pause holds a pending job on each (``qhold``; ``bstop`` on LSF, which suspends a running job
 too); resume releases it (``qrls``; ``bresume``).
 """
@@ -60,12 +61,16 @@ class PBS:
             job_id = lines[0].strip()
             attributes: dict[str, str] = {}
             key = ""
+            # PBS Pro and Torque indent attributes by four spaces and wrap long values onto
+            # tab-indented lines; Slurm's Torque wrappers (slurm-wlm-torque) indent attributes
+            # by a tab and never wrap. Which one a block is decides what a tab line means.
+            wraps = any(line.startswith("    ") for line in lines[1:])
             for line in lines[1:]:
-                if "=" in line and line.startswith("    ") and not line.startswith("\t"):
+                if key and wraps and line.startswith("\t"):
+                    attributes[key] += line.strip()  # a long value wrapped onto the next line
+                elif " = " in line and line[:1] in (" ", "\t"):
                     key, _, value = line.strip().partition(" = ")
                     attributes[key] = value.strip()
-                elif key and line.startswith("\t"):
-                    attributes[key] += line.strip()  # a long value wrapped onto the next line
             native = attributes.get("job_state", "")
             if native not in self._STATES:
                 raise ValueError(f"unknown PBS job state {native!r} for job {job_id}")

@@ -12,7 +12,8 @@ from typing import Any
 from .._host import Host
 from .._lifecycle import Lifecycle
 from .._snapshot import ProcessRecord
-from .._sqlite import UPSERT, SQLiteStore
+from .._sqlite import SQLiteStore
+from .._sqlite_sql import UPSERT
 from ._core import _Counter, _Idle
 from ._harness import BenchOptions, BenchResult, median
 

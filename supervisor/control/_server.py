@@ -15,7 +15,6 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
@@ -24,34 +23,12 @@ import structlog
 from .._exceptions import ConfigurationError, ProcessNotFound, ProtocolError, StatevisorError
 from .._handle import Handle
 from .._host import Host
-from .._lifecycle import DriveMode, Lifecycle
 from .._snapshot import Snapshot
 from ._fanout import WatchFanout
-from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, encode_item, error_fields, read_frame
+from ._ops import OPS, Op, argument, snapshot_fields
+from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_frame
 
 log = structlog.get_logger("statevisor.control")
-
-Op = Callable[["_Connection", dict[str, Any], int], Awaitable[Any]]
-
-
-def snapshot_fields(snapshot: Snapshot) -> dict[str, Any]:
-    return {
-        "pid": snapshot.pid, "name": snapshot.name, "kind": snapshot.kind, "version": snapshot.version,
-        "lifecycle": str(snapshot.lifecycle), "paused": snapshot.paused, "pause_reason": snapshot.pause_reason,
-        "phase": snapshot.phase, "state": snapshot.state, "waiting_on": list(snapshot.waiting_on),
-        "since": snapshot.since, "result": snapshot.result, "error": snapshot.error,
-    }  # fmt: skip
-
-
-def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
-    if name not in args:
-        if required:
-            raise ProtocolError(f"argument {name!r} is missing")
-        return None
-    value = args[name]
-    if value is not None and not isinstance(value, kind):
-        raise ProtocolError(f"argument {name!r} must be {getattr(kind, '__name__', kind)}, not {type(value).__name__}")
-    return value
 
 
 class ControlServer:
@@ -85,6 +62,7 @@ class ControlServer:
         self._connections: set[_Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()  # one per connection, awaited by close()
         self.refused = 0
+        self.internal_errors = 0  # requests that hit a bug (answered InternalError, logged)
 
     def encoded_snapshot(self, snapshot: Snapshot) -> bytes:
         """The snapshot's msgpack encoding, made once per version however many watch it."""
@@ -298,6 +276,7 @@ class _Connection:
         except (StatevisorError, TimeoutError) as exc:
             await self.fail(request_id, exc)
         except Exception as exc:  # a bug here must cost one request, never the daemon
+            self.server.internal_errors += 1
             log.exception("control_request_failed", op=handler.__name__)
             await self.send({"id": request_id, "ok": False, "error": {"type": "InternalError", "message": repr(exc)}})
         else:
@@ -306,119 +285,8 @@ class _Connection:
             self.tasks.pop(request_id, None)
 
     def handle(self, args: dict[str, Any]) -> Handle:
-        pid = _arg(args, "pid", str)
+        pid = argument(args, "pid", str)
         try:
             return self.host.get(pid)
         except ProcessNotFound:
             return self.host.find(pid)
-
-
-async def op_spawn(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    kind = _arg(args, "kind", str)
-    state = _arg(args, "state", dict, required=False)
-    mode = DriveMode(_arg(args, "mode", str, required=False) or "auto")
-    handle = await c.host.spawn(kind, state, name=_arg(args, "name", str, required=False), mode=mode)
-    return snapshot_fields(handle.state)
-
-
-async def op_state(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    return snapshot_fields(c.handle(args).state)
-
-
-async def op_list(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    lifecycle = _arg(args, "lifecycle", str, required=False)
-    handles = c.host.list(
-        kind=_arg(args, "kind", str, required=False),
-        lifecycle=Lifecycle(lifecycle) if lifecycle else None,
-        paused=_arg(args, "paused", bool, required=False),
-    )
-    return [snapshot_fields(h.state) for h in handles]
-
-
-async def op_cast(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    await c.handle(args).cast(args.get("message"))
-
-
-async def op_try_cast(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    c.handle(args).try_cast(args.get("message"))
-
-
-async def op_call(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    return await c.handle(args).call(args.get("message"), _arg(args, "timeout", (int, float), required=False))
-
-
-async def op_nudge(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    await c.handle(args).nudge()
-
-
-async def op_try_nudge(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    c.handle(args).try_nudge()
-
-
-async def op_pause(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    await c.handle(args).pause()
-
-
-async def op_resume(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    await c.handle(args).resume()
-
-
-async def op_kill(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    return snapshot_fields(await c.handle(args).kill(_arg(args, "reason", str, required=False) or "killed"))
-
-
-async def op_wait(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    return snapshot_fields(await c.handle(args).wait(_arg(args, "timeout", (int, float), required=False)))
-
-
-async def op_statistics(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    from dataclasses import asdict
-
-    return asdict(c.handle(args).statistics())
-
-
-async def op_watch(c: _Connection, args: dict[str, Any], request_id: int) -> Any:
-    """Stream snapshots until the terminal one (or a cancel), paced: the current one at once,
-    then at most one push per ``watch_interval``, always the latest version, the terminal one
-    always sent (see ``_fanout``: one ticker serves every stream). Remote watchers count in the
-    process's ``statistics().watchers``."""
-    await c.server.fanout.watch(c, request_id, c.handle(args)._process)
-    return None  # the response that ends the stream
-
-
-async def op_logs(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    lines = _arg(args, "lines", int, required=False)
-    return await c.handle(args).logs(
-        _arg(args, "stream", str, required=False) or "stdout", 20 if lines is None else lines
-    )
-
-
-async def op_follow(c: _Connection, args: dict[str, Any], request_id: int) -> Any:
-    """Stream a log's last lines, then its new lines, until the client cancels. With
-    ``positions``, items are ``[line, offset after it]`` and ``start`` resumes after an offset
-    (a client that reconnects misses nothing and repeats nothing)."""
-    lines = _arg(args, "lines", int, required=False)
-    stream = _arg(args, "stream", str, required=False) or "stdout"
-    positions = _arg(args, "positions", bool, required=False)
-    start = _arg(args, "start", int, required=False) if positions else None
-    async for line, offset in c.handle(args).follow_positions(stream, 10 if lines is None else lines, start):
-        item = [line, offset] if positions else line
-        await c.send_frame(encode_item(request_id, msgpack.packb(item)))
-    return None
-
-
-async def op_cancel(c: _Connection, args: dict[str, Any], _: int) -> Any:
-    stream = _arg(args, "request", int)
-    task = c.tasks.get(stream)
-    if task is not None:
-        task.cancel()
-        await c.send({"id": stream, "ok": True, "result": None})
-    return None
-
-
-OPS: dict[str, Op] = {
-    "spawn": op_spawn, "state": op_state, "list": op_list, "cast": op_cast, "try_cast": op_try_cast,
-    "call": op_call, "nudge": op_nudge, "try_nudge": op_try_nudge, "pause": op_pause, "resume": op_resume,
-    "kill": op_kill, "wait": op_wait, "statistics": op_statistics, "watch": op_watch, "cancel": op_cancel,
-    "logs": op_logs, "follow": op_follow,
-}  # fmt: skip

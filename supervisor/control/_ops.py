@@ -1,0 +1,181 @@
+"""The control protocol's operations: one coroutine per ``op``, over a connection's host.
+
+Each takes the requesting connection (as a :class:`Requester`), the request's ``args`` map and
+its id, checks its arguments by name and type (:func:`argument`, which names a missing or
+mistyped one in its error), and returns the response's result. :mod:`._server` owns framing,
+the hello and token check, and running these concurrently per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgpack  # type: ignore[import-untyped]
+
+from .._exceptions import ProtocolError
+from .._handle import Handle
+from .._host import Host
+from .._lifecycle import DriveMode, Lifecycle
+from .._snapshot import Snapshot
+from ._protocol import encode_item
+
+if TYPE_CHECKING:
+    from ._server import ControlServer
+
+
+class Requester(Protocol):
+    """What an operation uses of the connection its request came on."""
+
+    host: Host
+    server: ControlServer
+    tasks: dict[int, asyncio.Task[None]]
+
+    def handle(self, args: dict[str, Any]) -> Handle: ...
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+    async def send_frame(self, frame: bytes) -> None: ...
+
+    def write_now(self, frame: bytes) -> None: ...
+
+    def backlog(self) -> int: ...
+
+
+Op = Callable[[Requester, dict[str, Any], int], Awaitable[Any]]
+
+
+def snapshot_fields(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "pid": snapshot.pid, "name": snapshot.name, "kind": snapshot.kind, "version": snapshot.version,
+        "lifecycle": str(snapshot.lifecycle), "paused": snapshot.paused, "pause_reason": snapshot.pause_reason,
+        "phase": snapshot.phase, "state": snapshot.state, "waiting_on": list(snapshot.waiting_on),
+        "since": snapshot.since, "result": snapshot.result, "error": snapshot.error,
+    }  # fmt: skip
+
+
+def argument(args: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+    if name not in args:
+        if required:
+            raise ProtocolError(f"argument {name!r} is missing")
+        return None
+    value = args[name]
+    if value is None:
+        if required:
+            raise ProtocolError(f"argument {name!r} must be {getattr(kind, '__name__', kind)}, not nil")
+        return None
+    if not isinstance(value, kind):
+        raise ProtocolError(f"argument {name!r} must be {getattr(kind, '__name__', kind)}, not {type(value).__name__}")
+    return value
+
+
+async def op_spawn(c: Requester, args: dict[str, Any], _: int) -> Any:
+    kind = argument(args, "kind", str)
+    state = argument(args, "state", dict, required=False)
+    mode = DriveMode(argument(args, "mode", str, required=False) or "auto")
+    handle = await c.host.spawn(kind, state, name=argument(args, "name", str, required=False), mode=mode)
+    return snapshot_fields(handle.state)
+
+
+async def op_state(c: Requester, args: dict[str, Any], _: int) -> Any:
+    return snapshot_fields(c.handle(args).state)
+
+
+async def op_list(c: Requester, args: dict[str, Any], _: int) -> Any:
+    lifecycle = argument(args, "lifecycle", str, required=False)
+    handles = c.host.list(
+        kind=argument(args, "kind", str, required=False),
+        lifecycle=Lifecycle(lifecycle) if lifecycle else None,
+        paused=argument(args, "paused", bool, required=False),
+    )
+    return [snapshot_fields(h.state) for h in handles]
+
+
+async def op_cast(c: Requester, args: dict[str, Any], _: int) -> Any:
+    await c.handle(args).cast(args.get("message"))
+
+
+async def op_try_cast(c: Requester, args: dict[str, Any], _: int) -> Any:
+    c.handle(args).try_cast(args.get("message"))
+
+
+async def op_call(c: Requester, args: dict[str, Any], _: int) -> Any:
+    return await c.handle(args).call(args.get("message"), argument(args, "timeout", (int, float), required=False))
+
+
+async def op_nudge(c: Requester, args: dict[str, Any], _: int) -> Any:
+    await c.handle(args).nudge()
+
+
+async def op_try_nudge(c: Requester, args: dict[str, Any], _: int) -> Any:
+    c.handle(args).try_nudge()
+
+
+async def op_pause(c: Requester, args: dict[str, Any], _: int) -> Any:
+    await c.handle(args).pause()
+
+
+async def op_resume(c: Requester, args: dict[str, Any], _: int) -> Any:
+    await c.handle(args).resume()
+
+
+async def op_kill(c: Requester, args: dict[str, Any], _: int) -> Any:
+    return snapshot_fields(await c.handle(args).kill(argument(args, "reason", str, required=False) or "killed"))
+
+
+async def op_wait(c: Requester, args: dict[str, Any], _: int) -> Any:
+    return snapshot_fields(await c.handle(args).wait(argument(args, "timeout", (int, float), required=False)))
+
+
+async def op_statistics(c: Requester, args: dict[str, Any], _: int) -> Any:
+    from dataclasses import asdict
+
+    return asdict(c.handle(args).statistics())
+
+
+async def op_watch(c: Requester, args: dict[str, Any], request_id: int) -> Any:
+    """Stream snapshots until the terminal one (or a cancel), paced: the current one at once,
+    then at most one push per ``watch_interval``, always the latest version, the terminal one
+    always sent (see ``_fanout``: one ticker serves every stream). Remote watchers count in the
+    process's ``statistics().watchers``."""
+    await c.server.fanout.watch(c, request_id, c.handle(args)._process)
+    return None  # the response that ends the stream
+
+
+async def op_logs(c: Requester, args: dict[str, Any], _: int) -> Any:
+    lines = argument(args, "lines", int, required=False)
+    return await c.handle(args).logs(
+        argument(args, "stream", str, required=False) or "stdout", 20 if lines is None else lines
+    )
+
+
+async def op_follow(c: Requester, args: dict[str, Any], request_id: int) -> Any:
+    """Stream a log's last lines, then its new lines, until the client cancels. With
+    ``positions``, items are ``[line, offset after it]`` and ``start`` resumes after an offset
+    (a client that reconnects misses nothing and repeats nothing)."""
+    lines = argument(args, "lines", int, required=False)
+    stream = argument(args, "stream", str, required=False) or "stdout"
+    positions = argument(args, "positions", bool, required=False)
+    start = argument(args, "start", int, required=False) if positions else None
+    async for line, offset in c.handle(args).follow_positions(stream, 10 if lines is None else lines, start):
+        item = [line, offset] if positions else line
+        await c.send_frame(encode_item(request_id, msgpack.packb(item)))
+    return None
+
+
+async def op_cancel(c: Requester, args: dict[str, Any], _: int) -> Any:
+    stream = argument(args, "request", int)
+    task = c.tasks.get(stream)
+    if task is not None:
+        task.cancel()
+        await c.send({"id": stream, "ok": True, "result": None})
+    return None
+
+
+OPS: dict[str, Op] = {
+    "spawn": op_spawn, "state": op_state, "list": op_list, "cast": op_cast, "try_cast": op_try_cast,
+    "call": op_call, "nudge": op_nudge, "try_nudge": op_try_nudge, "pause": op_pause, "resume": op_resume,
+    "kill": op_kill, "wait": op_wait, "statistics": op_statistics, "watch": op_watch, "cancel": op_cancel,
+    "logs": op_logs, "follow": op_follow,
+}  # fmt: skip
