@@ -21,6 +21,7 @@ import pytest
 from processes.shell import RUN, Shell, ShellExecutor, executors
 from processes.shell._journal import Journal, marker
 from processes.shell._launch import start_time
+from processes.shell._link import MonitorLink, MonitorLost
 from processes.shell._monitor import JOURNAL, MARKER
 from supervisor import (
     Backoff,
@@ -36,6 +37,7 @@ from supervisor import (
     SupervisorSpec,
     SupervisorState,
     TrackedAction,
+    rotate_log,
 )
 from tests.helpers import wait_until
 
@@ -301,7 +303,8 @@ async def test_a_remote_follow_resumes_after_a_disconnection_missing_and_repeati
 ) -> None:
     """A remote follow cut off while the command keeps writing (the control server goes away
     and comes back on the same socket, as in a daemon restart) resumes after the last line it
-    yielded: the lines arrive in order, none missing, none twice."""
+    yielded, even though the log was rotated meanwhile: the lines arrive in order, none
+    missing, none twice."""
     from supervisor.control import Client, ControlServer
 
     handle = await host.spawn(
@@ -323,7 +326,9 @@ async def test_a_remote_follow_resumes_after_a_disconnection_missing_and_repeati
                 if len(seen) == 20:
                     await server.close()  # cut off: the follower reconnects by itself
                     written = lines_in(log)
-                    await wait_until(lambda w=written: lines_in(log) > w + 30)  # type: ignore[misc]
+                    await wait_until(lambda w=written: lines_in(log) > w + 15)  # type: ignore[misc]
+                    assert rotate_log(log, os.stat(log).st_size - 1, 3)  # keeps all but the first byte, read
+                    await wait_until(lambda: lines_in(log) > 15)
                     server = ControlServer(host, path)
                     await server.start()
                 if line == "n200":
@@ -469,7 +474,7 @@ async def test_a_killed_monitor_loses_no_exit_status_while_the_daemon_lives(tmp_
     executor = ShellExecutor(tmp_path / "runs")
     try:
         running = asyncio.ensure_future(executor.execute(act))
-        await wait_until(lambda: marker.exists())
+        await wait_until(lambda: marker.exists() and executor.spawned == 1)  # the monitor has answered
         monitor = executor.monitor.monitor_pid
         assert monitor is not None
         os.kill(monitor, signal.SIGKILL)
@@ -482,6 +487,48 @@ async def test_a_killed_monitor_loses_no_exit_status_while_the_daemon_lives(tmp_
     assert 5 == result["exit_code"]
     assert 3 == again["exit_code"]
     assert "x\n" == marker.read_text()
+    assert 2 == executor.monitor.monitors_started
+
+
+class _AnswerLostLink(MonitorLink):
+    """Fault injection: the monitor is SIGKILLed right after it starts the first command, and
+    its answer is dropped, as if it died before writing it."""
+
+    async def _run_once(
+        self, action_id: str, request: dict[str, Any]
+    ) -> tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]:
+        answer, ended = await super()._run_once(action_id, request)
+        if self.monitors_started == 1 and answer["kind"] == "started":
+            monitor = self.monitor_pid
+            assert monitor is not None
+            os.kill(monitor, signal.SIGKILL)
+            await wait_until(lambda: start_time(monitor) is None or zombie(monitor))
+            ended.cancel()
+            raise MonitorLost("injected: the answer was lost with the monitor")
+        return answer, ended
+
+
+async def test_a_monitor_killed_before_it_answers_loses_no_command(tmp_path: Path) -> None:
+    """The run monitor starts a command and dies before its answer reaches the daemon: the
+    daemon asks the next monitor, which finds the run claimed and started; the daemon attaches
+    to the command (never starting it again) and collects its exit status."""
+    release = tmp_path / "release"
+    marker = tmp_path / "ran"
+    act = action(
+        "p1:1:0", ["sh", "-c", f"echo x >> {marker}; while [ ! -e {release} ]; do sleep 0.02; done; exit 6"], tmp_path
+    )
+    executor = ShellExecutor(tmp_path / "runs")
+    executor.monitor = _AnswerLostLink(executor.runs)
+    try:
+        running = asyncio.ensure_future(executor.execute(act))
+        await wait_until(lambda: executor.attached == 1)
+        release.touch()
+        result = await asyncio.wait_for(running, 10)
+    finally:
+        await executor.close()
+    assert 6 == result["exit_code"]
+    assert "x\n" == marker.read_text(), "started once"
+    assert 0 == executor.spawned
     assert 2 == executor.monitor.monitors_started
 
 

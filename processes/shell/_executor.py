@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from supervisor import CommandLost, CommandNotFound, TrackedAction, UntrackedAction, tail_lines
+from supervisor import CommandLost, CommandNotFound, TrackedAction, UntrackedAction, rotate_log, tail_lines
 
 from ._journal import ended_entry, marker
 from ._launch import (
@@ -37,7 +37,6 @@ from ._launch import (
     wait_exit,
 )
 from ._link import MonitorLink, MonitorLost
-from ._logs import rotate_if_needed
 from ._outcome import Outcome, Started
 from ._settings import CommandSpec
 
@@ -323,7 +322,7 @@ class ShellExecutor:
         for path in spec.log_paths():
             with contextlib.suppress(OSError):
                 if os.stat(path).st_size > spec.log_max_bytes:
-                    await asyncio.to_thread(rotate_if_needed, Path(path), spec.log_max_bytes, spec.log_backups)
+                    await asyncio.to_thread(rotate_log, Path(path), spec.log_max_bytes, spec.log_backups)
 
     # --- results ----------------------------------------------------------------------------
 

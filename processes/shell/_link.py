@@ -15,8 +15,9 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -29,6 +30,7 @@ _SCRIPT = str(Path(_monitor.__file__).resolve())
 _HEADER = _monitor._HEADER
 _START_TIMEOUT = 10.0
 _ATTEMPTS = 3
+_T = TypeVar("_T")
 
 
 class MonitorLost(Exception):
@@ -55,7 +57,16 @@ class MonitorLink:
         self, action_id: str, request: dict[str, Any]
     ) -> tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]:
         """Send a run request; returns the reply and a future of the run's exit event (which
-        resolves only for ``started``/``running`` replies)."""
+        resolves only for ``started``/``running`` replies).
+
+        If the monitor goes away before it answers, the request is sent again to the monitor
+        that serves the directory next: a run's directory is its claim, so the command is
+        never started twice, and the new monitor answers how the first one left it."""
+        return await self._asking(f"to run {action_id!r}", lambda: self._run_once(action_id, request))
+
+    async def _run_once(
+        self, action_id: str, request: dict[str, Any]
+    ) -> tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]:
         writer = await self._connected()
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -78,7 +89,10 @@ class MonitorLink:
 
     async def query(self, action_id: str) -> dict[str, Any]:
         """What the monitor knows of a run (``running``, ``exists`` or ``unknown``), without
-        claiming it."""
+        claiming it (asked again of the next monitor if this one goes away)."""
+        return await self._asking(f"about {action_id!r}", lambda: self._query_once(action_id))
+
+    async def _query_once(self, action_id: str) -> dict[str, Any]:
         writer = await self._connected()
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[action_id] = reply
@@ -87,6 +101,15 @@ class MonitorLink:
             return await reply
         finally:
             self._replies.pop(action_id, None)
+
+    async def _asking(self, what: str, ask: Callable[[], Awaitable[_T]]) -> _T:
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await ask()
+            except MonitorLost as lost:
+                if attempt == _ATTEMPTS:
+                    raise RunMonitorError(f"{lost} {_ATTEMPTS} times while asked {what} (see {self.log})") from None
+        raise AssertionError("unreachable")
 
     async def forget(self, action_id: str) -> None:
         """The run's result is durable: the monitor may drop its record (no answer comes)."""
