@@ -72,6 +72,7 @@ from ._inputs import (
     TimerFired,
 )
 from ._lifecycle import DriveMode, ErrorPolicy, Lifecycle
+from ._logrotation import rotate_log
 from ._logtail import follow_lines, tail_lines
 from ._machine import Context, Machine
 from ._policy import Backoff, Budget, Restart, Strategy
@@ -97,6 +98,7 @@ __all__ = [
     "LogNotFound",
     "follow_lines",
     "tail_lines",
+    "rotate_log",
     "SettingsError",
     "CommandNotFound",
     "ConfigError",

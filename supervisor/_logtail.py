@@ -8,49 +8,72 @@ for plus one block, however large the file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ._logrotation import PATIENCE, LogStream, read_rotation
+
 
 def tail_lines(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of ``path`` (reads backwards, so memory is bounded by them)."""
+    """The last ``lines`` lines of ``path`` (reads backwards, so memory is bounded by them),
+    continued from its newest backup when the live file was just rotated."""
     return _tail(path, lines, complete_only=False)[0]
 
 
 def _tail(path: Path, lines: int, *, complete_only: bool, block: int = 8192) -> tuple[list[str], int | None]:
-    """The last lines and the offset just after them (None: not a regular file)."""
-    try:
-        # A pipe or a terminal has no tail to read (and opening a FIFO would wait for a writer).
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return [], None
-        with open(path, "rb") as source:
-            end = source.seek(0, os.SEEK_END)
-            data = b""
-            position = end
-            while lines > 0 and position > 0 and data.count(b"\n") <= lines:
-                step = min(block, position)
-                position -= step
-                source.seek(position)
-                data = source.read(step) + data
-    except FileNotFoundError:
-        return [], 0
+    """The last lines and the live file's offset just after them (None: not a regular file)."""
+    found = _read_backwards(path, lines, block)
+    if found is None:
+        return [], None
+    data, end = found
     if complete_only and not data.endswith(b"\n"):
         # A line still being written: leave it to the follower, whole.
         cut = data.rfind(b"\n") + 1
         end -= len(data) - cut
         data = data[:cut]
-    found = data.decode(errors="replace").splitlines()
-    return (found[-lines:] if lines > 0 else []), end
+    if lines > 0 and data.count(b"\n") < lines and end == len(data):
+        # The live file holds fewer lines than asked: it was rotated; the rest are in <log>.1
+        # (its last line may go on in the live file: the bytes are joined, not the lines).
+        older = _read_backwards(f"{path}.1", lines - data.count(b"\n"), block)
+        if older is not None:
+            data = older[0] + data
+    found_lines = data.decode(errors="replace").splitlines()
+    return (found_lines[-lines:] if lines > 0 else []), end
+
+
+def _read_backwards(path: Path | str, lines: int, block: int) -> tuple[bytes, int] | None:
+    """At least ``lines`` lines' worth of the end of ``path`` (or all of it) and its size;
+    empty for a missing file, None for one that is not a regular file (a pipe or a terminal
+    has no tail to read). Descriptor-level I/O: this runs for every shell result."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; O_NOCTTY: a
+        # terminal as log target must not become the daemon's controlling terminal.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", 0
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        end = info.st_size
+        data = b""
+        position = end
+        while lines > 0 and position > 0 and data.count(b"\n") <= lines:
+            step = min(block, position)
+            position -= step
+            data = os.pread(fd, step, position) + data
+    finally:
+        os.close(fd)
+    return data, end
 
 
 async def follow_lines(path: Path, *, lines: int = 10, interval: float = 0.2) -> AsyncIterator[str]:
-    """The last ``lines`` lines, then every new line as it is written (``tail -F``).
-
-    A file that shrank was rotated: reading starts again at its beginning. A pipe or terminal
-    has nothing to follow: the iteration ends at once.
-    """
+    """The last ``lines`` lines, then every new line as it is written (``tail -F``), through
+    rotations (see :mod:`._logrotation`). A pipe or terminal has nothing to follow: the iteration
+    ends at once."""
     async for line, _ in follow_positions(path, lines=lines, interval=interval):
         yield line
 
@@ -58,47 +81,33 @@ async def follow_lines(path: Path, *, lines: int = 10, interval: float = 0.2) ->
 async def follow_positions(
     path: Path, *, lines: int = 10, interval: float = 0.2, start: int | None = None
 ) -> AsyncIterator[tuple[str, int]]:
-    """As :func:`follow_lines`, each line with the file offset just after it, so a reader that
-    was cut off resumes with ``start=`` that offset: nothing missed, nothing repeated (unless
-    the file was rotated meanwhile: it then starts again at the new file's beginning). With
-    ``start`` no last lines are sent first."""
+    """As :func:`follow_lines`, each line with the stream offset just after it (bytes since the
+    log was first written, counted across rotations), so a reader that was cut off resumes
+    with ``start=`` that offset: nothing missed, nothing repeated, even if the log was rotated
+    meanwhile (as long as the bytes are still in a backup). With ``start`` no last lines are
+    sent first."""
     if start is None:
-        first, found = _tail(path, lines, complete_only=True)
+        for _ in range(PATIENCE):
+            rotation = read_rotation(path)
+            first, found = _tail(path, lines, complete_only=True)
+            if not rotation.under_way and read_rotation(path) == rotation:
+                break
+            await asyncio.sleep(interval)  # a rotation under way: the tail may be half of it
         if found is None:
             return
-        offset = found
+        position = rotation.base + found
         for line in first:
-            yield line, offset
+            yield line, position
     else:
-        try:
-            status = os.stat(path)
-        except FileNotFoundError:
-            offset = 0
-        else:
-            if not stat.S_ISREG(status.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.stat(path).st_mode):
                 return
-            offset = start if 0 <= start <= status.st_size else 0
-    partial = b""
+        position = max(0, start)
+    stream = LogStream(path, position)
     while True:
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            size = 0
-        if size < offset:
-            offset, partial = 0, b""
-        if size > offset:
-            chunk = _read(path, offset, min(size - offset, 1 << 20))
-            end = offset - len(partial)  # where the first line of this read begins
-            offset += len(chunk)
-            *complete, partial = (partial + chunk).split(b"\n")
-            for raw in complete:
-                end += len(raw) + 1
-                yield raw.decode(errors="replace"), end
+        found_lines = stream.poll()
+        if found_lines is None:
+            await asyncio.sleep(interval)
             continue
-        await asyncio.sleep(interval)
-
-
-def _read(path: Path, offset: int, size: int) -> bytes:
-    with open(path, "rb") as source:
-        source.seek(offset)
-        return source.read(size)
+        for line, end in found_lines:
+            yield line, end

@@ -27,7 +27,7 @@ EXPECTED_EXPORTS = {
     "SimulationError", "InvariantViolation", "encode_record",
     "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "RunMonitorError", "tail_lines",
     "ConfigError", "ConnectionDenied", "ProtocolError", "RemoteError", "AckLost",
-    "follow_lines", "LogNotFound",
+    "follow_lines", "LogNotFound", "rotate_log",
     "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError",
 }  # fmt: skip
 
@@ -57,6 +57,7 @@ CORE_MODULES = {
     "_handle",
     "_inputs",
     "_lifecycle",
+    "_logrotation",
     "_logtail",
     "_machine",
     "_process",
@@ -99,7 +100,7 @@ def test_every_core_module_is_listed() -> None:
 
 
 # Persistence and supervision build on the core; they, too, never import the daemon and above.
-LATER_LAYERS = {"_codec", "_sqlite", "_policy", "_supervisor", "_host", "_inspect", "_sim", "_simparts"}
+LATER_LAYERS = {"_codec", "_sqlite", "_sqlite_sql", "_policy", "_supervisor", "_host", "_inspect", "_sim", "_simparts"}
 # Above them: the command line and log configuration (logs.py, cli.py, bench/), not checked here.
 DAEMON_SIDE = {"_config_check"}
 
