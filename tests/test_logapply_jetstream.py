@@ -16,7 +16,7 @@ import pytest
 
 from processes.logapply import JetStreamLog, KeyValue, LogApplyClient, Replica, SnapshotStore
 from processes.logapply.loopback import NatsCluster
-from supervisor import StaleWriter
+from supervisor import LogError, StaleWriter
 from supervisor.control import Client
 from tests.helpers import wait_for_snapshot
 from tests.test_daemon import ROOT, free_port, reachable, wait_for
@@ -48,6 +48,36 @@ async def test_retried_appends_land_once_and_a_stale_writer_is_fenced(nats_clust
     assert (1, 2) == await second.bounds()
     await first.close()
     await second.close()
+
+
+async def test_an_append_given_up_on_that_lands_later_is_not_taken_for_a_stale_writer(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Every NATS server is frozen (SIGSTOP) during an append: it gives up with a clear error,
+    but its publish is still on its way and lands when they resume. The writer's next append
+    finds that entry (its own message id) at the end of its lane and goes on after it, instead
+    of stopping the log as if another daemon wrote with its name."""
+    stream = stream_name()
+    log = JetStreamLog(nats_cluster.urls, stream, writer="w1", lanes=1)
+    await log.open()
+    log.append_timeout = 1.0  # after open: opening waits for the cluster as long as it takes
+    try:
+        assert 1 == await log.append(b"a", "id-a")
+        servers = [child for child in nats_cluster.children if child is not None]
+        for server in servers:
+            server.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(LogError, match=r"append gave up after 1\.0 s"):
+                await log.append(b"b", "id-b")
+        finally:
+            for server in servers:
+                server.send_signal(signal.SIGCONT)
+        async with asyncio.timeout(30):
+            while (await log.bounds())[1] < 2:  # noqa: ASYNC110 - the stream's end raises no event here
+                await asyncio.sleep(0.05)
+        assert 3 == await log.append(b"c", "id-c")
+    finally:
+        await log.close()
 
 
 async def test_replicas_resume_from_their_applied_index_across_nats_restarts(

@@ -7,7 +7,8 @@ SQLite table in transactions of the size our group commit made (same pragmas), n
 JetStream: the baseline is plain nats-py: 8 concurrent publishers (each awaiting its
 acknowledgement) publish the same entries, with no headers, then an ordered consumer reads them
 all; ours proposes them through a replica whose writer has 8 lanes (fenced, deduplicated
-appends) and waits until all are applied. Needs
+appends) and waits until all are applied. The two alternate on each of two clusters (this
+machine's figures vary by a third from run to run). Needs
 ``nats-server`` (Debian package) for the JetStream part.
 """
 
@@ -78,60 +79,85 @@ async def _embedded(directory: Path, total: int) -> tuple[float, float]:
     return ours, raw
 
 
-async def _jetstream(directory: Path, total: int) -> tuple[float, float]:
-    import nats
-
-    from processes.logapply import JetStreamLog, KeyValue, Replica, encode_entry
+async def _jetstream(directory: Path, total: int, pairs: int) -> tuple[list[float], list[float]]:
+    """``pairs`` runs of ours and of the baseline on one 3-node cluster, each on a fresh stream,
+    in alternating order (ours first in every other pair): three servers and two processes share
+    two cores here, and whichever runs second in a pair was measured to be neither favoured nor
+    hurt consistently, so alternating keeps any drift out of the ratio."""
     from processes.logapply.loopback import NatsCluster
 
     cluster = NatsCluster(directory / "nats")
     await asyncio.to_thread(cluster.start)
+    ours: list[float] = []
+    raw: list[float] = []
     try:
-        entries = [encode_entry(_kv(n)) for n in range(total)]
-        connection = await nats.connect(servers=cluster.urls)
-        js = connection.jetstream(timeout=10)
-        deadline = time.monotonic() + 30
-        while True:  # the meta leader may still be being elected
-            try:
-                await js.add_stream(name="raw", subjects=["raw.>"], num_replicas=3)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.25)
-        started = time.perf_counter()
-        remaining = iter(entries)
-
-        async def publisher() -> None:
-            for data in remaining:
-                await js.publish("raw.w", data)
-
-        await asyncio.gather(*(publisher() for _ in range(_LANES)))
-        received = 0
-        done = asyncio.Event()
-
-        async def got(message: Any) -> None:
-            nonlocal received
-            received += 1
-            if received == total:
-                done.set()
-
-        subscription = await js.subscribe("raw.>", cb=got, ordered_consumer=True)
-        await done.wait()
-        raw = total / (time.perf_counter() - started)
-        await subscription.unsubscribe()
-        await connection.close()
-
-        replica = Replica("bench", KeyValue(), JetStreamLog(cluster.urls, "ours", writer="bench", lanes=_LANES))
-        await replica.start()
-        started = time.perf_counter()
-        await _pipelined(replica, total, 1000)
-        await replica.caught_up(total)
-        ours = total / (time.perf_counter() - started)
-        await replica.close()
+        for pair in range(pairs):
+            if pair % 2:
+                ours.append(await _jetstream_ours(cluster.urls, f"ours{pair}", total))
+                raw.append(await _jetstream_raw(cluster.urls, f"raw{pair}", total))
+            else:
+                raw.append(await _jetstream_raw(cluster.urls, f"raw{pair}", total))
+                ours.append(await _jetstream_ours(cluster.urls, f"ours{pair}", total))
     finally:
         await asyncio.to_thread(cluster.stop)
     return ours, raw
+
+
+async def _jetstream_raw(servers: list[str], stream: str, total: int) -> float:
+    """Plain nats-py: 8 concurrent publishers awaiting their acks, then an ordered consumer."""
+    import nats
+
+    from processes.logapply import encode_entry
+
+    entries = [encode_entry(_kv(n)) for n in range(total)]
+    connection = await nats.connect(servers=servers)
+    js = connection.jetstream(timeout=10)
+    deadline = time.monotonic() + 30
+    while True:  # the meta leader may still be being elected
+        try:
+            await js.add_stream(name=stream, subjects=[f"{stream}.>"], num_replicas=3)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+    started = time.perf_counter()
+    remaining = iter(entries)
+
+    async def publisher() -> None:
+        for data in remaining:
+            await js.publish(f"{stream}.w", data)
+
+    await asyncio.gather(*(publisher() for _ in range(_LANES)))
+    received = 0
+    done = asyncio.Event()
+
+    async def got(message: Any) -> None:
+        nonlocal received
+        received += 1
+        if received == total:
+            done.set()
+
+    subscription = await js.subscribe(f"{stream}.>", cb=got, ordered_consumer=True)
+    await done.wait()
+    rate = total / (time.perf_counter() - started)
+    await subscription.unsubscribe()
+    await connection.close()
+    return rate
+
+
+async def _jetstream_ours(servers: list[str], stream: str, total: int) -> float:
+    """Proposed through a replica (8 lanes: fenced, deduplicated appends), until all applied."""
+    from processes.logapply import JetStreamLog, KeyValue, Replica
+
+    replica = Replica("bench", KeyValue(), JetStreamLog(servers, stream, writer="bench", lanes=_LANES))
+    await replica.start()
+    started = time.perf_counter()
+    await _pipelined(replica, total, 1000)
+    await replica.caught_up(total)
+    rate = total / (time.perf_counter() - started)
+    await replica.close()
+    return rate
 
 
 async def _recovery(directory: Path, total: int, every: int) -> tuple[float, float]:
@@ -184,10 +210,10 @@ async def logapply(options: BenchOptions) -> BenchResult:
             raw.append(b)
         if nats_server() is None:
             raise RuntimeError("bench logapply needs nats-server (Debian package nats-server) for the JetStream part")
-        for repeat in range(min(options.repeats, 2)):
-            j, r = await _jetstream(root / f"js{repeat}", js_total)
-            js_ours.append(j)
-            js_raw.append(r)
+        for repeat in range(2):  # two clusters: a cluster's own luck (leader placement) is averaged too
+            j, r = await _jetstream(root / f"js{repeat}", js_total, pairs=max(1, (options.repeats + 1) // 2))
+            js_ours += j
+            js_raw += r
         recovery, replayed = await _recovery(root / "recovery", recovered, max(recovered // 10, 100))
     entries, baseline = median(ours), median(raw)
     jetstream, jetstream_raw = median(js_ours), median(js_raw)
@@ -208,8 +234,7 @@ async def logapply(options: BenchOptions) -> BenchResult:
         f"embedded: {total} kv entries proposed 1,000 in flight vs raw SQLite inserts in batches of our group-commit "
         f"size (synchronous=FULL); medians of {len(ours)}",
         f"jetstream (3 nodes, R3): {js_total} entries through a replica (8 lanes) vs nats-py with 8 publishers, "
-        f"then consumed; "
-        f"medians of {len(js_ours)}",
+        f"then consumed; medians of {len(js_ours)} runs each, in alternating order on 2 clusters",
         f"recovery: {recovered} applied entries, snapshots every {max(recovered // 10, 100)}: start to serving reads "
         f"(replay: the newest snapshot removed, so one interval is replayed from the log)",
         f"cpu count {os.cpu_count()}",
