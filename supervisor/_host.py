@@ -60,8 +60,11 @@ class Host:
         clock: Clock | None = None,
         kill_grace: float = 5.0,
         retention: float = 7 * DAY,
+        ended_kept: int = 10_000,
         check_determinism: bool = False,
     ) -> None:
+        if not isinstance(ended_kept, int) or ended_kept < 0:
+            raise ConfigurationError(f"ended_kept must be a whole number >= 0; got {ended_kept!r}")
         self.runtime = Runtime(
             executors=executors, clock=clock, kill_grace=kill_grace, slots=slots, check_determinism=check_determinism
         )
@@ -81,7 +84,8 @@ class Host:
         self._adoptable: dict[tuple[str, str], Handle] = {}
         # Recently ended processes stay findable (how did it end?), up to a bound.
         self._ended: OrderedDict[str, Process] = OrderedDict()
-        self.runtime.observers.append(_EndedKeeper(self._ended, self.ended_kept))
+        self.ended_kept = ended_kept  # ended processes kept in memory for get/find (their rows stay for retention)
+        self.runtime.observers.append(_EndedKeeper(self._ended, ended_kept))
         self._closing = False
         self._pruner: asyncio.Task[None] | None = None
 
@@ -204,8 +208,6 @@ class Host:
                 raise
         self.runtime.start(handle)
         return handle
-
-    ended_kept = 10_000
 
     def get(self, pid: str) -> Handle:
         """A live process by id, or one that ended recently (its handle reports how it ended)."""

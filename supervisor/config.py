@@ -37,6 +37,7 @@ class DaemonSettings:
     shutdown_timeout: float = 10.0
     kill_grace: float = 5.0
     retention_days: float = 7.0
+    ended_kept: int = 10_000
     slots: Mapping[str, int] = field(default_factory=dict)
     tcp: str | None = None
     token_file: Path | None = None
@@ -84,6 +85,7 @@ _DAEMON = {
     "shutdown_timeout": ((int, float), 10.0),
     "kill_grace": ((int, float), 5.0),
     "retention_days": ((int, float), 7.0),
+    "ended_kept": (int, 10_000),
     "slots": (dict, {}),
     "tcp": (str, None),
     "token_file": (str, None),
@@ -256,6 +258,10 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         "daemon",
         "metrics",
     )
+    checker.check(
+        raw["ended_kept"] >= 0, "daemon.ended_kept", f"expected a whole number >= 0; got {raw['ended_kept']!r}",
+        "daemon", "ended_kept",
+    )  # fmt: skip
     slots: dict[str, int] = {}
     for kind, limit in raw["slots"].items():
         ok = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
@@ -288,6 +294,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         shutdown_timeout=float(raw["shutdown_timeout"]),
         kill_grace=float(raw["kill_grace"]),
         retention_days=float(raw["retention_days"]),
+        ended_kept=raw["ended_kept"],
         slots=slots,
         tcp=raw["tcp"],
         token_file=(base / raw["token_file"]).resolve() if raw["token_file"] else None,

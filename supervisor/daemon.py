@@ -82,6 +82,7 @@ def build_host(config: Config, catalog: Catalog) -> Host:
         slots=dict(config.daemon.slots),
         kill_grace=config.daemon.kill_grace,
         retention=config.daemon.retention_days * 86_400,
+        ended_kept=config.daemon.ended_kept,
         root=SupervisorSpec(
             "root",
             children,

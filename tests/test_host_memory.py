@@ -1,0 +1,104 @@
+"""A long-running host: what it keeps in memory of ended processes, and that nothing else grows."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import ConfigurationError, Host, Lifecycle, ProcessNotFound, TrackedAction, UntrackedAction
+from tests.machines import Worker
+
+
+async def echo(action: TrackedAction | UntrackedAction) -> Any:
+    return action.payload
+
+
+async def run_to_the_end(host: Host, count: int) -> list[str]:
+    """``count`` workers that each run a tracked action and finish; their pids."""
+    handles = [await host.spawn(Worker, {}) for _ in range(count)]
+    for handle in handles:
+        await handle.cast(("work", 1))
+    for handle in handles:
+        await handle.call("done")
+    for handle in handles:
+        await handle.wait()
+    return [handle.pid for handle in handles]
+
+
+async def test_a_long_running_host_holds_memory_bounded_by_ended_kept(tmp_path: Path) -> None:
+    """Round after round of processes spawned, run through a tracked action, ended and pruned:
+    once the ended_kept most recent are held, the number of live Python objects stays flat (a
+    leak of even a few objects per process would add thousands per round)."""
+    host = Host(machines=[Worker], executors={"work": echo}, store=str(tmp_path / "s.db"), retention=0.0, ended_kept=50)
+    await host.start()
+    try:
+        counts = []
+        for _ in range(4):
+            await run_to_the_end(host, 500)
+            await host.prune()
+            gc.collect()
+            counts.append(len(gc.get_objects()))
+        assert 0 == len(host.list())
+    finally:
+        await host.shutdown()
+    # Rounds 2 to 4 all hold the same 50 ended processes; round 1 may still be filling caches.
+    assert max(counts[1:]) - min(counts[1:]) < 500, counts
+
+
+async def test_rounds_of_shell_commands_leave_no_objects_descriptors_or_tasks_behind(tmp_path: Path) -> None:
+    """The shell kind over many runs (run monitor link, executor bookkeeping, log files):
+    live objects, open descriptors and tasks are the same after each round."""
+    from processes.shell import Shell, executors
+
+    host = Host(
+        machines=[Shell(tmp_path / "logs")], executors=executors(tmp_path / "runs"), store=str(tmp_path / "s.db"),
+        retention=0.0, ended_kept=20,
+    )  # fmt: skip
+    await host.start()
+    try:
+        rounds = []
+        for _ in range(4):
+            handles = [await host.spawn("shell", {"argv": ["true"]}, name=f"r{i}") for i in range(150)]
+            for handle in handles:
+                await handle.wait(timeout=30)
+            await host.prune()
+            gc.collect()
+            rounds.append((len(gc.get_objects()), len(os.listdir("/proc/self/fd")), len(asyncio.all_tasks())))
+    finally:
+        await host.shutdown(timeout=10)
+    # A leak of one thing per run would add 150 a round; a background task or descriptor that
+    # comes and goes (the store's flusher, a reaper's pidfd) may differ by one or two.
+    for measure in range(3):
+        values = [found[measure] for found in rounds[1:]]
+        assert max(values) - min(values) < (500 if measure == 0 else 3), rounds
+
+
+async def test_ended_processes_past_ended_kept_leave_memory_not_the_store(tmp_path: Path) -> None:
+    """get() finds the ended_kept most recently ended processes; older ones are gone from
+    memory but their final state stays in the store until retention prunes it."""
+    host = Host(machines=[Worker], executors={"work": echo}, store=str(tmp_path / "s.db"), ended_kept=2)
+    await host.start()
+    try:
+        pids = await run_to_the_end(host, 5)
+        for pid in pids[-2:]:
+            assert Lifecycle.FINISHED == host.get(pid).state.lifecycle
+        with pytest.raises(ProcessNotFound):
+            host.get(pids[0])
+        assert host.store is not None
+        record = await host.store.get(pids[0])
+        assert record is not None
+        assert Lifecycle.FINISHED == record.lifecycle
+    finally:
+        await host.shutdown()
+
+
+def test_ended_kept_must_be_a_whole_number() -> None:
+    """A negative or fractional ended_kept is refused with the name of the setting."""
+    for bad in (-1, 2.5):
+        with pytest.raises(ConfigurationError, match="ended_kept must be a whole number >= 0"):
+            Host(ended_kept=bad)  # type: ignore[arg-type]
