@@ -4,6 +4,7 @@ submission, batched polling, cancel, hold, host keys, unreachable hosts, outages
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from processes.batch import BatchExecutor
 from supervisor import Host, Lifecycle
 from tests.helpers import wait_until
-from tests.hpc import Cluster, batch_host
+from tests.hpc import Cluster, batch_host, spawn_job
 
 pytestmark = pytest.mark.uvloop_only
 
@@ -28,10 +29,6 @@ async def slurm_host(cluster: Cluster, tmp_path: Path) -> AsyncIterator[tuple[Ho
     await host.start()
     yield host, executor
     await host.shutdown(timeout=10)
-
-
-def spawn_job(host: Host, argv: list[str], **settings: Any) -> Any:
-    return host.spawn("batch", {"host": "cluster", "argv": argv, **settings})
 
 
 async def test_a_job_runs_to_completion_with_its_exit_code(
@@ -197,6 +194,33 @@ async def test_jobs_survive_a_30_second_sshd_outage(cluster: Cluster, tmp_path: 
         assert all(r.lifecycle is Lifecycle.FINISHED for r in results), [r.error for r in results]
         assert executor.transport("cluster").connections >= 2
         assert executor.submitted == 20
+    finally:
+        await host.shutdown(timeout=10)
+
+
+async def test_a_frozen_sshd_mid_submission_submits_every_job_exactly_once(cluster: Cluster, tmp_path: Path) -> None:
+    """sshd and every session it serves are frozen (SIGSTOP, as a host stuck in I/O) for 12 s
+    while 20 jobs are being submitted, then thawed: the frozen submissions complete late, after
+    the daemon gave up on their connection (keepalives) and reconnected. Every process
+    finishes and every job is in Slurm exactly once by name: a submission that landed late is
+    found, never made again."""
+    host, executor = make_host(cluster, tmp_path)
+    await host.start()
+    try:
+        handles = [await spawn_job(host, ["sleep", "1"]) for _ in range(20)]
+        await wait_until(lambda: executor.submitted >= 3, timeout=60)
+        frozen = cluster.sshd.freeze()
+        try:
+            await asyncio.sleep(12)  # the freeze itself: longer than keepalives take to notice
+        finally:
+            cluster.sshd.thaw(frozen)
+        results = await asyncio.gather(*(h.wait(timeout=120) for h in handles))
+        assert all(r.lifecycle is Lifecycle.FINISHED for r in results), [r.error for r in results]
+        names = Counter(name for _, _, name in cluster.slurm.jobs())
+        ours = [h.state.state["job_name"] for h in handles]
+        assert {name: 1 for name in ours} == {name: names[name] for name in ours}
+        assert 20 == executor.submitted + executor.found_existing
+        assert executor.transport("cluster").connections >= 2
     finally:
         await host.shutdown(timeout=10)
 

@@ -281,6 +281,24 @@ Subsystem sftp internal-sftp
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    def freeze(self) -> list[int]:
+        """SIGSTOP sshd and every session it serves (and their commands), as a host stuck in
+        I/O: connections stay open and nothing answers. Returns what :meth:`thaw` resumes."""
+        assert self.process is not None
+        frozen = [self.process.pid]
+        for pid in frozen:  # grows as it goes: sessions, then their children
+            frozen.extend(_children(pid))
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        return frozen
+
+    @staticmethod
+    def thaw(frozen: list[int]) -> None:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def new_key(self, name: str, *, authorize: bool = False) -> Path:
         """A fresh client key; listed in authorized_keys only when asked."""
         key = self.root / name
