@@ -15,6 +15,8 @@ from typing import Protocol
 import pytest
 import uvloop
 
+from tests._watchdog import on_abort, pytest_runtest_protocol  # noqa: F401 - the hook, registered here
+
 # Generous: CI machines are 2 noisy cores; a real blocking bug takes far longer than this.
 SLOW_CALLBACK_SECONDS = 1.0
 
@@ -73,6 +75,7 @@ def _running(service: _Service, missing: list[str]) -> Iterator[object]:
     test command installs them all), it never skips."""
     if missing:
         pytest.fail(f"missing {', '.join(missing)}: run the README's test command (bash .ci/test), which installs them")
+    on_abort(service.stop)
     try:
         service.start()
         yield service
