@@ -276,7 +276,7 @@ async def test_a_cancel_during_an_in_flight_submit_cancels_the_job_that_lands_af
     action_id = "late-pid:submit:1"
     name = job_name(action_id)
     action = TrackedAction(action_id, SUBMIT, {"host": "cluster", "name": name}, "late-pid")
-    journal = executor._journal_path(action_id)
+    journal = executor.submits.journal_path(action_id)
     journal.parent.mkdir(parents=True, exist_ok=True)
     journal.write_text("")  # what _submit leaves just before it runs sbatch
     await executor.cancel(action)

@@ -3,9 +3,7 @@
 Two tracked actions make a job's life:
 
 * ``batch.submit`` stages input files up (SFTP, size and SHA-256 checked) and submits the job
-  script. Before submitting it notes the action id in a local journal; an execution that finds
-  the note (a daemon crash, a retry after a broken connection) first asks the scheduler for a
-  job of that name, and submits only if there is none. A job is never submitted twice.
+  script so that it lands once, whatever breaks (see :mod:`._submit` and :mod:`._claim`).
 * ``batch.wait`` resolves when the job's state moves past the one its process knows (see
   :mod:`._poller`), and on the final state fetches output files back.
 
@@ -18,22 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from supervisor import HostKeyMismatch, SchedulerError, TrackedAction, TransportError, UntrackedAction
+from supervisor import SchedulerError, TrackedAction, TransportError, UntrackedAction
 
 from ._hosts import HostSpec
 from ._owed import OwedCancels
 from ._poller import HostPoller
-from ._schedulers import Scheduler, Slurm, check_job_id
-from ._schedulers_more import LSF, PBS, SGE
 from ._states import JobState
+from ._submit import BatchHost, Submitter
 from ._transport import SSHTransport
 
 log = structlog.get_logger("statevisor.batch")
@@ -45,25 +40,7 @@ WAIT = "batch.wait"
 CANCEL = "batch.cancel"
 """Untracked: cancel a job whose process was killed with no action in flight (see on_kill)."""
 
-SCHEDULERS: dict[str, type[Scheduler]] = {"slurm": Slurm, "pbs": PBS, "lsf": LSF, "sge": SGE}
-
-_TRANSIENT = re.compile(
-    r"contact slurm controller|timed out|temporarily unavailable|try again|connection refused|"
-    r"Socket timed out|Zero Bytes were transmitted",
-    re.IGNORECASE,
-)
 _CANCEL_WAIT = 3.0  # how long kill waits for a reachable host to confirm a cancel
-
-
-class _Host:
-    """What the executor keeps per host: its transport, scheduler and poller."""
-
-    def __init__(self, spec: HostSpec, transport: SSHTransport) -> None:
-        self.spec = spec
-        self.transport = transport
-        self.scheduler: Scheduler = SCHEDULERS[spec.scheduler]()
-        self.poller = HostPoller(spec, transport, self.scheduler)
-        self.ready = False  # the remote work directory exists
 
 
 class BatchExecutor:
@@ -74,22 +51,20 @@ class BatchExecutor:
 
     def __init__(self, hosts: dict[str, HostSpec], state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
-        self._journal = self.state_dir / "submits"
+        self.submits = Submitter(self.state_dir / "submits")
         transports: dict[tuple[Any, ...], SSHTransport] = {}
-        self.hosts: dict[str, _Host] = {}
+        self.hosts: dict[str, BatchHost] = {}
         for name in _jump_order(hosts):
             spec = hosts[name]
             jump = self.hosts[spec.jump].transport if spec.jump else None
             # One connection per (address, port, user, route): two names for one login share it.
             key = (spec.address, spec.port, spec.user, spec.jump)
             transport = transports.get(key) or transports.setdefault(key, SSHTransport(spec, jump=jump))
-            self.hosts[name] = _Host(spec, transport)
+            self.hosts[name] = BatchHost(spec, transport)
         self.owed = OwedCancels(self.state_dir / "owed-cancels.json")
         self._settling: asyncio.Task[None] | None = None
         self._cancels: dict[str, tuple[list[str], asyncio.Future[None]]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
-        self.submitted = 0
-        self.found_existing = 0
 
     # --- the executor protocol --------------------------------------------------------------
 
@@ -102,7 +77,7 @@ class BatchExecutor:
             return None
         assert isinstance(action, TrackedAction)
         if action.type == SUBMIT:
-            return await self._submit(host, action.id, payload)
+            return await self.submits.submit(host, action.id, payload)
         if action.type == WAIT:
             return await self._wait(host, payload)
         raise ValueError(f"batch executor got an action of type {action.type!r}")
@@ -112,14 +87,14 @@ class BatchExecutor:
         host = self.hosts.get(payload.get("host", ""))
         if host is None:
             return
-        job_id = payload.get("job_id") if action.type == WAIT else self._journaled(action.id)
-        if action.type == SUBMIT and not job_id and self._journal_path(action.id).exists():
+        job_id = payload.get("job_id") if action.type == WAIT else self.submits.journaled(action.id)
+        if action.type == SUBMIT and not job_id and self.submits.journal_path(action.id).exists():
             # The submit got as far as sbatch and may still be in flight: a job of its name
             # can appear after the search below looked. Keep looking for a while.
             self._owe(host.spec.name, f"late:{payload['name']}:{time.time() + LATE_SUBMIT_WINDOW:.0f}")
         await self._cancel_or_owe(host, job_id or f"name:{payload['name']}")
 
-    async def _cancel_or_owe(self, host: _Host, target: str) -> None:
+    async def _cancel_or_owe(self, host: BatchHost, target: str) -> None:
         if host.transport.connected:
             try:
                 await asyncio.wait_for(asyncio.shield(self._cancel_batched(host, target)), timeout=_CANCEL_WAIT)
@@ -128,7 +103,7 @@ class BatchExecutor:
                 log.warning("batch_cancel_deferred", host=host.spec.name, job=target, error=str(exc) or repr(exc))
         self._owe(host.spec.name, target)
 
-    def _cancel_batched(self, host: _Host, target: str) -> asyncio.Future[None]:
+    def _cancel_batched(self, host: BatchHost, target: str) -> asyncio.Future[None]:
         """Cancels asked for within a few milliseconds of each other (killing many processes
         at once) go out as one scancel/qdel/bkill with every job id."""
         batch = self._cancels.get(host.spec.name)
@@ -138,7 +113,7 @@ class BatchExecutor:
         batch[0].append(target)
         return batch[1]
 
-    def _flush_cancels(self, host: _Host) -> None:
+    def _flush_cancels(self, host: BatchHost) -> None:
         targets, future = self._cancels.pop(host.spec.name)
 
         async def flush() -> None:
@@ -171,76 +146,9 @@ class BatchExecutor:
         for transport in {id(h.transport): h.transport for h in self.hosts.values()}.values():
             await transport.close()
 
-    # --- submit -----------------------------------------------------------------------------
-
-    async def _submit(self, host: _Host, action_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        name = payload["name"]
-        journal = self._journal_path(action_id)
-        known = self._journaled(action_id)
-        if known:
-            return {"job_id": known, "found": True}
-        maybe_submitted = journal.exists()  # an earlier execution got as far as submitting
-        if not maybe_submitted:
-            journal.parent.mkdir(parents=True, exist_ok=True)
-            journal.write_text("")
-        attempt = 0
-        while True:
-            try:
-                await self._prepare(host)
-                if maybe_submitted:
-                    found = await self._find(host, name)
-                    if found:
-                        self.found_existing += 1
-                        journal.write_text(found)
-                        log.info("batch_job_found", host=host.spec.name, job=found, name=name)
-                        return {"job_id": found, "found": True}
-                for local, remote in payload.get("stage_in", ()):
-                    await host.transport.put(Path(local), self._remote(host, remote))
-                argv = host.scheduler.submit(name, payload["comment"], host.spec.work_dir, payload.get("options", ()))
-                maybe_submitted = True  # from here a broken connection leaves it unknown
-                done = await host.transport.run(argv, input=payload["script"])
-                job_id = check_job_id(host.scheduler.parse_submit(done.stdout))
-            except HostKeyMismatch:
-                raise
-            except (TransportError, SchedulerError) as exc:
-                attempt += 1
-                transient = isinstance(exc, TransportError) or bool(_TRANSIENT.search(exc.output))
-                if not transient:
-                    journal.unlink(missing_ok=True)  # refused: nothing was submitted
-                    raise
-                if attempt > host.spec.retries:
-                    if isinstance(exc, SchedulerError):  # the scheduler, not the job, is the problem
-                        raise TransportError(host.spec.name, f"the scheduler does not answer: {exc}") from None
-                    raise
-                log.warning("batch_submit_retry", host=host.spec.name, name=name, attempt=attempt, error=str(exc))
-                if not isinstance(exc, TransportError):
-                    await asyncio.sleep(min(host.spec.backoff_max, 0.5 * 2**attempt))
-                continue
-            journal.write_text(job_id)
-            self.submitted += 1
-            return {"job_id": job_id, "found": False}
-
-    async def _find(self, host: _Host, name: str) -> str | None:
-        done = await host.transport.run(host.scheduler.find(name), check=False)
-        if done.exit_status != 0 and not host.scheduler.unknown_jobs(done.exit_status, done.stderr):
-            raise SchedulerError(" ".join(host.scheduler.find(name)), done.exit_status, done.stderr)
-        ids = host.scheduler.parse_find(done.stdout, name)
-        if ids:
-            return check_job_id(ids[0])
-        # Not in the queue. Its status file says whether it ran and has been forgotten since.
-        status = await host.transport.run(["cat", f"{host.spec.work_dir}/{name}.status"], check=False)
-        if status.exit_status == 0:
-            return f"gone:{name}"
-        return None
-
-    async def _prepare(self, host: _Host) -> None:
-        if not host.ready:
-            await host.transport.run(["mkdir", "-p", "--", host.spec.work_dir])
-            host.ready = True
-
     # --- wait -------------------------------------------------------------------------------
 
-    async def _wait(self, host: _Host, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _wait(self, host: BatchHost, payload: dict[str, Any]) -> dict[str, Any]:
         job_id = payload["job_id"]
         known = JobState(payload["known"])
         if job_id.startswith("gone:"):
@@ -257,12 +165,12 @@ class BatchExecutor:
             result = report.payload()
         if JobState(result["state"]).final:
             for remote, local in payload.get("stage_out", ()):
-                await host.transport.get(self._remote(host, remote), Path(local))
+                await host.transport.get(host.remote(remote), Path(local))
             if payload.get("submit_id"):
-                self._journal_path(payload["submit_id"]).unlink(missing_ok=True)
+                self.submits.journal_path(payload["submit_id"]).unlink(missing_ok=True)
         return result
 
-    async def _gone_status(self, host: _Host, name: str) -> tuple[JobState, int | None]:
+    async def _gone_status(self, host: BatchHost, name: str) -> tuple[JobState, int | None]:
         done = await host.transport.run(["cat", f"{host.spec.work_dir}/{name}.status"], check=False)
         text = done.stdout.strip()
         code = int(text) if text.lstrip("-").isdigit() else None
@@ -270,14 +178,14 @@ class BatchExecutor:
 
     # --- cancel and hold --------------------------------------------------------------------
 
-    async def _cancel_on(self, host: _Host, targets: list[str]) -> list[str]:
+    async def _cancel_on(self, host: BatchHost, targets: list[str]) -> list[str]:
         """Cancel ``targets`` (job ids, ``name:N``, ``late:N:deadline``); returns the late ones
         still to look for (not found yet, deadline not passed)."""
         job_ids, lingering = [], []
         for target in targets:
             if target.startswith(("name:", "late:")):
                 kind, name, deadline = [*target.split(":", 2), ""][:3]
-                found = await self._find(host, name)
+                found = await self.submits.find(host, name)
                 if found is not None and not found.startswith("gone:"):
                     job_ids.append(found)
                 elif kind == "late" and deadline.isdigit() and time.time() < int(deadline):
@@ -340,23 +248,22 @@ class BatchExecutor:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _host(self, name: str) -> _Host:
+    def _host(self, name: str) -> BatchHost:
         try:
             return self.hosts[name]
         except KeyError:
             declared = ", ".join(sorted(self.hosts)) or "none"
             raise ValueError(f"no [host.{name}] is declared (hosts: {declared})") from None
 
-    def _journal_path(self, action_id: str) -> Path:
-        return self._journal / hashlib.sha256(action_id.encode()).hexdigest()[:32]
+    @property
+    def submitted(self) -> int:
+        """Jobs this executor submitted (each once: see :class:`Submitter`)."""
+        return self.submits.submitted
 
-    def _journaled(self, action_id: str) -> str | None:
-        with contextlib.suppress(FileNotFoundError):
-            return self._journal_path(action_id).read_text().strip() or None
-        return None
-
-    def _remote(self, host: _Host, path: str) -> str:
-        return path if path.startswith("/") else f"{host.spec.work_dir}/{path}"
+    @property
+    def found_existing(self) -> int:
+        """Submits that found their job already there (landed by an earlier attempt)."""
+        return self.submits.found_existing
 
     def transport(self, host: str) -> SSHTransport:
         return self._host(host).transport
@@ -367,8 +274,8 @@ class BatchExecutor:
     def __repr__(self) -> str:
         owed = sum(len(v) for v in self.owed.values())
         return (
-            f"<BatchExecutor hosts={len(self.hosts)} submitted={self.submitted} "
-            f"found_existing={self.found_existing} owed_cancels={owed}>"
+            f"<BatchExecutor hosts={len(self.hosts)} submitted={self.submits.submitted} "
+            f"found_existing={self.submits.found_existing} claims_met={self.submits.claims_met} owed_cancels={owed}>"
         )
 
 

@@ -143,9 +143,16 @@ class SSHTransport:
     # --- commands ---------------------------------------------------------------------------
 
     async def run(
-        self, argv: Sequence[str], *, input: str | None = None, check: bool = True, timeout: float | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        label: str | None = None,
     ) -> Completed:
-        """Run ``argv`` on the host (quoted: never re-split by the remote shell).
+        """Run ``argv`` on the host (quoted: never re-split by the remote shell). ``label`` names
+        the command in counts and errors when ``argv[0]`` is a wrapper (``sh``) around it.
 
         Raises :class:`TransportError` when the host cannot be reached or the connection breaks,
         :class:`SchedulerError` when ``check`` and the command exits non-zero.
@@ -153,14 +160,15 @@ class SSHTransport:
         command = self.command_line(argv)
         async with self._channels:
             connection = await self.connection()
-            self.commands[argv[0]] += 1
+            name = label or argv[0]
+            self.commands[name] += 1
             self.in_flight += 1
             try:
                 done = await self._run_on(connection, command, input, timeout or self.host.command_timeout)
             except (OSError, asyncssh.Error, asyncssh.ProcessError, TimeoutError) as exc:
                 problem = _describe(exc)
                 self._lost(connection, problem)
-                raise TransportError(self.host.name, f"{argv[0]}: {problem}") from None
+                raise TransportError(self.host.name, f"{name}: {problem}") from None
             finally:
                 self.in_flight -= 1
         completed = Completed(tuple(argv), done.exit_status, _text(done.stdout), _text(done.stderr))
@@ -168,7 +176,7 @@ class SSHTransport:
             # No exit status: the channel closed under the command (sshd stopped, the session
             # was killed). Its output may be cut short, so none of it counts.
             self._lost(connection, f"channel closed ({done.exit_signal or 'no exit status'})")
-            raise TransportError(self.host.name, f"{argv[0]}: the connection closed under it")
+            raise TransportError(self.host.name, f"{name}: the connection closed under it")
         if check and completed.exit_status != 0:
             raise SchedulerError(shlex.join(argv), completed.exit_status, completed.stderr or completed.stdout)
         return completed
