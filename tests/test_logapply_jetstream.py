@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from processes.logapply import JetStreamLog, KeyValue, LogApplyClient, Replica, SnapshotStore
+from processes.logapply._jetstream import CLOSE_GRACE
 from processes.logapply.loopback import NatsCluster
 from supervisor import LogError, StaleWriter
 from supervisor.control import Client
-from tests.helpers import wait_for_snapshot
+from tests.helpers import wait_for_snapshot, wait_until
 from tests.test_daemon import ROOT, free_port, reachable, wait_for
 
 pytestmark = pytest.mark.uvloop_only
@@ -72,12 +73,36 @@ async def test_an_append_given_up_on_that_lands_later_is_not_taken_for_a_stale_w
         finally:
             for server in servers:
                 server.send_signal(signal.SIGCONT)
+            await asyncio.to_thread(nats_cluster.wait_healthy)
         async with asyncio.timeout(30):
             while (await log.bounds())[1] < 2:  # noqa: ASYNC110 - the stream's end raises no event here
                 await asyncio.sleep(0.05)
         assert 3 == await log.append(b"c", "id-c")
     finally:
         await log.close()
+
+
+async def test_close_is_bounded_while_every_server_is_frozen_mid_append(nats_cluster: NatsCluster) -> None:
+    """Every NATS server is frozen (SIGSTOP) while an append is in flight: close() still returns
+    within its bound (two grace periods and a margin), and the append fails as closed instead of
+    hanging. (A close that waited on nats-py forever held one CI run for 90 minutes.)"""
+    log = JetStreamLog(nats_cluster.urls, stream_name(), writer="w1", lanes=2)
+    await log.open()
+    assert 1 == await log.append(b"a", "id-a")
+    servers = [child for child in nats_cluster.children if child is not None]
+    for server in servers:
+        server.send_signal(signal.SIGSTOP)
+    try:
+        in_flight = asyncio.ensure_future(log.append(b"b", "id-b"))
+        await wait_until(lambda: ("queued=0" in repr(log) and log.retries > 0) or in_flight.done(), timeout=30)
+        async with asyncio.timeout(2 * CLOSE_GRACE + 5):
+            await log.close()
+        with pytest.raises(LogError, match="closed before the append was acknowledged"):
+            await in_flight
+    finally:
+        for server in servers:
+            server.send_signal(signal.SIGCONT)
+        await asyncio.to_thread(nats_cluster.wait_healthy)
 
 
 async def test_replicas_resume_from_their_applied_index_across_nats_restarts(

@@ -28,6 +28,11 @@ a server failover the consumer may deliver an entry twice or skip ahead; the rep
 duplicates and asks to follow again from its applied index on a hole, so a fresh consumer is
 made from exactly there.
 
+Closing is bounded (:data:`CLOSE_GRACE`): nats-py swallows a cancellation that lands while it
+queues a flush (``Client._flush_pending``), so a lane cancelled mid-publish can go on; lanes also
+stop at the closing flag, and whatever is still running after the grace is left behind with a
+warning rather than waited on. One CI run hung at a close for its whole 90 minutes.
+
 The stream is shared by every replica, so it is never compacted by one of them: retention is the
 operator's (``max_msgs``/``max_age`` on the stream), and a replica that falls behind the stream's
 first sequence without a covering snapshot stops with :class:`LogGap`.
@@ -36,7 +41,6 @@ first sequence without a covering snapshot stops with :class:`LogGap`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import re
 import socket
@@ -54,6 +58,29 @@ from ._log import Entry
 log = structlog.get_logger("statevisor.logapply")
 
 _WRONG_LAST_SEQUENCE = 10071
+CLOSE_GRACE = 5.0
+"""Seconds a close waits for the lanes, an unsubscribe or the connection to finish."""
+_abandoned: set[asyncio.Task[Any]] = set()  # left running past the grace; referenced until done
+
+
+async def _bounded(what: str, coroutine: Any, seconds: float = CLOSE_GRACE) -> None:
+    """Run ``coroutine`` for at most ``seconds``: on time-out it is cancelled and, if that does
+    not end it (nats-py may swallow the cancellation), left behind instead of waited on, unlike
+    ``asyncio.wait_for``, which waits for the cancelled task to finish."""
+    task = asyncio.ensure_future(coroutine)
+    await asyncio.wait({task}, timeout=seconds)
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # retrieved: failures while closing are not ours to raise
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=0.5)
+    if not task.done():
+        log.warning("close_left_running", what=what, after=seconds)
+        _abandoned.add(task)
+        task.add_done_callback(_abandoned.discard)
+
+
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -103,6 +130,7 @@ class JetStreamLog:
         self._lane_wake = [asyncio.Event() for _ in range(lanes)]
         self._lanes: list[asyncio.Task[None]] = []
         self._stale: StaleWriter | None = None
+        self._closing = False
 
     def lane_subject(self, lane: int) -> str:
         return self.subject if lane == 0 else f"{self.subject}.{lane}"
@@ -162,7 +190,7 @@ class JetStreamLog:
         # hop through another task: the next publish follows the ack at once), and waits among
         # the idle lanes when there is none; stops for good on a stale writer.
         wake = self._lane_wake[lane]
-        while self._stale is None:
+        while self._stale is None and not self._closing:
             if not self._queue:
                 heapq.heappush(self._idle, lane)
                 await wake.wait()
@@ -224,6 +252,8 @@ class JetStreamLog:
                         f"({exc.description}); is another daemon running with the same writer name?",
                     ) from None
             except Exception as exc:
+                if self._closing:
+                    raise LogError(self.name, "the log was closed before the append was acknowledged") from None
                 if time.monotonic() > deadline:
                     if msg_id is not None:
                         self._unsure[lane].add(msg_id)  # it may land yet: see above
@@ -296,8 +326,8 @@ class JetStreamLog:
                     delivered = max(delivered, batch[-1][0])
                     yield batch
         finally:
-            with contextlib.suppress(Exception):  # the connection may be gone: nothing to clean then
-                await subscription.unsubscribe()
+            # The connection may be gone (nothing to clean then), or stuck: bounded either way.
+            await _bounded("unsubscribe", subscription.unsubscribe())
 
     async def bounds(self) -> tuple[int, int]:
         deadline = time.monotonic() + self.append_timeout
@@ -318,15 +348,21 @@ class JetStreamLog:
         return None  # shared by every replica: retention is the stream's (see the module docstring)
 
     async def close(self) -> None:
-        tasks = list(self._lanes)
-        for task in tasks:
+        """Stop appending and disconnect, within about two :data:`CLOSE_GRACE` whatever NATS does."""
+        self._closing = True
+        for wake in self._lane_wake:
+            wake.set()
+        lanes = list(self._lanes)
+        for task in lanes:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if lanes:
+            await _bounded("lanes", asyncio.gather(*lanes, return_exceptions=True))
         for _, _, future in self._queue:
             if not future.done():
                 future.set_exception(LogError(self.name, "the log was closed before the entry was appended"))
+        self._queue.clear()
         if self._nc is not None:
-            await self._nc.close()
+            await _bounded("connection close", self._nc.close())
 
     def __repr__(self) -> str:
         return (

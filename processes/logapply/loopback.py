@@ -3,7 +3,8 @@
 Needs Debian's ``nats-server`` (the test command installs it). Every node gets client and
 cluster ports of its own and storage in the given directory; nodes can be stopped (SIGKILL or
 SIGTERM) and started again on the same ports and storage, which is what failover tests need.
-Waiting is on conditions (ports answer, the JetStream meta leader is elected), never fixed sleeps.
+Waiting is on conditions (ports answer; every node's ``/healthz`` says its JetStream is current,
+which needs an elected meta leader), never fixed sleeps.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +53,7 @@ class NatsCluster:
         self.size = size
         self.ports = [_free_port() for _ in range(size)]
         self.cluster_ports = [_free_port() for _ in range(size)]
+        self.http_ports = [_free_port() for _ in range(size)]
         self.children: list[subprocess.Popen[bytes] | None] = [None] * size
 
     @property
@@ -64,6 +68,7 @@ class NatsCluster:
         path.write_text(
             f"""server_name: n{node}
 listen: 127.0.0.1:{self.ports[node]}
+http: 127.0.0.1:{self.http_ports[node]}
 jetstream {{ store_dir: "{store}", max_memory_store: 256MB, max_file_store: 4GB }}
 cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, routes: [{routes}] }}
 """
@@ -88,10 +93,24 @@ cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, route
             child.wait(timeout=20)
         self.children[node] = None
 
+    def healthy(self, node: int) -> bool:
+        """Whether ``node`` answers its health check (JetStream current, meta leader known)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_ports[node]}/healthz", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Wait until every running node is healthy (after a start, a restart or a freeze)."""
+        running = [n for n, child in enumerate(self.children) if child is not None and child.poll() is None]
+        _wait("the NATS cluster to be healthy", lambda: all(self.healthy(n) for n in running), timeout)
+
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         for node in range(self.size):
             self.start_node(node)
+        self.wait_healthy()
 
     def stop(self) -> None:
         for node in range(self.size):
