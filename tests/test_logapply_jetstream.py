@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from processes.logapply import JetStreamLog, KeyValue, LogApplyClient, Replica, SnapshotStore
-from processes.logapply._jetstream import CLOSE_GRACE
+from processes.logapply._log import CLOSE_GRACE
 from processes.logapply.loopback import NatsCluster
 from supervisor import LogError, StaleWriter
 from supervisor.control import Client

@@ -53,32 +53,11 @@ import structlog
 
 from supervisor import LogError, StaleWriter
 
-from ._log import Entry
+from ._log import Entry, bounded
 
 log = structlog.get_logger("statevisor.logapply")
 
 _WRONG_LAST_SEQUENCE = 10071
-CLOSE_GRACE = 5.0
-"""Seconds a close waits for the lanes, an unsubscribe or the connection to finish."""
-_abandoned: set[asyncio.Task[Any]] = set()  # left running past the grace; referenced until done
-
-
-async def _bounded(what: str, coroutine: Any, seconds: float = CLOSE_GRACE) -> None:
-    """Run ``coroutine`` for at most ``seconds``: on time-out it is cancelled and, if that does
-    not end it (nats-py may swallow the cancellation), left behind instead of waited on, unlike
-    ``asyncio.wait_for``, which waits for the cancelled task to finish."""
-    task = asyncio.ensure_future(coroutine)
-    await asyncio.wait({task}, timeout=seconds)
-    if task.done():
-        if not task.cancelled():
-            task.exception()  # retrieved: failures while closing are not ours to raise
-        return
-    task.cancel()
-    await asyncio.wait({task}, timeout=0.5)
-    if not task.done():
-        log.warning("close_left_running", what=what, after=seconds)
-        _abandoned.add(task)
-        task.add_done_callback(_abandoned.discard)
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -327,7 +306,7 @@ class JetStreamLog:
                     yield batch
         finally:
             # The connection may be gone (nothing to clean then), or stuck: bounded either way.
-            await _bounded("unsubscribe", subscription.unsubscribe())
+            await bounded("unsubscribe", subscription.unsubscribe())
 
     async def bounds(self) -> tuple[int, int]:
         deadline = time.monotonic() + self.append_timeout
@@ -356,13 +335,13 @@ class JetStreamLog:
         for task in lanes:
             task.cancel()
         if lanes:
-            await _bounded("lanes", asyncio.gather(*lanes, return_exceptions=True))
+            await bounded("lanes", asyncio.gather(*lanes, return_exceptions=True))
         for _, _, future in self._queue:
             if not future.done():
                 future.set_exception(LogError(self.name, "the log was closed before the entry was appended"))
         self._queue.clear()
         if self._nc is not None:
-            await _bounded("connection close", self._nc.close())
+            await bounded("connection close", self._nc.close())
 
     def __repr__(self) -> str:
         return (

@@ -7,11 +7,45 @@ retried appends idempotent: appending an id the log already holds returns the or
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("statevisor.logapply")
 
 Entry = tuple[int, bytes]
 """(index, encoded entry) as the log hands them out, in index order."""
+
+CLOSE_GRACE = 5.0
+"""Seconds a close waits for a task of a log (a lane, a follower, an unsubscribe, a connection
+close) to finish before leaving it behind."""
+_abandoned: set[asyncio.Task[Any]] = set()  # left running past the grace; referenced until done
+
+
+async def bounded(what: str, coroutine: Any, seconds: float = CLOSE_GRACE) -> None:
+    """Run ``coroutine`` for at most ``seconds``: on time-out it is cancelled and, if that does
+    not end it (nats-py may swallow the cancellation), left behind instead of waited on, unlike
+    ``asyncio.wait_for``, which waits for the cancelled task to finish."""
+    task = asyncio.ensure_future(coroutine)
+    try:
+        await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        _abandoned.add(task)  # referenced until it ends: never destroyed while pending
+        task.add_done_callback(_abandoned.discard)
+        raise
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # retrieved: failures while closing are not ours to raise
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=0.5)
+    if not task.done():
+        log.warning("close_left_running", what=what, after=seconds)
+        _abandoned.add(task)
+        task.add_done_callback(_abandoned.discard)
 
 
 class Log(Protocol):

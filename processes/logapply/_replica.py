@@ -21,7 +21,7 @@ import structlog
 from supervisor import AtomicValue, LogError, LogGap, SnapshotError
 
 from ._apply import Applier, decode_entry, encode_entry, state_hash
-from ._log import Entry, Log
+from ._log import Entry, Log, bounded
 from ._snapshots import SnapshotStore
 
 log = structlog.get_logger("statevisor.logapply")
@@ -309,8 +309,8 @@ class Replica:
             return
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._task.cancel()  # bounded: a backend may swallow the cancellation (see bounded)
+            await bounded(f"replica {self.name} follower", asyncio.gather(self._task, return_exceptions=True))
         if self.failure is None:
             self._fail(LogError(self.log.name, "the replica was closed"))
         self.phase = ReplicaPhase.STOPPED
