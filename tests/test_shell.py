@@ -418,6 +418,14 @@ def action(action_id: str, argv: list[str], tmp_path: Path) -> TrackedAction:
     return TrackedAction(action_id, RUN, payload, "p1")
 
 
+def gated_action(tmp_path: Path, *, exit_code: int) -> tuple[Path, Path, TrackedAction]:
+    """A run action whose command notes that it started (in ``marker``), then waits for
+    ``release`` to exist and exits with ``exit_code``."""
+    release, marker = tmp_path / "release", tmp_path / "ran"
+    argv = ["sh", "-c", f"echo x >> {marker}; while [ ! -e {release} ]; do sleep 0.02; done; exit {exit_code}"]
+    return release, marker, action("p1:1:0", argv, tmp_path)
+
+
 async def test_executing_an_action_id_again_never_reruns_the_command(tmp_path: Path) -> None:
     """The same action id executed twice (a restart re-issues it) returns the first outcome;
     the command ran once."""
@@ -436,11 +444,7 @@ async def test_executing_an_action_id_again_never_reruns_the_command(tmp_path: P
 async def test_a_running_command_is_reattached_not_restarted(tmp_path: Path) -> None:
     """A second executor (a restarted daemon) finds the run monitor that outlived the first
     one, attaches to the still-running command, and collects its exit status when it ends."""
-    release = tmp_path / "release"
-    marker = tmp_path / "ran"
-    act = action(
-        "p1:1:0", ["sh", "-c", f"echo x >> {marker}; while [ ! -e {release} ]; do sleep 0.02; done; exit 7"], tmp_path
-    )
+    release, marker, act = gated_action(tmp_path, exit_code=7)
     first = ShellExecutor(tmp_path / "runs")
     running = asyncio.ensure_future(first.execute(act))
     await wait_until(lambda: marker.exists())
@@ -466,11 +470,7 @@ async def test_a_killed_monitor_loses_no_exit_status_while_the_daemon_lives(tmp_
     """The run monitor is SIGKILLed while a command runs: the daemon inherits the command (it
     is the monitor's parent and a child subreaper), collects its exit status itself, and starts
     a new monitor for the next command."""
-    release = tmp_path / "release"
-    marker = tmp_path / "ran"
-    act = action(
-        "p1:1:0", ["sh", "-c", f"echo x >> {marker}; while [ ! -e {release} ]; do sleep 0.02; done; exit 5"], tmp_path
-    )
+    release, marker, act = gated_action(tmp_path, exit_code=5)
     executor = ShellExecutor(tmp_path / "runs")
     try:
         running = asyncio.ensure_future(executor.execute(act))
@@ -512,11 +512,7 @@ async def test_a_monitor_killed_before_it_answers_loses_no_command(tmp_path: Pat
     """The run monitor starts a command and dies before its answer reaches the daemon: the
     daemon asks the next monitor, which finds the run claimed and started; the daemon attaches
     to the command (never starting it again) and collects its exit status."""
-    release = tmp_path / "release"
-    marker = tmp_path / "ran"
-    act = action(
-        "p1:1:0", ["sh", "-c", f"echo x >> {marker}; while [ ! -e {release} ]; do sleep 0.02; done; exit 6"], tmp_path
-    )
+    release, marker, act = gated_action(tmp_path, exit_code=6)
     executor = ShellExecutor(tmp_path / "runs")
     executor.monitor = _AnswerLostLink(executor.runs)
     try:
