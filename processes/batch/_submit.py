@@ -111,6 +111,9 @@ class Submitter:
                     if isinstance(earlier, str):
                         return self._found(journal, host, earlier, name)
                     outcome: Outcome | None = earlier  # an earlier attempt's submit ended: its outcome is ours
+                    if earlier.exit_status == 0:
+                        job_id = check_job_id(host.scheduler.parse_submit(earlier.stdout))
+                        return self._found(journal, host, job_id, name)
                 else:
                     outcome = parse_outcome(done.stdout)
                 if outcome is None:  # the wrapper itself failed (no sh, work dir not writable)
