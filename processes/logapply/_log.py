@@ -21,7 +21,7 @@ Entry = tuple[int, bytes]
 CLOSE_GRACE = 5.0
 """Seconds a close waits for a task of a log (a lane, a follower, an unsubscribe, a connection
 close) to finish before leaving it behind."""
-_abandoned: set[asyncio.Task[Any]] = set()  # left running past the grace; referenced until done
+_abandoned: set[asyncio.Future[Any]] = set()  # left running past the grace; referenced until done
 
 
 async def bounded(what: str, coroutine: Any, seconds: float = CLOSE_GRACE) -> None:
@@ -34,7 +34,7 @@ async def bounded(what: str, coroutine: Any, seconds: float = CLOSE_GRACE) -> No
     except asyncio.CancelledError:
         task.cancel()
         _abandoned.add(task)  # referenced until it ends: never destroyed while pending
-        task.add_done_callback(_abandoned.discard)
+        task.add_done_callback(_retrieve)
         raise
     if task.done():
         if not task.cancelled():
@@ -42,10 +42,21 @@ async def bounded(what: str, coroutine: Any, seconds: float = CLOSE_GRACE) -> No
         return
     task.cancel()
     await asyncio.wait({task}, timeout=0.5)
-    if not task.done():
-        log.warning("close_left_running", what=what, after=seconds)
-        _abandoned.add(task)
-        task.add_done_callback(_abandoned.discard)
+    if task.done():
+        # A cancelled gather ends with CancelledError as its exception, not as cancelled:
+        # retrieve it, or the loop reports it as never retrieved.
+        if not task.cancelled():
+            task.exception()
+        return
+    log.warning("close_left_running", what=what, after=seconds)
+    _abandoned.add(task)
+    task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 class Log(Protocol):

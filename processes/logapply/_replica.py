@@ -21,7 +21,7 @@ import structlog
 from supervisor import AtomicValue, LogError, LogGap, SnapshotError
 
 from ._apply import Applier, decode_entry, encode_entry, state_hash
-from ._log import Entry, Log, bounded
+from ._log import CLOSE_GRACE, Entry, Log, bounded
 from ._snapshots import SnapshotStore
 
 log = structlog.get_logger("statevisor.logapply")
@@ -310,7 +310,9 @@ class Replica:
         self._closed = True
         if self._task is not None:
             self._task.cancel()  # bounded: a backend may swallow the cancellation (see bounded)
-            await bounded(f"replica {self.name} follower", asyncio.gather(self._task, return_exceptions=True))
+            # Longer than the follower's own bounded unsubscribe, which it may be in.
+            follower = asyncio.gather(self._task, return_exceptions=True)
+            await bounded(f"replica {self.name} follower", follower, seconds=2 * CLOSE_GRACE + 1)
         if self.failure is None:
             self._fail(LogError(self.log.name, "the replica was closed"))
         self.phase = ReplicaPhase.STOPPED
