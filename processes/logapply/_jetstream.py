@@ -58,8 +58,6 @@ from ._log import Entry, bounded
 log = structlog.get_logger("statevisor.logapply")
 
 _WRONG_LAST_SEQUENCE = 10071
-
-
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
