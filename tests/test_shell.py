@@ -426,6 +426,19 @@ def gated_action(tmp_path: Path, *, exit_code: int) -> tuple[Path, Path, Tracked
     return release, marker, action("p1:1:0", argv, tmp_path)
 
 
+async def attach_then_release(executor: ShellExecutor, act: TrackedAction, release: Path) -> dict[str, Any]:
+    """Execute ``act`` on ``executor``, which must attach to its already started command (not
+    start it), release the command, and return its result; the executor is closed after."""
+    try:
+        running = asyncio.ensure_future(executor.execute(act))
+        await wait_until(lambda: executor.attached == 1)
+        await asyncio.to_thread(release.touch)
+        result: dict[str, Any] = await asyncio.wait_for(running, 10)
+        return result
+    finally:
+        await executor.close()
+
+
 async def test_executing_an_action_id_again_never_reruns_the_command(tmp_path: Path) -> None:
     """The same action id executed twice (a restart re-issues it) returns the first outcome;
     the command ran once."""
@@ -452,13 +465,7 @@ async def test_a_running_command_is_reattached_not_restarted(tmp_path: Path) -> 
     await asyncio.gather(running, return_exceptions=True)
     await first.close()
     second = ShellExecutor(tmp_path / "runs")
-    try:
-        attached = asyncio.ensure_future(second.execute(act))
-        await wait_until(lambda: second.attached == 1)
-        release.touch()
-        result = await asyncio.wait_for(attached, 10)
-    finally:
-        await second.close()
+    result = await attach_then_release(second, act, release)
     assert 7 == result["exit_code"]
     assert "x\n" == marker.read_text()
     assert 0 == second.spawned
@@ -515,13 +522,7 @@ async def test_a_monitor_killed_before_it_answers_loses_no_command(tmp_path: Pat
     release, marker, act = gated_action(tmp_path, exit_code=6)
     executor = ShellExecutor(tmp_path / "runs")
     executor.monitor = _AnswerLostLink(executor.runs)
-    try:
-        running = asyncio.ensure_future(executor.execute(act))
-        await wait_until(lambda: executor.attached == 1)
-        release.touch()
-        result = await asyncio.wait_for(running, 10)
-    finally:
-        await executor.close()
+    result = await attach_then_release(executor, act, release)
     assert 6 == result["exit_code"]
     assert "x\n" == marker.read_text(), "started once"
     assert 0 == executor.spawned
