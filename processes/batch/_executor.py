@@ -171,8 +171,7 @@ class BatchExecutor:
         return result
 
     async def _gone_status(self, host: BatchHost, name: str) -> tuple[JobState, int | None]:
-        done = await host.transport.run(["cat", f"{host.spec.work_dir}/{name}.status"], check=False)
-        text = done.stdout.strip()
+        text = await host.status_file(name) or ""
         code = int(text) if text.lstrip("-").isdigit() else None
         return (JobState.COMPLETED if code == 0 else JobState.FAILED), code
 

@@ -49,6 +49,10 @@ class HostSpec:
     def known_hosts_path(self) -> str:
         return os.path.expanduser(self.known_hosts)
 
+    def status_path(self, name: str) -> str:
+        """Where job ``name``'s script writes its exit status (see :mod:`._script`)."""
+        return f"{self.work_dir}/{name}.status"
+
     def __repr__(self) -> str:
         who = f"{self.user}@" if self.user else ""
         via = f" via {self.jump}" if self.jump else ""

@@ -161,7 +161,7 @@ class HostPoller:
     async def _finish(self, ended: dict[str, JobReport], watches: list[_Watch]) -> None:
         """Read the exit status files of the jobs that ended, then resolve their watches."""
         names = {w.job_id: w.name for w in watches if w.job_id in ended}
-        paths = {job_id: f"{self.host.work_dir}/{name}.status" for job_id, name in names.items()}
+        paths = {job_id: self.host.status_path(name) for job_id, name in names.items()}
         done = await self.transport.run(["sh", "-c", STATUS_READER, "sh", *paths.values()], check=False)
         codes = parse_status_files(done.stdout)
         for watch in watches:

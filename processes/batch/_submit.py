@@ -64,6 +64,11 @@ class BatchHost:
         """``path`` on the host: relative ones are in its work directory."""
         return path if path.startswith("/") else f"{self.spec.work_dir}/{path}"
 
+    async def status_file(self, name: str) -> str | None:
+        """What job ``name``'s script wrote to its status file (its exit status); None: no file."""
+        done = await self.transport.run(["cat", self.spec.status_path(name)], check=False)
+        return done.stdout.strip() if done.exit_status == 0 else None
+
 
 class Submitter:
     """Submits jobs, each once, and keeps count."""
@@ -183,8 +188,7 @@ class Submitter:
         if ids:
             return check_job_id(ids[0])
         # Not in the queue. Its status file says whether it ran and has been forgotten since.
-        status = await host.transport.run(["cat", f"{host.spec.work_dir}/{name}.status"], check=False)
-        if status.exit_status == 0:
+        if await host.status_file(name) is not None:
             return f"gone:{name}"
         return None
 
