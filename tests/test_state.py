@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from enum import IntEnum
 from typing import Any
 
@@ -195,3 +196,25 @@ def test_any_mutation_sequence_rolls_back_exactly(start: dict[str, Any], ops: li
     journal.rollback()
     assert before == pack(state)
     assert unpack(before) == state
+
+
+def test_pack_is_exact_across_threads_and_after_a_refused_value() -> None:
+    """pack keeps one msgpack Packer per thread: threads packing at once each get their own
+    value back, and a value msgpack refuses leaves nothing behind for the next pack."""
+    with pytest.raises(TypeError):
+        pack({"a": [1, object()]})
+    assert {"b": 2} == unpack(pack({"b": 2}))
+    wrong: list[Any] = []
+
+    def pack_many(seed: int) -> None:
+        for n in range(2000):
+            value = {"thread": seed, "n": n, "payload": [seed] * (n % 7), "text": "x" * (n % 50)}
+            if unpack(pack(value)) != value:
+                wrong.append((seed, n))
+
+    threads = [threading.Thread(target=pack_many, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [] == wrong
