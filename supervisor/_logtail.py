@@ -17,13 +17,20 @@ from pathlib import Path
 from ._logrotation import PATIENCE, LogStream, read_rotation
 
 
-def tail_lines(path: Path, lines: int) -> list[str]:
+def tail_lines(path: Path, lines: int, *, rotated: bool = True) -> list[str]:
     """The last ``lines`` lines of ``path`` (reads backwards, so memory is bounded by them),
-    continued from its newest backup when the live file was just rotated."""
-    return _tail(path, lines, complete_only=False)[0]
+    continued from its newest backup when the live file was just rotated.
+
+    ``rotated=False`` says the caller knows the live file was not rotated while the lines it
+    wants were written (a shell run's own result), so the backup is not looked for: a path
+    lookup that, in a directory where files are being created, waits on its lock.
+    """
+    return _tail(path, lines, complete_only=False, rotated=rotated)[0]
 
 
-def _tail(path: Path, lines: int, *, complete_only: bool, block: int = 8192) -> tuple[list[str], int | None]:
+def _tail(
+    path: Path, lines: int, *, complete_only: bool, rotated: bool = True, block: int = 8192
+) -> tuple[list[str], int | None]:
     """The last lines and the live file's offset just after them (None: not a regular file)."""
     found = _read_backwards(path, lines, block)
     if found is None:
@@ -34,7 +41,7 @@ def _tail(path: Path, lines: int, *, complete_only: bool, block: int = 8192) -> 
         cut = data.rfind(b"\n") + 1
         end -= len(data) - cut
         data = data[:cut]
-    if lines > 0 and data.count(b"\n") < lines and end == len(data):
+    if rotated and lines > 0 and data.count(b"\n") < lines and end == len(data):
         # The live file holds fewer lines than asked: it was rotated; the rest are in <log>.1
         # (its last line may go on in the live file: the bytes are joined, not the lines).
         older = _read_backwards(f"{path}.1", lines - data.count(b"\n"), block)

@@ -134,5 +134,6 @@ def test_the_tail_of_a_just_rotated_log_comes_from_its_backup(tmp_path: Path) ->
         out.write("two\nlast\n")
     assert ["line 0048", "line 0049", "cut in two", "last"] == tail_lines(log, 4)
     assert ["last"] == tail_lines(log, 1)
+    assert ["two", "last"] == tail_lines(log, 4, rotated=False), "told it was not rotated: the live file alone"
     os.unlink(f"{log}.1")
     assert ["two", "last"] == tail_lines(log, 4)

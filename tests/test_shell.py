@@ -20,7 +20,7 @@ import pytest
 
 from processes.shell import RUN, Shell, ShellExecutor, executors
 from processes.shell._journal import Journal, marker
-from processes.shell._launch import start_time
+from processes.shell._launch import inherited_environment, start_time
 from processes.shell._link import MonitorLink, MonitorLost
 from processes.shell._monitor import JOURNAL, MARKER
 from supervisor import (
@@ -173,6 +173,36 @@ async def test_environment_cwd_stdin_and_umask_reach_the_command(host: Host, tmp
     assert {"A": "***"} == handle.state.state["env"], "environment values never show in snapshots"
 
 
+async def test_a_variable_set_in_the_daemon_reaches_the_next_command(host: Host) -> None:
+    """The inherited environment is the daemon's at each spawn: set, changed or removed after
+    earlier commands ran (the executor keeps a decoded copy while the environment is unchanged)."""
+    show = {"argv": ["sh", "-c", 'echo "${STATEVISOR_TEST_LATE-none}"']}
+    assert ["none"] == (await run(host, show)).result()["stdout_tail"]
+    os.environ["STATEVISOR_TEST_LATE"] = "first"
+    try:
+        assert ["first"] == (await run(host, show)).result()["stdout_tail"]
+        os.environ["STATEVISOR_TEST_LATE"] = "second"
+        assert ["second"] == (await run(host, show)).result()["stdout_tail"]
+    finally:
+        del os.environ["STATEVISOR_TEST_LATE"]
+    assert ["none"] == (await run(host, show)).result()["stdout_tail"]
+
+
+def test_the_inherited_environment_is_a_fresh_copy_that_follows_changes() -> None:
+    """inherited_environment returns the current environment, decoded as os.environ decodes it,
+    as a copy a caller may change without touching the next one."""
+    first = inherited_environment()
+    assert dict(os.environ) == first
+    first["STATEVISOR_TEST_COPY"] = "mine"
+    assert "STATEVISOR_TEST_COPY" not in inherited_environment()
+    os.environ["STATEVISOR_TEST_COPY"] = "caf\u00e9"
+    try:
+        assert "caf\u00e9" == inherited_environment()["STATEVISOR_TEST_COPY"]
+    finally:
+        del os.environ["STATEVISOR_TEST_COPY"]
+    assert dict(os.environ) == inherited_environment()
+
+
 async def test_resource_limits_apply_in_the_child(host: Host) -> None:
     """open_files, address_space and cpu_seconds become the child's rlimits."""
     handle = await run(
@@ -218,6 +248,16 @@ async def test_pause_stops_the_group_and_resume_continues_it(host: Host) -> None
     await handle.resume()
     await wait_until(lambda: cpu_ticks(burner) > stopped)
     await handle.kill()
+
+
+async def test_a_result_tail_reaches_into_the_backup_when_the_run_was_rotated(host: Host, tmp_path: Path) -> None:
+    """A run whose log was rotated while it ran, ending with fewer lines in the live file than
+    its tail asks for: the result's tail goes on into <log>.1 (the executor skips that lookup
+    only for runs it started and never rotated)."""
+    log = tmp_path / "logs" / "rotated.out.log"
+    script = f'seq 1 400; while [ ! -e "{log}.1" ]; do sleep 0.02; done; echo last'
+    handle = await run(host, {"argv": ["sh", "-c", script], "log_max_bytes": 1024, "tail_lines": 5}, name="rotated")
+    assert ["397", "398", "399", "400", "last"] == handle.result()["stdout_tail"]
 
 
 async def test_fast_output_is_rotated_and_the_daemon_does_not_buffer_it(host: Host, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from ._journal import ended_entry, marker
 from ._launch import (
     become_subreaper,
     find_by_marker,
+    inherited_environment,
     is_our_child,
     reap_child,
     reap_orphans,
@@ -62,6 +63,9 @@ class _Run:
     reason: str = "exited"
     ending: asyncio.Future[Outcome] | None = field(default=None, repr=False)
     stopping: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Whether the logs may have been rotated since the command started: unknown (True) for a
+    # run this executor attached to, False for one it started until it rotates one of its logs.
+    rotated: bool = True
 
 
 class ShellExecutor:
@@ -166,6 +170,7 @@ class ShellExecutor:
             run.started = Started(*reply["started"])
             if kind == "started":
                 self.spawned += 1
+                run.rotated = False
             else:
                 self.attached += 1
             run.ending = loop.create_task(self._ending(run, exited))
@@ -322,6 +327,7 @@ class ShellExecutor:
         for path in spec.log_paths():
             with contextlib.suppress(OSError):
                 if os.stat(path).st_size > spec.log_max_bytes:
+                    run.rotated = True  # before the rotation: a result read meanwhile looks in the backup
                     await asyncio.to_thread(rotate_log, Path(path), spec.log_max_bytes, spec.log_backups)
 
     # --- results ----------------------------------------------------------------------------
@@ -339,12 +345,12 @@ class ShellExecutor:
             "ended": max(outcome.ended, run.started.wall),  # file times are coarse (a clock tick)
             "user_cpu": outcome.user,
             "system_cpu": outcome.system,
-            "stdout_tail": tail_lines(Path(stdout), spec.tail_lines) if stdout else [],
-            "stderr_tail": tail_lines(Path(stderr), spec.tail_lines) if stderr else [],
+            "stdout_tail": tail_lines(Path(stdout), spec.tail_lines, rotated=run.rotated) if stdout else [],
+            "stderr_tail": tail_lines(Path(stderr), spec.tail_lines, rotated=run.rotated) if stderr else [],
         }
 
     def _environment(self, spec: CommandSpec) -> dict[str, str]:
-        env = dict(os.environ) if spec.inherit_env else {"PATH": DEFAULT_PATH}
+        env = inherited_environment() if spec.inherit_env else {"PATH": DEFAULT_PATH}
         for name in spec.env_unset:
             env.pop(name, None)
         env.update(spec.env)
