@@ -19,7 +19,7 @@ from typing import Any, cast
 import pytest
 
 from processes.shell import RUN, Shell, ShellExecutor, executors
-from processes.shell._journal import Journal, marker
+from processes.shell._journal import Journal, append_ended, marker, started_runs
 from processes.shell._launch import inherited_environment, start_time
 from processes.shell._link import MonitorLink, MonitorLost
 from processes.shell._monitor import JOURNAL, MARKER
@@ -514,9 +514,9 @@ async def test_a_running_command_is_reattached_not_restarted(tmp_path: Path) -> 
 
 
 async def test_a_killed_monitor_loses_no_exit_status_while_the_daemon_lives(tmp_path: Path) -> None:
-    """The run monitor is SIGKILLed while a command runs: the daemon inherits the command (it
-    is the monitor's parent and a child subreaper), collects its exit status itself, and starts
-    a new monitor for the next command."""
+    """The run monitor is SIGKILLed while a command runs: the monitor's keeper inherits the
+    command and records its exit status, which the daemon reads from the next monitor it starts
+    (that one also runs the next command)."""
     release, marker, act = gated_action(tmp_path, exit_code=5)
     executor = ShellExecutor(tmp_path / "runs")
     try:
@@ -673,6 +673,35 @@ def test_the_journal_survives_a_torn_line_and_compacts_forgotten_runs(tmp_path: 
     assert path.stat().st_size < 200_000, "compacted: forgotten runs are gone from the file"
     reloaded = Journal(str(path))
     assert ["a"] == list(reloaded.runs)
+    reloaded.close()
+
+
+def test_a_keepers_ended_line_reaches_the_monitor_and_survives_its_rewrite(tmp_path: Path) -> None:
+    """A keeper (a second writer) appends the end of a run the monitor saw start: it lists the
+    run as started-not-ended before, the monitor takes the end in on refresh, and a rewrite of
+    the journal made before the monitor read it keeps it."""
+    path = str(tmp_path / "journal")
+    journal = Journal(path)
+    for run in ("a", "b"):
+        journal.append("claim", run)
+        journal.append("started", run, [100, 7, 1.0])
+    journal.append("ended", "b", {"exit": 0, "user": 0.0, "system": 0.0, "ended": 2.0})
+    assert {"a": [100, 7, 1.0]} == started_runs(path)
+    append_ended(path, "a", {"exit": 9, "user": 0.5, "system": 0.25, "ended": 3.0})
+    assert {} == started_runs(path)
+    assert journal.runs["a"].ended is None, "not read yet"
+    journal.refresh()
+    assert {"exit": 9, "user": 0.5, "system": 0.25, "ended": 3.0} == journal.runs["a"].ended
+    journal.append("claim", "c")
+    journal.append("started", "c", [101, 8, 1.0])
+    append_ended(path, "c", {"exit": 4, "user": 0.0, "system": 0.0, "ended": 3.0})
+    for index in range(30_000):  # grow past the rewrite threshold before "c"'s end is read
+        journal.append("claim", f"run-{index}")
+        journal.append("forget", f"run-{index}")
+    journal.close()
+    assert os.path.getsize(path) < 1_000_000, "rewritten (1.3 MB were written)"
+    reloaded = Journal(path)
+    assert {"exit": 4, "user": 0.0, "system": 0.0, "ended": 3.0} == reloaded.runs["c"].ended
     reloaded.close()
 
 

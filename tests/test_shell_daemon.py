@@ -3,6 +3,8 @@ daemon (re-attached, never re-run, exit codes collected), and tailed with `state
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +17,7 @@ from tests.test_daemon import ROOT, free_port, reachable, wait_for
 COMMANDS = 50
 
 
-def write_config(directory: Path) -> tuple[Path, int]:
+def write_config(directory: Path, commands: int = COMMANDS) -> tuple[Path, int]:
     port = free_port()
     lines = [
         "[daemon]",
@@ -27,7 +29,7 @@ def write_config(directory: Path) -> tuple[Path, int]:
         'loop = "uvloop"',
         "",
     ]
-    for index in range(COMMANDS):
+    for index in range(commands):
         marker = directory / "markers" / f"{index}"
         script = (
             f"echo run >> {marker}; echo output of {index}; "
@@ -98,6 +100,74 @@ def test_commands_survive_a_daemon_sigkill_and_are_collected_exactly_once(tmp_pa
         )  # fmt: skip
         assert 0 == logs.returncode, logs.stderr
         assert "output of 7\n" == logs.stdout
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=30)
+
+
+def ended_process(pid: int) -> bool:
+    """``pid`` is gone, or a zombie (then reaped here: this test process, a child subreaper after
+    other tests ran executors in it, may have inherited it from the killed daemon)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return True
+    if state != "Z":
+        return False
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return True
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def parents(needle: str) -> set[int]:
+    """The parent pids of every process whose command line holds ``needle``."""
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if needle.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.add(parent_of(int(entry)))
+        except OSError:
+            continue
+    return found
+
+
+def test_commands_that_end_while_the_daemon_and_the_monitor_are_dead_keep_their_exit_codes(tmp_path: Path) -> None:
+    """The daemon and the run monitor are both SIGKILLed while 20 commands run, and the commands
+    end before anything is restarted: the monitor's keeper (its parent) reaps them and records
+    their exit status, so the restarted daemon collects every exit code (none lost, none re-run)."""
+    commands = 20
+    config, port = write_config(tmp_path, commands)
+    markers = tmp_path / "markers"
+    first = start(config, port)
+    try:
+        wait_for(lambda: len(list(markers.iterdir())) == commands, timeout=60)
+        (monitor,) = parents(str(markers))  # the commands' parent
+        keeper = parent_of(monitor)
+        assert b"_monitor.py" in Path(f"/proc/{keeper}/cmdline").read_bytes(), "the monitor's parent is its keeper"
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+        os.kill(monitor, signal.SIGKILL)
+        (tmp_path / "release").touch()
+        # The keeper exits once it has reaped its monitor and every command it inherited.
+        wait_for(lambda: ended_process(keeper), timeout=60)
+        second = start(config, port)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    try:
+        wait_for(lambda: len(ended(tmp_path / "var" / "store.db")) == commands, timeout=60)
+        records = ended(tmp_path / "var" / "store.db")
+        for index in range(commands):
+            result = records[f"job{index}"].state["result"]  # type: ignore[attr-defined]
+            assert index % 4 == result["exit_code"], f"job{index}: {result}"
+            assert "run\n" == (markers / f"{index}").read_text(), f"job{index} ran more than once"
     finally:
         second.send_signal(signal.SIGTERM)
         second.communicate(timeout=30)

@@ -53,6 +53,9 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 _NEVER = Started(-1, -1, 0.0)  # a run with no note of its start
 
+KEEPER_GRACE = 2.0
+"""How long a command's recorded end is waited for after it ended unwatched (see ``_keeper``)."""
+
 
 @dataclass(slots=True)
 class _Run:
@@ -182,7 +185,15 @@ class ShellExecutor:
             run.ending = loop.create_future()
             run.ending.set_result(Outcome.from_event(reply["ended"]))
             return run
-        run.started = self._attach(action_id, started)
+        try:
+            run.started = self._attach(action_id, started)
+        except CommandLost:
+            if started is None:
+                raise
+            # Ended while no monitor watched it: its keeper may have recorded how, or be about to.
+            run.started = started
+            run.ending = loop.create_task(self._recorded_end(run))
+            return run
         self.attached += 1
         run.ending = loop.create_task(self._ending(run, None))
         return run
@@ -201,10 +212,7 @@ class ShellExecutor:
                 )
             return Started(pid, ticks, time.time())
         if start_time(started.pid) != started.ticks:
-            raise CommandLost(
-                f"the command of {action_id!r} (pid {started.pid}) ended while no monitor watched it "
-                "and left no exit status (its monitor was killed, or the machine rebooted)"
-            )
+            raise CommandLost(f"the command of {action_id!r} (pid {started.pid}) ended while no monitor watched it")
         return started
 
     async def _ending(self, run: _Run, exited: asyncio.Future[dict[str, Any]] | None) -> Outcome:
@@ -227,13 +235,24 @@ class ShellExecutor:
         if reaped is not None:
             self._track_group(pid)
             return Outcome.from_event(ended_entry(*reaped))
-        known = await self.monitor.query(run.action_id)
-        if known["kind"] == "exists" and known["ended"] is not None:
-            return Outcome.from_event(known["ended"])
-        raise CommandLost(
-            f"the command of {run.action_id!r} (pid {pid}) ended while no monitor watched it and left no "
-            "exit status (its monitor was killed, or the machine rebooted)"
-        )
+        return await self._recorded_end(run)
+
+    async def _recorded_end(self, run: _Run) -> Outcome:
+        """The end recorded in the journal for a command that ended while no monitor watched it:
+        its monitor's keeper writes it once it has reaped the command, a moment after the
+        command is gone; CommandLost when nothing comes within ``KEEPER_GRACE``."""
+        deadline = time.monotonic() + KEEPER_GRACE
+        while True:
+            known = await self.monitor.query(run.action_id)
+            if known["kind"] == "exists" and known["ended"] is not None:
+                return Outcome.from_event(known["ended"])
+            if time.monotonic() >= deadline:
+                raise CommandLost(
+                    f"the command of {run.action_id!r} (pid {run.started.pid}) ended while no monitor watched "
+                    "it and left no exit status (its monitor and the monitor's keeper were killed, or the "
+                    "machine rebooted)"
+                )
+            await asyncio.sleep(0.05)  # the keeper's one write: a bounded wait, not a guess
 
     async def _find_run(self, action: TrackedAction) -> _Run | None:
         """The watched run of ``action``, or its still-running command as the monitor knows it."""
@@ -270,8 +289,8 @@ class ShellExecutor:
 
     async def _stop_group(self, run: _Run) -> None:
         pid = run.started.pid
-        if pid <= 0:
-            return
+        if pid <= 0 or (not is_our_child(pid) and start_time(pid) != run.started.ticks):
+            return  # not started, or ended (and the pid perhaps reused): nothing of ours to signal
         ending: asyncio.Future[Any] | None = run.ending
         if ending is None:  # found through the monitor, not watched here: watch the process itself
             ending = asyncio.ensure_future(self._exited(run))

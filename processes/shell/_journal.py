@@ -21,15 +21,25 @@ Lines are JSON arrays, readable with ``jq``::
 
 A line without its newline (the monitor died while writing it) is dropped at load.
 Standard library only: the monitor imports it as a script's sibling.
+
+A second writer: the monitor's keeper (see :mod:`._monitor`) appends ``ended`` for commands
+whose monitor died before them. Its appends, the monitor's load and its rewrite hold
+``<journal>.lock`` (``flock``), so a rewrite never drops a keeper's line and a keeper never
+writes into a file that a rewrite has just replaced; the monitor's own appends need no lock
+(one ``O_APPEND`` write each). The monitor reads the keeper's lines when it is asked about a run
+that it did not see end (:meth:`Journal.refresh`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import resource
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,14 +70,65 @@ def stdin_path(runs: str, action_id: str) -> str:
     return os.path.join(runs, f".stdin-{digest}")
 
 
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Hold the journal's lock (``<journal>.lock``, shared by the monitor and keepers)."""
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lines(data: bytes) -> Iterator[list[Any]]:
+    for line in data.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a damaged line loses that one fact, never the others
+        if isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[0], str) and isinstance(entry[1], str):
+            yield entry
+
+
+def started_runs(path: str) -> dict[str, list[Any]]:
+    """Runs the journal at ``path`` has seen start and not end: action id -> [pid, ticks, wall]."""
+    with _locked(path):
+        try:
+            with open(path, "rb") as journal:
+                data = journal.read()
+        except FileNotFoundError:
+            return {}
+    started: dict[str, list[Any]] = {}
+    for entry in _lines(data[: data.rfind(b"\n") + 1]):
+        op, action_id = entry[0], entry[1]
+        if op == "started" and len(entry) > 2 and isinstance(entry[2], list):
+            started[action_id] = entry[2]
+        elif op in ("ended", "forget"):
+            started.pop(action_id, None)
+    return started
+
+
+def append_ended(path: str, action_id: str, ended: dict[str, Any]) -> None:
+    """Append ``ended`` for a run, as a writer other than the monitor (its keeper)."""
+    line = (json.dumps(["ended", action_id, ended], separators=(",", ":")) + "\n").encode()
+    with _locked(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
 class Journal:
     """The journal file and, in memory, what it says about every run not yet forgotten."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.runs: dict[str, RunEntry] = {}
-        self._load()
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with _locked(path):
+            self._read = self._load()
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self._fd).st_size
         self._compacted = self.size
 
@@ -94,24 +155,47 @@ class Journal:
         elif op == "ended":
             run.ended = dict(entry[2])
 
-    def _load(self) -> None:
+    def refresh(self) -> None:
+        """Take in the ``ended`` lines another writer (a keeper) appended since the last read.
+
+        Only those: every other line past the read offset is this monitor's own, already
+        applied when it was written.
+        """
         try:
             with open(self.path, "rb") as journal:
+                journal.seek(self._read)
                 data = journal.read()
         except FileNotFoundError:
             return
         complete = data.rfind(b"\n") + 1
+        self._read += complete
+        for entry in _lines(data[:complete]):
+            run = self.runs.get(entry[1])
+            if entry[0] == "ended" and run is not None and run.ended is None and len(entry) > 2:
+                with contextlib.suppress(TypeError, ValueError):
+                    run.ended = dict(entry[2])
+
+    def _load(self) -> int:
+        """Apply the file's complete lines; the offset just after them."""
+        try:
+            with open(self.path, "rb") as journal:
+                data = journal.read()
+        except FileNotFoundError:
+            return 0
+        complete = data.rfind(b"\n") + 1
         if complete < len(data):
             os.truncate(self.path, complete)  # the next line must not be glued to a torn one
-        for line in data[:complete].splitlines():
-            try:
-                entry = json.loads(line)
-                if isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[1], str):
-                    self._apply(entry)
-            except (ValueError, TypeError, KeyError, IndexError):
-                continue  # a damaged line loses that one fact, never the others
+        for entry in _lines(data[:complete]):
+            with contextlib.suppress(TypeError, ValueError, KeyError, IndexError):
+                self._apply(entry)
+        return complete
 
     def _compact(self) -> None:
+        with _locked(self.path):
+            self.refresh()  # a keeper's line since the last read must survive the rewrite
+            self._rewrite()
+
+    def _rewrite(self) -> None:
         lines: list[list[Any]] = []
         for action_id, run in self.runs.items():
             lines.append(["claim", action_id])
@@ -125,7 +209,7 @@ class Journal:
         os.replace(fresh, self.path)
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        self.size = self._compacted = os.fstat(self._fd).st_size
+        self.size = self._compacted = self._read = os.fstat(self._fd).st_size
 
     def __repr__(self) -> str:
         return f"<Journal {self.path} runs={len(self.runs)} bytes={self.size}>"

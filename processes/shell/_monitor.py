@@ -5,7 +5,8 @@ Why a separate process: a command must outlive a daemon crash, and only a comman
 can learn its exit status. The monitor runs in a session of its own (a daemon's SIGKILL, or
 Ctrl-C on its terminal, does not reach it) and stays alive while any command it started runs,
 so it is the parent that outlives the daemon. It replaces one ``sh`` wrapper per command (an
-extra exec and fork each: the wrapper's cost was most of a short command's run).
+extra exec and fork each: the wrapper's cost was most of a short command's run). Its own
+parent is its keeper (:mod:`._keeper`), which records the end of commands it outlives.
 
 It is a plain program (the standard library and msgpack, nothing of statevisor) run as a
 script, so it starts in tens of milliseconds and stays small. One monitor serves one run
@@ -47,9 +48,11 @@ import msgpack  # type: ignore[import-untyped]
 
 if __package__:
     from ._journal import Journal, ended_entry, stdin_path
+    from ._keeper import keep
     from ._spawn import MARKER, SetupFailed, spawn
 else:  # run as a script (the monitor process): its siblings are top-level modules
     from _journal import Journal, ended_entry, stdin_path  # type: ignore[import-not-found,no-redef]
+    from _keeper import keep  # type: ignore[import-not-found,no-redef]
     from _spawn import MARKER, SetupFailed, spawn  # type: ignore[import-not-found,no-redef]
 
 __all__ = [
@@ -241,6 +244,8 @@ class Monitor:
         run = self.journal.runs.get(action_id)
         if run is None:
             return {"id": action_id, "kind": "unknown"}
+        if run.started is not None and run.ended is None:
+            self.journal.refresh()  # started under an earlier monitor: its keeper may have seen it end
         return {"id": action_id, "kind": "exists", "started": run.started, "ended": run.ended}
 
     def _forget(self, action_id: str) -> None:
@@ -349,6 +354,18 @@ def main(argv: list[str], ready: Callable[[str], None] | None = None) -> int:
     lock = _lock(runs)
     if lock is None:
         say("busy")
+        return 0
+    _become_subreaper()  # for the keeper: fork does not pass it on
+    monitor = os.fork()
+    if monitor != 0:
+        # The keeper (see _keeper): the parent of the monitor, which serves from here on. It
+        # holds neither the directory's lock (the monitor's open file keeps it) nor the pipe
+        # to the daemon, which must see the end of it if the monitor dies before "ready".
+        os.close(lock)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+        keep(os.path.join(runs, JOURNAL), monitor, start_time)
         return 0
     _become_subreaper()
     directory = os.open(runs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
