@@ -623,6 +623,48 @@ async def test_a_reused_pid_is_not_mistaken_for_the_command(tmp_path: Path) -> N
     assert 0 == executor.spawned + executor.attached
 
 
+class _LateKeeperLink(MonitorLink):
+    """The keeper's record of a run's end lands just after the daemon first asks for it."""
+
+    def __init__(self, runs: Path, late: dict[str, Any]) -> None:
+        super().__init__(runs)
+        self.late: dict[str, Any] | None = late
+
+    async def query(self, action_id: str) -> dict[str, Any]:
+        answer = await super().query(action_id)
+        if self.late is not None:
+            append_ended(str(self.runs / JOURNAL), action_id, self.late)
+            self.late = None
+        return answer
+
+
+async def test_an_end_the_keeper_records_late_is_waited_for_and_is_not_a_timeout(tmp_path: Path) -> None:
+    """A run whose command ended unwatched (its pid no longer matches), with its end recorded by
+    the keeper only after the daemon first asked: the daemon waits for that record and returns
+    the exit code, with reason "exited" although the run's timeout passed long ago."""
+    from processes.shell import parse
+
+    payload = parse({"argv": ["true"], "timeout": 1}).payload()
+    act = TrackedAction("p1:1:0", RUN, payload, "p1")
+    runs = (tmp_path / "runs").resolve()
+    runs.mkdir()
+    journal = Journal(str(runs / JOURNAL))
+    ticks = start_time(os.getpid())
+    assert ticks is not None
+    journal.append("claim", act.id)
+    journal.append("started", act.id, [os.getpid(), ticks - 1, time.time() - 100])  # gone: the pid was reused
+    journal.close()
+    executor = ShellExecutor(runs)
+    executor.monitor = _LateKeeperLink(runs, {"exit": 3, "user": 0.0, "system": 0.0, "ended": time.time() - 50})
+    try:
+        result = await asyncio.wait_for(executor.execute(act), 10)
+    finally:
+        await executor.close()
+    assert (3, "exited") == (result["exit_code"], result["reason"])
+    assert executor.monitor.late is None, "recorded only after the first question"
+    assert 0 == executor.spawned + executor.attached
+
+
 async def test_an_interrupted_start_is_never_repeated(tmp_path: Path) -> None:
     """The monitor died after claiming a run but before noting its start: a command that names
     the run in its environment is found and attached to; with none, the run is reported lost

@@ -190,9 +190,11 @@ class ShellExecutor:
         except CommandLost:
             if started is None:
                 raise
-            # Ended while no monitor watched it: its keeper may have recorded how, or be about to.
+            # Ended while no monitor watched it: its keeper may have recorded how, or be about to
+            # (settled here, before a timeout long past could be taken for the reason it ended).
             run.started = started
-            run.ending = loop.create_task(self._recorded_end(run))
+            run.ending = loop.create_future()
+            run.ending.set_result(await self._recorded_end(run))
             return run
         self.attached += 1
         run.ending = loop.create_task(self._ending(run, None))
