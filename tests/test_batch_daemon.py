@@ -14,7 +14,7 @@ import pytest
 
 from supervisor import ProcessRecord, decode_record
 from tests.hpc import Cluster
-from tests.test_daemon import ROOT, free_port, reachable, wait_for
+from tests.test_daemon import ROOT, free_port, kill_if_running, reachable, wait_for
 
 JOBS = 40
 
@@ -91,9 +91,7 @@ def test_daemon_sigkill_mid_submission_runs_every_job_exactly_once(tmp_path: Pat
         submitted_before_kill = len(set(names_in_slurm(cluster)) - before)
         second = start(config, port)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
+        kill_if_running(first)
     try:
         markers = tmp_path / "markers"
         wait_for(lambda: len(list(markers.iterdir())) == JOBS, timeout=120)

@@ -34,6 +34,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def kill_if_running(child: subprocess.Popen[str]) -> None:
+    """SIGKILL and reap ``child`` unless it has ended already (cleanup after a failed step)."""
+    if child.poll() is None:
+        child.kill()
+        child.communicate()
+
+
 def scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from supervisor import decode_record
-from tests.test_daemon import ROOT, free_port, reachable, wait_for
+from tests.test_daemon import ROOT, free_port, kill_if_running, reachable, wait_for
 
 COMMANDS = 50
 
@@ -79,9 +79,7 @@ def test_commands_survive_a_daemon_sigkill_and_are_collected_exactly_once(tmp_pa
         first.communicate(timeout=10)
         second = start(config, port)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
+        kill_if_running(first)
     try:
         (tmp_path / "release").touch()
         wait_for(lambda: len(ended(tmp_path / "var" / "store.db")) == COMMANDS, timeout=60)
@@ -158,9 +156,7 @@ def test_commands_that_end_while_the_daemon_and_the_monitor_are_dead_keep_their_
         wait_for(lambda: ended_process(keeper), timeout=60)
         second = start(config, port)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
+        kill_if_running(first)
     try:
         wait_for(lambda: len(ended(tmp_path / "var" / "store.db")) == commands, timeout=60)
         records = ended(tmp_path / "var" / "store.db")
