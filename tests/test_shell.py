@@ -20,9 +20,9 @@ import pytest
 
 from processes.shell import RUN, Shell, ShellExecutor, executors
 from processes.shell._journal import Journal, append_ended, marker, started_runs
-from processes.shell._launch import inherited_environment, start_time
+from processes.shell._launch import inherited_environment, is_our_child, start_time
 from processes.shell._link import MonitorLink, MonitorLost
-from processes.shell._monitor import JOURNAL, MARKER
+from processes.shell._monitor import JOURNAL, MARKER, stat_fields
 from supervisor import (
     Backoff,
     Budget,
@@ -578,6 +578,24 @@ async def test_the_monitor_exits_once_nothing_runs_and_nobody_is_connected(tmp_p
     assert monitor is not None
     await executor.close()
     assert start_time(monitor) is None, "the monitor is gone and reaped"
+
+
+async def test_a_monitor_that_outlives_its_keeper_is_reaped_by_the_daemon(tmp_path: Path) -> None:
+    """The keeper is SIGKILLed while its monitor lives: the monitor, now the daemon's child
+    (a subreaper's), is reaped when it exits, not left a zombie."""
+    executor = ShellExecutor(tmp_path / "runs")
+    try:
+        assert 0 == (await executor.execute(action("p1:1:0", ["true"], tmp_path)))["exit_code"]
+        monitor = executor.monitor.monitor_pid
+        assert monitor is not None
+        fields = stat_fields(monitor)
+        assert fields is not None
+        keeper = int(fields[1])
+        os.kill(keeper, signal.SIGKILL)
+        await wait_until(lambda: is_our_child(monitor))
+    finally:
+        await executor.close()  # nothing runs: the monitor exits
+    await wait_until(lambda: start_time(monitor) is None)
 
 
 async def test_a_bad_frame_does_not_stop_the_monitor(tmp_path: Path) -> None:

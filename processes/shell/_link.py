@@ -24,7 +24,7 @@ import msgpack  # type: ignore[import-untyped]
 from supervisor import RunMonitorError
 
 from . import _monitor
-from ._launch import wait_exit
+from ._launch import is_our_child, wait_exit
 
 _SCRIPT = str(Path(_monitor.__file__).resolve())
 _HEADER = _monitor._HEADER
@@ -227,6 +227,10 @@ class MonitorLink:
             loop.remove_reader(fd)
             os.close(fd)
             self._reap(pid)
+            # A keeper killed before its monitor: the monitor is ours now (we are a subreaper).
+            orphan = self.monitor_pid
+            if orphan is not None and orphan != pid and is_our_child(orphan):
+                self._reap_when_exited(orphan)
 
         loop.add_reader(fd, exited)
 
