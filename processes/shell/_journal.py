@@ -22,7 +22,7 @@ Lines are JSON arrays, readable with ``jq``::
 A line without its newline (the monitor died while writing it) is dropped at load.
 Standard library only: the monitor imports it as a script's sibling.
 
-A second writer: the monitor's keeper (see :mod:`._monitor`) appends ``ended`` for commands
+A second writer: the monitor's keeper (see :mod:`._keeper`) appends ``ended`` for commands
 whose monitor died before them. Its appends, the monitor's load and its rewrite hold
 ``<journal>.lock`` (``flock``), so a rewrite never drops a keeper's line and a keeper never
 writes into a file that a rewrite has just replaced; the monitor's own appends need no lock
