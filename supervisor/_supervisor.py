@@ -234,9 +234,11 @@ class Supervisor:
             child.pending_restart = None
             for dependency in child.spec.depends_on:
                 await self._children[dependency].running.wait()
+            # Counted before the start, which the child may finish (new pid, first transition)
+            # before this coroutine resumes: an observer must not see it restarted, uncounted.
+            self.restarts += 1
             await self._start_child(child)
             child.streak = streaks[name]
-            self.restarts += 1
 
     async def _escalate(self) -> None:
         await self._stop_all("restart budget exceeded")
