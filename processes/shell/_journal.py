@@ -91,6 +91,25 @@ def _lines(data: bytes) -> Iterator[list[Any]]:
             yield entry
 
 
+def _apply(runs: dict[str, RunEntry], entry: list[Any]) -> None:
+    op, action_id = entry[0], entry[1]
+    if op == "forget":
+        runs.pop(action_id, None)
+        return
+    run = runs.setdefault(action_id, RunEntry())
+    if op == "started":
+        run.started = list(entry[2])
+    elif op == "ended":
+        run.ended = dict(entry[2])
+
+
+def _replay(runs: dict[str, RunEntry], data: bytes) -> None:
+    """Apply the journal lines in ``data`` (whole lines only) to ``runs``."""
+    for entry in _lines(data):
+        with contextlib.suppress(TypeError, ValueError, KeyError, IndexError):
+            _apply(runs, entry)
+
+
 def started_runs(path: str) -> dict[str, list[Any]]:
     """Runs the journal at ``path`` has seen start and not end: action id -> [pid, ticks, wall]."""
     with _locked(path):
@@ -99,14 +118,9 @@ def started_runs(path: str) -> dict[str, list[Any]]:
                 data = journal.read()
         except FileNotFoundError:
             return {}
-    started: dict[str, list[Any]] = {}
-    for entry in _lines(data[: data.rfind(b"\n") + 1]):
-        op, action_id = entry[0], entry[1]
-        if op == "started" and len(entry) > 2 and isinstance(entry[2], list):
-            started[action_id] = entry[2]
-        elif op in ("ended", "forget"):
-            started.pop(action_id, None)
-    return started
+    runs: dict[str, RunEntry] = {}
+    _replay(runs, data[: data.rfind(b"\n") + 1])
+    return {action_id: run.started for action_id, run in runs.items() if run.started is not None and run.ended is None}
 
 
 def append_ended(path: str, action_id: str, ended: dict[str, Any]) -> None:
@@ -137,23 +151,12 @@ class Journal:
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
         os.write(self._fd, line)  # one write with O_APPEND: whole lines, in order
         self.size += len(line)
-        self._apply(entry)
+        _apply(self.runs, entry)
         if op == "forget" and self.size > max(COMPACT_AT, 2 * self._compacted):
             self._compact()
 
     def close(self) -> None:
         os.close(self._fd)
-
-    def _apply(self, entry: list[Any]) -> None:
-        op, action_id = entry[0], entry[1]
-        if op == "forget":
-            self.runs.pop(action_id, None)
-            return
-        run = self.runs.setdefault(action_id, RunEntry())
-        if op == "started":
-            run.started = list(entry[2])
-        elif op == "ended":
-            run.ended = dict(entry[2])
 
     def refresh(self) -> None:
         """Take in the ``ended`` lines another writer (a keeper) appended since the last read.
@@ -185,9 +188,7 @@ class Journal:
         complete = data.rfind(b"\n") + 1
         if complete < len(data):
             os.truncate(self.path, complete)  # the next line must not be glued to a torn one
-        for entry in _lines(data[:complete]):
-            with contextlib.suppress(TypeError, ValueError, KeyError, IndexError):
-                self._apply(entry)
+        _replay(self.runs, data[:complete])
         return complete
 
     def _compact(self) -> None:
