@@ -60,27 +60,20 @@ def group_members(pgid: int) -> list[tuple[int, str]]:
     """(pid, state) of every process, zombies included, whose process group is ``pgid``."""
     found = []
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                raw = Path(f"/proc/{entry.name}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = raw[raw.rindex(b")") + 2 :].split()
-            if int(fields[2]) == pgid:
-                found.append((int(entry.name), fields[0].decode()))
+        fields = stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid:
+            found.append((int(entry.name), fields[0].decode()))
     return found
 
 
 def zombie(pid: int) -> bool:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-    return raw[raw.rindex(b")") + 2 :].split()[0] == b"Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] == b"Z"
 
 
 def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    fields = stat_fields(pid)
+    assert fields is not None, f"no process {pid}"
     return int(fields[11]) + int(fields[12])
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from processes.shell._monitor import stat_fields
 from supervisor import decode_record
 from tests.test_daemon import ROOT, free_port, kill_if_running, reachable, wait_for
 
@@ -106,19 +107,19 @@ def test_commands_survive_a_daemon_sigkill_and_are_collected_exactly_once(tmp_pa
 def ended_process(pid: int) -> bool:
     """``pid`` is gone, or a zombie (then reaped here: this test process, a child subreaper after
     other tests ran executors in it, may have inherited it from the killed daemon)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return True
-    if state != "Z":
+    if fields[0] != b"Z":
         return False
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
     return True
 
 
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+def parent_of(pid: int) -> int | None:
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields is not None else None
 
 
 def parents(needle: str) -> set[int]:
@@ -128,10 +129,13 @@ def parents(needle: str) -> set[int]:
         if not entry.isdigit():
             continue
         try:
-            if needle.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                found.add(parent_of(int(entry)))
+            if needle.encode() not in Path(f"/proc/{entry}/cmdline").read_bytes():
+                continue
         except OSError:
             continue
+        parent = parent_of(int(entry))
+        if parent is not None:
+            found.add(parent)
     return found
 
 
@@ -147,6 +151,7 @@ def test_commands_that_end_while_the_daemon_and_the_monitor_are_dead_keep_their_
         wait_for(lambda: len(list(markers.iterdir())) == commands, timeout=60)
         (monitor,) = parents(str(markers))  # the commands' parent
         keeper = parent_of(monitor)
+        assert keeper is not None
         assert b"_monitor.py" in Path(f"/proc/{keeper}/cmdline").read_bytes(), "the monitor's parent is its keeper"
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=10)
