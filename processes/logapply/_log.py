@@ -31,29 +31,30 @@ async def bounded(what: str, coroutine: Any, seconds: float = CLOSE_GRACE) -> No
     task = asyncio.ensure_future(coroutine)
     try:
         await asyncio.wait({task}, timeout=seconds)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
     except asyncio.CancelledError:
         task.cancel()
-        _abandoned.add(task)  # referenced until it ends: never destroyed while pending
-        task.add_done_callback(_retrieve)
+        _leave(task)
         raise
     if task.done():
-        if not task.cancelled():
-            task.exception()  # retrieved: failures while closing are not ours to raise
-        return
-    task.cancel()
-    await asyncio.wait({task}, timeout=0.5)
-    if task.done():
-        # A cancelled gather ends with CancelledError as its exception, not as cancelled:
-        # retrieve it, or the loop reports it as never retrieved.
-        if not task.cancelled():
-            task.exception()
+        _retrieve(task)
         return
     log.warning("close_left_running", what=what, after=seconds)
+    _leave(task)
+
+
+def _leave(task: asyncio.Future[Any]) -> None:
+    """Referenced until it ends (never destroyed while pending), then retrieved."""
     _abandoned.add(task)
     task.add_done_callback(_retrieve)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
+    # Failures while closing are not ours to raise; and a cancelled gather ends with
+    # CancelledError as its exception, not as cancelled, which the loop would report as never
+    # retrieved.
     _abandoned.discard(task)
     if not task.cancelled():
         task.exception()
