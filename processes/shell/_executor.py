@@ -185,37 +185,30 @@ class ShellExecutor:
             run.ending = loop.create_future()
             run.ending.set_result(Outcome.from_event(reply["ended"]))
             return run
-        try:
-            run.started = self._attach(action_id, started)
-        except CommandLost:
-            if started is None:
-                raise
-            # Ended while no monitor watched it: its keeper may have recorded how, or be about to
-            # (settled here, before a timeout long past could be taken for the reason it ended).
+        if started is not None and start_time(started.pid) != started.ticks:
+            # Ended while no monitor watched it (checked by pid *and* start time: a reused pid
+            # does not match). Its keeper may have recorded how, or be about to: settled here,
+            # before a timeout long past could be taken for the reason it ended.
             run.started = started
             run.ending = loop.create_future()
             run.ending.set_result(await self._recorded_end(run))
             return run
+        run.started = started if started is not None else self._find_unnoted(action_id)
         self.attached += 1
         run.ending = loop.create_task(self._ending(run, None))
         return run
 
-    def _attach(self, action_id: str, started: Started | None) -> Started:
-        """The still-running command of a claimed run, checked by pid *and* start time."""
-        if started is None:
-            # The monitor died between claiming the run and noting the spawn: the command, if
-            # it started, names the run in its environment.
-            pid = find_by_marker(marker(str(self.runs), action_id))
-            ticks = start_time(pid) if pid is not None else None
-            if pid is None or ticks is None:
-                raise CommandLost(
-                    f"the run monitor died while starting the command of {action_id!r}; whether it "
-                    "ran is unknown, so it is not started again"
-                )
-            return Started(pid, ticks, time.time())
-        if start_time(started.pid) != started.ticks:
-            raise CommandLost(f"the command of {action_id!r} (pid {started.pid}) ended while no monitor watched it")
-        return started
+    def _find_unnoted(self, action_id: str) -> Started:
+        """The command of a run whose monitor died between claiming it and noting the spawn:
+        the command, if it started, names the run in its environment."""
+        pid = find_by_marker(marker(str(self.runs), action_id))
+        ticks = start_time(pid) if pid is not None else None
+        if pid is None or ticks is None:
+            raise CommandLost(
+                f"the run monitor died while starting the command of {action_id!r}; whether it "
+                "ran is unknown, so it is not started again"
+            )
+        return Started(pid, ticks, time.time())
 
     async def _ending(self, run: _Run, exited: asyncio.Future[dict[str, Any]] | None) -> Outcome:
         """How the run ends: from the monitor's exit event; if the monitor goes away, from the
