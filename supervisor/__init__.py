@@ -82,6 +82,7 @@ from ._simparts import SimCall, SimExecutor
 from ._slots import SlotPool, SlotStatistics
 from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
 from ._sqlite import Quarantined, Recovery, SQLiteStore, StoreStatistics
+from ._state import pack, unpack
 from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState, SupervisorStatistics
 
 __version__ = "0.1.0"
@@ -95,6 +96,8 @@ __all__ = [
     "SnapshotError",
     "StaleWriter",
     "AtomicValue",
+    "pack",
+    "unpack",
     "LogNotFound",
     "follow_lines",
     "tail_lines",

@@ -12,27 +12,25 @@ import hashlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import msgpack  # type: ignore[import-untyped]
-
-from supervisor import EntryRejected
+from supervisor import EntryRejected, pack, unpack
 
 
 def encode_entry(entry: Any, where: str = "entry") -> bytes:
     """An entry as it goes on the log: bytes or any msgpack value, packed."""
     try:
-        data: bytes = msgpack.packb(entry, use_bin_type=True)
+        data = pack(entry)
     except (TypeError, ValueError, OverflowError) as exc:
         raise EntryRejected(where, f"{type(entry).__name__} is neither bytes nor a msgpack value ({exc})") from None
     return data
 
 
 def decode_entry(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return unpack(data)
 
 
 def state_hash(state: Any) -> str:
     """A hash of the applied state: equal on replicas that applied the same entries."""
-    return hashlib.sha256(msgpack.packb(state, use_bin_type=True)).hexdigest()
+    return hashlib.sha256(pack(state)).hexdigest()
 
 
 class Applier:

@@ -18,7 +18,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import structlog
 
-from supervisor import AtomicValue, LogError, LogGap, SnapshotError
+from supervisor import AtomicValue, LogError, LogGap, SnapshotError, pack, unpack
 
 from ._apply import Applier, decode_entry, encode_entry, state_hash
 from ._log import CLOSE_GRACE, Entry, Log, bounded
@@ -47,7 +47,7 @@ class ReplicaPhase(StrEnum):
 def plain(value: Any) -> Any:
     # A result may be a container inside the state, which later entries change: copy it out.
     if isinstance(value, dict | list):
-        return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
+        return unpack(pack(value))
     return value
 
 

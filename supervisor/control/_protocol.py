@@ -21,6 +21,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 
 from .._exceptions import ProtocolError
+from .._state import pack, unpack
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
@@ -28,7 +29,7 @@ _LENGTH = struct.Struct(">I")
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    body: bytes = msgpack.packb(message, use_bin_type=True)
+    body = pack(message)
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes is over the {MAX_FRAME}-byte limit")
     return _LENGTH.pack(len(body)) + body
@@ -50,7 +51,7 @@ async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> di
     except asyncio.IncompleteReadError:
         raise ProtocolError("connection closed inside a frame") from None
     try:
-        message = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        message = unpack(body)
     except Exception as exc:
         raise ProtocolError(f"frame is not msgpack: {exc}") from None
     if not isinstance(message, dict):
