@@ -62,6 +62,31 @@ async def test_sqlite_log_appends_in_order_and_deduplicates_message_ids(tmp_path
     await log.close()
 
 
+async def test_sqlite_log_batches_with_and_without_message_ids_share_one_index_sequence(tmp_path: Path) -> None:
+    """A batch of plain appends and a batch mixing ids (one repeated inside the batch) and plain
+    appends are written by different paths; indexes continue across them without holes, the
+    repeated id answers with its first index, and the rows read back after a reopen are exact."""
+    log = SQLiteLog(tmp_path / "log.db")
+    await log.open()
+    plain = await asyncio.gather(*(log.append(f"p{i}".encode()) for i in range(5)))
+    mixed = await asyncio.gather(
+        log.append(b"a", "id-a"), log.append(b"b"), log.append(b"a-again", "id-a"), log.append(b"c", "id-c")
+    )
+    after = await asyncio.gather(*(log.append(f"q{i}".encode()) for i in range(3)))
+    assert [1, 2, 3, 4, 5] == plain
+    assert [6, 7, 6, 8] == list(mixed)
+    assert [9, 10, 11] == after
+    assert log.appended == 11
+    await log.close()
+    again = SQLiteLog(tmp_path / "log.db")
+    await again.open()
+    async for batch in again.follow(0):
+        expected = [f"p{i}".encode() for i in range(5)] + [b"a", b"b", b"c"] + [f"q{i}".encode() for i in range(3)]
+        assert list(enumerate(expected, start=1)) == batch
+        break
+    await again.close()
+
+
 async def test_sqlite_log_is_one_writer_and_survives_reopen_with_compaction(tmp_path: Path) -> None:
     """A second open of the same file is refused with a clear error; after compaction and a
     reopen, bounds say which entries remain and follow starts at the first of them."""

@@ -15,7 +15,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,12 @@ class SQLiteLog:
         self.synchronous = synchronous
         self.appended = 0
         self.commits = 0
-        self._pending: list[tuple[bytes, str | None, asyncio.Future[int]]] = []
+        # Three parallel lists, not a list of tuples: at 50,000 appends/s the tuples and
+        # unpacking them again were a tenth of the append path.
+        self._datas: list[bytes] = []
+        self._msg_ids: list[str | None] = []
+        self._futures: list[asyncio.Future[int]] = []
+        self._with_ids = 0  # appends in the pending batch that carry a message id
         self._wake = asyncio.Event()
         self._committed = asyncio.Event()
         self._tail: list[Entry] = []
@@ -90,47 +95,65 @@ class SQLiteLog:
         if self._closed:
             raise LogError(self.name, "the log is closed")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((data, msg_id, future))
+        self._datas.append(data)
+        self._msg_ids.append(msg_id)
+        self._futures.append(future)
+        if msg_id is not None:
+            self._with_ids += 1
         self._wake.set()
         return await future
 
     async def _flush_forever(self) -> None:
         # Runs until closed with nothing pending: a batch being written is never abandoned.
-        while not (self._closed and not self._pending):
+        while not (self._closed and not self._futures):
             await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, []
-            if not batch:
+            datas, msg_ids, futures, with_ids = self._datas, self._msg_ids, self._futures, self._with_ids
+            if not futures:
                 continue
+            self._datas, self._msg_ids, self._futures, self._with_ids = [], [], [], 0
             try:
                 async with self._writing:
-                    indexes, rows = await asyncio.to_thread(self._write, [(d, m) for d, m, _ in batch])
+                    if with_ids:
+                        indexes, rows = await asyncio.to_thread(self._write_deduplicated, datas, msg_ids)
+                    else:
+                        indexes, rows = await asyncio.to_thread(self._write, datas)
             except Exception as exc:
                 error = exc if isinstance(exc, LogError) else LogError(self.name, f"append failed: {exc}")
-                for _, _, future in batch:
+                for future in futures:
                     if not future.done():
                         future.set_exception(error)
                 continue
             self._remember(rows)
-            for (_, _, future), index in zip(batch, indexes, strict=True):
+            for future, index in zip(futures, indexes, strict=True):
                 if not future.done():
                     future.set_result(index)
 
-    def _write(self, items: list[tuple[bytes, str | None]]) -> tuple[list[int], list[Entry]]:
+    def _write(self, datas: list[bytes]) -> tuple[Sequence[int], list[Entry]]:
+        """Appends without message ids: nothing to look up, each gets the next index."""
+        first = self._last + 1
+        indexes = range(first, first + len(datas))
+        rows = list(zip(indexes, datas, strict=True))
+        self._commit("INSERT INTO entries (idx, data) VALUES (?, ?)", rows)
+        return indexes, rows
+
+    def _write_deduplicated(self, datas: list[bytes], msg_ids: list[str | None]) -> tuple[Sequence[int], list[Entry]]:
+        """Appends some of which carry a message id: one already in the log (a retried append)
+        answers with its index and is not written again, in this batch or an earlier one."""
         assert self._writer is not None
         db = self._writer
         known: dict[str, int] = {}
-        ids = [m for _, m in items if m is not None]
+        ids = [m for m in msg_ids if m is not None]
+        indexes: list[int] = []
+        rows: list[tuple[int, str | None, bytes]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 known.update(db.execute(f"SELECT msg_id, idx FROM entries WHERE msg_id IN ({marks})", chunk))
-            indexes: list[int] = []
-            rows: list[tuple[int, str | None, bytes]] = []
             last = self._last
-            for data, msg_id in items:
+            for data, msg_id in zip(datas, msg_ids, strict=True):
                 if msg_id is not None and msg_id in known:
                     indexes.append(known[msg_id])
                     continue
@@ -139,15 +162,27 @@ class SQLiteLog:
                 indexes.append(last)
                 if msg_id is not None:
                     known[msg_id] = last
-            db.executemany("INSERT INTO entries (idx, msg_id, data) VALUES (?, ?, ?)", rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._commit("INSERT INTO entries (idx, msg_id, data) VALUES (?, ?, ?)", rows, begun=True)
+        return indexes, [(i, d) for i, _, d in rows]
+
+    def _commit(self, insert: str, rows: list[Any], *, begun: bool = False) -> None:
+        assert self._writer is not None
+        db = self._writer
+        if not begun:
+            db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(insert, rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._last = last
+        if rows:
+            self._last = rows[-1][0]
         self.appended += len(rows)
         self.commits += 1
-        return indexes, [(i, d) for i, _, d in rows]
 
     def _remember(self, rows: list[Entry]) -> None:
         if not rows:
