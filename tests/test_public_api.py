@@ -28,7 +28,7 @@ EXPECTED_EXPORTS = {
     "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "RunMonitorError", "tail_lines",
     "ConfigError", "ConnectionDenied", "ProtocolError", "RemoteError", "AckLost",
     "follow_lines", "LogNotFound", "rotate_log",
-    "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError",
+    "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError", "pack", "unpack",
 }  # fmt: skip
 
 
