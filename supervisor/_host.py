@@ -15,6 +15,7 @@ import gc
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,6 +25,7 @@ from ._clock import Clock
 from ._exceptions import ConfigurationError, ProcessNotFound, StatevisorError
 from ._handle import Handle
 from ._lifecycle import DriveMode, Lifecycle
+from ._logrotation import remove_log
 from ._machine import Machine
 from ._process import Process
 from ._runtime import Runtime
@@ -34,6 +36,7 @@ from ._supervisor import Supervisor, SupervisorSpec
 log = structlog.get_logger("statevisor.host")
 
 DAY = 86_400.0
+_PRUNE_BATCH = 1000  # records deleted (and decoded, for their owned logs) per store call
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +173,34 @@ class Host:
             await self.prune()
 
     async def prune(self) -> int:
-        """Delete checkpoints of processes that ended more than ``retention`` seconds ago."""
+        """Delete checkpoints of processes that ended more than ``retention`` seconds ago, and
+        the log files that belonged to them alone (their machines' ``owned_logs``); the number
+        of checkpoints deleted. A batch at a time, so a backlog never sits in memory at once."""
         if self.store is None:
             return 0
-        return await self.store.prune(self.runtime.clock.now() - self.retention)
+        cutoff = self.runtime.clock.now() - self.retention
+        total = 0
+        while True:
+            pruned = await self.store.prune(cutoff, limit=_PRUNE_BATCH)
+            total += pruned.count
+            logs = self._owned_logs(pruned.records)
+            if logs:
+                removed = await asyncio.to_thread(_remove_logs, logs)
+                log.info("pruned_logs", processes=len(pruned.records), files=removed)
+            if pruned.count < _PRUNE_BATCH:
+                return total
+
+    def _owned_logs(self, records: list[ProcessRecord]) -> list[Path]:
+        logs: list[Path] = []
+        for record in records:
+            machine = self.machines.get(record.kind)
+            if machine is None:
+                continue
+            try:
+                logs.extend(Path(p) for p in machine.owned_logs(record.state))
+            except Exception as exc:  # a machine's hook must not stop pruning
+                log.warning("owned_logs_failed", pid=record.pid, kind=record.kind, error=repr(exc))
+        return logs
 
     # --- spawning and finding ---------------------------------------------------------------
 
@@ -324,6 +351,16 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _remove_logs(logs: list[Path]) -> int:
+    removed = 0
+    for path in logs:
+        try:
+            removed += remove_log(path)
+        except OSError as exc:  # kept, and said: pruning goes on with the rest
+            log.warning("pruned_log_not_removed", path=str(path), error=str(exc))
+    return removed
 
 
 def _all_machines(spec: SupervisorSpec) -> list[Machine[Any] | type[Machine[Any]]]:

@@ -95,6 +95,22 @@ def rotate_log(path: Path, max_bytes: int, backups: int) -> bool:
     return True
 
 
+def remove_log(path: Path) -> int:
+    """Delete a log with its rotated backups (``<log>.1``, ``<log>.2``, … as long as they run on)
+    and its rotation record; the number of files deleted. Missing files are not an error."""
+    removed = 0
+    candidates = [path, record_path(path)]
+    index = 1
+    while os.path.lexists(f"{path}.{index}"):
+        candidates.append(Path(f"{path}.{index}"))
+        index += 1
+    for candidate in candidates:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(candidate)
+            removed += 1
+    return removed
+
+
 def _copy_range(source: Path, target: Path, start: int, end: int) -> None:
     with open(source, "rb") as src, open(target, "wb") as dst:
         os.chmod(target, 0o600)  # output may hold secrets

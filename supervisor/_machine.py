@@ -132,6 +132,13 @@ class Machine(Generic[S]):
         """
         return {}
 
+    def owned_logs(self, state: S) -> Sequence[str]:
+        """Log files that belong to this process alone: when its record is pruned (``retention``
+        after it ended) they are deleted, with their rotated backups. Default: none. Leave out
+        files another process may write (a name's logs, reused by the next process of that name).
+        """
+        return ()
+
     def view(self, state: S) -> Any:
         """What snapshots show of the state (default: all of it). Override for large states."""
         return state

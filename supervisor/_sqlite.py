@@ -62,6 +62,15 @@ class Recovery:
 
 
 @dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one :meth:`SQLiteStore.prune` deleted: how many records, and the final records of
+    those that decode (a record that does not is deleted all the same)."""
+
+    count: int
+    records: list[ProcessRecord]
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStatistics:
     batches: int
     records: int
@@ -156,7 +165,11 @@ class SQLiteStore:
             raise StoreError(self.path, f"{type(exc).__name__}: {exc}") from exc
 
     async def _run(self, function: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+        # uvloop keeps its last executor future referenced until the next call, result and all:
+        # handed over in a list emptied here, a load's or a prune's records are not kept alive
+        # with it while the store is idle.
+        box: list[Any] = await asyncio.get_running_loop().run_in_executor(self._thread, _boxed, function, *args)
+        return box.pop()
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -329,18 +342,29 @@ class SQLiteStore:
         found: list[Quarantined] = await self._run(read)
         return found
 
-    async def prune(self, ended_before: float) -> int:
-        """Delete terminal records that ended before ``ended_before`` (retention)."""
+    async def prune(self, ended_before: float, *, limit: int = 1000) -> Pruned:
+        """Delete up to ``limit`` terminal records that ended before ``ended_before`` (retention),
+        oldest first; call again while a full ``limit`` comes back."""
 
-        def delete() -> int:
+        def delete() -> Pruned:
             with self._errors():
-                cursor = self._db().execute(
-                    "DELETE FROM processes WHERE ended IS NOT NULL AND ended < ?", (ended_before,)
+                rows = (
+                    self._db()
+                    .execute(
+                        "DELETE FROM processes WHERE pid IN (SELECT pid FROM processes"
+                        " WHERE ended IS NOT NULL AND ended < ? ORDER BY ended LIMIT ?) RETURNING pid, record",
+                        (ended_before, limit),
+                    )
+                    .fetchall()
                 )
-            return cursor.rowcount
+            records: list[ProcessRecord] = []
+            for pid, blob in rows:
+                with contextlib.suppress(CorruptCheckpoint):
+                    records.append(decode_record(blob, path=self.path, pid=pid))
+            return Pruned(len(rows), records)
 
-        count: int = await self._run(delete)
-        return count
+        pruned: Pruned = await self._run(delete)
+        return pruned
 
     def statistics(self) -> StoreStatistics:
         queued = len(self._queue) + len(self._dirty)
@@ -364,3 +388,7 @@ class SQLiteStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<SQLiteStore {self.path} {state}, {self._records} records in {self._batches} batches>"
+
+
+def _boxed(function: Any, *args: Any) -> list[Any]:
+    return [function(*args)]

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from supervisor import rotate_log, tail_lines
-from supervisor._logrotation import PATIENCE, LogStream, Rotation, read_rotation, record_path
+from supervisor._logrotation import PATIENCE, LogStream, Rotation, read_rotation, record_path, remove_log
 
 
 def write(log: Path, *lines: str) -> None:
@@ -137,3 +137,18 @@ def test_the_tail_of_a_just_rotated_log_comes_from_its_backup(tmp_path: Path) ->
     assert ["two", "last"] == tail_lines(log, 4, rotated=False), "told it was not rotated: the live file alone"
     os.unlink(f"{log}.1")
     assert ["two", "last"] == tail_lines(log, 4)
+
+
+def test_remove_log_deletes_the_log_its_backups_and_its_record_and_nothing_else(tmp_path: Path) -> None:
+    """remove_log takes the live file, every backup and the rotation record; a neighbour whose
+    name starts the same stays, and a log already gone is no error."""
+    log = tmp_path / "out.log"
+    neighbour = tmp_path / "out.log.bak"
+    neighbour.write_text("keep")
+    for _ in range(3):
+        write(log, *(f"line {i:04d}" for i in range(100)))
+        assert rotate_log(log, 300, 2)
+    write(log, "live")
+    assert 4 == remove_log(log)  # out.log, .1, .2, the record
+    assert ["out.log.bak"] == sorted(p.name for p in tmp_path.iterdir())
+    assert 0 == remove_log(log)

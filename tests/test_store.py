@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import supervisor._host
 from supervisor import (
     CheckpointRejected,
     Host,
@@ -236,6 +237,37 @@ async def test_retention_prunes_only_old_terminal_records(tmp_path: Path) -> Non
     assert await host.store.get("ended") is None
     assert await host.store.get("live") is not None
     assert not live.done()
+    await host.shutdown()
+
+
+async def test_prune_deletes_in_batches_and_a_corrupt_ended_record_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store prunes at most ``limit`` records per call, oldest first, and hands back the
+    final records that decode; a record that does not decode is deleted and counted, not kept forever. The
+    host calls again until a batch comes back short, so its count covers every batch."""
+    db = tmp_path / "s.db"
+    host = worker_host(db, Recorder(), retention=0.0)
+    await host.start()
+    for i in range(10):
+        handle = await host.spawn(Counter, pid=f"c{i}")
+        await handle.call("finish")
+        await handle.wait(timeout=5)
+        await handle._process.wait_persisted(5)
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE processes SET record = ? WHERE pid = 'c0'", (b"\xc1garbage",))
+    await asyncio.sleep(0.01)  # retention 0: pruned once the clock has moved past their ends
+    store = host.store
+    assert store is not None
+
+    batches = [await store.prune(1e12, limit=4) for _ in range(2)]
+    assert [4, 4] == [b.count for b in batches]
+    returned = [r.pid for b in batches for r in b.records]
+    assert [f"c{i}" for i in range(1, 8)] == returned  # oldest first; c0 does not decode
+
+    monkeypatch.setattr(supervisor._host, "_PRUNE_BATCH", 1)
+    assert 2 == await host.prune()  # the rest, a batch at a time, in one call of the host
+    assert all([await store.get(f"c{i}") is None for i in range(10)])
     await host.shutdown()
 
 

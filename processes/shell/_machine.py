@@ -9,7 +9,7 @@ processes as to any other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -68,6 +68,12 @@ class Shell(Machine[dict[str, Any]]):
                     )
                 state["_stdout"] = payload["stdout"]
                 state["_stderr"] = payload["stderr"]
+                if ctx.name == ctx.pid:  # unnamed: files named after the pid are this process's alone
+                    state["_owned_logs"] = [
+                        payload[stream]
+                        for stream, named in (("stdout", spec.stdout), ("stderr", spec.stderr))
+                        if named is None and payload.get(stream)
+                    ]
                 state["_run"] = ctx.track(RUN, payload)
                 state["_started"] = ctx.now
                 ctx.goto(Phase.RUNNING)
@@ -87,6 +93,11 @@ class Shell(Machine[dict[str, Any]]):
     def log_files(self, state: dict[str, Any]) -> Mapping[str, str]:
         files = {"stdout": state.get("_stdout"), "stderr": state.get("_stderr")}
         return {stream: path for stream, path in files.items() if path}
+
+    def owned_logs(self, state: dict[str, Any]) -> Sequence[str]:
+        # An unnamed process's default logs; a name's logs go on with the next process of that
+        # name, and files the settings name are the user's.
+        return list(state.get("_owned_logs", ()))
 
     def view(self, state: dict[str, Any]) -> Any:
         # Environment values are often secrets: snapshots show the names only.
