@@ -271,6 +271,32 @@ async def test_prune_deletes_in_batches_and_a_corrupt_ended_record_all_the_same(
     await host.shutdown()
 
 
+class FileOwner(Counter):
+    """Owns the file its state names; a state naming none makes its hook raise."""
+
+    def owned_logs(self, state: dict[str, Any]) -> list[str]:
+        return [state["file"]]
+
+
+async def test_a_raising_owned_logs_hook_stops_neither_pruning_nor_the_other_deletions(tmp_path: Path) -> None:
+    """Pruning asks each pruned process's machine for its own logs: a hook that raises for one
+    process is logged and skipped; that record is pruned all the same, and the other process's
+    file is deleted."""
+    host = Host(machines=[FileOwner], store=str(tmp_path / "s.db"), retention=0.0)
+    await host.start()
+    owned = tmp_path / "owned.log"
+    owned.write_text("x")
+    for pid, state in (("good", {"file": str(owned)}), ("bad", {})):
+        handle = await host.spawn(FileOwner, state, pid=pid)
+        await handle.call("finish")
+        await handle.wait(timeout=5)
+        await handle._process.wait_persisted(5)
+    await asyncio.sleep(0.01)  # retention 0: pruned once the clock has moved past their ends
+    assert 2 == await host.prune()
+    assert not owned.exists()
+    await host.shutdown()
+
+
 async def test_group_commit_batches_concurrent_checkpoints(tmp_path: Path) -> None:
     """Checkpoints of many processes that commit together go into few transactions, and the
     checkpoints of one process's calls handled back to back coalesce into its latest one."""
