@@ -181,13 +181,17 @@ class Host:
         cutoff = self.runtime.clock.now() - self.retention
         total = 0
         while True:
-            pruned = await self.store.prune(cutoff, limit=_PRUNE_BATCH)
-            total += pruned.count
-            logs = self._owned_logs(pruned.records)
+            expired = await self.store.expired(cutoff, limit=_PRUNE_BATCH)
+            if not expired.pids:
+                return total
+            # The files go first: a crash in between leaves records whose files are gone (pruned
+            # again next time), never files that no record names any more.
+            logs = self._owned_logs(expired.records)
             if logs:
                 removed = await asyncio.to_thread(_remove_logs, logs)
-                log.info("pruned_logs", processes=len(pruned.records), files=removed)
-            if pruned.count < _PRUNE_BATCH:
+                log.info("pruned_logs", processes=len(expired.records), files=removed)
+            total += await self.store.delete_ended(expired.pids)
+            if len(expired.pids) < _PRUNE_BATCH:
                 return total
 
     def _owned_logs(self, records: list[ProcessRecord]) -> list[Path]:

@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 from ._codec import Checkpoint, decode_record, encode_record
 from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError, StoreFull, StoreLocked
 from ._snapshot import ProcessRecord
-from ._sqlite_sql import SCHEMA, SCHEMA_VERSION, chunk_parameters
+from ._sqlite_sql import EXPIRED, SCHEMA, SCHEMA_VERSION, chunk_parameters, delete_ended
 
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
 
@@ -62,11 +62,11 @@ class Recovery:
 
 
 @dataclass(frozen=True, slots=True)
-class Pruned:
-    """What one :meth:`SQLiteStore.prune` deleted: how many records, and the final records of
-    those that decode (a record that does not is deleted all the same)."""
+class Expired:
+    """Terminal records past their retention (see :meth:`SQLiteStore.expired`): every pid, and
+    the final records of those that decode (one that does not is deleted all the same)."""
 
-    count: int
+    pids: list[str]
     records: list[ProcessRecord]
 
 
@@ -342,29 +342,35 @@ class SQLiteStore:
         found: list[Quarantined] = await self._run(read)
         return found
 
-    async def prune(self, ended_before: float, *, limit: int = 1000) -> Pruned:
-        """Delete up to ``limit`` terminal records that ended before ``ended_before`` (retention),
-        oldest first; call again while a full ``limit`` comes back."""
+    async def expired(self, ended_before: float, *, limit: int = 1000) -> Expired:
+        """Up to ``limit`` terminal records that ended before ``ended_before``, oldest first:
+        what retention prunes next (with :meth:`delete_ended`)."""
 
-        def delete() -> Pruned:
+        def read() -> Expired:
             with self._errors():
-                rows = (
-                    self._db()
-                    .execute(
-                        "DELETE FROM processes WHERE pid IN (SELECT pid FROM processes"
-                        " WHERE ended IS NOT NULL AND ended < ? ORDER BY ended LIMIT ?) RETURNING pid, record",
-                        (ended_before, limit),
-                    )
-                    .fetchall()
-                )
+                rows = self._db().execute(EXPIRED, (ended_before, limit)).fetchall()
             records: list[ProcessRecord] = []
             for pid, blob in rows:
                 with contextlib.suppress(CorruptCheckpoint):
                     records.append(decode_record(blob, path=self.path, pid=pid))
-            return Pruned(len(rows), records)
+            return Expired([pid for pid, _ in rows], records)
 
-        pruned: Pruned = await self._run(delete)
-        return pruned
+        found: Expired = await self._run(read)
+        return found
+
+    async def delete_ended(self, pids: list[str]) -> int:
+        """Delete the records of ``pids`` that are terminal (a live process's never); how many."""
+
+        def delete() -> int:
+            deleted = 0
+            with self._errors():
+                for start in range(0, len(pids), 500):
+                    chunk = pids[start : start + 500]
+                    deleted += self._db().execute(delete_ended(len(chunk)), chunk).rowcount
+            return deleted
+
+        count: int = await self._run(delete)
+        return count
 
     def statistics(self) -> StoreStatistics:
         queued = len(self._queue) + len(self._dirty)

@@ -1,4 +1,5 @@
-"""The checkpoint store's SQL: its schema, and the multi-row upserts its group commit writes.
+"""The checkpoint store's SQL: its schema, the multi-row upserts its group commit writes, and
+retention's statements.
 
 Kept apart from :mod:`._sqlite` (the store's ownership, writer thread and reads) because the
 benchmark's raw-SQLite baseline must write with exactly these statements.
@@ -29,6 +30,14 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 SCHEMA_VERSION = "1"
+
+EXPIRED = "SELECT pid, record FROM processes WHERE ended IS NOT NULL AND ended < ? ORDER BY ended LIMIT ?"
+
+
+def delete_ended(count: int) -> str:
+    """Deletes the terminal ones of ``count`` pids (a live process's record is never deleted)."""
+    return f"DELETE FROM processes WHERE ended IS NOT NULL AND pid IN ({','.join('?' * count)})"
+
 
 _UPSERT_HEAD = "INSERT INTO processes (pid, name, kind, lifecycle, version, updated, ended, record) VALUES "
 _UPSERT_TAIL = """

@@ -240,12 +240,13 @@ async def test_retention_prunes_only_old_terminal_records(tmp_path: Path) -> Non
     await host.shutdown()
 
 
-async def test_prune_deletes_in_batches_and_a_corrupt_ended_record_all_the_same(
+async def test_prune_goes_in_batches_oldest_first_and_deletes_a_corrupt_ended_record_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The store prunes at most ``limit`` records per call, oldest first, and hands back the
-    final records that decode; a record that does not decode is deleted and counted, not kept forever. The
-    host calls again until a batch comes back short, so its count covers every batch."""
+    """The store hands out at most ``limit`` expired records per call, oldest first, with the
+    final records of those that decode; a record that does not decode is deleted all the same,
+    not kept forever, and a live process's record is never deleted. The host goes a batch at a
+    time until one comes back short, so its count covers every batch."""
     db = tmp_path / "s.db"
     host = worker_host(db, Recorder(), retention=0.0)
     await host.start()
@@ -254,20 +255,24 @@ async def test_prune_deletes_in_batches_and_a_corrupt_ended_record_all_the_same(
         await handle.call("finish")
         await handle.wait(timeout=5)
         await handle._process.wait_persisted(5)
+    live = await host.spawn(Counter, pid="live")
+    await live._process.wait_persisted(5)
     with sqlite3.connect(db) as raw:
         raw.execute("UPDATE processes SET record = ? WHERE pid = 'c0'", (b"\xc1garbage",))
     await asyncio.sleep(0.01)  # retention 0: pruned once the clock has moved past their ends
     store = host.store
     assert store is not None
 
-    batches = [await store.prune(1e12, limit=4) for _ in range(2)]
-    assert [4, 4] == [b.count for b in batches]
-    returned = [r.pid for b in batches for r in b.records]
-    assert [f"c{i}" for i in range(1, 8)] == returned  # oldest first; c0 does not decode
+    expired = await store.expired(1e12, limit=4)
+    assert ["c0", "c1", "c2", "c3"] == expired.pids
+    assert ["c1", "c2", "c3"] == [r.pid for r in expired.records]  # c0 does not decode
+    assert 4 == await store.delete_ended([*expired.pids, "live"])
+    assert await store.get("live") is not None
 
-    monkeypatch.setattr(supervisor._host, "_PRUNE_BATCH", 1)
-    assert 2 == await host.prune()  # the rest, a batch at a time, in one call of the host
+    monkeypatch.setattr(supervisor._host, "_PRUNE_BATCH", 4)
+    assert 6 == await host.prune()  # 4, then 2: the rest, in one call of the host
     assert all([await store.get(f"c{i}") is None for i in range(10)])
+    assert await store.get("live") is not None
     await host.shutdown()
 
 
@@ -294,6 +299,38 @@ async def test_a_raising_owned_logs_hook_stops_neither_pruning_nor_the_other_del
     await asyncio.sleep(0.01)  # retention 0: pruned once the clock has moved past their ends
     assert 2 == await host.prune()
     assert not owned.exists()
+    await host.shutdown()
+
+
+async def test_a_prune_cut_short_leaves_records_without_files_never_files_without_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pruning deletes a process's files before its record: when the record's deletion fails
+    (as a crash between the two would leave it), the record is still there and the next prune
+    takes it; no file is left that no record names."""
+    host = Host(machines=[FileOwner], store=str(tmp_path / "s.db"), retention=0.0)
+    await host.start()
+    owned = tmp_path / "owned.log"
+    owned.write_text("x")
+    handle = await host.spawn(FileOwner, {"file": str(owned)}, pid="p")
+    await handle.call("finish")
+    await handle.wait(timeout=5)
+    await handle._process.wait_persisted(5)
+    await asyncio.sleep(0.01)  # retention 0: pruned once the clock has moved past its end
+    store = host.store
+    assert store is not None
+
+    async def cut_short(pids: list[str]) -> int:
+        raise StoreError(store.path, "cut short")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "delete_ended", cut_short)
+        with pytest.raises(StoreError):
+            await host.prune()
+    assert not owned.exists()
+    assert await store.get("p") is not None
+    assert 1 == await host.prune()
+    assert await store.get("p") is None
     await host.shutdown()
 
 
