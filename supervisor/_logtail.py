@@ -17,7 +17,7 @@ from pathlib import Path
 from ._logrotation import PATIENCE, LogStream, read_rotation
 
 
-def tail_lines(path: Path, lines: int, *, rotated: bool = True) -> list[str]:
+def tail_lines(path: str | os.PathLike[str], lines: int, *, rotated: bool = True) -> list[str]:
     """The last ``lines`` lines of ``path`` (reads backwards, so memory is bounded by them),
     continued from its newest backup when the live file was just rotated.
 
@@ -29,7 +29,7 @@ def tail_lines(path: Path, lines: int, *, rotated: bool = True) -> list[str]:
 
 
 def _tail(
-    path: Path, lines: int, *, complete_only: bool, rotated: bool = True, block: int = 8192
+    path: str | os.PathLike[str], lines: int, *, complete_only: bool, rotated: bool = True, block: int = 8192
 ) -> tuple[list[str], int | None]:
     """The last lines and the live file's offset just after them (None: not a regular file)."""
     found = _read_backwards(path, lines, block)
@@ -51,7 +51,7 @@ def _tail(
     return (found_lines[-lines:] if lines > 0 else []), end
 
 
-def _read_backwards(path: Path | str, lines: int, block: int) -> tuple[bytes, int] | None:
+def _read_backwards(path: str | os.PathLike[str], lines: int, block: int) -> tuple[bytes, int] | None:
     """At least ``lines`` lines' worth of the end of ``path`` (or all of it) and its size;
     empty for a missing file, None for one that is not a regular file (a pipe or a terminal
     has no tail to read). Descriptor-level I/O: this runs for every shell result."""

@@ -359,8 +359,8 @@ class ShellExecutor:
             "ended": max(outcome.ended, run.started.wall),  # file times are coarse (a clock tick)
             "user_cpu": outcome.user,
             "system_cpu": outcome.system,
-            "stdout_tail": tail_lines(Path(stdout), spec.tail_lines, rotated=run.rotated) if stdout else [],
-            "stderr_tail": tail_lines(Path(stderr), spec.tail_lines, rotated=run.rotated) if stderr else [],
+            "stdout_tail": tail_lines(stdout, spec.tail_lines, rotated=run.rotated) if stdout else [],
+            "stderr_tail": tail_lines(stderr, spec.tail_lines, rotated=run.rotated) if stderr else [],
         }
 
     def _environment(self, spec: CommandSpec) -> dict[str, str]:
@@ -382,12 +382,11 @@ def _program(spec: CommandSpec, env: dict[str, str], cwd: str) -> str:
     is refused before anything starts, with a clear error."""
     program = spec.argv[0]
     if "/" in program:
-        path = Path(cwd) / program
-        if not path.is_file():
+        found = os.path.join(cwd, program)  # an absolute program stays as it is
+        if not os.path.isfile(found):
             raise CommandNotFound(f"{program!r}: no such file")
-        if not os.access(path, os.X_OK):
-            raise CommandNotFound(f"{program!r}: not executable (mode {path.stat().st_mode & 0o777:o})")
-        found = str(path)
+        if not os.access(found, os.X_OK):
+            raise CommandNotFound(f"{program!r}: not executable (mode {os.stat(found).st_mode & 0o777:o})")
     else:
         search = env.get("PATH", DEFAULT_PATH)
         which = shutil.which(program, path=search)

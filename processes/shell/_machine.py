@@ -9,6 +9,7 @@ processes as to any other.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -59,13 +60,10 @@ class Shell(Machine[dict[str, Any]]):
                     return
                 payload = spec.payload()
                 stem = ctx.name or ctx.pid.replace("/", "_")
-                payload["stdout"] = (
-                    str(self.log_dir / spec.stdout) if spec.stdout else str(self.log_dir / f"{stem}.out.log")
-                )
+                logs = str(self.log_dir)  # os.path.join: an absolute file named in the settings stays
+                payload["stdout"] = os.path.join(logs, spec.stdout or f"{stem}.out.log")
                 if spec.stderr != "stdout":
-                    payload["stderr"] = (
-                        str(self.log_dir / spec.stderr) if spec.stderr else str(self.log_dir / f"{stem}.err.log")
-                    )
+                    payload["stderr"] = os.path.join(logs, spec.stderr or f"{stem}.err.log")
                 state["_stdout"] = payload["stdout"]
                 state["_stderr"] = payload["stderr"]
                 if ctx.name == ctx.pid:  # unnamed: files named after the pid are this process's alone

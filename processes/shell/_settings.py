@@ -73,14 +73,20 @@ class CommandSpec:
 
     def payload(self) -> dict[str, Any]:
         """The action payload: every field, as plain msgpack values."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return {name: _plain(getattr(self, name)) for name in _FIELDS}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> CommandSpec:
         """Back from :meth:`payload`; keys a payload lacks take their defaults."""
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in payload.items() if k in known}
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in payload.items() if k in _FIELD_SET
+        }
         return cls(**values)
+
+
+# dataclasses.fields() rebuilds its tuple on every call: twice per command run.
+_FIELDS = tuple(f.name for f in fields(CommandSpec))
+_FIELD_SET = frozenset(_FIELDS)
 
 
 def _plain(value: Any) -> Any:
