@@ -59,7 +59,7 @@ def _read_backwards(path: str | os.PathLike[str], lines: int, block: int) -> tup
         # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; O_NOCTTY: a
         # terminal as log target must not become the daemon's controlling terminal.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no such file, or a file where a directory should be
         return b"", 0
     try:
         info = os.fstat(fd)

@@ -800,3 +800,18 @@ def test_simulated_shell_runs_each_command_once_across_crashes(seed: int) -> Non
     assert {1} == set(shell.runs.values()), "a command ran twice"
     assert set(ends.values()) <= {Lifecycle.FINISHED, Lifecycle.FAILED}
     assert trace == once()[0]
+
+
+async def test_a_log_in_a_missing_directory_is_made_and_one_under_a_file_fails_clearly(
+    host: Host, tmp_path: Path
+) -> None:
+    """A log file whose directories do not exist yet gets them made; one whose parent is a
+    regular file fails the start with the path and the reason, and nothing else is disturbed."""
+    handle = await run(host, {"argv": ["echo", "deep"], "stdout": "new/deeper/out.log"})
+    assert ["deep"] == (tmp_path / "logs" / "new" / "deeper" / "out.log").read_text().split()
+    assert 0 == handle.result()["exit_code"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    failed = await run(host, {"argv": ["true"], "stdout": str(blocker / "out.log")})
+    assert "setup failed: stdout" == failed.state.error
+    assert 0 == (await run(host, {"argv": ["true"]})).result()["exit_code"]

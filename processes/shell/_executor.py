@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,13 +22,12 @@ from typing import Any
 
 import structlog
 
-from supervisor import CommandLost, CommandNotFound, TrackedAction, UntrackedAction, rotate_log, tail_lines
+from supervisor import CommandLost, TrackedAction, UntrackedAction, rotate_log, tail_lines
 
 from ._journal import ended_entry, marker
 from ._launch import (
     become_subreaper,
     find_by_marker,
-    inherited_environment,
     is_our_child,
     reap_child,
     reap_orphans,
@@ -39,6 +37,7 @@ from ._launch import (
 )
 from ._link import MonitorLink, MonitorLost
 from ._outcome import Outcome, Started
+from ._request import run_request
 from ._settings import CommandSpec
 
 log = structlog.get_logger("statevisor.shell")
@@ -48,8 +47,6 @@ RUN = "shell.run"
 
 CLEANUP = "shell.cleanup"
 """The untracked action that removes a run directory once its result is durable."""
-
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 _NEVER = Started(-1, -1, 0.0)  # a run with no note of its start
 
@@ -145,21 +142,7 @@ class ShellExecutor:
 
     async def _begin(self, action_id: str, spec: CommandSpec) -> _Run:
         """Have the monitor start the run, or find it started; the run, with its ending."""
-        env = self._environment(spec)
-        cwd = os.path.join(self._home, spec.cwd) if spec.cwd else self._home
-        request = {
-            "op": "run",
-            "id": action_id,
-            "program": _program(spec, env, cwd),
-            "argv": list(spec.argv),
-            "env": env,
-            "cwd": cwd,
-            "umask": spec.umask,
-            "limits": dict(spec.limits) if spec.limits else None,
-            "stdin": spec.stdin,
-            "stdout": spec.stdout,
-            "stderr": spec.stderr,
-        }
+        request = run_request(action_id, spec, self._home)
         reply, exited = await self.monitor.run(action_id, request)
         kind = reply["kind"]
         run = _Run(action_id, spec, _NEVER, request)
@@ -359,16 +342,9 @@ class ShellExecutor:
             "ended": max(outcome.ended, run.started.wall),  # file times are coarse (a clock tick)
             "user_cpu": outcome.user,
             "system_cpu": outcome.system,
-            "stdout_tail": tail_lines(stdout, spec.tail_lines, rotated=run.rotated) if stdout else [],
-            "stderr_tail": tail_lines(stderr, spec.tail_lines, rotated=run.rotated) if stderr else [],
+            "stdout_tail": _tail(stdout, spec.tail_lines, run.rotated),
+            "stderr_tail": _tail(stderr, spec.tail_lines, run.rotated),
         }
-
-    def _environment(self, spec: CommandSpec) -> dict[str, str]:
-        env = inherited_environment() if spec.inherit_env else {"PATH": DEFAULT_PATH}
-        for name in spec.env_unset:
-            env.pop(name, None)
-        env.update(spec.env)
-        return env
 
     def __repr__(self) -> str:
         return (
@@ -377,22 +353,13 @@ class ShellExecutor:
         )
 
 
-def _program(spec: CommandSpec, env: dict[str, str], cwd: str) -> str:
-    """The absolute path of the program to run from ``cwd``; a missing or non-executable one
-    is refused before anything starts, with a clear error."""
-    program = spec.argv[0]
-    if "/" in program:
-        found = os.path.join(cwd, program)  # an absolute program stays as it is
-        if not os.path.isfile(found):
-            raise CommandNotFound(f"{program!r}: no such file")
-        if not os.access(found, os.X_OK):
-            raise CommandNotFound(f"{program!r}: not executable (mode {os.stat(found).st_mode & 0o777:o})")
-    else:
-        search = env.get("PATH", DEFAULT_PATH)
-        which = shutil.which(program, path=search)
-        if which is None:
-            raise CommandNotFound(f"{program!r}: not found on PATH ({search})")
-        found = os.path.join(cwd, which)  # a relative PATH entry is relative to the command's cwd
-    if spec.cwd is not None and not os.path.isdir(cwd):
-        raise CommandNotFound(f"cwd {spec.cwd!r}: no such directory")
-    return found
+def _tail(path: str | None, lines: int, rotated: bool) -> list[str]:
+    """A result's last lines of a log; none when it cannot be read (the exit status, which the
+    result is for, must not be lost over a log the daemon may not read)."""
+    if not path:
+        return []
+    try:
+        return tail_lines(path, lines, rotated=rotated)
+    except OSError as exc:
+        log.warning("log_tail_unreadable", path=path, error=str(exc))
+        return []
