@@ -76,14 +76,21 @@ async def test_sqlite_log_batches_with_and_without_message_ids_share_one_index_s
     assert [1, 2, 3, 4, 5] == plain
     assert [6, 7, 6, 8] == list(mixed)
     assert [9, 10, 11] == after
-    assert log.appended == 11
+    # Batches over one multi-row statement's worth of rows (whole chunks plus a remainder).
+    large = await asyncio.gather(*(log.append(f"r{i}".encode()) for i in range(600)))
+    large_ids = await asyncio.gather(*(log.append(f"s{i}".encode(), f"id-s{i}") for i in range(300)))
+    assert list(range(12, 612)) == large
+    assert list(range(612, 912)) == large_ids
+    assert log.appended == 911
     await log.close()
     again = SQLiteLog(tmp_path / "log.db")
     await again.open()
     async for batch in again.follow(0):
         expected = [f"p{i}".encode() for i in range(5)] + [b"a", b"b", b"c"] + [f"q{i}".encode() for i in range(3)]
+        expected += [f"r{i}".encode() for i in range(600)] + [f"s{i}".encode() for i in range(300)]
         assert list(enumerate(expected, start=1)) == batch
         break
+    assert 612 == await again.append(b"again", "id-s0")  # the id is still known: its first index
     await again.close()
 
 

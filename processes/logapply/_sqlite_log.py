@@ -16,6 +16,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 
 _TAIL_KEPT = 65_536
 _READ_BATCH = 8_192
+_CHUNK = 256  # rows per multi-row INSERT
+
+
+def _inserts(columns: str, width: int) -> tuple[str, str]:
+    """The INSERT of one row and of ``_CHUNK`` rows into ``columns``."""
+    row = "(" + ", ".join("?" * width) + ")"
+    head = f"INSERT INTO entries ({columns}) VALUES "
+    return head + row, head + ", ".join([row] * _CHUNK)
+
+
+_PLAIN = _inserts("idx, data", 2)
+_WITH_IDS = _inserts("idx, msg_id, data", 3)
 
 
 class SQLiteLog:
@@ -134,7 +147,7 @@ class SQLiteLog:
         first = self._last + 1
         indexes = range(first, first + len(datas))
         rows = list(zip(indexes, datas, strict=True))
-        self._commit("INSERT INTO entries (idx, data) VALUES (?, ?)", rows)
+        self._commit(_PLAIN, rows)
         return indexes, rows
 
     def _write_deduplicated(self, datas: list[bytes], msg_ids: list[str | None]) -> tuple[Sequence[int], list[Entry]]:
@@ -165,16 +178,22 @@ class SQLiteLog:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._commit("INSERT INTO entries (idx, msg_id, data) VALUES (?, ?, ?)", rows, begun=True)
+        self._commit(_WITH_IDS, rows, begun=True)
         return indexes, [(i, d) for i, _, d in rows]
 
-    def _commit(self, insert: str, rows: list[Any], *, begun: bool = False) -> None:
+    def _commit(self, inserts: tuple[str, str], rows: list[Any], *, begun: bool = False) -> None:
         assert self._writer is not None
         db = self._writer
         if not begun:
             db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(insert, rows)
+            # Whole chunks as one statement each: executemany steps once per row and gives the
+            # GIL back and takes it again each time (measured: ~2 µs per entry of CPU).
+            one, chunk = inserts
+            whole = len(rows) - len(rows) % _CHUNK
+            for start in range(0, whole, _CHUNK):
+                db.execute(chunk, list(chain.from_iterable(rows[start : start + _CHUNK])))
+            db.executemany(one, rows[whole:])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
