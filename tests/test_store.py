@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -497,3 +498,32 @@ async def test_pauses_are_durable_and_a_self_pause_keeps_its_reason_across_a_res
     await op.resume()
     await wait_until(lambda: not stored(db, "op").paused and not stored(db, "self").paused)
     await second.shutdown()
+
+
+async def test_recovery_leaves_the_collector_on_and_nothing_frozen_and_another_freeze_alone(tmp_path: Path) -> None:
+    """Recovery pauses the garbage collector and hands its objects to the oldest generation;
+    afterwards the collector is on again, nothing of ours stays frozen (frozen cycles would
+    never be collected), and objects someone else froze stay frozen."""
+    db = tmp_path / "s.db"
+    first = worker_host(db, Recorder())
+    await first.start()
+    for i in range(50):
+        await first.spawn(Worker, pid=f"w{i}")
+    await first.shutdown()
+
+    second = worker_host(db, Recorder())
+    assert 50 == (await second.start()).revived
+    assert gc.isenabled()
+    assert 0 == gc.get_freeze_count()
+    await second.shutdown()
+
+    gc.freeze()  # someone else's freeze
+    try:
+        frozen = gc.get_freeze_count()
+        third = worker_host(db, Recorder())
+        assert 50 == (await third.start()).revived
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0.9 * frozen  # a few frozen objects die meanwhile; unfrozen: 0
+        await third.shutdown()
+    finally:
+        gc.unfreeze()
