@@ -170,7 +170,10 @@ class Host:
         interval = min(3600.0, max(1.0, self.retention / 10))
         while True:
             await asyncio.sleep(interval)
-            await self.prune()
+            try:
+                await self.prune()
+            except StatevisorError as exc:  # a store busy or full right now: pruned next time
+                log.warning("prune_failed", error=str(exc), retry_in=interval)
 
     async def prune(self) -> int:
         """Delete checkpoints of processes that ended more than ``retention`` seconds ago, and

@@ -335,6 +335,38 @@ async def test_a_prune_cut_short_leaves_records_without_files_never_files_withou
     await host.shutdown()
 
 
+async def test_a_failed_periodic_prune_is_retried_not_the_end_of_retention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host prunes on its own every retention/10 (at least 1 s): a prune that fails (the
+    store locked by another writer for a while) is logged and tried again at the next
+    interval, instead of ending retention for the rest of the daemon's life."""
+    host = worker_host(tmp_path / "s.db", Recorder(), retention=0.0)
+    await host.start()
+    store = host.store
+    assert store is not None
+    failures: list[float] = []
+    expired = store.expired
+
+    async def locked_once(ended_before: float, *, limit: int = 1000) -> Any:
+        if not failures:
+            failures.append(ended_before)
+            raise StoreLocked(store.path, "locked by another writer")
+        return await expired(ended_before, limit=limit)
+
+    monkeypatch.setattr(store, "expired", locked_once)
+    handle = await host.spawn(Counter, pid="ended")
+    await handle.call("finish")
+    await handle.wait(timeout=5)
+    await handle._process.wait_persisted(5)
+    async with asyncio.timeout(10):  # the pruner's interval here is 1 s: two rounds needed
+        while not failures or await store.get("ended") is not None:  # noqa: ASYNC110 - a fact with no event
+            await asyncio.sleep(0.05)
+    assert 1 == len(failures)
+    assert await store.get("ended") is None
+    await host.shutdown()
+
+
 async def test_group_commit_batches_concurrent_checkpoints(tmp_path: Path) -> None:
     """Checkpoints of many processes that commit together go into few transactions, and the
     checkpoints of one process's calls handled back to back coalesce into its latest one."""
