@@ -10,12 +10,25 @@ import stat
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from supervisor import Host, Lifecycle, ProcessFinished, ProcessNotFound, Snapshot, TransitionError, WouldBlock
-from supervisor.control import Client, ControlServer, ProtocolError
+from supervisor import (
+    Cast,
+    Context,
+    Host,
+    Input,
+    Lifecycle,
+    Machine,
+    ProcessFinished,
+    ProcessNotFound,
+    Snapshot,
+    TransitionError,
+    WouldBlock,
+)
+from supervisor.control import MAX_FRAME, Client, ControlServer, ProtocolError
 from tests.helpers import Recorder, wait_until
 from tests.machines import Counter, Worker
 
@@ -358,3 +371,49 @@ async def test_watch_fanout_paces_many_streams_to_its_push_budget(monkeypatch: p
     fanout.tick()
     await asyncio.wait_for(asyncio.gather(*streams), 5)
     fanout.close()
+
+
+class Grower(Machine[dict[str, Any]]):
+    """A state that grows on request: ("grow", n) stores n bytes of text."""
+
+    async def transition(self, state: dict[str, Any], input: Input, ctx: Context) -> None:
+        match input:
+            case Cast(("grow", int(size))):
+                state["blob"] = "x" * size
+
+
+async def test_a_snapshot_over_the_frame_limit_ends_its_own_watch_streams_not_everyones(tmp_path: Path) -> None:
+    """A watched process whose snapshot outgrows a frame (1 MiB) ends its watchers' streams with
+    an error that says so; watchers of other processes go on receiving (the one ticker that
+    serves every stream must not die of it)."""
+    host = Host(machines=[Counter, Grower])
+    await host.start()
+    server = ControlServer(host, str(tmp_path / "control.sock"))
+    await server.start()
+    try:
+        async with Client.connect(str(tmp_path / "control.sock")) as client:
+            small = await client.spawn("counter", {"n": 0})
+            big = await client.spawn("grower")
+            seen: list[int] = []
+
+            async def watch_small() -> None:
+                async for snapshot in small.watch():
+                    seen.append(snapshot.state.get("n", 0))
+
+            async def watch_big() -> None:
+                async for _ in big.watch():
+                    pass
+
+            small_stream = asyncio.ensure_future(watch_small())
+            big_stream = asyncio.ensure_future(watch_big())
+            await wait_until(lambda: bool(seen))
+            await big.cast(("grow", 2 * MAX_FRAME))
+            with pytest.raises(ProtocolError, match=f"{big.pid}'s snapshot no longer fits a frame .*-byte limit"):
+                await asyncio.wait_for(big_stream, 10)
+            await small.cast(5)
+            await wait_until(lambda: 5 in seen)
+            await small.kill()
+            await asyncio.wait_for(small_stream, 10)
+    finally:
+        await server.close()
+        await host.runtime.kill_all()

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from .._exceptions import ProtocolError
 from .._snapshot import Snapshot
 from ._protocol import encode_item
 
@@ -100,22 +101,38 @@ class WatchFanout:
         """One pass: the latest snapshot of each watched process to each watcher behind it."""
         for process, watchers in list(self._watchers.items()):
             snapshot = process.snapshot()
-            terminal = snapshot.lifecycle.terminal
-            body: bytes | None = None
-            for watcher in watchers:
-                if watcher.seen == snapshot.version:
-                    continue
-                if not terminal and watcher.outlet.backlog() > BACKLOG_LIMIT:
-                    self.skipped += 1
-                    continue
-                if body is None:
-                    body = self._encode(snapshot)
-                self._push(watcher, snapshot, body)
-            if terminal:
-                del self._watchers[process]
-                for watcher in watchers:
-                    if not watcher.done.done():
-                        watcher.done.set_result(None)
+            try:
+                self._push_latest(snapshot, watchers)
+            except ProtocolError as exc:
+                # This process's snapshot cannot be sent (over the frame limit): its streams end
+                # with the reason; the ticker, which serves every other stream too, goes on.
+                reason = f"{process.pid}'s snapshot no longer fits a frame ({exc}); Machine.view() can show less"
+                self._end(process, watchers, ProtocolError(reason))
+                continue
+            if snapshot.lifecycle.terminal:
+                self._end(process, watchers)
+
+    def _push_latest(self, snapshot: Snapshot, watchers: list[_Watcher]) -> None:
+        terminal = snapshot.lifecycle.terminal
+        body: bytes | None = None
+        for watcher in watchers:
+            if watcher.seen == snapshot.version:
+                continue
+            if not terminal and watcher.outlet.backlog() > BACKLOG_LIMIT:
+                self.skipped += 1
+                continue
+            if body is None:
+                body = self._encode(snapshot)
+            self._push(watcher, snapshot, body)
+
+    def _end(self, process: Process, watchers: list[_Watcher], error: BaseException | None = None) -> None:
+        del self._watchers[process]
+        for watcher in watchers:
+            if not watcher.done.done():
+                if error is None:
+                    watcher.done.set_result(None)
+                else:
+                    watcher.done.set_exception(error)
 
     def close(self) -> None:
         if self._ticker is not None:
