@@ -3,6 +3,7 @@ host and job settings validation, the job script, the simulated cluster, and ctx
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,29 @@ def test_owed_cancels_survive_a_restart_and_a_damaged_file_costs_only_itself(tmp
     assert OwedCancels(path) == {"cluster": ["17"], "other": ["late:sv-x:a1"]}
     path.write_text("{not json")
     assert OwedCancels(path) == {}
+
+
+async def test_a_poller_that_crashes_fails_its_waits_and_keeps_serving_new_ones() -> None:
+    """An unexpected error inside a poll (a bug, not an outage) fails the waits it was serving,
+    so their processes hear of it instead of waiting forever; the poller goes on and serves a
+    job watched afterwards."""
+    from processes.batch import HostSpec
+    from processes.batch._poller import HostPoller, JobReport
+
+    poller = HostPoller(HostSpec(name="cluster", address="sim", poll_interval=0.01), None, None)  # type: ignore[arg-type]
+    calls: list[int] = []
+    moved = JobReport(JobState.ACTIVE, "RUNNING")
+
+    async def poll() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise KeyError("a bug")
+        for watch in list(poller._watches.values()):
+            if not watch.future.done():
+                watch.future.set_result(moved)
+
+    poller.poll = poll  # type: ignore[method-assign]
+    with pytest.raises(KeyError, match="a bug"):
+        await asyncio.wait_for(poller.wait("1", "job-1", JobState.QUEUED), 5)
+    assert moved is await asyncio.wait_for(poller.wait("2", "job-2", JobState.QUEUED), 5)
+    await poller.close()

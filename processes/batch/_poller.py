@@ -110,6 +110,9 @@ class HostPoller:
                     self.failures = 0
                     continue
                 pause = min(self.host.backoff_max, pause * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+            except Exception as exc:  # a bug: the jobs' waits fail with it, never hang on a dead poller
+                log.exception("batch_poll_crashed", host=self.host.name)
+                self._fail_all(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=pause)
 
