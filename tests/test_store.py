@@ -30,6 +30,15 @@ def worker_host(path: Path, executor: Any, **options: Any) -> Host:
     return Host(machines=[Worker, Counter], executors={"work": executor}, store=str(path), **options)
 
 
+async def leave_workers(path: Path, count: int) -> None:
+    """A store holding ``count`` live workers ``w0``…, as a host shut down gracefully leaves it."""
+    host = worker_host(path, Recorder())
+    await host.start()
+    for i in range(count):
+        await host.spawn(Worker, pid=f"w{i}")
+    await host.shutdown()
+
+
 async def test_records_round_trip_through_the_codec() -> None:
     """encode_record/decode_record keep every field of a record."""
     from supervisor import TimerRecord, TrackedAction
@@ -108,11 +117,7 @@ async def test_killed_and_finished_processes_are_not_revived(tmp_path: Path) -> 
 async def test_corrupt_checkpoint_is_quarantined_and_the_others_start(tmp_path: Path) -> None:
     """One unreadable record is quarantined with the reason; every other process comes back."""
     db = tmp_path / "s.db"
-    first = worker_host(db, Recorder())
-    await first.start()
-    for i in range(3):
-        await first.spawn(Worker, pid=f"w{i}")
-    await first.shutdown()
+    await leave_workers(db, 3)
     with sqlite3.connect(db) as raw:
         raw.execute("UPDATE processes SET record = ? WHERE pid = 'w1'", (b"\xc1garbage",))
 
@@ -537,12 +542,7 @@ async def test_recovery_leaves_the_collector_on_and_nothing_frozen_and_another_f
     afterwards the collector is on again, nothing of ours stays frozen (frozen cycles would
     never be collected), and objects someone else froze stay frozen."""
     db = tmp_path / "s.db"
-    first = worker_host(db, Recorder())
-    await first.start()
-    for i in range(50):
-        await first.spawn(Worker, pid=f"w{i}")
-    await first.shutdown()
-
+    await leave_workers(db, 50)
     second = worker_host(db, Recorder())
     assert 50 == (await second.start()).revived
     assert gc.isenabled()
