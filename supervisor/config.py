@@ -219,7 +219,15 @@ def load(path: str | Path, kinds: Kinds | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", None, f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = _line_of(path.read_bytes(), exc.start)
+        raise ConfigError(str(path), "", line, f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     return parse(text, path, kinds)
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    """The 1-based line of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:

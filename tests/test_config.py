@@ -219,6 +219,17 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load(tmp_path / "absent.toml")
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_line(tmp_path: Path) -> None:
+    """A configuration saved in another encoding is refused as a ConfigError (a daemon's reload
+    keeps its running configuration) that names the file, the line and the byte."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[daemon]\nstore = "var/s.db"\n# caf\xe9\n')
+    with pytest.raises(ConfigError, match="not UTF-8 text") as caught:
+        load(path)
+    assert 3 == caught.value.line
+    assert str(caught.value).startswith(f"{path}:3: ")
+
+
 @pytest.mark.parametrize("case", [BROKEN[4], BROKEN[18], BROKEN[21]])
 def test_the_daemon_refuses_a_broken_configuration_with_exit_code_2(tmp_path: Path, case: tuple[str, ...]) -> None:
     """`statevisor daemon` with a broken file exits 2, prints the precise error, starts nothing."""
