@@ -99,7 +99,8 @@ class SettingsError(ConfigurationError, ValueError):
 
 
 class EntryRejected(ConfigurationError, ValueError):
-    """A log entry that cannot go on a log: neither bytes nor a msgpack value. ``where`` says which."""
+    """A log entry that cannot go on a log: neither bytes nor a msgpack value, or larger than the
+    log takes. ``where`` says which."""
 
     def __init__(self, where: str, message: str) -> None:
         super().__init__(f"{where}: {message}")

@@ -17,7 +17,7 @@ import pytest
 from processes.logapply import JetStreamLog, KeyValue, LogApplyClient, Replica, SnapshotStore
 from processes.logapply._log import CLOSE_GRACE
 from processes.logapply.loopback import NatsCluster
-from supervisor import LogError, StaleWriter
+from supervisor import EntryRejected, LogError, StaleWriter
 from supervisor.control import Client
 from tests.helpers import wait_for_snapshot, wait_until
 from tests.test_daemon import ROOT, free_port, reachable, wait_for
@@ -49,6 +49,17 @@ async def test_retried_appends_land_once_and_a_stale_writer_is_fenced(nats_clust
     assert (1, 2) == await second.bounds()
     await first.close()
     await second.close()
+
+
+async def test_an_entry_larger_than_the_servers_take_is_refused_at_once(nats_cluster: NatsCluster) -> None:
+    """An entry over the servers' max_payload is refused at once with the sizes, not retried
+    until the append timeout (it would fail the same way each time); the log goes on."""
+    log = JetStreamLog(nats_cluster.urls, stream_name(), writer="w1", append_timeout=30.0)
+    await log.open()
+    with pytest.raises(EntryRejected, match="does not fit the servers' max_payload"):
+        await asyncio.wait_for(log.append(b"x" * (2 << 20), "big"), 5)
+    assert 1 == await log.append(b"small", "small")
+    await log.close()
 
 
 async def test_an_append_given_up_on_that_lands_later_is_not_taken_for_a_stale_writer(

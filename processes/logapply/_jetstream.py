@@ -51,13 +51,14 @@ from typing import Any
 
 import structlog
 
-from supervisor import LogError, StaleWriter
+from supervisor import EntryRejected, LogError, StaleWriter
 
 from ._log import Entry, bounded
 
 log = structlog.get_logger("statevisor.logapply")
 
 _WRONG_LAST_SEQUENCE = 10071
+_HEADERS_ROOM = 256  # an append's headers besides its message id (expected sequence and framing)
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -156,6 +157,12 @@ class JetStreamLog:
     async def append(self, data: bytes, msg_id: str | None = None) -> int:
         if self._stale is not None:
             raise self._stale
+        limit = self._nc.max_payload if self._nc is not None else 0
+        if limit and len(data) + _HEADERS_ROOM + len(msg_id or "") > limit:
+            # Refused now: retried, it would fail the same way until the append timeout.
+            raise EntryRejected(
+                self.name, f"an entry of {len(data)} bytes does not fit the servers' max_payload of {limit} bytes"
+            )
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append((data, msg_id, future))
         if self._idle:
