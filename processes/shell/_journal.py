@@ -123,9 +123,14 @@ def started_runs(path: str) -> dict[str, list[Any]]:
     return {action_id: run.started for action_id, run in runs.items() if run.started is not None and run.ended is None}
 
 
+def _encoded(entry: list[Any]) -> bytes:
+    """One journal line: the entry as compact JSON, and its newline."""
+    return (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+
+
 def append_ended(path: str, action_id: str, ended: dict[str, Any]) -> None:
     """Append ``ended`` for a run, as a writer other than the monitor (its keeper)."""
-    line = (json.dumps(["ended", action_id, ended], separators=(",", ":")) + "\n").encode()
+    line = _encoded(["ended", action_id, ended])
     with _locked(path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
@@ -148,7 +153,7 @@ class Journal:
 
     def append(self, op: str, action_id: str, *value: Any) -> None:
         entry = [op, action_id, *value]
-        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        line = _encoded(entry)
         os.write(self._fd, line)  # one write with O_APPEND: whole lines, in order
         self.size += len(line)
         _apply(self.runs, entry)
@@ -205,8 +210,8 @@ class Journal:
             if run.ended is not None:
                 lines.append(["ended", action_id, run.ended])
         fresh = self.path + ".new"
-        with open(fresh, "w") as out:
-            out.writelines(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
+        with open(fresh, "wb") as out:
+            out.writelines(_encoded(line) for line in lines)
         os.replace(fresh, self.path)
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
