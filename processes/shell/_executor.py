@@ -168,10 +168,9 @@ class ShellExecutor:
             run.ending = loop.create_future()
             run.ending.set_result(Outcome.from_event(reply["ended"]))
             return run
-        if started is not None and start_time(started.pid) != started.ticks:
-            # Ended while no monitor watched it (checked by pid *and* start time: a reused pid
-            # does not match). Its keeper may have recorded how, or be about to: settled here,
-            # before a timeout long past could be taken for the reason it ended.
+        if started is not None and _gone(started):
+            # Ended while no monitor watched it. Its keeper may have recorded how, or be about
+            # to: settled here, before a timeout long past could be taken for the reason it ended.
             run.started = started
             run.ending = loop.create_future()
             run.ending.set_result(await self._recorded_end(run))
@@ -240,7 +239,7 @@ class ShellExecutor:
         if known["kind"] not in ("running", "exists") or not known["started"] or known.get("ended"):
             return None
         started = Started(*known["started"])
-        if start_time(started.pid) != started.ticks:
+        if _gone(started):
             return None
         return _Run(action.id, CommandSpec.from_payload(action.payload), started)
 
@@ -267,7 +266,7 @@ class ShellExecutor:
 
     async def _stop_group(self, run: _Run) -> None:
         pid = run.started.pid
-        if pid <= 0 or (not is_our_child(pid) and start_time(pid) != run.started.ticks):
+        if pid <= 0 or (not is_our_child(pid) and _gone(run.started)):
             return  # not started, or ended (and the pid perhaps reused): nothing of ours to signal
         ending: asyncio.Future[Any] | None = run.ending
         if ending is None:  # found through the monitor, not watched here: watch the process itself
@@ -351,6 +350,12 @@ class ShellExecutor:
             f"<ShellExecutor {self.runs} active={len(self._active)} spawned={self.spawned} "
             f"attached={self.attached} subreaper={self.subreaper}>"
         )
+
+
+def _gone(started: Started) -> bool:
+    """The run's command is no longer running, checked by pid *and* start time (a reused pid
+    does not match)."""
+    return start_time(started.pid) != started.ticks
 
 
 def _tail(path: str | None, lines: int, rotated: bool) -> list[str]:
