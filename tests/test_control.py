@@ -384,8 +384,8 @@ class Grower(Machine[dict[str, Any]]):
 
 async def test_a_snapshot_over_the_frame_limit_ends_its_own_watch_streams_not_everyones(tmp_path: Path) -> None:
     """A watched process whose snapshot outgrows a frame (1 MiB) ends its watchers' streams with
-    an error that says so; watchers of other processes go on receiving (the one ticker that
-    serves every stream must not die of it)."""
+    an error that says so, and a watch started afterwards gets the same; watchers of other
+    processes go on receiving (the one ticker that serves every stream must not die of it)."""
     host = Host(machines=[Counter, Grower])
     await host.start()
     server = ControlServer(host, str(tmp_path / "control.sock"))
@@ -408,8 +408,10 @@ async def test_a_snapshot_over_the_frame_limit_ends_its_own_watch_streams_not_ev
             big_stream = asyncio.ensure_future(watch_big())
             await wait_until(lambda: bool(seen))
             await big.cast(("grow", 2 * MAX_FRAME))
-            with pytest.raises(ProtocolError, match=f"{big.pid}'s snapshot no longer fits a frame .*-byte limit"):
+            with pytest.raises(ProtocolError, match=f"{big.pid}'s snapshot does not fit a frame .*-byte limit"):
                 await asyncio.wait_for(big_stream, 10)
+            with pytest.raises(ProtocolError, match=f"{big.pid}'s snapshot does not fit a frame .*-byte limit"):
+                await asyncio.wait_for(watch_big(), 10)  # a watch started now hears the same
             await small.cast(5)
             await wait_until(lambda: 5 in seen)
             await small.kill()

@@ -66,7 +66,10 @@ class WatchFanout:
         process.watcher_added(1)
         try:
             snapshot = process.snapshot()
-            self._push(watcher, snapshot, self._encode(snapshot))  # the current one, at once
+            try:
+                self._push(watcher, snapshot, self._encode(snapshot))  # the current one, at once
+            except ProtocolError as exc:
+                raise _unsendable(process, exc) from None
             if snapshot.lifecycle.terminal:
                 return
             self._watchers.setdefault(process, []).append(watcher)
@@ -104,10 +107,9 @@ class WatchFanout:
             try:
                 self._push_latest(snapshot, watchers)
             except ProtocolError as exc:
-                # This process's snapshot cannot be sent (over the frame limit): its streams end
-                # with the reason; the ticker, which serves every other stream too, goes on.
-                reason = f"{process.pid}'s snapshot no longer fits a frame ({exc}); Machine.view() can show less"
-                self._end(process, watchers, ProtocolError(reason))
+                # Its streams end with the reason; the ticker, which serves every other stream
+                # too, goes on.
+                self._end(process, watchers, _unsendable(process, exc))
                 continue
             if snapshot.lifecycle.terminal:
                 self._end(process, watchers)
@@ -141,3 +143,8 @@ class WatchFanout:
     def __repr__(self) -> str:
         streams = sum(len(w) for w in self._watchers.values())
         return f"<WatchFanout {len(self._watchers)} processes, {streams} streams, {self.pushes} pushes>"
+
+
+def _unsendable(process: Process, error: ProtocolError) -> ProtocolError:
+    """What a watcher hears when ``process``'s snapshot cannot be sent (over the frame limit)."""
+    return ProtocolError(f"{process.pid}'s snapshot does not fit a frame ({error}); Machine.view() can show less")
