@@ -15,6 +15,7 @@ from ._clock import Clock, SystemClock
 from ._codec import Checkpoint
 from ._exceptions import ConfigurationError, ProcessNotFound
 from ._handle import Handle
+from ._identifiers import check_identifier
 from ._lifecycle import DriveMode, Lifecycle
 from ._machine import Machine
 from ._process import Process
@@ -132,15 +133,19 @@ class Runtime:
     ) -> Handle:
         """Start a new process of ``machine`` with ``state`` (default: ``machine.initial_state()``).
 
-        A state msgpack cannot carry exactly raises :class:`StateTypeError` here, not later.
+        A state msgpack cannot carry exactly raises :class:`StateTypeError` here, not later; so
+        does an id or name with control characters, or an empty, ``.`` or ``..`` part between
+        ``/`` (:class:`ConfigurationError`; ids and names become file paths).
         """
         if isinstance(machine, type):
             machine = machine()
         if not isinstance(machine, Machine):
             raise ConfigurationError(f"spawn() needs a Machine, got {machine!r}")
+        pid = self._new_pid() if pid is None else check_identifier(pid, "id")
+        if name is not None:
+            check_identifier(name, "name")
         journal = Journal()
         tree = new_state(machine.initial_state() if state is None else state, journal)
-        pid = pid or self._new_pid()
         process = self._create(machine, pid, name, tree, journal, machine.initial_phase, 0, mode)
         process.meta.update(meta or {})
         if start:

@@ -17,6 +17,7 @@ import pytest
 
 from supervisor import (
     Cast,
+    ConfigurationError,
     Context,
     Host,
     Input,
@@ -76,6 +77,21 @@ async def test_remote_handles_drive_processes_like_local_ones(served: tuple[Host
         await finished.wait(timeout=5)
         with pytest.raises((ProcessFinished, ProcessNotFound)):
             await finished.call("get")
+
+
+async def test_a_remote_spawn_with_a_bad_name_is_refused_and_the_connection_goes_on(
+    served: tuple[Host, ControlServer, str],
+) -> None:
+    """A name that would lead out of the log directory comes back as ConfigurationError naming
+    it; nothing is spawned and the same connection serves the next request."""
+    host, _, path = served
+    async with Client.connect(path) as client:
+        with pytest.raises(ConfigurationError, match=r"process name '\.\./escape' has the path part '\.\.'"):
+            await client.spawn("counter", name="../escape")
+        assert [] == host.list()
+        handle = await client.spawn("counter", name="fine")
+        assert "fine" == (await handle.state()).name
+        await handle.kill()
 
 
 async def test_try_operations_raise_would_block_remotely(served: tuple[Host, ControlServer, str]) -> None:

@@ -235,6 +235,51 @@ async def test_spawn_validates_its_arguments() -> None:
         Runtime(kill_grace=0)
 
 
+@pytest.mark.parametrize(
+    ("what", "value", "problem"),
+    [
+        ("id", "", "is empty"),
+        ("name", "..", "path part '..'"),
+        ("name", "logs/../../etc/cron.d/x", "path part '..'"),
+        ("name", "/etc/passwd", "path part ''"),
+        ("id", "a//b", "path part ''"),
+        ("name", "./here", "path part '.'"),
+        ("id", "job\nrm -rf ~", "control character '\\n' at 3"),
+        ("name", "nul\x00", "control character '\\x00' at 3"),
+        ("name", "é" * 101, "longer than 200 bytes"),
+        ("id", 7, "must be a string; got int"),
+    ],
+)
+async def test_ids_and_names_that_would_make_bad_paths_or_lines_are_refused(
+    what: str, value: Any, problem: str
+) -> None:
+    """spawn() refuses an id or name that would leave a log directory, split a script or log
+    line, or overflow a file name; the error names which argument, its value and the problem,
+    and nothing is spawned."""
+    runtime = Runtime()
+    arguments = {"pid": value} if what == "id" else {"name": value}
+    with pytest.raises(ConfigurationError) as caught:
+        runtime.spawn(Counter, **arguments)
+    assert f"process {what}" in str(caught.value)
+    assert problem in str(caught.value)
+    assert [] == runtime.handles()
+
+
+async def test_ids_and_names_may_be_paths_with_any_printable_text() -> None:
+    """A supervisor path (root/web), spaces, non-ASCII text and dotted names are all valid."""
+    runtime = Runtime()
+    handles = [
+        runtime.spawn(Counter, pid="root/web", name="root/web"),
+        runtime.spawn(Counter, name="nightly backup"),
+        runtime.spawn(Counter, name="données/été"),
+        runtime.spawn(Counter, pid="...", name="v1.2"),
+        runtime.spawn(Counter, name="é" * 100),
+    ]
+    assert ["root/web", "nightly backup", "données/été", "v1.2", "é" * 100] == [h.name for h in handles]
+    for handle in handles:
+        await handle.kill()
+
+
 async def test_finish_and_fail_end_the_process() -> None:
     """ctx.finish sets the result; ctx.fail fails with the reason; both are terminal."""
     runtime = Runtime()

@@ -28,6 +28,7 @@ from supervisor import (
     Budget,
     ChildSpec,
     CommandLost,
+    ConfigurationError,
     Handle,
     Host,
     Lifecycle,
@@ -112,6 +113,20 @@ async def test_a_command_that_exits_zero_finishes_with_its_result(host: Host) ->
     assert result["started"] <= result["ended"]
     assert ["out"] == await handle.logs("stdout")
     assert ["err"] == await handle.logs("stderr")
+
+
+async def test_a_path_name_logs_in_a_subdirectory_of_the_log_directory(host: Host, tmp_path: Path) -> None:
+    """A name with '/' (a supervised child's path) puts its logs in a subdirectory of log_dir,
+    made when missing; the runtime refuses names that would lead out of it."""
+    handle = await run(host, {"argv": ["sh", "-c", "echo out; echo err >&2"]}, name="team/nightly")
+    logs = tmp_path / "logs" / "team"
+    assert (str(logs / "nightly.out.log"), str(logs / "nightly.err.log")) == (
+        handle.state.state["_stdout"],
+        handle.state.state["_stderr"],
+    )
+    assert ["out"] == (logs / "nightly.out.log").read_text().splitlines()
+    with pytest.raises(ConfigurationError, match=r"path part '\.\.'"):
+        await host.spawn("shell", {"argv": ["true"]}, name="team/../../outside")
 
 
 async def test_exit_codes_decide_success_as_configured(host: Host) -> None:

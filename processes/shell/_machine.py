@@ -59,7 +59,7 @@ class Shell(Machine[dict[str, Any]]):
                     ctx.fail(f"invalid settings: {exc}")
                     return
                 payload = spec.payload()
-                stem = ctx.name or ctx.pid.replace("/", "_")
+                stem = ctx.name  # the runtime admits no name that would lead out of log_dir
                 logs = str(self.log_dir)  # os.path.join: an absolute file named in the settings stays
                 payload["stdout"] = os.path.join(logs, spec.stdout or f"{stem}.out.log")
                 if spec.stderr != "stdout":
