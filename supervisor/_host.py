@@ -221,7 +221,11 @@ class Host:
         pid: str | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> Handle:
-        """Spawn a process; with a store, it is checkpointed before it starts (and survives a crash)."""
+        """Spawn a process; with a store, it is checkpointed before it starts (and survives a crash).
+
+        ``state`` is checked with the kind's ``check_settings`` first: invalid settings raise
+        :class:`SettingsError` naming the key, and nothing is spawned.
+        """
         if self._closing:
             raise ConfigurationError("the host is shutting down and spawns nothing new")
         if isinstance(machine, str):
@@ -232,6 +236,10 @@ class Host:
                     f"no process type registered for kind {machine!r} (known: {', '.join(sorted(self.machines))})"
                 ) from None
         instance = self.register(machine)
+        if state is not None:
+            # The configuration's settings are checked when it loads; these come from a caller,
+            # who should hear "argv: expected a list" now, not find a failed process later.
+            instance.check_settings(state)
         meta = {**(meta or {}), "mode": str(mode)}
         handle = self.runtime.spawn(instance, state, name=name, mode=mode, pid=pid, meta=meta, start=False)
         if self.store is not None:

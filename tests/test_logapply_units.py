@@ -322,11 +322,15 @@ async def test_a_logapply_process_proposes_reads_and_reports_through_its_handle(
     await host.shutdown(timeout=5)
 
 
-async def test_a_logapply_process_with_bad_settings_fails_naming_the_key(tmp_path: Path) -> None:
-    """Spawning with an unknown app fails the process with the setting named."""
+async def test_a_logapply_process_with_bad_settings_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """Spawning with an unknown app is refused with the setting named; a process that reaches
+    its start with it anyway (spawned on the bare runtime) fails naming it."""
     host = Host(machines=[LogApply()], executors=executors(tmp_path / "la"), store=None)
     await host.start()
-    handle = await host.spawn("logapply", {"app": "nope"})
+    with pytest.raises(SettingsError, match="app: expected one of the registered appliers"):
+        await host.spawn("logapply", {"app": "nope"})
+    assert [] == host.list()
+    handle = host.runtime.spawn(host.machines["logapply"], {"app": "nope"})
     done = await handle.wait(timeout=10)
     assert "app: expected one of the registered appliers" in (done.error or "")
     await host.shutdown(timeout=5)

@@ -35,6 +35,7 @@ from supervisor import (
     LogNotFound,
     ManualClock,
     Restart,
+    SettingsError,
     SupervisorSpec,
     SupervisorState,
     TrackedAction,
@@ -409,12 +410,30 @@ async def test_missing_or_non_executable_programs_fail_clearly(host: Host, tmp_p
     assert not (tmp_path / "runs" / JOURNAL).exists(), "nothing was claimed"
 
 
-async def test_invalid_settings_fail_the_process_naming_the_key(host: Host) -> None:
-    """Settings are validated before anything runs; the error names the setting."""
-    handle = await run(host, {"argv": "echo hi"})
+async def test_invalid_settings_are_refused_at_spawn_naming_the_key(host: Host, tmp_path: Path) -> None:
+    """spawn checks the settings before anything runs: SettingsError names the key, in process
+    and through the control socket alike, and nothing is spawned. A process that reaches its
+    start with invalid settings anyway (spawned on the bare runtime) fails naming the key too."""
+    from supervisor.control import Client, ControlServer
+
+    with pytest.raises(SettingsError) as caught:
+        await host.spawn("shell", {"argv": "echo hi"})
+    assert ("argv", True) == (caught.value.key, caught.value.problem.startswith("expected a non-empty list"))
+    with pytest.raises(SettingsError, match=r"limits\.stack: unknown limit"):
+        await host.spawn("shell", {"argv": ["true"], "limits": {"stack": 1}})
+    server = ControlServer(host, str(tmp_path / "control.sock"))
+    await server.start()
+    try:
+        async with Client.connect(str(tmp_path / "control.sock")) as client:
+            with pytest.raises(SettingsError) as remote:
+                await client.spawn("shell", {"argv": ["true"], "cwd": 7})
+    finally:
+        await server.close()
+    assert "cwd" == remote.value.key
+    assert [] == host.list()
+    handle = host.runtime.spawn(host.machines["shell"], {"argv": "echo hi"})
+    await handle.wait(timeout=20)
     assert str(handle.state.error).startswith("invalid settings: argv: expected a non-empty list")
-    handle = await run(host, {"argv": ["true"], "limits": {"stack": 1}})
-    assert str(handle.state.error).startswith("invalid settings: limits.stack: unknown limit")
 
 
 async def test_a_failing_command_restarts_only_after_the_backoff(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ def _rebuild(fields: dict[str, Any]) -> BaseException:
         return errors.ProcessFailed(pid, reason)
     if kind == "ProcessKilled":
         return errors.ProcessKilled(pid, reason)
+    if kind == "SettingsError" and "key" in fields and "problem" in fields:
+        return errors.SettingsError(str(fields["key"]), str(fields["problem"]))
     if kind in ("TransitionError", "IllegalPhaseChange", "StateMutationError", "NondeterminismError"):
         return errors.TransitionError(str(fields.get("error_type", kind)), message)
     simple: dict[str, type[BaseException]] = {

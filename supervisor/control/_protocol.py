@@ -61,7 +61,7 @@ async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> di
 
 def error_fields(error: BaseException) -> dict[str, Any]:
     fields: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
-    for name in ("pid", "reason", "error_type"):
+    for name in ("pid", "reason", "error_type", "key", "problem"):
         value = getattr(error, name, None)
         if isinstance(value, str):
             fields[name] = value
