@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import ssl
 import sys
 import time
@@ -111,8 +112,25 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=lambda v: v.hex() if isinstance(v, bytes) else str(v), sort_keys=True)
 
 
+_TIMER = re.compile(r"timer (.+) at (-?\d+(?:\.\d+)?)")
+
+
+def _waiting(entries: tuple[str, ...], now: float) -> str:
+    """What a process waits on, for a person: the runtime names a timer by its deadline on the
+    daemon's clock (the wall clock, an epoch number); the table says how far off it is."""
+    shown = []
+    for entry in entries:
+        timer = _TIMER.fullmatch(entry)
+        if timer is None:
+            shown.append(entry)
+            continue
+        left = float(timer.group(2)) - now
+        shown.append(f"timer {timer.group(1)} " + (f"in {left:.1f}s" if left >= 0 else f"due {-left:.1f}s ago"))
+    return ", ".join(shown) or "-"
+
+
 def _row(snapshot: Snapshot) -> list[str]:
-    waiting = ", ".join(snapshot.waiting_on) or "-"
+    waiting = _waiting(snapshot.waiting_on, time.time())
     age = f"{max(0.0, time.time() - snapshot.since):.0f}s"
     paused = "paused" if snapshot.paused else ""
     return [snapshot.pid, snapshot.name, snapshot.kind, str(snapshot.lifecycle), paused, snapshot.phase,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ def cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_ps_spawn_inspect_pause_resume_kill(daemon: Daemon) -> None:
     """ps lists the declared processes (table and JSON); spawn starts one from JSON state;
-    inspect shows its state; pause/resume/kill change it; each exits 0."""
+    inspect shows its state; ps shows how far off a timer it waits on is; pause/resume/kill
+    change it; each exits 0."""
     daemon.start()
     table = cli(daemon, "ps")
     assert 0 == table.returncode, table.stderr
@@ -35,6 +37,12 @@ def test_ps_spawn_inspect_pause_resume_kill(daemon: Daemon) -> None:
     pid = spawned.stdout.strip()
     shown = json.loads(cli(daemon, "inspect", "adhoc", "--json").stdout)
     assert (pid, 60, "waiting") == (shown["pid"], shown["state"]["interval"], shown["lifecycle"])
+    [row] = [line for line in cli(daemon, "ps").stdout.splitlines() if " adhoc " in line]
+    far_off = re.search(r" timer tick in (\d+\.\d)s$", row)  # the table: how far off; --json: the deadline
+    assert far_off is not None, row
+    assert 0 < float(far_off[1]) <= 60, row
+    [listed_adhoc] = [p for p in json.loads(cli(daemon, "ps", "--json").stdout) if p["name"] == "adhoc"]
+    assert listed_adhoc["waiting_on"][0].startswith("timer tick at ")
     assert 0 == cli(daemon, "pause", pid).returncode
     assert json.loads(cli(daemon, "inspect", pid, "--json").stdout)["paused"] is True
     assert 0 == cli(daemon, "resume", pid).returncode
@@ -171,3 +179,13 @@ def test_call_cast_propose_and_read_from_the_command_line(daemon: Daemon) -> Non
     not_json = cli(daemon, "call", "fast", "{oops")
     assert 2 == not_json.returncode
     assert "MESSAGE is not JSON" in not_json.stderr
+
+
+def test_the_table_says_how_far_off_a_timer_is() -> None:
+    """ps's WAITING ON column turns a timer's deadline into "in Ns" or "due Ns ago" (a timer
+    whose name has spaces included) and leaves actions as the runtime names them."""
+    from supervisor.commands import _waiting
+
+    entries = ("action shell.run a1", "timer tick at 1000.250", "timer back off at 990.0")
+    assert "action shell.run a1, timer tick in 0.2s, timer back off due 10.0s ago" == _waiting(entries, 1000.0)
+    assert "-" == _waiting((), 1000.0)
