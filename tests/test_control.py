@@ -435,3 +435,37 @@ async def test_a_snapshot_over_the_frame_limit_ends_its_own_watch_streams_not_ev
     finally:
         await server.close()
         await host.runtime.kill_all()
+
+
+async def test_a_listing_larger_than_a_frame_arrives_whole_in_chunks(tmp_path: Path) -> None:
+    """list() returns every live process, in order and each once, when their snapshots together
+    are several frames (1,200 of ~2 KB: over 2 MiB); a process whose snapshot alone is over a
+    frame is listed with its state left out and a note saying so, not failing the listing; a
+    client from before chunking (no ``chunked`` argument) still gets a small listing in one
+    response."""
+    host = Host(machines=[Grower])
+    await host.start()
+    server = ControlServer(host, str(tmp_path / "control.sock"))
+    await server.start()
+    try:
+        handles = [await host.spawn(Grower, pid=f"g{i:04d}") for i in range(1200)]
+        for handle in handles:
+            await handle.cast(("grow", 2000))
+        await handles[7].cast(("grow", 2 * MAX_FRAME))
+        for handle in handles:
+            await wait_until(lambda handle=handle: "blob" in handle.state.state)  # type: ignore[misc]
+        async with Client.connect(str(tmp_path / "control.sock")) as client:
+            listed = await client.list()
+            assert [h.pid for h in handles] == [s.pid for s in listed]
+            assert all(s.state == {"blob": "x" * 2000} for i, s in enumerate(listed) if i != 7)
+            assert str(listed[7].state).startswith("(state left out: the snapshot is 2097")
+            assert "over a frame; see Machine.view()" in str(listed[7].state)
+            small = [h for i, h in enumerate(handles) if i < 10 and i != 7]
+            for handle in handles:
+                if handle not in small:
+                    await handle.kill()
+            old_style = await client.request("list")
+            assert [h.pid for h in small] == [fields["pid"] for fields in old_style]
+    finally:
+        await server.close()
+        await host.runtime.kill_all()

@@ -198,8 +198,10 @@ class Client:
                     self._streams[request].put_nowait(message["item"])
                     continue
                 if request in self._streams:
-                    self._streams[request].put_nowait(StopAsyncIteration() if message.get("ok") else
-                                                      _rebuild(message.get("error", {})))  # fmt: skip
+                    ended = message.get("ok")
+                    self._streams[request].put_nowait(
+                        StopAsyncIteration(message.get("result")) if ended else _rebuild(message.get("error", {}))
+                    )
                     continue
                 future = self._waiting.pop(request, None) if isinstance(request, int) else None
                 if future is None or future.done():
@@ -228,6 +230,30 @@ class Client:
         self._waiting[request] = future
         await self._send(request, op, args)
         return await future
+
+    async def collect(self, op: str, **args: Any) -> list[Any]:
+        """Every item of a finite server stream whose items are lists, joined; from a daemon
+        that answers with one list in its response instead, that list. A broken connection
+        fails it like any request in flight (``ConnectionResetError``): asking again could
+        repeat items."""
+        request = next(self._ids)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._streams[request] = queue
+        found: list[Any] = []
+        try:
+            await self._send(request, op, args)
+            while True:
+                item = await queue.get()
+                if isinstance(item, StopAsyncIteration):
+                    found.extend(item.args[0] or ())
+                    return found
+                if isinstance(item, _Disconnected):
+                    raise ConnectionResetError(f"the control connection broke during {op!r}")
+                if isinstance(item, BaseException):
+                    raise item
+                found.extend(item)
+        finally:
+            self._streams.pop(request, None)
 
     def stream(self, op: str, **args: Any) -> AsyncIterator[Any]:
         """Items of a server stream; after a disconnection the stream is asked for again."""
@@ -267,7 +293,10 @@ class Client:
     async def list(
         self, *, kind: str | None = None, lifecycle: Lifecycle | None = None, paused: bool | None = None
     ) -> list[Snapshot]:
-        found = await self.request("list", kind=kind, lifecycle=str(lifecycle) if lifecycle else None, paused=paused)
+        """Snapshots of the live processes that match; any number of them (they come in chunks
+        that each fit a frame)."""
+        lifecycle_name = str(lifecycle) if lifecycle else None
+        found = await self.collect("list", kind=kind, lifecycle=lifecycle_name, paused=paused, chunked=True)
         return [_snapshot(f) for f in found]
 
     def __repr__(self) -> str:

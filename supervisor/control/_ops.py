@@ -9,7 +9,7 @@ the hello and token check, and running these concurrently per connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack  # type: ignore[import-untyped]
@@ -19,7 +19,8 @@ from .._handle import Handle
 from .._host import Host
 from .._lifecycle import DriveMode, Lifecycle
 from .._snapshot import Snapshot
-from ._protocol import encode_item
+from .._state import pack
+from ._protocol import MAX_FRAME, encode_item
 
 if TYPE_CHECKING:
     from ._server import ControlServer
@@ -82,14 +83,60 @@ async def op_state(c: Requester, args: dict[str, Any], _: int) -> Any:
     return snapshot_fields(c.handle(args).state)
 
 
-async def op_list(c: Requester, args: dict[str, Any], _: int) -> Any:
+async def op_list(c: Requester, args: dict[str, Any], request_id: int) -> Any:
+    """Snapshots of the live processes that match the filters. ``chunked``: streamed as items,
+    each a list of snapshots that fits a frame, however many processes there are (a client from
+    before chunking gets them all in the response, which holds a few thousand at most)."""
     lifecycle = argument(args, "lifecycle", str, required=False)
     handles = c.host.list(
         kind=argument(args, "kind", str, required=False),
         lifecycle=Lifecycle(lifecycle) if lifecycle else None,
         paused=argument(args, "paused", bool, required=False),
     )
-    return [snapshot_fields(h.state) for h in handles]
+    if not argument(args, "chunked", bool, required=False):
+        return [snapshot_fields(h.state) for h in handles]
+    for chunk in snapshot_chunks(handles):
+        await c.send_frame(encode_item(request_id, chunk))
+        await asyncio.sleep(0)  # a long listing lets the processes run between its frames
+    return None
+
+
+def snapshot_chunks(handles: Iterable[Handle]) -> Iterator[bytes]:
+    """Encoded msgpack arrays of snapshot fields, each small enough for one stream-item frame.
+
+    A snapshot that alone is too large goes with its state (and, if need be, its result and
+    error) left out and a note saying so, rather than failing the whole listing.
+    """
+    budget = MAX_FRAME - _ITEM_ROOM
+    bodies: list[bytes] = []
+    size = 0
+    for handle in handles:
+        snapshot = handle.state
+        body = pack(snapshot_fields(snapshot))
+        if len(body) > budget:
+            body = _trimmed(snapshot, len(body), budget)
+        if bodies and size + len(body) > budget:
+            yield _ARRAY_HEADERS.pack_array_header(len(bodies)) + b"".join(bodies)
+            bodies, size = [], 0
+        bodies.append(body)
+        size += len(body)
+    if bodies:
+        yield _ARRAY_HEADERS.pack_array_header(len(bodies)) + b"".join(bodies)
+
+
+def _trimmed(snapshot: Snapshot, size: int, budget: int) -> bytes:
+    """A snapshot too large for a frame, its largest parts left out, each with a note saying so."""
+    fields = snapshot_fields(snapshot)
+    for key in ("state", "result", "error"):
+        fields[key] = f"({key} left out: the snapshot is {size} bytes, over a frame; see Machine.view())"
+        body = pack(fields)
+        if len(body) <= budget:
+            break
+    return body
+
+
+_ITEM_ROOM = 64  # the item frame's own bytes: its map, "id", the request id, "item", the array header
+_ARRAY_HEADERS = msgpack.Packer()
 
 
 async def op_cast(c: Requester, args: dict[str, Any], _: int) -> Any:

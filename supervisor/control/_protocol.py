@@ -6,7 +6,8 @@ A frame is a 4-byte big-endian length, then that many bytes of msgpack. Frames l
 * client hello:  ``{"op": "hello", "v": 1, "id": 0}`` (``"token"`` too, when the server wants one)
 * request:       ``{"id": N, "op": "cast", "args": {...}}``
 * response:      ``{"id": N, "ok": true, "result": ...}`` or ``{"id": N, "ok": false, "error": {...}}``
-* stream item:   ``{"id": N, "item": ...}``, ended by ``{"id": N, "end": true}`` (watch)
+* stream item:   ``{"id": N, "item": ...}``, ended by the request's response (watch, follow,
+  and ``list`` with ``chunked``, whose items are lists of snapshots that each fit a frame)
 
 Errors carry ``type`` (the exception class name), ``message`` and, where the class has them,
 its fields (``pid``, ``reason``, ``error_type``), so the client raises the same class.
