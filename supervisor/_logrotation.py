@@ -29,6 +29,21 @@ from enum import Enum
 from pathlib import Path
 
 PATIENCE = 25  # polls a reader waits for a rotation under way (a rotator that died leaves it odd)
+LINE_MAX = 8192
+"""Readers hand longer lines out in pieces of at most this many bytes (the file keeps them
+whole): a command that writes megabytes with no newline (a progress bar redrawn with ``\r``)
+must not make a follower, a tail or a shell result hold or send it as one string."""
+
+
+def line_cut(data: bytes, begin: int, end: int) -> int:
+    """Where to end the next piece of ``data[begin:end]``: at most ``LINE_MAX`` bytes on, moved
+    back off the middle of a UTF-8 character so that both pieces decode."""
+    cut = min(end, begin + LINE_MAX)
+    if cut < end:
+        for back in range(4):  # a UTF-8 character is at most 4 bytes: a lead and 3 that continue it
+            if data[cut - back] & 0xC0 != 0x80:
+                return cut - back
+    return cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,15 +174,26 @@ class LogStream:
         self.position = start + len(data)
         if not data:
             return None
-        end = start - len(self._partial)  # where the first line of this read begins
-        *complete, self._partial = (self._partial + data).split(b"\n")
+        base = start - len(self._partial)  # the stream offset of buffer[0]
+        buffer = self._partial + data
         found: list[tuple[str, int]] = []
-        for raw in complete:
-            end += len(raw) + 1
+        begin = 0
+        while True:
+            newline = buffer.find(b"\n", begin)
+            stop = len(buffer) if newline < 0 else newline
+            while stop - begin > LINE_MAX:  # a long line goes out in pieces, as it comes
+                cut = line_cut(buffer, begin, stop)
+                if not self._skip_fragment:
+                    found.append((buffer[begin:cut].decode(errors="replace"), base + cut))
+                begin = cut
+            if newline < 0:
+                break
             if self._skip_fragment:
                 self._skip_fragment = False
-                continue
-            found.append((raw.decode(errors="replace"), end))
+            else:
+                found.append((buffer[begin:newline].decode(errors="replace"), base + newline + 1))
+            begin = newline + 1
+        self._partial = buffer[begin:]
         return found
 
     def _fetch(self, rotation: Rotation, limit: int) -> tuple[bytes, int, _Jump]:

@@ -2,7 +2,7 @@
 
 Log files belong to process kinds (a shell command writes its own); handles and the control
 API read them through :meth:`Machine.log_files`. Reading never holds more than the lines asked
-for plus one block, however large the file.
+for plus one block, however large the file: lines longer than ``LINE_MAX`` come in pieces.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ._logrotation import PATIENCE, LogStream, read_rotation
+from ._logrotation import LINE_MAX, PATIENCE, LogStream, line_cut, read_rotation
 
 
 def tail_lines(path: str | os.PathLike[str], lines: int, *, rotated: bool = True) -> list[str]:
@@ -47,8 +47,26 @@ def _tail(
         older = _read_backwards(f"{path}.1", lines - data.count(b"\n"), block)
         if older is not None:
             data = older[0] + data
-    found_lines = data.decode(errors="replace").splitlines()
-    return (found_lines[-lines:] if lines > 0 else []), end
+    if not data or lines <= 0:
+        return [], end
+    found_lines = [line for raw in data.split(b"\n") for line in _lines(raw)]
+    if data.endswith(b"\n"):
+        found_lines.pop()  # the empty "line" after the last newline
+    return found_lines[-lines:], end
+
+
+def _lines(raw: bytes) -> list[str]:
+    """The text between two newlines as lines: split at ``\r`` too (a terminal's line ends, and
+    a progress bar's redraws), and in pieces of at most ``LINE_MAX`` bytes."""
+    if len(raw) <= LINE_MAX:
+        return raw.decode(errors="replace").splitlines() or [""]
+    found: list[str] = []
+    begin = 0
+    while begin < len(raw):
+        cut = line_cut(raw, begin, len(raw))
+        found += raw[begin:cut].decode(errors="replace").splitlines() or [""]
+        begin = cut
+    return found
 
 
 def _read_backwards(path: str | os.PathLike[str], lines: int, block: int) -> tuple[bytes, int] | None:
@@ -68,7 +86,9 @@ def _read_backwards(path: str | os.PathLike[str], lines: int, block: int) -> tup
         end = info.st_size
         data = b""
         position = end
-        while lines > 0 and position > 0 and data.count(b"\n") <= lines:
+        # Lines longer than LINE_MAX count as their pieces: that many bytes hold enough of them.
+        enough = (lines + 1) * LINE_MAX
+        while lines > 0 and position > 0 and data.count(b"\n") <= lines and len(data) < enough:
             step = min(block, position)
             position -= step
             data = os.pread(fd, step, position) + data

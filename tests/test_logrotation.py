@@ -7,7 +7,15 @@ import os
 from pathlib import Path
 
 from supervisor import rotate_log, tail_lines
-from supervisor._logrotation import PATIENCE, LogStream, Rotation, read_rotation, record_path, remove_log
+from supervisor._logrotation import (
+    LINE_MAX,
+    PATIENCE,
+    LogStream,
+    Rotation,
+    read_rotation,
+    record_path,
+    remove_log,
+)
 
 
 def write(log: Path, *lines: str) -> None:
@@ -152,3 +160,60 @@ def test_remove_log_deletes_the_log_its_backups_and_its_record_and_nothing_else(
     assert 4 == remove_log(log)  # out.log, .1, .2, the record
     assert ["out.log.bak"] == sorted(p.name for p in tmp_path.iterdir())
     assert 0 == remove_log(log)
+
+
+def read_bytes() -> int:
+    """Bytes this process has read through system calls so far (/proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_a_long_line_comes_out_in_pieces_as_it_grows_and_a_resume_loses_nothing(tmp_path: Path) -> None:
+    """A line with no newline yet, longer than LINE_MAX, is handed out in pieces of at most
+    LINE_MAX bytes as it grows (a follower never holds it whole), each with the offset after
+    it; no piece splits a UTF-8 character; a follower resumed at any piece's offset goes on
+    with the rest of the line; the newline ends the last piece."""
+    log = tmp_path / "out.log"
+    text = ("é" + "x" * 1000) * 30  # 30,030 bytes; two-byte characters land on the cuts
+    follower = LogStream(log, 0)
+    pieces: list[tuple[str, int]] = []
+    with open(log, "a", encoding="utf-8") as out:
+        for start in range(0, len(text), 7000):
+            out.write(text[start : start + 7000])
+            out.flush()
+            pieces += [item for found in iter(follower.poll, None) for item in found]
+    assert len(pieces) >= 3, "pieces come out before the newline is written"
+    with open(log, "a") as out:
+        out.write("\nnext\n")
+    pieces += [item for found in iter(follower.poll, None) for item in found]
+    assert ("next", len(text.encode()) + 6) == pieces[-1]
+    pieces = pieces[:-1]
+    assert text == "".join(piece for piece, _ in pieces)
+    assert all(len(piece.encode()) <= LINE_MAX for piece, _ in pieces)
+    assert all("\ufffd" not in piece for piece, _ in pieces)
+    ends = [end for _, end in pieces]
+    assert ends == sorted(ends)
+    assert len(text.encode()) + 1 == ends[-1]
+    for index, (_, end) in enumerate(pieces[:-1]):
+        resumed = [item for found in iter(LogStream(log, end).poll, None) for item in found]
+        assert "".join(piece for piece, _ in pieces[index + 1 :]) == "".join(p for p, _ in resumed[:-1])
+
+
+def test_the_tail_of_a_huge_line_is_its_last_pieces_read_in_bounded_bytes(tmp_path: Path) -> None:
+    """tail_lines of a 20 MB file with no newline returns the last pieces (at most LINE_MAX
+    bytes each) and reads about (lines + 1) x LINE_MAX bytes of it, not the whole file; \r
+    still ends a line (a progress bar's redraws are its lines, as a terminal shows them)."""
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        out.write(b"a" * 20_000_000 + b"z")
+    before = read_bytes()
+    tail = tail_lines(log, 3)
+    assert read_bytes() - before < 5 * LINE_MAX
+    assert 3 == len(tail)
+    assert all(len(piece) <= LINE_MAX for piece in tail)
+    assert tail[-1].endswith("az")
+    with open(log, "w") as out:
+        out.write("progress 1%\rprogress 2%\rprogress 3%\r\nCRLF line\r\n\nlast")
+    assert ["progress 2%", "progress 3%", "CRLF line", "", "last"] == tail_lines(log, 5)
