@@ -201,8 +201,9 @@ class Handle:
         return dict(process.machine.log_files(process.state_for_logs()))
 
     async def logs(self, stream: str = "stdout", lines: int = 20) -> list[str]:
-        """The last ``lines`` lines of one of the process's log streams."""
-        return tail_lines(self._log_path(stream), lines)
+        """The last ``lines`` lines of one of the process's log streams (read in a thread: a
+        long tail is megabytes)."""
+        return await asyncio.to_thread(tail_lines, self._log_path(stream), lines)
 
     async def follow(self, stream: str = "stdout", lines: int = 10) -> AsyncIterator[str]:
         """The last ``lines`` lines of a log stream, then each new line as it is written

@@ -292,6 +292,40 @@ async def test_fast_output_is_rotated_and_the_daemon_does_not_buffer_it(host: Ho
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB
 
 
+async def test_output_with_no_newline_stays_small_in_the_result_and_the_logs(host: Host) -> None:
+    """5 MB written with no newline, then a progress bar redrawn with \\r: the result's tails
+    hold at most tail_lines lines of at most LINE_MAX bytes each (the 5 MB never goes into the
+    checkpoint), the redraws are lines as a terminal shows them, and logs() answers in pieces."""
+    from supervisor._logrotation import LINE_MAX
+
+    script = "head -c 5000000 /dev/zero | tr '\\0' x; printf 'done 1%%\\rdone 50%%\\rdone 100%%' >&2"
+    handle = await run(host, {"argv": ["sh", "-c", script], "tail_lines": 4}, name="noline", timeout=60)
+    result = handle.result()
+    assert 4 == len(result["stdout_tail"])
+    assert all(set(line) == {"x"} and len(line) <= LINE_MAX for line in result["stdout_tail"])
+    assert ["done 1%", "done 50%", "done 100%"] == result["stderr_tail"]
+    assert [LINE_MAX] * 20 == [len(line) for line in await handle.logs("stdout", 20)]
+
+
+async def test_a_remote_tail_longer_than_a_frame_arrives_whole(host: Host, tmp_path: Path) -> None:
+    """logs() through the control socket for 200,000 lines (about 4 MB, four frames' worth)
+    returns every one of them in order, as the in-process handle does."""
+    from supervisor.control import Client, ControlServer
+
+    script = "seq -f 'line %015g' 1 200000"
+    handle = await run(host, {"argv": ["sh", "-c", script], "log_max_bytes": 2**26}, name="many", timeout=60)
+    expected = [f"line {i:015d}" for i in range(1, 200001)]
+    assert expected == await handle.logs("stdout", 200000)
+    server = ControlServer(host, str(tmp_path / "control.sock"))
+    await server.start()
+    try:
+        async with Client.connect(str(tmp_path / "control.sock")) as client:
+            remote = await client.get("many")
+            assert expected == await remote.logs("stdout", 200000)
+    finally:
+        await server.close()
+
+
 async def test_a_pipe_as_log_target_is_never_rotated(host: Host, tmp_path: Path) -> None:
     """stdout into a FIFO (like /dev/stdout in a container): output beyond the cap flows on,
     no rotation is attempted and nothing breaks."""

@@ -373,7 +373,7 @@ class RemoteHandle:
 
     async def logs(self, stream: str = "stdout", lines: int = 20) -> list[str]:
         """The last ``lines`` lines of one of the process's log streams."""
-        found: list[str] = await self.client.request("logs", pid=self.pid, stream=stream, lines=lines)
+        found: list[str] = await self.client.collect("logs", pid=self.pid, stream=stream, lines=lines, chunked=True)
         return found
 
     async def follow(self, stream: str = "stdout", lines: int = 10) -> AsyncIterator[str]:

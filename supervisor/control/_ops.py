@@ -102,40 +102,47 @@ async def op_list(c: Requester, args: dict[str, Any], request_id: int) -> Any:
 
 
 def snapshot_chunks(handles: Iterable[Handle]) -> Iterator[bytes]:
-    """Encoded msgpack arrays of snapshot fields, each small enough for one stream-item frame.
+    """Snapshot fields in encoded msgpack arrays, each small enough for one stream-item frame.
 
     A snapshot that alone is too large goes with its state (and, if need be, its result and
     error) left out and a note saying so, rather than failing the whole listing.
     """
-    budget = MAX_FRAME - _ITEM_ROOM
-    bodies: list[bytes] = []
+    return array_chunks(_snapshot_body(handle.state) for handle in handles)
+
+
+def array_chunks(bodies: Iterable[bytes]) -> Iterator[bytes]:
+    """Encoded values joined into msgpack arrays that each fit a stream-item frame."""
+    chunk: list[bytes] = []
     size = 0
-    for handle in handles:
-        snapshot = handle.state
-        body = pack(snapshot_fields(snapshot))
-        if len(body) > budget:
-            body = _trimmed(snapshot, len(body), budget)
-        if bodies and size + len(body) > budget:
-            yield _ARRAY_HEADERS.pack_array_header(len(bodies)) + b"".join(bodies)
-            bodies, size = [], 0
-        bodies.append(body)
+    for body in bodies:
+        if chunk and size + len(body) > _BUDGET:
+            yield _ARRAY_HEADERS.pack_array_header(len(chunk)) + b"".join(chunk)
+            chunk, size = [], 0
+        chunk.append(body)
         size += len(body)
-    if bodies:
-        yield _ARRAY_HEADERS.pack_array_header(len(bodies)) + b"".join(bodies)
+    if chunk:
+        yield _ARRAY_HEADERS.pack_array_header(len(chunk)) + b"".join(chunk)
 
 
-def _trimmed(snapshot: Snapshot, size: int, budget: int) -> bytes:
+def _snapshot_body(snapshot: Snapshot) -> bytes:
+    body = pack(snapshot_fields(snapshot))
+    return body if len(body) <= _BUDGET else _trimmed(snapshot, len(body))
+
+
+def _trimmed(snapshot: Snapshot, size: int) -> bytes:
     """A snapshot too large for a frame, its largest parts left out, each with a note saying so."""
     fields = snapshot_fields(snapshot)
     for key in ("state", "result", "error"):
         fields[key] = f"({key} left out: the snapshot is {size} bytes, over a frame; see Machine.view())"
         body = pack(fields)
-        if len(body) <= budget:
+        if len(body) <= _BUDGET:
             break
     return body
 
 
-_ITEM_ROOM = 64  # the item frame's own bytes: its map, "id", the request id, "item", the array header
+# What an item may take of a frame: the rest is the frame's map, "id", the request id, "item"
+# and the array header.
+_BUDGET = MAX_FRAME - 64
 _ARRAY_HEADERS = msgpack.Packer()
 
 
@@ -190,11 +197,18 @@ async def op_watch(c: Requester, args: dict[str, Any], request_id: int) -> Any:
     return None  # the response that ends the stream
 
 
-async def op_logs(c: Requester, args: dict[str, Any], _: int) -> Any:
+async def op_logs(c: Requester, args: dict[str, Any], request_id: int) -> Any:
+    """A log's last lines. ``chunked``: streamed as items, each a list of lines that fits a
+    frame, however many lines are asked for (a client from before gets them in the response)."""
     lines = argument(args, "lines", int, required=False)
-    return await c.handle(args).logs(
+    found = await c.handle(args).logs(
         argument(args, "stream", str, required=False) or "stdout", 20 if lines is None else lines
     )
+    if not argument(args, "chunked", bool, required=False):
+        return found
+    for chunk in array_chunks(pack(line) for line in found):
+        await c.send_frame(encode_item(request_id, chunk))
+    return None
 
 
 async def op_follow(c: Requester, args: dict[str, Any], request_id: int) -> Any:
