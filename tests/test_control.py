@@ -440,9 +440,9 @@ async def test_a_snapshot_over_the_frame_limit_ends_its_own_watch_streams_not_ev
 async def test_a_listing_larger_than_a_frame_arrives_whole_in_chunks(tmp_path: Path) -> None:
     """list() returns every live process, in order and each once, when their snapshots together
     are several frames (1,200 of ~2 KB: over 2 MiB); a process whose snapshot alone is over a
-    frame is listed with its state left out and a note saying so, not failing the listing; a
-    client from before chunking (no ``chunked`` argument) still gets a small listing in one
-    response."""
+    frame is listed with its state left out and a note saying so, not failing the listing (and
+    so is it in a single response: state, kill); a client from before chunking (no ``chunked``
+    argument) still gets a small listing in one response."""
     host = Host(machines=[Grower])
     await host.start()
     server = ControlServer(host, str(tmp_path / "control.sock"))
@@ -460,6 +460,10 @@ async def test_a_listing_larger_than_a_frame_arrives_whole_in_chunks(tmp_path: P
             assert all(s.state == {"blob": "x" * 2000} for i, s in enumerate(listed) if i != 7)
             assert str(listed[7].state).startswith("(state left out: the snapshot is 2097")
             assert "over a frame; see Machine.view()" in str(listed[7].state)
+            huge = await client.get("g0007")  # a single snapshot in a response is trimmed alike
+            assert str((await huge.state()).state).startswith("(state left out: the snapshot is 2097")
+            final = await huge.kill("too big")
+            assert (Lifecycle.KILLED, True) == (final.lifecycle, str(final.state).startswith("(state left out"))
             small = [h for i, h in enumerate(handles) if i < 10 and i != 7]
             for handle in handles:
                 if handle not in small:

@@ -76,11 +76,11 @@ async def op_spawn(c: Requester, args: dict[str, Any], _: int) -> Any:
     state = argument(args, "state", dict, required=False)
     mode = DriveMode(argument(args, "mode", str, required=False) or "auto")
     handle = await c.host.spawn(kind, state, name=argument(args, "name", str, required=False), mode=mode)
-    return snapshot_fields(handle.state)
+    return fitting_fields(handle.state)
 
 
 async def op_state(c: Requester, args: dict[str, Any], _: int) -> Any:
-    return snapshot_fields(c.handle(args).state)
+    return fitting_fields(c.handle(args).state)
 
 
 async def op_list(c: Requester, args: dict[str, Any], request_id: int) -> Any:
@@ -126,18 +126,25 @@ def array_chunks(bodies: Iterable[bytes]) -> Iterator[bytes]:
 
 def _snapshot_body(snapshot: Snapshot) -> bytes:
     body = pack(snapshot_fields(snapshot))
-    return body if len(body) <= _BUDGET else _trimmed(snapshot, len(body))
+    return body if len(body) <= _BUDGET else pack(_trimmed(snapshot, len(body)))
 
 
-def _trimmed(snapshot: Snapshot, size: int) -> bytes:
+def fitting_fields(snapshot: Snapshot) -> dict[str, Any]:
+    """A response's snapshot fields; if they would not fit a frame, with the largest parts left
+    out and a note saying so (``statevisor inspect`` of a huge state says why it shows none)."""
+    fields = snapshot_fields(snapshot)
+    size = len(pack(fields))
+    return fields if size <= _BUDGET else _trimmed(snapshot, size)
+
+
+def _trimmed(snapshot: Snapshot, size: int) -> dict[str, Any]:
     """A snapshot too large for a frame, its largest parts left out, each with a note saying so."""
     fields = snapshot_fields(snapshot)
     for key in ("state", "result", "error"):
         fields[key] = f"({key} left out: the snapshot is {size} bytes, over a frame; see Machine.view())"
-        body = pack(fields)
-        if len(body) <= _BUDGET:
+        if len(pack(fields)) <= _BUDGET:
             break
-    return body
+    return fields
 
 
 # What an item may take of a frame: the rest is the frame's map, "id", the request id, "item"
@@ -175,11 +182,11 @@ async def op_resume(c: Requester, args: dict[str, Any], _: int) -> Any:
 
 
 async def op_kill(c: Requester, args: dict[str, Any], _: int) -> Any:
-    return snapshot_fields(await c.handle(args).kill(argument(args, "reason", str, required=False) or "killed"))
+    return fitting_fields(await c.handle(args).kill(argument(args, "reason", str, required=False) or "killed"))
 
 
 async def op_wait(c: Requester, args: dict[str, Any], _: int) -> Any:
-    return snapshot_fields(await c.handle(args).wait(argument(args, "timeout", (int, float), required=False)))
+    return fitting_fields(await c.handle(args).wait(argument(args, "timeout", (int, float), required=False)))
 
 
 async def op_statistics(c: Requester, args: dict[str, Any], _: int) -> Any:
