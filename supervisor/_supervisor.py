@@ -19,6 +19,7 @@ import structlog
 from ._clock import TimerHandle
 from ._exceptions import ConfigurationError, ProcessNotFound
 from ._handle import Handle
+from ._identifiers import check_identifier
 from ._lifecycle import DriveMode, Lifecycle
 from ._machine import Machine
 from ._policy import Backoff, Budget, Restart, RestartWindow, Strategy, affected, should_restart, start_order
@@ -51,6 +52,7 @@ class ChildSpec:
     budget: Budget | None = None
 
     def __post_init__(self) -> None:
+        _check_part(self.name, "child")
         if (self.machine is None) == (self.supervisor is None):
             raise ConfigurationError(f"child {self.name!r} needs exactly one of machine= or supervisor=")
 
@@ -62,6 +64,17 @@ class SupervisorSpec:
     strategy: Strategy = Strategy.ONE_FOR_ONE
     budget: Budget = field(default_factory=Budget)
     backoff: Backoff = field(default_factory=Backoff)
+
+    def __post_init__(self) -> None:
+        _check_part(self.name, "supervisor")
+
+
+def _check_part(name: str, what: str) -> None:
+    """A child's or supervisor's name is one part of a path (``root/web``): refused when it is
+    declared, not when the supervisor first starts the child."""
+    check_identifier(name, "name")
+    if "/" in name:
+        raise ConfigurationError(f"{what} name {name!r} holds '/', which separates the parts of a supervisor path")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from supervisor import (
     Budget,
     Call,
     ChildSpec,
+    ConfigurationError,
     Context,
     Control,
     Handle,
@@ -303,3 +305,13 @@ async def test_repr_shows_state_and_counts() -> None:
     host, _ = await started(Strategy.REST_FOR_ONE, [spec("a"), spec("b")])
     assert "<Supervisor root running rest_for_one: 2/2 children alive, 0 restarts>" == repr(host.root)
     await host.root.stop()
+
+
+@pytest.mark.parametrize("name", ["", "web/api", "..", "tab\there"])
+def test_child_and_supervisor_names_are_one_path_part_checked_when_declared(name: str) -> None:
+    """A child's or supervisor's name becomes one part of a path (root/web), so one with '/',
+    nothing, '..' or a control character is refused where it is declared, naming it."""
+    with pytest.raises(ConfigurationError, match=re.escape(repr(name))):
+        ChildSpec(name, machine=Service)
+    with pytest.raises(ConfigurationError, match=re.escape(repr(name))):
+        SupervisorSpec(name)
