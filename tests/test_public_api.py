@@ -55,6 +55,7 @@ CORE_MODULES = {
     "_diagram",
     "_exceptions",
     "_handle",
+    "_identifiers",
     "_inputs",
     "_lifecycle",
     "_logrotation",
