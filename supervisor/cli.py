@@ -76,7 +76,7 @@ def _store(args: argparse.Namespace) -> int:
 def _daemon(args: argparse.Namespace) -> int:
     from processes import CATALOG
 
-    from ._exceptions import ConfigError
+    from ._exceptions import ConfigError, StatevisorError
     from .config import load
     from .daemon import run
 
@@ -97,7 +97,11 @@ def _daemon(args: argparse.Namespace) -> int:
         except (ConfigError, OSError) as exc:
             print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
             return 2
-    return run(config, CATALOG)
+    try:
+        return run(config, CATALOG)
+    except (StatevisorError, OSError) as exc:  # it could not start: the store is locked, a port taken
+        print(f"statevisor daemon: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

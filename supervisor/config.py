@@ -11,6 +11,7 @@ which settings are paths), are relative to the configuration file.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from ._policy import Backoff, Budget, Restart, Strategy
 LOOPS = ("uvloop", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, the last one a NUL
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,15 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         checker.check(ok, f"daemon.slots.{kind}", f"expected a whole number >= 1; got {limit!r}", "daemon.slots", kind)
         slots[kind] = limit
     base = path.resolve().parent
+    socket_path = (base / raw["socket"]).resolve()
+    checker.check(
+        len(os.fsencode(socket_path)) <= SOCKET_PATH_MAX,
+        "daemon.socket",
+        f"{socket_path} is {len(os.fsencode(socket_path))} bytes; a unix socket's path takes at most "
+        f"{SOCKET_PATH_MAX} (choose a shorter one)",
+        "daemon",
+        "socket",
+    )
     if raw["tcp"] is not None:
         checker.check(_address(raw["tcp"]), "daemon.tcp", f"expected host:port; got {raw['tcp']!r}", "daemon", "tcp")
         checker.check(
@@ -295,7 +306,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         )
     daemon = DaemonSettings(
         store=(base / raw["store"]).resolve(),
-        socket=(base / raw["socket"]).resolve(),
+        socket=socket_path,
         metrics=raw["metrics"],
         log_level=raw["log_level"],
         loop=raw["loop"],

@@ -8,6 +8,7 @@ configuration reload on SIGHUP, task stacks on SIGUSR1, the control socket (owne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -113,36 +114,43 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGUSR1, dump_stacks)
-    report = await host.start()
     from .control import ControlServer
 
-    config.daemon.socket.parent.mkdir(parents=True, exist_ok=True)
-    control = ControlServer(host, str(config.daemon.socket), **tcp_options(config))
-    await control.start()
-    server = start_metrics(host, config.daemon.metrics, lambda: control.connections)
-    log.info(
-        "daemon_started",
-        config=str(config.path),
-        store=str(config.daemon.store),
-        metrics=config.daemon.metrics,
-        socket=str(config.daemon.socket),
-        revived=report.revived,
-        quarantined=len(report.quarantined),
-        processes=len(host.runtime),
-    )
-    if ready is not None:
-        ready.set()
-    try:
+    control: ControlServer | None = None
+    async with contextlib.AsyncExitStack() as running:
+        # Whatever started is stopped again, last first, also when a later step fails to start:
+        # the daemon never exits with its processes half up. The metrics port is taken before
+        # any process starts, since it is the likeliest to be in use already.
+        running.callback(_remove_handlers, loop)
+        server = start_metrics(host, config.daemon.metrics, lambda: control.connections if control else 0)
+        running.callback(server.shutdown)
+        report = await host.start()
+        running.push_async_callback(host.shutdown, timeout=config.daemon.shutdown_timeout)
+        config.daemon.socket.parent.mkdir(parents=True, exist_ok=True)
+        control = ControlServer(host, str(config.daemon.socket), **tcp_options(config))
+        await control.start()
+        running.push_async_callback(control.close)
+        log.info(
+            "daemon_started",
+            config=str(config.path),
+            store=str(config.daemon.store),
+            metrics=config.daemon.metrics,
+            socket=str(config.daemon.socket),
+            revived=report.revived,
+            quarantined=len(report.quarantined),
+            processes=len(host.runtime),
+        )
+        if ready is not None:
+            ready.set()
         await stop.wait()
-    finally:
         log.info("daemon_stopping", timeout=config.daemon.shutdown_timeout)
-        await control.close()
-        server.shutdown()
-        await host.shutdown(timeout=config.daemon.shutdown_timeout)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            loop.remove_signal_handler(signum)
     log.info("daemon_stopped")
     return 0
+
+
+def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        loop.remove_signal_handler(signum)
 
 
 async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:

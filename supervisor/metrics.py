@@ -159,5 +159,8 @@ def registry_for(host: Host, connections: Any = None) -> CollectorRegistry:
 def start_metrics(host: Host, address: str, connections: Any = None) -> Any:
     """Serve ``/metrics`` on ``host:port`` (loopback by default); returns the server (``.shutdown()``)."""
     name, _, port = address.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=name, registry=registry_for(host, connections))
+    try:
+        server, _thread = start_http_server(int(port), addr=name, registry=registry_for(host, connections))
+    except OSError as exc:  # the bare error ("Address already in use") does not say which address
+        raise OSError(exc.errno, f"metrics on {address} (daemon.metrics): {exc.strerror or exc}") from None
     return server

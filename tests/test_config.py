@@ -152,6 +152,7 @@ BROKEN = [
     ("[daemon]\nloop = 'trio'", 2, "daemon.loop", "expected one of uvloop, asyncio; got 'trio'"),
     ("[daemon]\nlog_level = 'loud'", 2, "daemon.log_level", "expected one of debug, info, warning, error"),
     ("[daemon]\nmetrics = 'localhost'", 2, "daemon.metrics", "expected host:port"),
+    (f"[daemon]\nsocket = '{'s' * 120}.sock'", 2, "daemon.socket", "a unix socket's path takes at most 107"),
     ("[daemon]\nmetrics = '127.0.0.1:99999'", 2, "daemon.metrics", "expected host:port"),
     ("[daemon.slots]\nshell = 0", 2, "daemon.slots.shell", "expected a whole number >= 1; got 0"),
     ("[daemon.slots]\nshell = 2.5", 2, "daemon.slots.shell", "expected a whole number >= 1; got 2.5"),

@@ -301,3 +301,60 @@ def test_a_declared_process_past_its_own_budget_is_given_up_and_the_daemon_goes_
     assert 0 == status
     given_up = [line for line in logs if line["event"] == "child_given_up"]
     assert ["flaky"] == [line["child"] for line in given_up]
+
+
+def run_daemon(config: Path) -> subprocess.CompletedProcess[str]:
+    """Run a daemon that is expected to refuse to start (it must exit on its own)."""
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_a_taken_metrics_port_stops_the_start_before_any_process_runs(tmp_path: Path) -> None:
+    """A daemon whose metrics address is in use exits 1 saying which address and key, before
+    it starts any process (the store holds none) and without leaving its socket behind."""
+    daemon = Daemon(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", daemon.port))
+        taken.listen()
+        refused = run_daemon(daemon.config)
+    assert 1 == refused.returncode
+    assert f"metrics on 127.0.0.1:{daemon.port} (daemon.metrics): Address already in use" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    if daemon.store.exists():
+        with sqlite3.connect(daemon.store) as db:
+            assert [] == db.execute("SELECT name FROM processes").fetchall()
+    assert not (tmp_path / "var" / "s.sock").exists()
+
+
+def test_a_second_daemon_is_refused_and_the_first_goes_on(daemon: Daemon, tmp_path: Path) -> None:
+    """A second daemon on the same store exits 1 naming the store and the first daemon's pid;
+    one with its own store but the same socket exits 1 saying another daemon serves it, after
+    stopping what it had started; a regular file where the socket goes is refused, not deleted.
+    The first daemon serves on throughout."""
+    daemon.start()
+    assert daemon.child is not None
+    same = tmp_path / "same.toml"
+    same.write_text(daemon.config.read_text().replace(f":{daemon.port}", f":{free_port()}"))
+    refused = run_daemon(same)
+    assert 1 == refused.returncode
+    assert f"in use by another statevisor (pid {daemon.child.pid})" in refused.stderr
+    other = tmp_path / "other.toml"
+    other.write_text(same.read_text().replace("var/store.db", "var/other.db"))
+    refused = run_daemon(other)
+    assert 1 == refused.returncode
+    assert f"control socket {tmp_path / 'var' / 's.sock'}: another daemon is serving it" in refused.stderr
+    with sqlite3.connect(tmp_path / "var" / "other.db") as db:  # it started, then stopped cleanly
+        assert {"fast", "after"} <= {name.rpartition("/")[2] for (name,) in db.execute("SELECT name FROM processes")}
+    ticks = daemon.ticks()
+    wait_for(lambda: daemon.ticks()["root/fast"] > ticks["root/fast"])
+    blocker = tmp_path / "blocked.sock"
+    blocker.write_text("not a socket")
+    blocked = tmp_path / "blocked.toml"
+    blocked.write_text(other.read_text().replace("var/s.sock", "blocked.sock").replace("var/other.db", "var/b.db"))
+    refused = run_daemon(blocked)
+    assert 1 == refused.returncode
+    assert f"control socket {blocker}: a file that is not a socket is in the way" in refused.stderr
+    assert "not a socket" == blocker.read_text()
+    assert 0 == daemon.stop()[0]

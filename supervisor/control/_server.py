@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import os
 import socket
 import ssl
+import stat
 import struct
 from typing import Any
 
@@ -29,6 +31,26 @@ from ._ops import OPS, Op, argument, snapshot_fields
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_frame
 
 log = structlog.get_logger("statevisor.control")
+
+
+async def _claim_socket(path: str) -> None:
+    """Make way for our socket at ``path``: a socket nobody answers on is a dead daemon's and is
+    removed; one that answers is another daemon's, and a file that is not a socket is someone's
+    file, so both are left alone and refused."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"control socket {path}: a file that is not a socket is in the way")
+    try:
+        _, writer = await asyncio.open_unix_connection(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    writer.close()
+    raise OSError(errno.EADDRINUSE, f"control socket {path}: another daemon is serving it")
 
 
 class ControlServer:
@@ -77,15 +99,23 @@ class ControlServer:
         return body
 
     async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        """Listen; raises OSError naming the address when that cannot be done, or when another
+        daemon already serves the socket, or a file that is not a socket is in its place."""
+        await _claim_socket(self.path)
         old = os.umask(0o177)  # the socket file is born owner-only: no window where others could connect
         try:
             self._server = await asyncio.start_unix_server(self._accept, path=self.path)
+        except OSError as exc:
+            raise OSError(exc.errno, f"control socket {self.path}: {exc.strerror or exc}") from None
         finally:
             os.umask(old)
         if self.tcp is not None:
-            self._tcp_server = await asyncio.start_server(self._accept_tcp, self.tcp[0], self.tcp[1], ssl=self.tls)
+            host, port = self.tcp
+            try:
+                self._tcp_server = await asyncio.start_server(self._accept_tcp, host, port, ssl=self.tls)
+            except OSError as exc:
+                self._server.close()
+                raise OSError(exc.errno, f"control on {host}:{port} (daemon.tcp): {exc.strerror or exc}") from None
 
     @property
     def tcp_port(self) -> int | None:
