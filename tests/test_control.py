@@ -8,7 +8,7 @@ import os
 import random
 import stat
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -473,3 +473,29 @@ async def test_a_listing_larger_than_a_frame_arrives_whole_in_chunks(tmp_path: P
     finally:
         await server.close()
         await host.runtime.kill_all()
+
+
+async def test_a_watch_given_up_leaves_nothing_behind_in_the_server(served: tuple[Host, ControlServer, str]) -> None:
+    """Watches that end before their process does (the client stops reading, or disconnects)
+    leave the server holding no encoded snapshot and no watcher for the still-running process:
+    a daemon watched on and off for months does not grow with it."""
+    host, server, path = served
+    handles = [await host.spawn("counter", {"n": i}) for i in range(20)]
+    async with Client.connect(path) as client:
+        for handle in handles[:10]:
+            remote = await client.get(handle.pid)
+            stream = remote.watch()
+            assert isinstance(stream, AsyncGenerator)
+            await anext(stream)
+            await handle.cast(1)
+            await anext(stream)  # pushed by the ticker: encoded and cached while watched
+            await stream.aclose()  # the client cancels the stream
+        await wait_until(lambda: server.fanout.cached == 0)
+        watching = [await client.get(h.pid) for h in handles[10:]]
+        streams = [w.watch() for w in watching]
+        for stream in streams:
+            await anext(stream)
+        assert 10 == server.fanout.cached
+    await wait_until(lambda: server.fanout.cached == 0)  # the connection went away with its streams
+    assert all(h.statistics().watchers == 0 for h in handles)
+    assert all(not h.state.lifecycle.terminal for h in handles)

@@ -240,10 +240,12 @@ class Client:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._streams[request] = queue
         found: list[Any] = []
+        ended = False
         try:
             await self._send(request, op, args)
             while True:
                 item = await queue.get()
+                ended = isinstance(item, (StopAsyncIteration, BaseException, _Disconnected))
                 if isinstance(item, StopAsyncIteration):
                     found.extend(item.args[0] or ())
                     return found
@@ -254,6 +256,8 @@ class Client:
                 found.extend(item)
         finally:
             self._streams.pop(request, None)
+            if not ended:  # the caller was cancelled: the server would go on sending
+                self._abandon(request)
 
     def stream(self, op: str, **args: Any) -> AsyncIterator[Any]:
         """Items of a server stream; after a disconnection the stream is asked for again."""
@@ -266,10 +270,12 @@ class Client:
             request = next(self._ids)
             queue: asyncio.Queue[Any] = asyncio.Queue()
             self._streams[request] = queue
+            ended = False
             try:
                 await self._send(request, op, args())
                 while True:
                     item = await queue.get()
+                    ended = isinstance(item, (StopAsyncIteration, BaseException, _Disconnected))
                     if isinstance(item, StopAsyncIteration):
                         return
                     if isinstance(item, _Disconnected):
@@ -279,7 +285,16 @@ class Client:
                     yield item
             finally:
                 self._streams.pop(request, None)
+                if not ended:  # the caller stopped reading (or was cancelled) first
+                    self._abandon(request)
             await self.reconnect()
+
+    def _abandon(self, request: int) -> None:
+        """Ask the server to stop a stream nobody reads any more; left alone, it would go on
+        pushing to it (a watch until its process ends, a follow for ever) while the connection
+        lives. Written without waiting: this runs where a stream is being closed."""
+        if self.connected and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(encode({"id": next(self._ids), "op": "cancel", "args": {"request": request}}))
 
     async def spawn(self, kind: str, state: dict[str, Any] | None = None, *, name: str | None = None) -> RemoteHandle:
         fields = await self.request("spawn", kind=kind, state=state, name=name)

@@ -55,6 +55,10 @@ class WatchFanout:
         self._encode = encode
         self._interval = interval
         self._watchers: dict[Process, list[_Watcher]] = {}
+        # Each watched process's latest snapshot encoded, made once per version however many
+        # watch it; dropped with the process's last watcher, so a daemon that is watched on and
+        # off for months keeps nothing for processes nobody watches.
+        self._encoded: dict[Process, tuple[int, bytes]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.pushes = 0
         self.skipped = 0
@@ -67,7 +71,7 @@ class WatchFanout:
         try:
             snapshot = process.snapshot()
             try:
-                self._push(watcher, snapshot, self._encode(snapshot))  # the current one, at once
+                self._push(watcher, snapshot, self._encoded_body(process, snapshot))  # the current one, at once
             except ProtocolError as exc:
                 raise _unsendable(process, exc) from None
             if snapshot.lifecycle.terminal:
@@ -83,6 +87,21 @@ class WatchFanout:
                 watchers.remove(watcher)
                 if not watchers:
                     del self._watchers[process]
+            if process not in self._watchers:
+                self._encoded.pop(process, None)
+
+    def _encoded_body(self, process: Process, snapshot: Snapshot) -> bytes:
+        cached = self._encoded.get(process)
+        if cached is not None and cached[0] == snapshot.version:
+            return cached[1]
+        body = self._encode(snapshot)
+        self._encoded[process] = (snapshot.version, body)
+        return body
+
+    @property
+    def cached(self) -> int:
+        """Processes whose encoded snapshot is kept (at most the watched ones)."""
+        return len(self._encoded)
 
     def _push(self, watcher: _Watcher, snapshot: Snapshot, body: bytes) -> None:
         watcher.outlet.write_now(encode_item(watcher.request_id, body))
@@ -105,7 +124,7 @@ class WatchFanout:
         for process, watchers in list(self._watchers.items()):
             snapshot = process.snapshot()
             try:
-                self._push_latest(snapshot, watchers)
+                self._push_latest(process, snapshot, watchers)
             except ProtocolError as exc:
                 # Its streams end with the reason; the ticker, which serves every other stream
                 # too, goes on.
@@ -114,7 +133,7 @@ class WatchFanout:
             if snapshot.lifecycle.terminal:
                 self._end(process, watchers)
 
-    def _push_latest(self, snapshot: Snapshot, watchers: list[_Watcher]) -> None:
+    def _push_latest(self, process: Process, snapshot: Snapshot, watchers: list[_Watcher]) -> None:
         terminal = snapshot.lifecycle.terminal
         body: bytes | None = None
         for watcher in watchers:
@@ -124,11 +143,12 @@ class WatchFanout:
                 self.skipped += 1
                 continue
             if body is None:
-                body = self._encode(snapshot)
+                body = self._encoded_body(process, snapshot)
             self._push(watcher, snapshot, body)
 
     def _end(self, process: Process, watchers: list[_Watcher], error: BaseException | None = None) -> None:
         del self._watchers[process]
+        self._encoded.pop(process, None)
         for watcher in watchers:
             if not watcher.done.done():
                 if error is None:
@@ -142,7 +162,10 @@ class WatchFanout:
 
     def __repr__(self) -> str:
         streams = sum(len(w) for w in self._watchers.values())
-        return f"<WatchFanout {len(self._watchers)} processes, {streams} streams, {self.pushes} pushes>"
+        return (
+            f"<WatchFanout {len(self._watchers)} processes, {streams} streams, {self.pushes} pushes, "
+            f"{len(self._encoded)} cached>"
+        )
 
 
 def _unsendable(process: Process, error: ProtocolError) -> ProtocolError:

@@ -33,6 +33,11 @@ from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_f
 log = structlog.get_logger("statevisor.control")
 
 
+def _encode_snapshot(snapshot: Snapshot) -> bytes:
+    body: bytes = msgpack.packb(snapshot_fields(snapshot), use_bin_type=True)
+    return body
+
+
 async def _claim_socket(path: str) -> None:
     """Make way for our socket at ``path``: a socket nobody answers on is a dead daemon's and is
     removed; one that answers is another daemon's, and a file that is not a socket is someone's
@@ -78,25 +83,12 @@ class ControlServer:
         self.max_frame = max_frame
         self.allow_uids = allow_uids if allow_uids is not None else {os.getuid()}
         self.watch_interval = 0.05
-        self.fanout = WatchFanout(self.encoded_snapshot, lambda: self.watch_interval)
-        self._encoded: dict[str, tuple[int, bytes]] = {}  # pid -> (version, encoded snapshot)
+        self.fanout = WatchFanout(_encode_snapshot, lambda: self.watch_interval)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()  # one per connection, awaited by close()
         self.refused = 0
         self.internal_errors = 0  # requests that hit a bug (answered InternalError, logged)
-
-    def encoded_snapshot(self, snapshot: Snapshot) -> bytes:
-        """The snapshot's msgpack encoding, made once per version however many watch it."""
-        cached = self._encoded.get(snapshot.pid)
-        if cached is not None and cached[0] == snapshot.version:
-            return cached[1]
-        body: bytes = msgpack.packb(snapshot_fields(snapshot), use_bin_type=True)
-        if snapshot.lifecycle.terminal:
-            self._encoded.pop(snapshot.pid, None)
-        else:
-            self._encoded[snapshot.pid] = (snapshot.version, body)
-        return body
 
     async def start(self) -> None:
         """Listen; raises OSError naming the address when that cannot be done, or when another
