@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from supervisor import ProcessRecord, decode_record
 from tests.hpc import Cluster
-from tests.test_daemon import ROOT, free_port, kill_if_running, reachable, wait_for
+from tests.test_daemon import free_port, kill_if_running, start_daemon, wait_for
 
 JOBS = 40
 
@@ -55,16 +53,6 @@ def write_config(directory: Path, cluster: Cluster) -> tuple[Path, int]:
     return config, port
 
 
-def start(config: Path, port: int) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_for(lambda: reachable(port) or child.poll() is not None)
-    assert child.poll() is None, child.communicate()[1]
-    return child
-
-
 def ended(store: Path) -> dict[str, ProcessRecord]:
     with sqlite3.connect(store) as db:
         rows = db.execute("SELECT record FROM processes WHERE ended IS NOT NULL").fetchall()
@@ -83,13 +71,13 @@ def test_daemon_sigkill_mid_submission_runs_every_job_exactly_once(tmp_path: Pat
     cluster.slurm.run("scancel", "--user=root")
     before = set(names_in_slurm(cluster))
     config, port = write_config(tmp_path, cluster)
-    first = start(config, port)
+    first = start_daemon(config, port)
     try:
         wait_for(lambda: len(set(names_in_slurm(cluster)) - before) >= 5, timeout=60)
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=10)
         submitted_before_kill = len(set(names_in_slurm(cluster)) - before)
-        second = start(config, port)
+        second = start_daemon(config, port)
     finally:
         kill_if_running(first)
     try:

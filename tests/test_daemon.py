@@ -60,6 +60,29 @@ def reachable(port: int) -> bool:
     return True
 
 
+def answers(path: Path) -> bool:
+    """A daemon listens on the unix socket ``path`` (a dead one's socket file refuses)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def start_daemon(config: Path, port: int, *, stdout: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    """`statevisor daemon` on ``config`` (its socket at var/s.sock), once it serves: its metrics
+    answer (they are bound first) and so does its socket (made once its processes started)."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
+        cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    sock = config.parent / "var" / "s.sock"
+    wait_for(lambda: (reachable(port) and answers(sock)) or child.poll() is not None)
+    assert child.poll() is None, child.communicate()[1]
+    return child
+
+
 class Daemon:
     def __init__(self, directory: Path) -> None:
         self.port = free_port()
@@ -74,12 +97,7 @@ class Daemon:
         self.child: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self.child = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "daemon", "--config", str(self.config)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        wait_for(lambda: reachable(self.port) or self.child.poll() is not None)  # type: ignore[union-attr]
-        assert self.child.poll() is None, self.child.communicate()[1]
+        self.child = start_daemon(self.config, self.port, stdout=subprocess.PIPE)
 
     def stop(self, signum: int = signal.SIGTERM) -> tuple[int, list[dict[str, object]]]:
         assert self.child is not None

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from processes.logapply.loopback import NatsCluster
 from supervisor import EntryRejected, LogError, StaleWriter
 from supervisor.control import Client
 from tests.helpers import wait_for_snapshot, wait_until
-from tests.test_daemon import ROOT, free_port, reachable, wait_for
+from tests.test_daemon import free_port, start_daemon
 
 pytestmark = pytest.mark.uvloop_only
 
@@ -180,16 +178,6 @@ snapshot_every = 5000
 """
     )
     return config, port
-
-
-def start_daemon(config: Path, port: int) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_for(lambda: reachable(port) or child.poll() is not None)
-    assert child.poll() is None, child.communicate()[1]
-    return child
 
 
 ENTRIES = 100_000

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from processes.shell._monitor import stat_fields
 from supervisor import decode_record
-from tests.test_daemon import ROOT, free_port, kill_if_running, reachable, wait_for
+from tests.test_daemon import ROOT, free_port, kill_if_running, start_daemon, wait_for
 
 COMMANDS = 50
 
@@ -52,16 +52,6 @@ def write_config(directory: Path, commands: int = COMMANDS) -> tuple[Path, int]:
     return config, port
 
 
-def start(config: Path, port: int) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    wait_for(lambda: reachable(port) or child.poll() is not None)
-    assert child.poll() is None, child.communicate()[1]
-    return child
-
-
 def ended(store: Path) -> dict[str, object]:
     with sqlite3.connect(store) as db:
         rows = db.execute("SELECT name, record FROM processes WHERE ended IS NOT NULL").fetchall()
@@ -73,12 +63,12 @@ def test_commands_survive_a_daemon_sigkill_and_are_collected_exactly_once(tmp_pa
     re-attaches to all 50 (none started again), and collects every exit code when they end."""
     config, port = write_config(tmp_path)
     markers = tmp_path / "markers"
-    first = start(config, port)
+    first = start_daemon(config, port)
     try:
         wait_for(lambda: len(list(markers.iterdir())) == COMMANDS, timeout=60)
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=10)
-        second = start(config, port)
+        second = start_daemon(config, port)
     finally:
         kill_if_running(first)
     try:
@@ -146,7 +136,7 @@ def test_commands_that_end_while_the_daemon_and_the_monitor_are_dead_keep_their_
     commands = 20
     config, port = write_config(tmp_path, commands)
     markers = tmp_path / "markers"
-    first = start(config, port)
+    first = start_daemon(config, port)
     try:
         wait_for(lambda: len(list(markers.iterdir())) == commands, timeout=60)
         (monitor,) = parents(str(markers))  # the commands' parent
@@ -159,7 +149,7 @@ def test_commands_that_end_while_the_daemon_and_the_monitor_are_dead_keep_their_
         (tmp_path / "release").touch()
         # The keeper exits once it has reaped its monitor and every command it inherited.
         wait_for(lambda: ended_process(keeper), timeout=60)
-        second = start(config, port)
+        second = start_daemon(config, port)
     finally:
         kill_if_running(first)
     try:
