@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import generate_latest
 
 from supervisor import Host
@@ -33,3 +35,42 @@ async def test_action_latency_mailbox_and_connections_are_exposed() -> None:
     assert 3.0 == sample(text, "statevisor_control_connections")
     assert "w-1" not in text
     await handle.kill()
+
+
+async def test_scrapes_from_the_server_thread_are_consistent_while_processes_come_and_go() -> None:
+    """A scrape from another thread (as the HTTP server makes them) while thousands of processes
+    are spawned and killed never fails: the host is read on its event loop. (Read from the
+    server's thread, 3 of 57 scrapes failed with "dictionary changed size during iteration".)"""
+    import threading
+
+    from tests.machines import Counter
+
+    host = Host(machines=[Counter])
+    await host.start()
+    registry = registry_for(host)
+    errors: list[str] = []
+    scrapes: list[float] = []
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.is_set():
+            try:
+                scrapes.append(sample(generate_latest(registry).decode(), 'statevisor_processes{kind="counter",'
+                                                                           'lifecycle="created"}'))  # fmt: skip
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    thread = threading.Thread(target=scraper)
+    thread.start()
+    try:
+        handles = [await host.spawn("counter", {"n": i}) for i in range(1000)]
+        while len(scrapes) < 150:  # about 1,000 live processes throughout, 200 in and out a round
+            handles += [await host.spawn("counter", {"n": i}) for i in range(200)]
+            for handle in handles[:200]:
+                await handle.kill()
+            del handles[:200]
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join)
+    assert [] == errors
+    await host.runtime.kill_all()
