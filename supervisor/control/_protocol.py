@@ -10,7 +10,8 @@ A frame is a 4-byte big-endian length, then that many bytes of msgpack. Frames l
   and ``list`` with ``chunked``, whose items are lists of snapshots that each fit a frame)
 
 Errors carry ``type`` (the exception class name), ``message`` and, where the class has them,
-its fields (``pid``, ``reason``, ``error_type``), so the client raises the same class.
+its fields (``pid``, ``reason``, ``error_type``, ``key``, ``problem``), so the client raises the
+same class. A client that stops reading a stream sends ``cancel`` with its request id.
 """
 
 from __future__ import annotations
