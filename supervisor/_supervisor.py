@@ -55,6 +55,10 @@ class ChildSpec:
         _check_part(self.name, "child")
         if (self.machine is None) == (self.supervisor is None):
             raise ConfigurationError(f"child {self.name!r} needs exactly one of machine= or supervisor=")
+        if self.machine is not None and self.state is not None:
+            # Checked here, once: Host.spawn checks again at every (re)start, and a restart
+            # that raised there would leave the child down with nobody told.
+            self.machine.check_settings(self.state)
 
 
 @dataclass(frozen=True)

@@ -447,7 +447,8 @@ async def test_missing_or_non_executable_programs_fail_clearly(host: Host, tmp_p
 async def test_invalid_settings_are_refused_at_spawn_naming_the_key(host: Host, tmp_path: Path) -> None:
     """spawn checks the settings before anything runs: SettingsError names the key, in process
     and through the control socket alike, and nothing is spawned. A process that reaches its
-    start with invalid settings anyway (spawned on the bare runtime) fails naming the key too."""
+    start with invalid settings anyway (spawned on the bare runtime) fails naming the key too;
+    a supervisor's child with invalid settings is refused when it is declared."""
     from supervisor.control import Client, ControlServer
 
     with pytest.raises(SettingsError) as caught:
@@ -468,6 +469,8 @@ async def test_invalid_settings_are_refused_at_spawn_naming_the_key(host: Host, 
     handle = host.runtime.spawn(host.machines["shell"], {"argv": "echo hi"})
     await handle.wait(timeout=20)
     assert str(handle.state.error).startswith("invalid settings: argv: expected a non-empty list")
+    with pytest.raises(SettingsError, match="argv: expected a non-empty list"):
+        ChildSpec("bad", machine=Shell, state={"argv": "echo hi"})  # a supervisor's child: when declared
 
 
 async def test_a_failing_command_restarts_only_after_the_backoff(tmp_path: Path) -> None:
