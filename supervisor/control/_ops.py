@@ -124,8 +124,13 @@ def array_chunks(bodies: Iterable[bytes]) -> Iterator[bytes]:
         yield _ARRAY_HEADERS.pack_array_header(len(chunk)) + b"".join(chunk)
 
 
+def encoded_snapshot(snapshot: Snapshot) -> bytes:
+    """A snapshot's fields, msgpack-encoded (the watch fan-out encodes each version once)."""
+    return pack(snapshot_fields(snapshot))
+
+
 def _snapshot_body(snapshot: Snapshot) -> bytes:
-    body = pack(snapshot_fields(snapshot))
+    body = encoded_snapshot(snapshot)
     return body if len(body) <= _BUDGET else pack(_trimmed(snapshot, len(body)))
 
 

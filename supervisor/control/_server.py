@@ -19,23 +19,16 @@ import stat
 import struct
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
 import structlog
 
 from .._exceptions import ConfigurationError, ProcessNotFound, ProtocolError, StatevisorError
 from .._handle import Handle
 from .._host import Host
-from .._snapshot import Snapshot
 from ._fanout import WatchFanout
-from ._ops import OPS, Op, argument, snapshot_fields
+from ._ops import OPS, Op, argument, encoded_snapshot
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_frame
 
 log = structlog.get_logger("statevisor.control")
-
-
-def _encode_snapshot(snapshot: Snapshot) -> bytes:
-    body: bytes = msgpack.packb(snapshot_fields(snapshot), use_bin_type=True)
-    return body
 
 
 async def _claim_socket(path: str) -> None:
@@ -83,7 +76,7 @@ class ControlServer:
         self.max_frame = max_frame
         self.allow_uids = allow_uids if allow_uids is not None else {os.getuid()}
         self.watch_interval = 0.05
-        self.fanout = WatchFanout(_encode_snapshot, lambda: self.watch_interval)
+        self.fanout = WatchFanout(encoded_snapshot, lambda: self.watch_interval)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()  # one per connection, awaited by close()
