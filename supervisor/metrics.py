@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -154,7 +154,7 @@ timeout is 10 s); a loop that does not get to it in time fails the scrape, which
 
 
 class OnLoop(Collector):
-    """Runs ``inner.collect()`` on the event loop's thread.
+    """Runs the ``inner`` collectors' ``collect()`` on the event loop's thread, in one callback.
 
     The HTTP server answers scrapes on a thread of its own, while the runtime's dictionaries
     change on the loop's: read from the server's thread, a scrape during spawning failed with
@@ -162,18 +162,21 @@ class OnLoop(Collector):
     own state between two callbacks, so every scrape sees one consistent moment.
     """
 
-    def __init__(self, inner: Collector, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, inner: Sequence[Collector], loop: asyncio.AbstractEventLoop | None) -> None:
         self.inner = inner
         self.loop = loop
 
+    def _read(self) -> list[Any]:
+        return [family for collector in self.inner for family in collector.collect()]
+
     def collect(self) -> Iterator[Any]:
-        if _running_loop() is self.loop:  # asked on the loop itself (generate_latest in a coroutine)
-            return iter(list(self.inner.collect()))
+        if self.loop is None or _running_loop() is self.loop:  # no loop, or asked on it (in a coroutine)
+            return iter(self._read())
         done: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
 
         def read() -> None:
             try:
-                done.set_result(list(self.inner.collect()))
+                done.set_result(self._read())
             except BaseException as exc:
                 done.set_exception(exc)
 
@@ -191,9 +194,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 def registry_for(host: Host, connections: Any = None) -> CollectorRegistry:
     """The host's metrics; made on its event loop, they are read there at every scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    loop = _running_loop()
-    for collector in (HostCollector(host, connections), ExecutorCollector(host)):
-        registry.register(collector if loop is None else OnLoop(collector, loop))
+    registry.register(OnLoop([HostCollector(host, connections), ExecutorCollector(host)], _running_loop()))
     host.runtime.observers.append(ActionObserver(registry))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
