@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -35,15 +36,18 @@ whole): a command that writes megabytes with no newline (a progress bar redrawn 
 must not make a follower, a tail or a shell result hold or send it as one string."""
 
 
-def line_cut(data: bytes, begin: int, end: int) -> int:
-    """Where to end the next piece of ``data[begin:end]``: at most ``LINE_MAX`` bytes on, moved
-    back off the middle of a UTF-8 character so that both pieces decode."""
-    cut = min(end, begin + LINE_MAX)
-    if cut < end:
+def line_cuts(data: bytes, begin: int, end: int) -> Iterator[int]:
+    """Where to cut ``data[begin:end]`` into pieces of at most ``LINE_MAX`` bytes, each cut moved
+    back off the middle of a UTF-8 character so that every piece decodes; the last piece, what
+    is left after the last cut, is not cut off (a follower keeps it until more of it comes)."""
+    while end - begin > LINE_MAX:
+        cut = begin + LINE_MAX
         for back in range(4):  # a UTF-8 character is at most 4 bytes: a lead and 3 that continue it
             if data[cut - back] & 0xC0 != 0x80:
-                return cut - back
-    return cut
+                cut -= back
+                break
+        yield cut
+        begin = cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +185,7 @@ class LogStream:
         while True:
             newline = buffer.find(b"\n", begin)
             stop = len(buffer) if newline < 0 else newline
-            while stop - begin > LINE_MAX:  # a long line goes out in pieces, as it comes
-                cut = line_cut(buffer, begin, stop)
+            for cut in line_cuts(buffer, begin, stop):  # a long line goes out in pieces, as it comes
                 if not self._skip_fragment:
                     found.append((buffer[begin:cut].decode(errors="replace"), base + cut))
                 begin = cut

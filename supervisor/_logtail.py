@@ -12,9 +12,10 @@ import contextlib
 import os
 import stat
 from collections.abc import AsyncIterator
+from itertools import pairwise
 from pathlib import Path
 
-from ._logrotation import LINE_MAX, PATIENCE, LogStream, line_cut, read_rotation
+from ._logrotation import LINE_MAX, PATIENCE, LogStream, line_cuts, read_rotation
 
 
 def tail_lines(path: str | os.PathLike[str], lines: int, *, rotated: bool = True) -> list[str]:
@@ -58,15 +59,10 @@ def _tail(
 def _lines(raw: bytes) -> list[str]:
     """The text between two newlines as lines: split at ``\r`` too (a terminal's line ends, and
     a progress bar's redraws), and in pieces of at most ``LINE_MAX`` bytes."""
-    if len(raw) <= LINE_MAX:
+    if len(raw) <= LINE_MAX:  # nearly every line: no pieces to find
         return raw.decode(errors="replace").splitlines() or [""]
-    found: list[str] = []
-    begin = 0
-    while begin < len(raw):
-        cut = line_cut(raw, begin, len(raw))
-        found += raw[begin:cut].decode(errors="replace").splitlines() or [""]
-        begin = cut
-    return found
+    edges = [0, *line_cuts(raw, 0, len(raw)), len(raw)]
+    return [line for a, b in pairwise(edges) for line in raw[a:b].decode(errors="replace").splitlines() or [""]]
 
 
 def _read_backwards(path: str | os.PathLike[str], lines: int, block: int) -> tuple[bytes, int] | None:
