@@ -279,10 +279,11 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         slots[kind] = limit
     base = path.resolve().parent
     socket_path = (base / raw["socket"]).resolve()
+    socket_bytes = len(os.fsencode(socket_path))
     checker.check(
-        len(os.fsencode(socket_path)) <= SOCKET_PATH_MAX,
+        socket_bytes <= SOCKET_PATH_MAX,
         "daemon.socket",
-        f"{socket_path} is {len(os.fsencode(socket_path))} bytes; a unix socket's path takes at most "
+        f"{socket_path} is {socket_bytes} bytes; a unix socket's path takes at most "
         f"{SOCKET_PATH_MAX} (choose a shorter one)",
         "daemon",
         "socket",
