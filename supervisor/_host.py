@@ -130,10 +130,10 @@ class Host:
         return report
 
     async def _recover(self, store: SQLiteStore) -> StartReport:
-        recovery = await store.load()
-        quarantined = list(recovery.quarantined)
         revived: list[Handle] = []
         with _collector_paused():
+            recovery = await store.load()
+            quarantined = list(recovery.quarantined)
             for record in recovery.records:
                 try:
                     handle = self._revive(record)
