@@ -31,6 +31,7 @@ from ._process_control import ProcessControl
 from ._release import Held, ReleaseQueue
 from ._snapshot import ProcessRecord
 from ._state import Journal, adopt, pack, unpack
+from ._waiters import Condition
 
 if TYPE_CHECKING:
     from ._runtime import Checkpointer
@@ -70,11 +71,14 @@ class Process(ProcessControl):
                 self._arm(timer.name, timer.deadline, timer.payload)
             await self._run_restore()
             self._restored = True
-            self._changed.wake_all()
+            self._conditions.wake_all(Condition.CHANGED)
 
     async def _main(self, restore: ProcessRecord | None) -> None:
         try:
             await self.begin(restore)
+            # The checkpoint the process came back from: this frame lives as long as the
+            # process, and would keep a second copy of its state for that long.
+            del restore
             while self._terminal is None:
                 input = await self._next_input()
                 self._stepping = True
@@ -119,7 +123,7 @@ class Process(ProcessControl):
             for action in ctx.tracked or ():
                 self._dispatch(action)
             self._refresh_lifecycle()
-            self._changed.wake_all()
+            self._conditions.wake_all(Condition.CHANGED)
             return
         for action_id in [i for i in self._pending if i not in reissued]:
             del self._pending[action_id]
@@ -141,7 +145,7 @@ class Process(ProcessControl):
             item = self._admit(mailbox.popleft())
         if item is not None and self.mode is DriveMode.STEP:
             self._nudges -= 1
-            self._nudge_room.wake_one()
+            self._conditions.wake_one(Condition.NUDGE_ROOM)
         return item
 
     async def _next_input(self) -> Input:
@@ -161,7 +165,7 @@ class Process(ProcessControl):
         kind = type(item)
         if kind is Cast or kind is Call:
             self._user_queued -= 1
-            self._room.wake_one()
+            self._conditions.wake_one(Condition.ROOM)
             return item  # type: ignore[return-value]
         if isinstance(item, TimerDue):
             return self._take_timer(item)
@@ -236,7 +240,7 @@ class Process(ProcessControl):
             self._terminate(Lifecycle.FAILED, error=str(error))
         else:
             self._refresh_lifecycle()
-            self._changed.wake_all()
+            self._conditions.wake_all(Condition.CHANGED)
 
     async def _commit(self, ctx: Context, input: Input | None) -> None:
         self.version += 1
@@ -272,7 +276,7 @@ class Process(ProcessControl):
                 # Write-ahead, pipelined: the effects wait for the checkpoint; the process goes on.
                 self._hold_until_durable(checkpointer, ctx)
                 self._refresh_lifecycle()
-                self._changed.wake_all()
+                self._conditions.wake_all(Condition.CHANGED)
                 await self._held_room()
                 return
             if tracked or ctx.untracked or ctx.replies or ctx.end is not None or self.runtime.checkpoint_every_commit:
@@ -296,7 +300,7 @@ class Process(ProcessControl):
                 self._terminate(Lifecycle.FAILED, error=value, persisted=True)
             return
         self._refresh_lifecycle()
-        self._changed.wake_all()
+        self._conditions.wake_all(Condition.CHANGED)
 
     def _can_pipeline(self, checkpointer: Checkpointer) -> bool:
         # Only stores that hand out a future per checkpoint can; checkpoint_every_commit means
@@ -359,7 +363,7 @@ class Process(ProcessControl):
                     continue
                 self._hold(f"checkpoint failed: {exc}")
                 while self._paused:
-                    await self._resumed.wait()
+                    await self._conditions.wait(Condition.RESUMED)
                 attempt = 0
 
     # --- actions --------------------------------------------------------------------------

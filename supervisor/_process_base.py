@@ -22,7 +22,7 @@ from ._machine import Machine
 from ._release import ReleaseQueue
 from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot
 from ._state import Journal, TrackedDict, pack, unpack
-from ._waiters import WaitQueue
+from ._waiters import Condition, Conditions
 
 if TYPE_CHECKING:
     from ._clock import TimerHandle
@@ -63,9 +63,8 @@ class ProcessBase:
         "_action_tasks",
         "_calls",
         "_capacity",
-        "_changed",
+        "_conditions",
         "_dirty",
-        "_done",
         "_error",
         "_errors",
         "_final_save",
@@ -77,9 +76,7 @@ class ProcessBase:
         "_lifecycle_seen",
         "_mailbox",
         "_nudge_capacity",
-        "_nudge_room",
         "_nudges",
-        "_pause_landed",
         "_pause_reason",
         "_pause_requested",
         "_paused",
@@ -89,8 +86,6 @@ class ProcessBase:
         "_redeliver",
         "_restored",
         "_result",
-        "_resumed",
-        "_room",
         "_since",
         "_snapshot",
         "_started",
@@ -139,26 +134,22 @@ class ProcessBase:
         self._state = state
         self._journal = journal
         self._mailbox: deque[Input | TimerDue] = deque()
+        self._conditions = Conditions()
         self._capacity = mailbox_size
         self._user_queued = 0
         self._postponed: list[Input] = []
         self._redeliver: deque[Input] = deque()
         self._wakeup: asyncio.Future[None] | None = None
-        self._room = WaitQueue()
         self._nudges = 0
         self._nudge_capacity = nudge_buffer
-        self._nudge_room = WaitQueue()
         self._paused = False
         self._pause_reason: str | None = None
         self._paused_itself = False
-        self._resumed = WaitQueue()
         self._pause_requested = False
-        self._pause_landed = WaitQueue()
         self._pending: dict[str, TrackedAction] = {}
         self._action_tasks: dict[str, asyncio.Task[None]] = {}
         self._timers: dict[str, ArmedTimer] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
-        self._changed = WaitQueue()
         self._snapshot: Snapshot | None = None
         self._terminal: Lifecycle | None = None
         self._result: Any = None
@@ -175,7 +166,6 @@ class ProcessBase:
         self._transitions = 0
         self._errors = 0
         self._watchers = 0
-        self._done = WaitQueue()
         self._final_save: asyncio.Task[None] | None = None
         self._dirty = False
         self._held: ReleaseQueue | None = None  # made on the first pipelined checkpoint
@@ -350,7 +340,7 @@ class ProcessBase:
         self._paused = True
         self._pause_reason = reason
         self.version += 1
-        self._changed.wake_all()
+        self._conditions.wake_all(Condition.CHANGED)
 
     def _refresh_lifecycle(self) -> None:
         current = self.lifecycle

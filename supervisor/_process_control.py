@@ -24,6 +24,7 @@ from ._exceptions import (
 from ._inputs import Call, Cast, Control, ControlEvent
 from ._lifecycle import Lifecycle, check_move
 from ._process_base import ProcessBase
+from ._waiters import Condition
 
 if TYPE_CHECKING:
     from ._process import Process
@@ -55,7 +56,7 @@ class ProcessControl(ProcessBase):
 
     async def wait_room(self) -> None:
         while self._user_queued >= self._capacity:
-            await self._room.wait()
+            await self._conditions.wait(Condition.ROOM)
             self.check_accepting()
 
     def enqueue(self, input: Cast | Call) -> None:
@@ -77,7 +78,7 @@ class ProcessControl(ProcessBase):
 
     async def wait_nudge_room(self) -> None:
         while self._nudges >= self._nudge_capacity:
-            await self._nudge_room.wait()
+            await self._conditions.wait(Condition.NUDGE_ROOM)
             self.check_accepting()
 
     def add_nudge(self) -> None:
@@ -93,7 +94,7 @@ class ProcessControl(ProcessBase):
             self._land_pause()  # waiting between inputs is a step boundary: land at once
             return
         while not self._paused:
-            await self._pause_landed.wait()
+            await self._conditions.wait(Condition.PAUSE_LANDED)
             self.check_accepting()
 
     def _land_pause(self) -> None:
@@ -102,8 +103,8 @@ class ProcessControl(ProcessBase):
             self._paused = True
             self.version += 1
             self.mark_dirty()
-            self._changed.wake_all()
-        self._pause_landed.wake_all()
+            self._conditions.wake_all(Condition.CHANGED)
+        self._conditions.wake_all(Condition.PAUSE_LANDED)
 
     def resume(self) -> None:
         self.check_accepting()
@@ -116,8 +117,8 @@ class ProcessControl(ProcessBase):
                 self._mailbox.append(Control(ControlEvent.RESUMED))
             self.version += 1
             self.mark_dirty()
-            self._changed.wake_all()
-            self._resumed.wake_all()
+            self._conditions.wake_all(Condition.CHANGED)
+            self._conditions.wake_all(Condition.RESUMED)
             self._poke()
 
     def state_for_logs(self) -> Any:
@@ -147,7 +148,7 @@ class ProcessControl(ProcessBase):
 
     async def wait_changed(self, seen: int) -> None:
         while self.version == seen and self._terminal is None:
-            await self._changed.wait()
+            await self._conditions.wait(Condition.CHANGED)
 
     @property
     def ready(self) -> bool:
@@ -160,11 +161,11 @@ class ProcessControl(ProcessBase):
 
     async def wait_ready(self) -> None:
         while not self.ready:
-            await self._changed.wait()
+            await self._conditions.wait(Condition.CHANGED)
 
     async def wait_done(self) -> None:
         while self._terminal is None:
-            await self._done.wait()
+            await self._conditions.wait(Condition.DONE)
 
     def watcher_added(self, delta: int) -> None:
         self._watchers += delta
@@ -265,9 +266,9 @@ class ProcessControl(ProcessBase):
             if not future.done():
                 future.set_exception(gone)
         self._calls.clear()
-        self._room.fail_all(gone)
-        self._nudge_room.fail_all(gone)
-        self._pause_landed.fail_all(gone)
+        self._conditions.fail_all(Condition.ROOM, gone)
+        self._conditions.fail_all(Condition.NUDGE_ROOM, gone)
+        self._conditions.fail_all(Condition.PAUSE_LANDED, gone)
         self._mailbox.clear()
         self._redeliver.clear()
         self._postponed.clear()
@@ -277,8 +278,8 @@ class ProcessControl(ProcessBase):
         if checkpointer is not None and not persisted:
             self._final_save = self.runtime.background(self._save_final(checkpointer))
         self.snapshot()  # materialise the terminal snapshot now: every watcher will see it
-        self._changed.wake_all()
-        self._done.wake_all()
+        self._conditions.wake_all(Condition.CHANGED)
+        self._conditions.wake_all(Condition.DONE)
         self.runtime.observe_terminated(cast("Process", self))  # the only concrete subclass
 
     async def _cancel_actions(self, deadline: float) -> None:

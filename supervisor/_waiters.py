@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections import deque
 
 
@@ -56,3 +57,60 @@ class WaitQueue:
 
     def __repr__(self) -> str:
         return f"<WaitQueue {len(self)} waiting>"
+
+
+class Condition(enum.IntEnum):
+    """What a process's callers wait for."""
+
+    ROOM = 0  # room in the mailbox for a cast or a call
+    NUDGE_ROOM = 1  # room in the nudge buffer
+    RESUMED = 2  # the process was resumed
+    PAUSE_LANDED = 3  # a requested pause took effect
+    CHANGED = 4  # a new version: state, lifecycle or pause
+    DONE = 5  # the process ended
+
+
+class Conditions:
+    """One process's wait queues, one per :class:`Condition`, each made when first waited on.
+
+    Most processes are never waited on for most conditions. Six queues made up front were six
+    of a process's 23 objects that the cyclic collector tracks, walked by each of its full
+    passes: at 100,000 revived processes such a pass took 1.4 s.
+    """
+
+    __slots__ = ("_queues",)
+
+    def __init__(self) -> None:
+        self._queues: dict[Condition, WaitQueue] | None = None
+
+    async def wait(self, condition: Condition) -> None:
+        queues = self._queues
+        if queues is None:
+            queues = self._queues = {}
+        queue = queues.get(condition)
+        if queue is None:
+            queue = queues[condition] = WaitQueue()
+        await queue.wait()
+
+    def wake_one(self, condition: Condition) -> None:
+        queue = self._queues.get(condition) if self._queues is not None else None
+        if queue is not None:
+            queue.wake_one()
+
+    def wake_all(self, condition: Condition) -> None:
+        queue = self._queues.get(condition) if self._queues is not None else None
+        if queue is not None:
+            queue.wake_all()
+
+    def fail_all(self, condition: Condition, error: BaseException) -> None:
+        queue = self._queues.get(condition) if self._queues is not None else None
+        if queue is not None:
+            queue.fail_all(error)
+
+    def waiting(self, condition: Condition) -> int:
+        queue = self._queues.get(condition) if self._queues is not None else None
+        return 0 if queue is None else len(queue)
+
+    def __repr__(self) -> str:
+        counts = {c.name.lower(): n for c in Condition if (n := self.waiting(c))}
+        return f"<Conditions waiting={counts}>"

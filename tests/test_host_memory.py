@@ -102,3 +102,43 @@ def test_ended_kept_must_be_a_whole_number() -> None:
     for bad in (-1, 2.5):
         with pytest.raises(ConfigurationError, match="ended_kept must be a whole number >= 0"):
             Host(ended_kept=bad)  # type: ignore[arg-type]
+
+
+async def test_a_revived_process_keeps_neither_its_checkpoint_nor_wait_queues_nobody_used(tmp_path: Path) -> None:
+    """After a restart a live process holds what it runs on and nothing more: not the decoded
+    record it was revived from (that was a second copy of its state, for as long as the process
+    lived), and no wait queue that nobody waited on (each process made six up front). Both were
+    kept per process, so 100,000 revived processes carried 100,000 records and 600,000 queues."""
+    from supervisor._snapshot import ProcessRecord
+    from supervisor._waiters import WaitQueue
+    from tests.machines import Counter
+
+    path = str(tmp_path / "s.db")
+    first = Host(machines=[Counter], store=path)
+    await first.start()
+    handles = [await first.spawn(Counter, {"n": 0, "payload": ["x"] * 20}) for _ in range(200)]
+    for handle in handles:
+        await handle.cast(1)
+        assert 1 == await handle.call("get")
+    await first.shutdown()
+
+    def count(kind: type) -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, kind))
+
+    records, queues = count(ProcessRecord), count(WaitQueue)
+    second = Host(machines=[Counter], store=path)
+    report = await second.start()
+    try:
+        assert 200 == report.revived
+        assert count(ProcessRecord) - records < 10
+        assert count(WaitQueue) - queues < 10
+        # What lazily made queues serve still works: a caller waits for a change and sees it.
+        handle = second.list()[0]
+        seen = handle.state.version
+        waiting = asyncio.ensure_future(handle._process.wait_changed(seen))
+        await handle.cast(2)
+        await asyncio.wait_for(waiting, 10)
+        assert 3 == await handle.call("get")
+    finally:
+        await second.shutdown()
