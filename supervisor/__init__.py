@@ -83,6 +83,7 @@ from ._slots import SlotPool, SlotStatistics
 from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
 from ._sqlite import Quarantined, Recovery, SQLiteStore, StoreStatistics
 from ._state import pack, unpack
+from ._summary import HostSummary, KindCounts, SlotCounts
 from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState, SupervisorStatistics
 
 __version__ = "0.1.0"
@@ -157,6 +158,9 @@ __all__ = [
     "ProcessNotFound",
     "ProcessRecord",
     "ProcessStatistics",
+    "HostSummary",
+    "KindCounts",
+    "SlotCounts",
     "ProcessTerminated",
     "ProtocolError",
     "RemoteError",

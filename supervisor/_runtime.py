@@ -218,6 +218,10 @@ class Runtime:
     def handles(self) -> list[Handle]:
         return [Handle(p) for p in self._live.values()]
 
+    def processes(self) -> Iterator[Process]:
+        """The live processes, for counting on the loop (no handle made for each)."""
+        return iter(self._live.values())
+
     def __len__(self) -> int:
         return len(self._live)
 

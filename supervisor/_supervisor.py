@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -254,6 +254,7 @@ class Supervisor:
             # Counted before the start, which the child may finish (new pid, first transition)
             # before this coroutine resumes: an observer must not see it restarted, uncounted.
             self.restarts += 1
+            self.host.restarts += 1  # the tree's count survives this supervisor's replacement
             await self._start_child(child)
             child.streak = streaks[name]
 
@@ -364,6 +365,13 @@ class Supervisor:
 
     def children(self) -> dict[str, Handle | Supervisor | None]:
         return {name: self._children[name].sub or self._children[name].handle for name in self.order}
+
+    def tree(self) -> Iterator[Supervisor]:
+        """This supervisor and the child supervisors running under it, depth first."""
+        yield self
+        for child in self._children.values():
+            if child.sub is not None:
+                yield from child.sub.tree()
 
     def statistics(self) -> SupervisorStatistics:
         children = self._children.values()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigurationError, ConnectionDenied, ProcessNotFound, StatevisorError
 from ._snapshot import Snapshot
+from ._summary import LIVE_LIFECYCLES, HostSummary
 
 if TYPE_CHECKING:
     from .control import Client
@@ -137,6 +138,44 @@ def _row(snapshot: Snapshot) -> list[str]:
             str(snapshot.version), age, waiting]  # fmt: skip
 
 
+def _status_lines(summary: HostSummary, where: str, now: float) -> list[str]:
+    """``statevisor status`` for a person: the daemon, then its processes by kind."""
+    up = f", up {_duration(now - summary.started)}" if summary.started is not None else ""
+    by_lifecycle = ", ".join(f"{n} {lc}" for lc, n in summary.by_lifecycle().items())
+    paused = sum(k.paused for k in summary.kinds.values())
+    lines = [
+        f"daemon: statevisor {summary.version} at {where}{up}",
+        f"processes: {summary.live} live" + (f" ({by_lifecycle})" if by_lifecycle else "")
+        + (f", {paused} paused" if paused else ""),
+    ]  # fmt: skip
+    rows = []
+    for kind, counts in summary.kinds.items():
+        slot = summary.slots.get(kind)
+        rows.append([
+            kind, str(counts.live),
+            ", ".join(f"{n} {lc}" for lc in LIVE_LIFECYCLES if (n := getattr(counts, str(lc)))),
+            str(counts.paused), str(counts.queued_inputs),
+            f"{slot.used}/{slot.capacity}" + (f", {slot.queued} waiting" if slot.queued else "") if slot else "-",
+        ])  # fmt: skip
+    if rows:
+        lines += _table(rows, ["KIND", "LIVE", "LIFECYCLES", "PAUSED", "QUEUED", "SLOTS"]).splitlines()
+    ended = ", ".join(f"{n} {how}" for how, n in summary.ended.items())
+    lines.append(f"since start: {ended}; {summary.restarts} restarts, {summary.given_up} children given up")
+    if summary.quarantined:
+        lines.append(f"quarantined at start: {summary.quarantined} (statevisor store quarantined --store STORE)")
+    lines.append(f"store: {summary.store or 'none (checkpoints off)'}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{days}d"] * bool(days) + [f"{hours}h"] * bool(hours) + [f"{minutes}m"] * bool(minutes)
+    return " ".join(parts) or f"{seconds}s"
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
@@ -158,15 +197,13 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             print(_json([asdict(s) for s in found]) if args.json else _table([_row(s) for s in found], HEADER))
             return OK
         if command == "status":
-            found = await client.list()
-            counts: dict[str, int] = {}
-            for snapshot in found:
-                counts[str(snapshot.lifecycle)] = counts.get(str(snapshot.lifecycle), 0) + 1
-            status = {
-                "daemon": client.server_version, "address": daemon.where, "socket": daemon.socket,
-                "processes": len(found), "by_lifecycle": counts,
-            }  # fmt: skip
-            print(_json(status) if args.json else "\n".join(f"{k}: {v}" for k, v in status.items()))
+            summary = await client.summary()
+            if args.json:
+                where = {"daemon": client.server_version, "address": daemon.where, "socket": daemon.socket}
+                counts = {"processes": summary.live, "by_lifecycle": summary.by_lifecycle()}
+                print(_json({**where, **counts, **summary.to_fields()}))
+            else:
+                print("\n".join(_status_lines(summary, daemon.where, time.time())))
             return OK
         if command == "spawn":
             state = json.loads(args.state) if args.state else None

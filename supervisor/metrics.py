@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,8 +19,8 @@ from prometheus_client.registry import Collector
 
 from ._actions import TrackedAction
 from ._host import Host
-from ._lifecycle import Lifecycle
 from ._process import Process
+from ._summary import LIVE_LIFECYCLES
 
 ACTION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 86400.0)
 
@@ -56,53 +55,40 @@ class HostCollector(Collector):
         self.connections = connections  # a callable giving the control connections, if served
 
     def collect(self) -> Iterator[Any]:
-        from . import __version__
-
+        summary = self.host.summary()
         info = InfoMetricFamily("statevisor_build", "statevisor version")
-        info.add_metric([], {"version": __version__})
+        info.add_metric([], {"version": summary.version})
         yield info
 
-        runtime = self.host.runtime
-        by_kind_lifecycle: Counter[tuple[str, str]] = Counter()
-        paused: Counter[str] = Counter()
-        mailbox: Counter[str] = Counter()
-        for handle in runtime.handles():
-            process = handle._process
-            by_kind_lifecycle[(process.kind, str(process.lifecycle))] += 1
-            paused[process.kind] += process.paused
-            mailbox[process.kind] += process.mailbox_depth
         processes = GaugeMetricFamily("statevisor_processes", "Live processes", labels=["kind", "lifecycle"])
-        for kind in sorted({k for k, _ in by_kind_lifecycle} | set(self.host.machines)):
-            for lifecycle in (Lifecycle.CREATED, Lifecycle.RUNNING, Lifecycle.WAITING):
-                processes.add_metric([kind, str(lifecycle)], by_kind_lifecycle[(kind, str(lifecycle))])
-        yield processes
         paused_family = GaugeMetricFamily("statevisor_processes_paused", "Live processes paused", labels=["kind"])
-        for kind in sorted(set(self.host.machines)):
-            paused_family.add_metric([kind], paused[kind])
-        yield paused_family
         depth = GaugeMetricFamily("statevisor_mailbox_depth", "Inputs queued in mailboxes", labels=["kind"])
-        for kind in sorted(set(self.host.machines)):
-            depth.add_metric([kind], mailbox[kind])
+        for kind, counts in summary.kinds.items():
+            for lifecycle in LIVE_LIFECYCLES:
+                processes.add_metric([kind, str(lifecycle)], getattr(counts, str(lifecycle)))
+            paused_family.add_metric([kind], counts.paused)
+            depth.add_metric([kind], counts.queued_inputs)
+        yield processes
+        yield paused_family
         yield depth
         if self.connections is not None:
             yield GaugeMetricFamily("statevisor_control_connections", "Open control connections",
                                     value=self.connections())  # fmt: skip
 
-        stats = runtime.statistics()
-        yield CounterMetricFamily("statevisor_transitions", "Transitions committed", value=stats.transitions)
+        stats = self.host.runtime.statistics()
+        yield CounterMetricFamily("statevisor_transitions", "Transitions committed", value=summary.transitions)
         yield CounterMetricFamily(
             "statevisor_transition_errors", "Transitions that raised (rolled back)", value=stats.transition_errors
         )
         ended = CounterMetricFamily("statevisor_processes_ended", "Processes that ended", labels=["lifecycle"])
-        ended.add_metric(["finished"], stats.finished)
-        ended.add_metric(["failed"], stats.failed)
-        ended.add_metric(["killed"], stats.killed)
+        for how, count in summary.ended.items():
+            ended.add_metric([how], count)
         yield ended
-        yield CounterMetricFamily("statevisor_restarts", "Restarts by supervisors", value=self.host.root.restarts)
+        yield CounterMetricFamily("statevisor_restarts", "Restarts by supervisors", value=summary.restarts)
         yield GaugeMetricFamily(
             "statevisor_children_given_up",
             "Declared processes left down after exceeding their own restart budget",
-            value=self.host.root.statistics().given_up,
+            value=summary.given_up,
         )
 
         store = self.host.store
@@ -125,10 +111,10 @@ class HostCollector(Collector):
         capacity = GaugeMetricFamily("statevisor_slots_capacity", "Slots per kind", labels=["kind"])
         used = GaugeMetricFamily("statevisor_slots_used", "Slots in use per kind", labels=["kind"])
         queued = GaugeMetricFamily("statevisor_slots_queued", "Actions waiting for a slot", labels=["kind"])
-        for slot in runtime.slots.statistics():
-            capacity.add_metric([slot.kind], slot.capacity)
-            used.add_metric([slot.kind], slot.used)
-            queued.add_metric([slot.kind], slot.queued)
+        for kind, slot in summary.slots.items():
+            capacity.add_metric([kind], slot.capacity)
+            used.add_metric([kind], slot.used)
+            queued.add_metric([kind], slot.queued)
         yield capacity
         yield used
         yield queued

@@ -50,7 +50,17 @@ def test_ps_spawn_inspect_pause_resume_kill(daemon: Daemon) -> None:
     assert 0 == cli(daemon, "kill", pid, "--reason", "test").returncode
     assert "adhoc" not in cli(daemon, "ps").stdout
     status = json.loads(cli(daemon, "status", "--json").stdout)
-    assert 2 == status["processes"]
+    assert 2 == status["processes"] == status["live"]
+    # The two declared tickers: waiting for their next tick, or running one (every 20 ms).
+    assert 2 == sum(status["by_lifecycle"].values())
+    assert set(status["by_lifecycle"]) <= {"running", "waiting"}
+    assert 1 == status["ended"]["killed"]
+    text = cli(daemon, "status").stdout.splitlines()
+    assert re.fullmatch(r"daemon: statevisor \S+ at \S+, up \d+s", text[0]), text
+    assert re.fullmatch(r"processes: 2 live \((2 waiting|2 running|1 running, 1 waiting)\)", text[1]), text
+    [ticker] = [line.split() for line in text if line.startswith("ticker ")]
+    assert ["ticker", "2"] == ticker[:2], text
+    assert "-" == ticker[-1], text  # no slots for tickers
 
 
 def test_watch_follows_a_process_to_its_end(daemon: Daemon) -> None:

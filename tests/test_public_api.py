@@ -16,7 +16,8 @@ EXPECTED_EXPORTS = {
     "DriveMode", "ErrorPolicy", "Executor", "ExecutorRegistry", "FunctionExecutor", "Handle", "HandleAPI",
     "IllegalLifecycleMove", "IllegalPhaseChange", "Input", "Lifecycle", "LifecycleError", "Machine",
     "ManualClock", "NondeterminismError", "NotFinished", "ProcessFailed", "ProcessFinished", "ProcessKilled",
-    "ProcessNotFound", "ProcessRecord", "ProcessStatistics", "ProcessTerminated", "Runtime", "RuntimeObserver",
+    "ProcessNotFound", "ProcessRecord", "ProcessStatistics",
+    "HostSummary", "KindCounts", "SlotCounts", "ProcessTerminated", "Runtime", "RuntimeObserver",
     "RuntimeStatistics", "Snapshot", "StateMutationError", "StateTypeError", "StatevisorError", "SystemClock",
     "TimerFired", "TimerHandle", "TimerRecord", "TrackedAction", "TransitionError", "UnknownActionType",
     "UntrackedAction", "WouldBlock", "__version__", "mermaid",
@@ -52,6 +53,7 @@ CORE_MODULES = {
     "_actions",
     "_atomic",
     "_clock",
+    "_collector",
     "_diagram",
     "_exceptions",
     "_handle",
@@ -101,7 +103,9 @@ def test_every_core_module_is_listed() -> None:
 
 
 # Persistence and supervision build on the core; they, too, never import the daemon and above.
-LATER_LAYERS = {"_codec", "_sqlite", "_sqlite_sql", "_policy", "_supervisor", "_host", "_inspect", "_sim", "_simparts"}
+LATER_LAYERS = {
+    "_codec", "_sqlite", "_sqlite_sql", "_policy", "_supervisor", "_host", "_inspect", "_sim", "_simparts", "_summary",
+}  # fmt: skip
 # Above them: the command line and log configuration (logs.py, cli.py, bench/), not checked here.
 DAEMON_SIDE = {"_config_check"}
 

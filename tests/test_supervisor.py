@@ -242,7 +242,8 @@ async def test_a_child_past_its_own_budget_is_given_up_and_its_siblings_go_on() 
 
 async def test_exceeding_the_budget_escalates_to_the_parent() -> None:
     """A child supervisor whose restarts exceed its budget stops its children and fails; the
-    parent restarts it as a whole under its own policy."""
+    parent restarts it as a whole under its own policy. The host counts every restart of the
+    tree (the one inside the failed supervisor too, which went with it)."""
     inner = SupervisorSpec("inner", [spec("w")], budget=Budget(max_restarts=1, period=100), backoff=NO_JITTER)
     host, clock = await started(Strategy.ONE_FOR_ONE, [ChildSpec("inner", supervisor=inner)])
     sub = host.root.child("inner")
@@ -266,6 +267,7 @@ async def test_exceeding_the_budget_escalates_to_the_parent() -> None:
     # on its own task, so it may still be on its way when the supervisor reports RUNNING.
     await wait_until(lambda: len(EVENTS) == 3)
     assert ["start w", "start w", "start w"] == EVENTS
+    assert (1, 0, 2) == (host.root.restarts, replacement.restarts, host.summary().restarts)
     await host.root.stop()
 
 

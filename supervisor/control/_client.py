@@ -25,6 +25,7 @@ from .. import _exceptions as errors
 from .._exceptions import ConnectionDenied, ProtocolError, RemoteError
 from .._lifecycle import Lifecycle
 from .._snapshot import ProcessStatistics, Snapshot
+from .._summary import HostSummary
 from ._protocol import PROTOCOL_VERSION, encode, read_frame
 
 
@@ -313,6 +314,11 @@ class Client:
         lifecycle_name = str(lifecycle) if lifecycle else None
         found = await self.collect("list", kind=kind, lifecycle=lifecycle_name, paused=paused, chunked=True)
         return [_snapshot(f) for f in found]
+
+    async def summary(self) -> HostSummary:
+        """The daemon's host in counts (as ``Host.summary()``): live processes by kind and
+        lifecycle, ended since start, restarts, slots; one small answer however many processes."""
+        return HostSummary.from_fields(await self.request("summary"))
 
     def __repr__(self) -> str:
         state = "connected" if self._pump is not None and not self._pump.done() else "closed"

@@ -200,6 +200,11 @@ async def op_statistics(c: Requester, args: dict[str, Any], _: int) -> Any:
     return asdict(c.handle(args).statistics())
 
 
+async def op_summary(c: Requester, args: dict[str, Any], _: int) -> Any:
+    """The host in counts: one small answer however many processes it runs."""
+    return c.host.summary().to_fields()
+
+
 async def op_watch(c: Requester, args: dict[str, Any], request_id: int) -> Any:
     """Stream snapshots until the terminal one (or a cancel), paced: the current one at once,
     then at most one push per ``watch_interval``, always the latest version, the terminal one
@@ -249,6 +254,6 @@ async def op_cancel(c: Requester, args: dict[str, Any], _: int) -> Any:
 OPS: dict[str, Op] = {
     "spawn": op_spawn, "state": op_state, "list": op_list, "cast": op_cast, "try_cast": op_try_cast,
     "call": op_call, "nudge": op_nudge, "try_nudge": op_try_nudge, "pause": op_pause, "resume": op_resume,
-    "kill": op_kill, "wait": op_wait, "statistics": op_statistics, "watch": op_watch, "cancel": op_cancel,
-    "logs": op_logs, "follow": op_follow,
+    "kill": op_kill, "wait": op_wait, "statistics": op_statistics, "summary": op_summary, "watch": op_watch,
+    "cancel": op_cancel, "logs": op_logs, "follow": op_follow,
 }  # fmt: skip
