@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import ConfigurationError, ConnectionDenied, ProcessNotFound, StatevisorError
+from ._exceptions import ConfigurationError, ConnectionDenied, ProcessNotFound, ProtocolError, StatevisorError
 from ._snapshot import Snapshot
 from ._summary import LIVE_LIFECYCLES, HostSummary
 
@@ -197,7 +197,12 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             print(_json([asdict(s) for s in found]) if args.json else _table([_row(s) for s in found], HEADER))
             return OK
         if command == "status":
-            summary = await client.summary()
+            try:
+                summary = await client.summary()
+            except ProtocolError as exc:
+                if "unknown operation 'summary'" not in str(exc):
+                    raise
+                return await _older_status(client, daemon, args.json)
             if args.json:
                 where = {"daemon": client.server_version, "address": daemon.where, "socket": daemon.socket}
                 counts = {"processes": summary.live, "by_lifecycle": summary.by_lifecycle()}
@@ -246,6 +251,23 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             async for snapshot in handle.watch():
                 print(_json(asdict(snapshot)) if args.json else "  ".join(_row(snapshot)), flush=True)
         return OK
+
+
+async def _older_status(client: Client, daemon: Target, as_json: bool) -> int:
+    """Status of a daemon from before ``summary`` (the package upgraded under a running
+    daemon): the live processes counted from a listing, as status did then."""
+    found = await client.list()
+    counts: dict[str, int] = {}
+    for snapshot in found:
+        counts[str(snapshot.lifecycle)] = counts.get(str(snapshot.lifecycle), 0) + 1
+    status = {
+        "daemon": client.server_version, "address": daemon.where, "socket": daemon.socket,
+        "processes": len(found), "by_lifecycle": counts,
+    }  # fmt: skip
+    print(_json(status) if as_json else "\n".join(f"{k}: {v}" for k, v in status.items()))
+    print(f"statevisor status: the daemon ({client.server_version}) predates status counts; "
+          "restart it for the full summary", file=sys.stderr)  # fmt: skip
+    return OK
 
 
 def _argument(text: str, what: str) -> Any:

@@ -3,6 +3,7 @@ kind and lifecycle, paused, queued inputs, ended since start, restarts, slots, q
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -126,3 +127,32 @@ def test_status_text_shows_the_daemon_then_a_row_per_kind() -> None:
     assert lines[4].split() == ["ticker", "1", "1", "created", "0", "0", "-"]
     assert "since start: 7 finished, 1 failed, 0 killed; 3 restarts, 1 children given up" == lines[5]
     assert "store: /var/s.db" == lines[-1]
+
+
+async def test_status_of_a_daemon_from_before_summary_counts_a_listing_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After an upgrade of the package under a running daemon, status still answers: a daemon
+    that does not know ``summary`` gets its processes counted from a listing, and status says
+    the daemon is older."""
+    from supervisor.cli import build_parser
+    from supervisor.commands import _operate, target
+    from supervisor.control._ops import OPS
+
+    monkeypatch.delitem(OPS, "summary")
+    host = Host(machines=[Counter])
+    await host.start()
+    for _ in range(2):
+        await (await host.spawn(Counter, {"n": 0})).call("get")
+    socket = str(tmp_path / "c.sock")
+    server = ControlServer(host, socket)
+    await server.start()
+    try:
+        args = build_parser().parse_args(["status", "--json", "--socket", socket])
+        assert 0 == await _operate(args, target(args))
+    finally:
+        await server.close()
+        await host.shutdown()
+    out, err = capsys.readouterr()
+    assert (2, {"running": 2}) == (json.loads(out)["processes"], json.loads(out)["by_lifecycle"])
+    assert "predates status counts" in err
