@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from ._exceptions import CallTimeout, LogNotFound, WouldBlock
 from ._inputs import Call, Cast
 from ._lifecycle import DriveMode
-from ._logtail import follow_lines, follow_positions, tail_lines
+from ._logtail import follow_lines, follow_positions, read_tail
 from ._process import Process
 from ._snapshot import ProcessStatistics, Snapshot, immediately
 
@@ -201,9 +201,9 @@ class Handle:
         return dict(process.machine.log_files(process.state_for_logs()))
 
     async def logs(self, stream: str = "stdout", lines: int = 20) -> list[str]:
-        """The last ``lines`` lines of one of the process's log streams (read in a thread: a
-        long tail is megabytes)."""
-        return await asyncio.to_thread(tail_lines, self._log_path(stream), lines)
+        """The last ``lines`` lines of one of the process's log streams (read on a log-reader
+        thread: a long tail is megabytes, and a log may sit on a slow file system)."""
+        return await read_tail(self._log_path(stream), lines)
 
     async def follow(self, stream: str = "stdout", lines: int = 10) -> AsyncIterator[str]:
         """The last ``lines`` lines of a log stream, then each new line as it is written

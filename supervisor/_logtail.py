@@ -8,14 +8,36 @@ for plus one block, however large the file: lines longer than ``LINE_MAX`` come 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
+from typing import Any, TypeVar
 
-from ._logrotation import LINE_MAX, PATIENCE, LogStream, line_cuts, read_rotation
+from ._logrotation import LINE_MAX, PATIENCE, LogStream, Rotation, line_cuts, read_rotation
+
+T = TypeVar("T")
+
+# Callers' log reads (tails and follows, for handles and the control API) run on threads of
+# their own: a log on a slow or hung file system (NFS on a login node) must not stop the event
+# loop, and however many clients read logs at once they cannot take the default executor's
+# threads from the work that needs them (log-apply appends, rotations).
+READER_THREADS = 2
+_readers: ThreadPoolExecutor | None = None
+
+
+async def _off_loop(function: Callable[..., T], *args: Any) -> T:
+    global _readers
+    if _readers is None:
+        _readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="statevisor-logs")
+    return await asyncio.get_running_loop().run_in_executor(_readers, function, *args)
+
+
+async def read_tail(path: str | os.PathLike[str], lines: int) -> list[str]:
+    """:func:`tail_lines`, read on a log-reader thread."""
+    return await _off_loop(tail_lines, path, lines)
 
 
 def tail_lines(path: str | os.PathLike[str], lines: int, *, rotated: bool = True) -> list[str]:
@@ -111,9 +133,8 @@ async def follow_positions(
     sent first."""
     if start is None:
         for _ in range(PATIENCE):
-            rotation = read_rotation(path)
-            first, found = _tail(path, lines, complete_only=True)
-            if not rotation.under_way and read_rotation(path) == rotation:
+            rotation, first, found, steady = await _off_loop(_tail_between_rotations, path, lines)
+            if steady:
                 break
             await asyncio.sleep(interval)  # a rotation under way: the tail may be half of it
         if found is None:
@@ -122,15 +143,30 @@ async def follow_positions(
         for line in first:
             yield line, position
     else:
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                return
+        if not await _off_loop(_followable, path):
+            return
         position = max(0, start)
     stream = LogStream(path, position)
     while True:
-        found_lines = stream.poll()
+        found_lines = await _off_loop(stream.poll)
         if found_lines is None:
             await asyncio.sleep(interval)
             continue
         for line, end in found_lines:
             yield line, end
+
+
+def _tail_between_rotations(path: Path, lines: int) -> tuple[Rotation, list[str], int | None, bool]:
+    """The last complete lines, where they end, and whether no rotation was under way or
+    happened while they were read (else they may be half of one)."""
+    rotation = read_rotation(path)
+    first, found = _tail(path, lines, complete_only=True)
+    return rotation, first, found, not rotation.under_way and read_rotation(path) == rotation
+
+
+def _followable(path: Path) -> bool:
+    """A regular file, or none yet (a pipe or a terminal has nothing to follow)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
