@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 from ._codec import Checkpoint, decode_record, encode_record
 from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError, StoreFull, StoreLocked
 from ._snapshot import ProcessRecord
-from ._sqlite_sql import EXPIRED, SCHEMA, SCHEMA_VERSION, chunk_parameters, delete_ended
+from ._sqlite_sql import EXPIRED, SCHEMA, SCHEMA_VERSION, WAL_SIZE_LIMIT, chunk_parameters, delete_ended
 
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
 
@@ -141,6 +141,7 @@ class SQLiteStore:
         with self._errors():
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self.synchronous}")
+            connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             connection.executescript(SCHEMA)
             found = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if found is None:

@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 SCHEMA_VERSION = "1"
 
+WAL_SIZE_LIMIT = 64 << 20
+"""Bytes of write-ahead log left on disk after a checkpoint. SQLite keeps the log file at its
+high-water mark by default, so one burst (a start that rewrites many checkpoints, processes with
+large states) left a log the size of that burst for as long as the daemon ran; it is cut back
+to this once the burst is checkpointed."""
+
 EXPIRED = "SELECT pid, record FROM processes WHERE ended IS NOT NULL AND ended < ? ORDER BY ended LIMIT ?"
 
 

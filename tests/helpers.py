@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from supervisor import Handle, HandleAPI, ProcessStatistics, Snapshot
@@ -74,3 +75,8 @@ async def wait_for_statistics(
         while not predicate(stats := await handle.statistics()):  # noqa: ASYNC110 - counters raise no event
             await asyncio.sleep(0.001)
     return stats
+
+
+def file_size(path: Path) -> int:
+    """A local file's size, from a test's async body (one stat: microseconds, nothing to await)."""
+    return path.stat().st_size

@@ -41,6 +41,7 @@ from supervisor import (
     SnapshotError,
     StateMutationError,
 )
+from tests.helpers import file_size
 
 
 def kv_replica(directory: Path, **options: Any) -> Replica:
@@ -60,6 +61,30 @@ async def test_sqlite_log_appends_in_order_and_deduplicates_message_ids(tmp_path
         assert [(i, f"e{i - 1}".encode()) for i in range(96, 101)] == batch
         break
     await log.close()
+
+
+async def test_sqlite_log_cuts_its_write_ahead_log_back_after_a_burst(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of proposals grows the log's write-ahead file; once the burst is checkpointed it
+    is cut back to WAL_SIZE_LIMIT (small here) instead of staying that size for good."""
+    from processes.logapply import _sqlite_log
+
+    monkeypatch.setattr(_sqlite_log, "WAL_SIZE_LIMIT", 1 << 20)
+    log = SQLiteLog(tmp_path / "log.db")
+    await log.open()
+    try:
+        await asyncio.gather(*(log.append(b"x" * 50_000) for _ in range(120)))
+        wal = tmp_path / "log.db-wal"
+        assert file_size(wal) > 4 << 20
+        for _ in range(20):  # the transactions after the burst's checkpoint reset the file
+            await log.append(b"small")
+            if file_size(wal) <= 1 << 20:
+                break
+        assert file_size(wal) <= 1 << 20
+        assert (1, log.appended) == await log.bounds()  # every entry kept, burst and all
+    finally:
+        await log.close()
 
 
 async def test_sqlite_log_batches_with_and_without_message_ids_share_one_index_sequence(tmp_path: Path) -> None:

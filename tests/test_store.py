@@ -22,7 +22,7 @@ from supervisor import (
     decode_record,
     encode_record,
 )
-from tests.helpers import Gate, Recorder, wait_for_snapshot, wait_until
+from tests.helpers import Gate, Recorder, file_size, wait_for_snapshot, wait_until
 from tests.machines import Counter, Worker
 
 
@@ -559,3 +559,32 @@ async def test_recovery_leaves_the_collector_on_and_nothing_frozen_and_another_f
         await third.shutdown()
     finally:
         gc.unfreeze()
+
+
+async def test_the_write_ahead_log_is_cut_back_after_a_burst(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite keeps its write-ahead log file at its high-water mark; the store caps what stays
+    on disk once a burst is checkpointed (WAL_SIZE_LIMIT, small here), so a burst of large
+    checkpoints does not leave a log file that size for as long as the daemon runs."""
+    import supervisor._sqlite
+
+    monkeypatch.setattr(supervisor._sqlite, "WAL_SIZE_LIMIT", 1 << 20)
+    path = tmp_path / "s.db"
+    store = await SQLiteStore.open(str(path))
+    try:
+        big = {"blob": "x" * 60_000}
+        burst = [
+            ProcessRecord(pid=f"p{i}", name=f"p{i}", kind="counter", version=1, phase="main", state=big)
+            for i in range(100)
+        ]  # fmt: skip
+        await asyncio.gather(*(store.save_record(r) for r in burst))
+        wal = Path(f"{path}-wal")
+        assert file_size(wal) > 4 << 20
+        small = ProcessRecord(pid="small", name="small", kind="counter", version=1, phase="main", state={"n": 1})
+        for _ in range(20):  # the next transactions after the burst's checkpoint reset the log
+            await store.save_record(small)
+            if file_size(wal) <= 1 << 20:
+                break
+        assert file_size(wal) <= 1 << 20
+        assert file_size(path) > 5 << 20  # the burst's rows themselves are all kept
+    finally:
+        await store.close()

@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 _TAIL_KEPT = 65_536
 _READ_BATCH = 8_192
 _CHUNK = 256  # rows per multi-row INSERT
+# Write-ahead log bytes left on disk after a checkpoint: SQLite keeps the file at its high-water
+# mark, so a burst of proposals would leave a log file the size of that burst for good.
+WAL_SIZE_LIMIT = 64 << 20
 
 
 def _inserts(columns: str, width: int) -> tuple[str, str]:
@@ -92,6 +95,7 @@ class SQLiteLog:
             writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             writer.execute("PRAGMA journal_mode=WAL")
             writer.execute(f"PRAGMA synchronous={self.synchronous}")
+            writer.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             writer.executescript(_SCHEMA)
             row = writer.execute("SELECT MAX(idx), MIN(idx) FROM entries").fetchone()
             kept = writer.execute("SELECT value FROM meta WHERE key = 'first'").fetchone()
