@@ -40,6 +40,7 @@ class DaemonSettings:
     kill_grace: float = 5.0
     retention_days: float = 7.0
     ended_kept: int = 10_000
+    max_connections: int = 1024
     slots: Mapping[str, int] = field(default_factory=dict)
     tcp: str | None = None
     token_file: Path | None = None
@@ -88,6 +89,7 @@ _DAEMON = {
     "kill_grace": ((int, float), 5.0),
     "retention_days": ((int, float), 7.0),
     "ended_kept": (int, 10_000),
+    "max_connections": (int, 1024),
     "slots": (dict, {}),
     "tcp": (str, None),
     "token_file": (str, None),
@@ -272,6 +274,10 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         raw["ended_kept"] >= 0, "daemon.ended_kept", f"expected a whole number >= 0; got {raw['ended_kept']!r}",
         "daemon", "ended_kept",
     )  # fmt: skip
+    checker.check(
+        raw["max_connections"] >= 1, "daemon.max_connections",
+        f"expected a whole number >= 1; got {raw['max_connections']!r}", "daemon", "max_connections",
+    )  # fmt: skip
     slots: dict[str, int] = {}
     for kind, limit in raw["slots"].items():
         ok = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
@@ -315,6 +321,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         kill_grace=float(raw["kill_grace"]),
         retention_days=float(raw["retention_days"]),
         ended_kept=raw["ended_kept"],
+        max_connections=raw["max_connections"],
         slots=slots,
         tcp=raw["tcp"],
         token_file=(base / raw["token_file"]).resolve() if raw["token_file"] else None,

@@ -127,7 +127,9 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
         report = await host.start()
         running.push_async_callback(host.shutdown, timeout=config.daemon.shutdown_timeout)
         config.daemon.socket.parent.mkdir(parents=True, exist_ok=True)
-        control = ControlServer(host, str(config.daemon.socket), **tcp_options(config))
+        control = ControlServer(
+            host, str(config.daemon.socket), max_connections=config.daemon.max_connections, **tcp_options(config)
+        )
         await control.start()
         running.push_async_callback(control.close)
         log.info(

@@ -149,6 +149,7 @@ BROKEN = [
     ("[daemon]\nretention_days = true", 2, "daemon.retention_days", "got true/false True"),
     ("[daemon]\nended_kept = -1", 2, "daemon.ended_kept", "expected a whole number >= 0; got -1"),
     ("[daemon]\nended_kept = 1.5", 2, "daemon.ended_kept", "expected an integer; got a number 1.5"),
+    ("[daemon]\nmax_connections = 0", 2, "daemon.max_connections", "expected a whole number >= 1; got 0"),
     ("[daemon]\nloop = 'trio'", 2, "daemon.loop", "expected one of uvloop, asyncio; got 'trio'"),
     ("[daemon]\nlog_level = 'loud'", 2, "daemon.log_level", "expected one of debug, info, warning, error"),
     ("[daemon]\nmetrics = 'localhost'", 2, "daemon.metrics", "expected host:port"),

@@ -30,6 +30,12 @@ from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_f
 
 log = structlog.get_logger("statevisor.control")
 
+MAX_CONNECTIONS = 1024
+"""Control connections served at once (``daemon.max_connections``); more are refused."""
+
+MAX_IN_FLIGHT = 4096
+"""Requests one connection may have unanswered (streams count until they end)."""
+
 
 async def _claim_socket(path: str) -> None:
     """Make way for our socket at ``path``: a socket nobody answers on is a dead daemon's and is
@@ -64,9 +70,13 @@ class ControlServer:
         tcp: tuple[str, int] | None = None,
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if tcp is not None and not token:
             raise ConfigurationError("a control API on TCP needs a token")
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigurationError(f"max_connections must be a whole number >= 1; got {max_connections!r}")
+        self.max_connections = max_connections
         self.host = host
         self.path = path
         self.tcp = tcp
@@ -143,6 +153,20 @@ class ControlServer:
         await self._serve(reader, writer, token=self.token)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str | None) -> None:
+        if len(self._connections) >= self.max_connections:
+            # Each connection is a descriptor and a task: a client that opens them in a loop and
+            # never closes them must not take the descriptors the processes need.
+            self.refused += 1
+            log.warning("control_refused", reason="too many connections", limit=self.max_connections)
+            error = ProtocolError(
+                f"the daemon serves {self.max_connections} control connections already "
+                "(daemon.max_connections); close some, or raise the limit"
+            )
+            with contextlib.suppress(ConnectionError):
+                writer.write(encode({"id": None, "ok": False, "error": error_fields(error)}))
+                await writer.drain()
+            writer.close()
+            return
         connection = _Connection(self, reader, writer, token)
         self._connections.add(connection)
         handler = asyncio.current_task()
@@ -279,6 +303,17 @@ class _Connection:
             return
         if request_id in self.tasks:
             await self.fail(request_id, ProtocolError(f"request id {request_id} is already in use here"))
+            return
+        if len(self.tasks) >= MAX_IN_FLIGHT:
+            # Each request is a task until answered: a client that sends without reading the
+            # answers (or opens streams without end) is refused more, not given the memory.
+            await self.fail(
+                request_id,
+                ProtocolError(
+                    f"{MAX_IN_FLIGHT} requests are in flight on this connection already; "
+                    "wait for answers, or cancel streams, before sending more"
+                ),
+            )
             return
         task = asyncio.get_running_loop().create_task(self._run(handler, args, request_id))
         self.tasks[request_id] = task

@@ -1,0 +1,86 @@
+"""What the control server refuses to hold for a client: connections past
+``daemon.max_connections`` and requests in flight past MAX_IN_FLIGHT on one connection."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from supervisor import ConfigurationError, ConnectionDenied, Host, ProtocolError
+from supervisor.control import Client, ControlServer
+from supervisor.control import _server as server_module
+from tests.helpers import wait_until
+from tests.machines import Counter
+
+
+async def test_connections_past_the_limit_are_refused_saying_why_and_served_again_once_some_close(
+    tmp_path: Path,
+) -> None:
+    """With max_connections=3 the fourth client is refused at once (ConnectionDenied naming
+    daemon.max_connections), the three go on working, and after one closes a new one is served."""
+    host = Host(machines=[Counter])
+    await host.start()
+    path = str(tmp_path / "c.sock")
+    server = ControlServer(host, path, max_connections=3)
+    await server.start()
+    clients = [Client.connect(path) for _ in range(3)]
+    try:
+        for client in clients:
+            await client.open()
+        late = Client.connect(path)
+        with pytest.raises(ConnectionDenied, match=r"serves 3 control connections already \(daemon.max_connections\)"):
+            await late.open()
+        assert 1 == server.refused
+        pid = (await host.spawn(Counter, {"n": 0})).pid
+        assert [0, 0, 0] == [await (await c.get(pid)).call("get") for c in clients]
+        await clients.pop().close()
+        await wait_until(lambda: server.connections == 2)
+        again = Client.connect(path)
+        await again.open()
+        clients.append(again)
+        assert 0 == await (await again.get(pid)).call("get")
+    finally:
+        for client in clients:
+            await client.close()
+        await server.close()
+        await host.shutdown()
+
+
+async def test_requests_past_the_in_flight_limit_are_refused_and_the_others_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection with MAX_IN_FLIGHT (5 here) requests unanswered gets the next one refused
+    with a ProtocolError saying so; the five are answered as usual, and the connection serves
+    on once they are."""
+    monkeypatch.setattr(server_module, "MAX_IN_FLIGHT", 5)
+    host = Host(machines=[Counter])
+    await host.start()
+    path = str(tmp_path / "c.sock")
+    server = ControlServer(host, path)
+    await server.start()
+    client = Client.connect(path)
+    await client.open()
+    try:
+        local = await host.spawn(Counter, {"n": 0})
+        handle = await client.get(local.pid)
+        waits = [asyncio.ensure_future(handle.wait()) for _ in range(5)]
+        await wait_until(lambda: sum(len(c.tasks) for c in server._connections) == 5)
+        with pytest.raises(ProtocolError, match="5 requests are in flight on this connection already"):
+            await handle.wait()
+        assert not any(w.done() for w in waits)
+        await local.kill("enough")  # in-process: this connection has no room for a kill now
+        ended = await asyncio.wait_for(asyncio.gather(*waits), 10)
+        assert {"killed"} == {str(s.lifecycle) for s in ended}
+        assert 2 == await (await client.get((await host.spawn(Counter, {"n": 2})).pid)).call("get")
+    finally:
+        await client.close()
+        await server.close()
+        await host.shutdown()
+
+
+def test_max_connections_must_be_a_whole_number_of_at_least_one() -> None:
+    """A server with no room for any connection is a configuration error, named."""
+    with pytest.raises(ConfigurationError, match="max_connections must be a whole number >= 1; got 0"):
+        ControlServer(Host(), "/nowhere.sock", max_connections=0)
