@@ -322,15 +322,21 @@ class Host:
             self._pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pruner
-        processes = [h._process for h in self.runtime.handles()]
+        processes = list(self.runtime.processes())
         # Let in-flight transitions commit: no process takes a new input, and the ones handling
         # one finish it (bounded). Nothing here changes a process's own (checkpointed) state.
         self.runtime.draining = True
         settle_by = loop.time() + max(0.0, (deadline - loop.time()) / 2)
         while any(p.stepping for p in processes) and loop.time() < settle_by:  # noqa: ASYNC110 - once, bounded
             await asyncio.sleep(0.01)
-        if processes:
-            await asyncio.gather(*(p.detach() for p in processes))
+        # One wait for every process's cancelled tasks: a wait each cost 100,000 processes more
+        # than the whole timeout (measured: 12.5 s for a 10 s shutdown).
+        owners = {task: process for process in processes for task in process.detach()}
+        if owners:
+            grace = min(self.runtime.kill_grace, max(0.1, deadline - loop.time()))
+            _, late = await asyncio.wait(owners, timeout=grace)
+            for task in late:
+                self.runtime.abandon(task, owners[task])
         await self.runtime.executors.close(max(0.1, deadline - loop.time()))
         if self.store is not None:
             await asyncio.wait_for(self.store.close(), max(0.1, deadline - loop.time()))

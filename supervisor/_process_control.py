@@ -222,8 +222,9 @@ class ProcessControl(ProcessBase):
             # revived. Say so loudly; the operator can kill it again then.
             log.error("terminal_checkpoint_failed", pid=self.pid, kind=self.machine.kind, error=str(exc))
 
-    async def detach(self) -> None:
-        """Stop driving this process without ending it (graceful shutdown).
+    def detach(self) -> list[asyncio.Task[Any]]:
+        """Stop driving this process without ending it (graceful shutdown); the tasks that
+        were cancelled, for the caller to wait on (with every other process's, in one wait).
 
         The task stops at its current await (a suspended transition is rolled back: its input
         was never checkpointed), in-flight action tasks are cancelled locally without asking
@@ -231,18 +232,15 @@ class ProcessControl(ProcessBase):
         the next start revives the process and its ``restore`` picks the work up again.
         """
         if self._terminal is not None or self._kill_reason is not None:
-            return
+            return []
         self._kill_reason = "detached"  # makes the task's cancellation quiet; never reported
         if self._held is not None:
             self._held.drop()
         tasks = [t for t in (self._task, *self._action_tasks.values()) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=self.runtime.kill_grace)
-            for task in late:
-                self.runtime.abandon(task, self)
         self.runtime.forget(self)
+        return tasks
 
     def _terminate(
         self, lifecycle: Lifecycle, *, result: Any = None, error: str | None = None, persisted: bool = False

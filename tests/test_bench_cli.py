@@ -17,7 +17,7 @@ METRICS = {
     "spawn": {"processes_per_s", "bytes_per_idle_process"},
     "control": {"p50_us", "p99_us"},
     "checkpoint": {"durable_transitions_per_s", "baseline_per_s", "ratio"},
-    "recovery": {"restore_seconds"},
+    "recovery": {"restore_seconds", "shutdown_seconds"},
     "sim": {"ledger_transitions_per_s", "booking_transitions_per_s", "ledger_ratio", "booking_ratio"},
     "rpc": {"calls_per_s", "p99_ms", "ratio"},
     "watch-fanout": {"ratio"},

@@ -588,3 +588,44 @@ async def test_the_write_ahead_log_is_cut_back_after_a_burst(tmp_path: Path, mon
         assert file_size(path) > 5 << 20  # the burst's rows themselves are all kept
     finally:
         await store.close()
+
+
+class Stubborn:
+    """An executor whose action ignores cancellation until released (a backend that hangs)."""
+
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started: list[Any] = []
+
+    async def execute(self, action: Any) -> Any:
+        self.started.append(action)
+        while True:
+            try:
+                await self.release.wait()
+                return "done"
+            except asyncio.CancelledError:
+                continue
+
+    async def cancel(self, action: Any) -> None:
+        return None
+
+
+async def test_shutdown_keeps_to_its_own_timeout_when_a_task_will_not_stop(tmp_path: Path) -> None:
+    """A shutdown's bound is its timeout, whatever kill_grace is: an action task that ignores
+    its cancellation is abandoned (counted, logged) once the shutdown's time is up. Every
+    process's tasks are waited for in one wait bounded by what is left of the timeout, where
+    each process used to wait up to kill_grace on its own (here 1,000 s)."""
+    stubborn = Stubborn()
+    host = Host(machines=[Worker], executors={"work": stubborn}, store=str(tmp_path / "s.db"), kill_grace=1000.0)
+    await host.start()
+    handles = [await host.spawn(Worker, pid=f"w{i}") for i in range(3)]
+    for handle in handles:
+        await handle.cast(("work", 1))
+    await wait_until(lambda: len(stubborn.started) == 3)
+    await asyncio.wait_for(host.shutdown(timeout=0.5), 30)
+    assert 3 == host.runtime.statistics().abandoned_tasks
+    assert 0 == len(host.runtime)
+    stubborn.release.set()
+    await wait_until(lambda: host.runtime.statistics().abandoned_tasks == 0)
