@@ -48,7 +48,9 @@ class Journal:
         self.active = False
         # Key entries are [dict, key, value]; whole-container entries are [container, saved-contents].
         self.entries: list[list[Any]] = []
-        self.saved: set[int] = set()
+        # Made on the first whole-container save: most states are dicts of scalars, which never
+        # need one, and every process has a journal (one object fewer each for the collector).
+        self.saved: set[int] | None = None
 
     def begin(self) -> None:
         self.active = True
@@ -56,14 +58,18 @@ class Journal:
     def commit(self) -> None:
         self.active = False
         self.entries.clear()
-        self.saved.clear()
+        if self.saved:
+            self.saved.clear()
 
     def save_once(self, container: Any, copy: Callable[[Any], Any]) -> None:
         """Keep ``container``'s whole contents, once per transition, before it changes."""
         _check_active(self)
         marker = id(container)
-        if marker not in self.saved:
-            self.saved.add(marker)
+        saved = self.saved
+        if saved is None:
+            saved = self.saved = set()
+        if marker not in saved:
+            saved.add(marker)
             self.entries.append([container, copy(container)])
 
     def rollback(self) -> None:
