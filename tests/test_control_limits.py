@@ -84,3 +84,37 @@ def test_max_connections_must_be_a_whole_number_of_at_least_one() -> None:
     """A server with no room for any connection is a configuration error, named."""
     with pytest.raises(ConfigurationError, match="max_connections must be a whole number >= 1; got 0"):
         ControlServer(Host(), "/nowhere.sock", max_connections=0)
+
+
+async def test_refused_connections_are_all_counted_but_logged_at_most_once_a_minute_per_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client retrying in a loop against a full daemon is refused every time and counted
+    every time, but logged once per REFUSAL_LOG_INTERVAL (the next line says how many went
+    unlogged): the log cannot be filled by refusals."""
+    from structlog.testing import capture_logs
+
+    host = Host(machines=[Counter])
+    await host.start()
+    path = str(tmp_path / "c.sock")
+    server = ControlServer(host, path, max_connections=1)
+    await server.start()
+    holder = Client.connect(path)
+    await holder.open()
+    try:
+        with capture_logs() as logged:
+            for _ in range(20):
+                with pytest.raises(ConnectionDenied):
+                    await Client.connect(path).open()
+            assert 20 == server.refused
+            assert 1 == len([e for e in logged if e["event"] == "control_refused"])
+            monkeypatch.setattr(server_module, "REFUSAL_LOG_INTERVAL", 0.0)
+            with pytest.raises(ConnectionDenied):
+                await Client.connect(path).open()
+        refusals = [e for e in logged if e["event"] == "control_refused"]
+        assert [0, 19] == [e["unlogged_since"] for e in refusals]
+        assert {"too many connections"} == {e["reason"] for e in refusals}
+    finally:
+        await holder.close()
+        await server.close()
+        await host.shutdown()

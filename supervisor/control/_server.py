@@ -17,6 +17,7 @@ import socket
 import ssl
 import stat
 import struct
+import time
 from typing import Any
 
 import structlog
@@ -32,6 +33,9 @@ log = structlog.get_logger("statevisor.control")
 
 MAX_CONNECTIONS = 1024
 """Control connections served at once (``daemon.max_connections``); more are refused."""
+
+REFUSAL_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about refused connections of one reason (each is counted)."""
 
 MAX_IN_FLIGHT = 4096
 """Requests one connection may have unanswered (streams count until they end)."""
@@ -91,6 +95,7 @@ class ControlServer:
         self._connections: set[_Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()  # one per connection, awaited by close()
         self.refused = 0
+        self._refusals: dict[str, tuple[float | None, int]] = {}  # reason -> (last logged, unlogged since)
         self.internal_errors = 0  # requests that hit a bug (answered InternalError, logged)
 
     async def start(self) -> None:
@@ -139,12 +144,24 @@ class ControlServer:
     def connections(self) -> int:
         return len(self._connections)
 
+    def refuse(self, reason: str, **fields: Any) -> None:
+        """Count a refused connection, and log it at most once per REFUSAL_LOG_INTERVAL for
+        each reason, saying how many went unlogged since: a client retrying in a loop must
+        not fill the daemon's log."""
+        self.refused += 1
+        now = time.monotonic()
+        logged_at, unlogged = self._refusals.get(reason, (None, 0))
+        if logged_at is None or now - logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning("control_refused", reason=reason, unlogged_since=unlogged, **fields)
+            self._refusals[reason] = (now, 0)
+        else:
+            self._refusals[reason] = (logged_at, unlogged + 1)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         uid = _peer_uid(sock) if sock is not None else None
         if uid is None or uid not in self.allow_uids:
-            self.refused += 1
-            log.warning("control_refused", uid=uid, reason="peer uid not allowed")
+            self.refuse("peer uid not allowed", uid=uid)
             writer.close()
             return
         await self._serve(reader, writer, token=None)
@@ -156,8 +173,7 @@ class ControlServer:
         if len(self._connections) >= self.max_connections:
             # Each connection is a descriptor and a task: a client that opens them in a loop and
             # never closes them must not take the descriptors the processes need.
-            self.refused += 1
-            log.warning("control_refused", reason="too many connections", limit=self.max_connections)
+            self.refuse("too many connections", limit=self.max_connections)
             error = ProtocolError(
                 f"the daemon serves {self.max_connections} control connections already "
                 "(daemon.max_connections); close some, or raise the limit"
@@ -281,8 +297,7 @@ class _Connection:
             if self.token is not None and not (
                 isinstance(offered, str) and hmac.compare_digest(offered.encode(), self.token.encode())
             ):
-                self.server.refused += 1
-                log.warning("control_refused", reason="bad or missing token on TCP")
+                self.server.refuse("bad or missing token on TCP")
                 await self.fail(request_id, ProtocolError("a valid token is required on this connection"))
                 self.close()
                 return
