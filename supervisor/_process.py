@@ -93,6 +93,10 @@ class Process(ProcessControl):
             log.exception("process_crashed", pid=self.pid, kind=self.machine.kind)
             if self._terminal is None:
                 self._terminate(Lifecycle.FAILED, error=f"internal error: {exc!r}")
+        finally:
+            # Done driving: an ended process kept for lookups need not keep its finished task
+            # (and asyncio's weak reference to it). Every reader checks for a live task first.
+            self._task = None
 
     async def _run_restore(self) -> None:
         ctx = Context(self, self.runtime.clock.now())
