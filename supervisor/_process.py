@@ -12,6 +12,7 @@ boundaries). The status, snapshots, checkpoints and timers all layers read are i
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -254,7 +255,10 @@ class Process(ProcessControl):
             self.phase = ctx.goto_phase
             self._disarm(STATE_TIMEOUT)
             if self._postponed:
-                self._redeliver.extend(self._postponed)
+                if self._redeliver:
+                    self._redeliver.extend(self._postponed)
+                else:  # the shared empty queue, or an emptied one: a queue of its own
+                    self._redeliver = deque(self._postponed)
                 self._postponed.clear()
         if ctx.timer_ops:
             for name, deadline, payload in ctx.timer_ops:

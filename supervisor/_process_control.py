@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
@@ -24,7 +23,7 @@ from ._exceptions import (
 )
 from ._inputs import Call, Cast, Control, ControlEvent
 from ._lifecycle import Lifecycle, check_move
-from ._process_base import ProcessBase
+from ._process_base import EMPTY_QUEUE, ProcessBase
 from ._waiters import Condition
 
 if TYPE_CHECKING:
@@ -34,10 +33,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("statevisor.process")
 
 _call_refs = itertools.count(1)
-
-
-_ENDED_QUEUE: deque[Any] = deque(maxlen=0)
-"""Every ended process's mailbox: appends fall out of it, so it stays empty."""
 
 
 class ProcessControl(ProcessBase):
@@ -275,7 +270,7 @@ class ProcessControl(ProcessBase):
         # An ended process may be kept for lookups (Host.ended_kept) long after: its queues
         # give their memory back (an empty deque keeps a block of ~0.4 KB). Nothing can queue
         # on it any more (inputs are refused first), and the shared queue holds nothing.
-        self._mailbox = self._redeliver = _ENDED_QUEUE
+        self._mailbox = self._redeliver = EMPTY_QUEUE
         self._postponed.clear()
         if self._held is not None:
             self._held.drop()
