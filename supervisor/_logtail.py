@@ -11,28 +11,23 @@ import asyncio
 import os
 import stat
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ._logrotation import LINE_MAX, PATIENCE, LogStream, Rotation, line_cuts, read_rotation
+from ._readers import ReaderThreads
 
 T = TypeVar("T")
 
 # Callers' log reads (tails and follows, for handles and the control API) run on threads of
-# their own: a log on a slow or hung file system (NFS on a login node) must not stop the event
-# loop, and however many clients read logs at once they cannot take the default executor's
-# threads from the work that needs them (log-apply appends, rotations).
+# their own (see ._readers).
 READER_THREADS = 2
-_readers: ThreadPoolExecutor | None = None
+_readers = ReaderThreads(READER_THREADS, "statevisor-logs")
 
 
 async def _off_loop(function: Callable[..., T], *args: Any) -> T:
-    global _readers
-    if _readers is None:
-        _readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="statevisor-logs")
-    return await asyncio.get_running_loop().run_in_executor(_readers, function, *args)
+    return await _readers.run(function, *args)
 
 
 async def read_tail(path: str | os.PathLike[str], lines: int) -> list[str]:

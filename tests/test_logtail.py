@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator
@@ -13,6 +15,7 @@ import pytest
 
 from supervisor import _logrotation, _logtail
 from supervisor._logtail import READER_THREADS, follow_positions, read_tail
+from supervisor._readers import ReaderThreads
 
 
 def hang_until(gate: threading.Event, entered: threading.Event, real: Any) -> Any:
@@ -82,6 +85,58 @@ async def test_log_readers_have_threads_of_their_own(tmp_path: Path, monkeypatch
     assert await asyncio.to_thread(entered.wait, 10)
     readers = [t for t in threading.enumerate() if t.name.startswith("statevisor-logs")]
     assert 1 <= len(readers) <= READER_THREADS
+    assert all(t.daemon for t in readers)  # a read hung for good never holds up an exit
     assert "ran" == await asyncio.wait_for(asyncio.to_thread(lambda: "ran"), 1.0)
     gate.set()
     assert [["x"]] * len(tails) == await asyncio.wait_for(asyncio.gather(*tails), 10)
+
+
+async def test_a_reader_passes_on_the_exception_of_its_read_and_serves_on() -> None:
+    """A read that raises hands its exception to its caller; the thread takes the next read."""
+    readers = ReaderThreads(1, "test-readers")
+
+    def broken() -> None:
+        raise PermissionError("log unreadable")
+
+    with pytest.raises(PermissionError, match="log unreadable"):
+        await readers.run(broken)
+    assert 42 == await readers.run(int, "42")
+    assert "1/1 threads" in repr(readers)
+
+
+async def test_a_caller_that_gives_up_leaves_the_reader_serving_the_next() -> None:
+    """A caller cancelled while its read is under way gets CancelledError; the read's late
+    result is dropped, and the thread serves the next caller."""
+    readers = ReaderThreads(1, "test-readers")
+    started, gate = threading.Event(), threading.Event()
+
+    def slow_read() -> None:
+        started.set()
+        gate.wait(10)
+
+    waiting = asyncio.ensure_future(readers.run(slow_read))
+    assert await asyncio.to_thread(started.wait, 10)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    gate.set()
+    assert "after" == await asyncio.wait_for(readers.run(str, "after"), 10)
+
+
+def test_a_read_hung_for_good_does_not_keep_a_process_from_exiting() -> None:
+    """The interpreter joins a ThreadPoolExecutor's threads at exit, so one read hung on a dead
+    file system would keep a stopped daemon from exiting; log-reader threads are daemon threads
+    and the process exits with its read still hung."""
+    program = (
+        "import asyncio, threading\n"
+        "from supervisor._readers import ReaderThreads\n"
+        "async def main():\n"
+        "    readers = ReaderThreads(1, 'hung')\n"
+        "    task = asyncio.ensure_future(readers.run(threading.Event().wait))\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    task.cancel()\n"
+        "asyncio.run(main())\n"
+        "print('exiting', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False)
+    assert (0, "exiting\n") == (done.returncode, done.stdout), done.stderr

@@ -66,6 +66,7 @@ CORE_MODULES = {
     "_process",
     "_process_base",
     "_process_control",
+    "_readers",
     "_release",
     "_runtime",
     "_slots",
