@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
@@ -237,28 +237,13 @@ class Client:
         that answers with one list in its response instead, that list. A broken connection
         fails it like any request in flight (``ConnectionResetError``): asking again could
         repeat items."""
-        request = next(self._ids)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._streams[request] = queue
         found: list[Any] = []
-        ended = False
-        try:
-            await self._send(request, op, args)
-            while True:
-                item = await queue.get()
-                ended = isinstance(item, (StopAsyncIteration, BaseException, _Disconnected))
-                if isinstance(item, StopAsyncIteration):
-                    found.extend(item.args[0] or ())
-                    return found
+        async with contextlib.aclosing(self._stream_once(op, args)) as items:
+            async for item in items:
                 if isinstance(item, _Disconnected):
                     raise ConnectionResetError(f"the control connection broke during {op!r}")
-                if isinstance(item, BaseException):
-                    raise item
-                found.extend(item)
-        finally:
-            self._streams.pop(request, None)
-            if not ended:  # the caller was cancelled: the server would go on sending
-                self._abandon(request)
+                found.extend((item.args[0] or ()) if isinstance(item, StopAsyncIteration) else item)
+        return found
 
     def stream(self, op: str, **args: Any) -> AsyncIterator[Any]:
         """Items of a server stream; after a disconnection the stream is asked for again."""
@@ -268,27 +253,38 @@ class Client:
         """Items of a server stream; after a disconnection it is asked for again with what
         ``args()`` returns then (e.g. the position reached)."""
         while True:
-            request = next(self._ids)
-            queue: asyncio.Queue[Any] = asyncio.Queue()
-            self._streams[request] = queue
-            ended = False
-            try:
-                await self._send(request, op, args())
-                while True:
-                    item = await queue.get()
-                    ended = isinstance(item, (StopAsyncIteration, BaseException, _Disconnected))
+            async with contextlib.aclosing(self._stream_once(op, args())) as items:
+                async for item in items:
                     if isinstance(item, StopAsyncIteration):
                         return
                     if isinstance(item, _Disconnected):
                         break
-                    if isinstance(item, BaseException):
-                        raise item
                     yield item
-            finally:
-                self._streams.pop(request, None)
-                if not ended:  # the caller stopped reading (or was cancelled) first
-                    self._abandon(request)
             await self.reconnect()
+
+    async def _stream_once(self, op: str, args: dict[str, Any]) -> AsyncGenerator[Any, None]:
+        """One request's stream: its items, then how it ended, yielded last: the response (a
+        ``StopAsyncIteration`` carrying its result) or ``_Disconnected``; an error response is
+        raised. A stream closed before its end (the caller stopped reading, or was cancelled)
+        is cancelled on the server."""
+        request = next(self._ids)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._streams[request] = queue
+        ended = False
+        try:
+            await self._send(request, op, args)
+            while True:
+                item = await queue.get()
+                ended = isinstance(item, (StopAsyncIteration, BaseException, _Disconnected))
+                if isinstance(item, BaseException) and not isinstance(item, StopAsyncIteration):
+                    raise item
+                yield item
+                if ended:
+                    return
+        finally:
+            self._streams.pop(request, None)
+            if not ended:
+                self._abandon(request)
 
     def _abandon(self, request: int) -> None:
         """Ask the server to stop a stream nobody reads any more; left alone, it would go on
