@@ -100,15 +100,15 @@ def decode_record(blob: bytes, *, path: str = "?", pid: str = "?") -> ProcessRec
     # record per live process.
     _expect(isinstance(fields, list) and len(fields) >= 1, "not a checkpoint record", pid, path)
     if fields[0] != FORMAT_VERSION:
-        _expect(False, f"unknown checkpoint format {fields[0]!r}", pid, path)
+        raise CorruptCheckpoint(path, pid, f"unknown checkpoint format {fields[0]!r}")
     if len(fields) != 14:
-        _expect(False, f"format 1 has 14 fields, this record has {len(fields)}", pid, path)
+        raise CorruptCheckpoint(path, pid, f"format 1 has 14 fields, this record has {len(fields)}")
     (_, rpid, name, kind, version, phase, state, pending, timers, lifecycle, result, error, paused, meta) = fields
     pid = rpid if isinstance(rpid, str) else pid
     _expect(isinstance(rpid, str) and bool(rpid), "pid is not a string", pid, path)
     _expect(isinstance(name, str) and isinstance(kind, str) and isinstance(phase, str), "name/kind/phase", pid, path)
     if not (isinstance(version, int) and version >= 0):
-        _expect(False, f"version {version!r} is not a count", pid, path)
+        raise CorruptCheckpoint(path, pid, f"version {version!r} is not a count")
     _expect(isinstance(state, dict), "state is not a map", pid, path)
     try:
         life = _LIFECYCLES.get(lifecycle) or Lifecycle(lifecycle)
@@ -118,7 +118,7 @@ def decode_record(blob: bytes, *, path: str = "?", pid: str = "?") -> ProcessRec
         raise CorruptCheckpoint(path, pid, f"bad lifecycle, pending actions or timers ({exc})") from None
     _expect(isinstance(meta, dict), "meta is not a map", pid, path)
     if not isinstance(paused, bool | str):
-        _expect(False, f"paused is {type(paused).__name__}, not a flag or a reason", pid, path)
+        raise CorruptCheckpoint(path, pid, f"paused is {type(paused).__name__}, not a flag or a reason")
     return ProcessRecord(
         pid=rpid,
         name=name,
