@@ -93,23 +93,28 @@ class Conditions:
         await queue.wait()
 
     def wake_one(self, condition: Condition) -> None:
-        queue = self._queues.get(condition) if self._queues is not None else None
+        queue = self._made(condition)
         if queue is not None:
             queue.wake_one()
 
     def wake_all(self, condition: Condition) -> None:
-        queue = self._queues.get(condition) if self._queues is not None else None
+        queue = self._made(condition)
         if queue is not None:
             queue.wake_all()
 
     def fail_all(self, condition: Condition, error: BaseException) -> None:
-        queue = self._queues.get(condition) if self._queues is not None else None
+        queue = self._made(condition)
         if queue is not None:
             queue.fail_all(error)
 
     def waiting(self, condition: Condition) -> int:
-        queue = self._queues.get(condition) if self._queues is not None else None
+        queue = self._made(condition)
         return 0 if queue is None else len(queue)
+
+    def _made(self, condition: Condition) -> WaitQueue | None:
+        """The condition's queue if anyone ever waited on it (none: nobody to wake)."""
+        queues = self._queues
+        return queues.get(condition) if queues is not None else None
 
     def __repr__(self) -> str:
         counts = {c.name.lower(): n for c in Condition if (n := self.waiting(c))}
