@@ -52,6 +52,7 @@ class HostSummary:
     kinds: dict[str, KindCounts] = field(default_factory=dict)
     ended: dict[str, int] = field(default_factory=dict)  # finished / failed / killed
     transitions: int = 0
+    transition_errors: int = 0  # transitions that raised (rolled back)
     restarts: int = 0
     given_up: int = 0
     quarantined: int = 0
@@ -72,7 +73,8 @@ class HostSummary:
         return {
             "version": self.version, "started": self.started, "live": self.live,
             "kinds": {kind: {**_counts(c), "live": c.live} for kind, c in self.kinds.items()},
-            "ended": dict(self.ended), "transitions": self.transitions, "restarts": self.restarts,
+            "ended": dict(self.ended), "transitions": self.transitions,
+            "transition_errors": self.transition_errors, "restarts": self.restarts,
             "given_up": self.given_up, "quarantined": self.quarantined,
             "slots": {kind: _counts(s) for kind, s in self.slots.items()}, "store": self.store,
         }  # fmt: skip
@@ -82,7 +84,8 @@ class HostSummary:
         kinds = {kind: KindCounts(**{k: v for k, v in c.items() if k != "live"}) for kind, c in fields["kinds"].items()}
         return cls(
             version=fields["version"], started=fields["started"], kinds=kinds, ended=dict(fields["ended"]),
-            transitions=fields["transitions"], restarts=fields["restarts"], given_up=fields["given_up"],
+            transitions=fields["transitions"], transition_errors=fields["transition_errors"],
+            restarts=fields["restarts"], given_up=fields["given_up"],
             quarantined=fields["quarantined"], slots={k: SlotCounts(**s) for k, s in fields["slots"].items()},
             store=fields["store"],
         )  # fmt: skip
@@ -115,6 +118,7 @@ def summarize(host: Host, *, started: float | None, quarantined: int) -> HostSum
         kinds={kind: KindCounts(*row) for kind, row in sorted(counting.items())},
         ended={"finished": stats.finished, "failed": stats.failed, "killed": stats.killed},
         transitions=stats.transitions,
+        transition_errors=stats.transition_errors,
         restarts=host.restarts,
         given_up=sum(s.statistics().given_up for s in host.root.tree()),
         quarantined=quarantined,

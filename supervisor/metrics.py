@@ -75,10 +75,9 @@ class HostCollector(Collector):
             yield GaugeMetricFamily("statevisor_control_connections", "Open control connections",
                                     value=self.connections())  # fmt: skip
 
-        stats = self.host.runtime.statistics()
         yield CounterMetricFamily("statevisor_transitions", "Transitions committed", value=summary.transitions)
         yield CounterMetricFamily(
-            "statevisor_transition_errors", "Transitions that raised (rolled back)", value=stats.transition_errors
+            "statevisor_transition_errors", "Transitions that raised (rolled back)", value=summary.transition_errors
         )
         ended = CounterMetricFamily("statevisor_processes_ended", "Processes that ended", labels=["lifecycle"])
         for how, count in summary.ended.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import Host, ProcessFailed
+from supervisor import Host, ProcessFailed, TransitionError
 from supervisor._summary import HostSummary, KindCounts, SlotCounts
 from supervisor.commands import _status_lines
 from supervisor.control import Client, ControlServer
@@ -45,10 +45,14 @@ async def busy_host(path: Path) -> tuple[Host, Counting, Slow]:
 
 async def test_the_summary_counts_live_processes_by_kind_and_what_ended_since_start(tmp_path: Path) -> None:
     """One pass gives: per kind, live processes by lifecycle, paused and queued inputs; how many
-    ended (finished, failed, killed); the slots in use and waited for; the store."""
+    ended (finished, failed, killed) and how many transitions raised; the slots in use and
+    waited for; the store."""
     host, counting, slow = await busy_host(tmp_path / "s.db")
     try:
+        with pytest.raises(TransitionError):
+            await host.list(kind="counter", paused=False)[0].call("boom")  # rolled back, counted
         summary = host.summary()
+        assert 1 == summary.transition_errors
         assert KindCounts(created=0, running=2, waiting=0, paused=1, queued_inputs=0) == summary.kinds["counter"]
         assert KindCounts(created=0, running=0, waiting=3, paused=0, queued_inputs=0) == summary.kinds["worker"]
         assert (1, 3) == (summary.kinds["slow"].running, summary.kinds["slow"].queued_inputs)
