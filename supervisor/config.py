@@ -191,6 +191,11 @@ def _positive(checker: Checker, value: float, key: str, table: str, name: str) -
     checker.check(value > 0, key, f"expected a number > 0; got {value!r}", table, name)
 
 
+def _whole_at_least(checker: Checker, value: object, minimum: int, key: str, table: str, name: str) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    checker.check(ok, key, f"expected a whole number >= {minimum}; got {value!r}", table, name)
+
+
 def _address(text: str) -> bool:
     host, _, port = text.rpartition(":")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
@@ -270,18 +275,11 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         "daemon",
         "metrics",
     )
-    checker.check(
-        raw["ended_kept"] >= 0, "daemon.ended_kept", f"expected a whole number >= 0; got {raw['ended_kept']!r}",
-        "daemon", "ended_kept",
-    )  # fmt: skip
-    checker.check(
-        raw["max_connections"] >= 1, "daemon.max_connections",
-        f"expected a whole number >= 1; got {raw['max_connections']!r}", "daemon", "max_connections",
-    )  # fmt: skip
+    for key, minimum in (("ended_kept", 0), ("max_connections", 1)):
+        _whole_at_least(checker, raw[key], minimum, f"daemon.{key}", "daemon", key)
     slots: dict[str, int] = {}
     for kind, limit in raw["slots"].items():
-        ok = isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1
-        checker.check(ok, f"daemon.slots.{kind}", f"expected a whole number >= 1; got {limit!r}", "daemon.slots", kind)
+        _whole_at_least(checker, limit, 1, f"daemon.slots.{kind}", "daemon.slots", kind)
         slots[kind] = limit
     base = path.resolve().parent
     socket_path = (base / raw["socket"]).resolve()
