@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, TypeVar
 
 from ._logrotation import LINE_MAX, PATIENCE, LogStream, Rotation, line_cuts, read_rotation
 from ._readers import ReaderThreads
-
-T = TypeVar("T")
 
 # Callers' log reads (tails and follows, for handles and the control API) run on threads of
 # their own (see ._readers).
@@ -26,13 +23,9 @@ READER_THREADS = 2
 _readers = ReaderThreads(READER_THREADS, "statevisor-logs")
 
 
-async def _off_loop(function: Callable[..., T], *args: Any) -> T:
-    return await _readers.run(function, *args)
-
-
 async def read_tail(path: str | os.PathLike[str], lines: int) -> list[str]:
     """:func:`tail_lines`, read on a log-reader thread."""
-    return await _off_loop(tail_lines, path, lines)
+    return await _readers.run(tail_lines, path, lines)
 
 
 def tail_lines(path: str | os.PathLike[str], lines: int, *, rotated: bool = True) -> list[str]:
@@ -128,7 +121,7 @@ async def follow_positions(
     sent first."""
     if start is None:
         for _ in range(PATIENCE):
-            rotation, first, found, steady = await _off_loop(_tail_between_rotations, path, lines)
+            rotation, first, found, steady = await _readers.run(_tail_between_rotations, path, lines)
             if steady:
                 break
             await asyncio.sleep(interval)  # a rotation under way: the tail may be half of it
@@ -138,12 +131,12 @@ async def follow_positions(
         for line in first:
             yield line, position
     else:
-        if not await _off_loop(_followable, path):
+        if not await _readers.run(_followable, path):
             return
         position = max(0, start)
     stream = LogStream(path, position)
     while True:
-        found_lines = await _off_loop(stream.poll)
+        found_lines = await _readers.run(stream.poll)
         if found_lines is None:
             await asyncio.sleep(interval)
             continue
