@@ -75,6 +75,7 @@ from ._lifecycle import DriveMode, ErrorPolicy, Lifecycle
 from ._logrotation import rotate_log
 from ._logtail import follow_lines, tail_lines
 from ._machine import Context, Machine
+from ._open_files import OpenFilesLimit, open_files_for_children, raise_open_files_limit
 from ._policy import Backoff, Budget, Restart, Strategy
 from ._runtime import Checkpointer, Runtime, RuntimeObserver, RuntimeStatistics
 from ._sim import Invariant, Simulation
@@ -103,6 +104,9 @@ __all__ = [
     "follow_lines",
     "tail_lines",
     "rotate_log",
+    "OpenFilesLimit",
+    "open_files_for_children",
+    "raise_open_files_limit",
     "SettingsError",
     "CommandNotFound",
     "ConfigError",

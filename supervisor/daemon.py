@@ -20,6 +20,7 @@ from ._actions import Executor
 from ._exceptions import ConfigError
 from ._host import Host
 from ._machine import Machine
+from ._open_files import raise_open_files_limit
 from ._supervisor import ChildSpec, SupervisorSpec
 from .config import Config, Kinds, ProcessSettings, load
 from .logs import configure
@@ -99,6 +100,7 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
     from .metrics import start_metrics
 
     config.daemon.store.parent.mkdir(parents=True, exist_ok=True)
+    check_open_files(config.daemon.max_connections)
     host = build_host(config, catalog)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -148,6 +150,23 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
         log.info("daemon_stopping", timeout=config.daemon.shutdown_timeout)
     log.info("daemon_stopped")
     return 0
+
+
+def check_open_files(max_connections: int) -> None:
+    """Raise the open-files limit (see :mod:`._open_files`) and say what it is; warn when it
+    cannot cover ``daemon.max_connections``, before a client meets "too many open files"."""
+    limit = raise_open_files_limit()
+    if limit.error is not None:
+        log.warning("open_files_limit_kept", limit=limit.before, hard=limit.hard, error=limit.error)
+    elif limit.after != limit.before:
+        log.info("open_files_limit_raised", before=limit.before, after=limit.after)
+    if limit.short_of(max_connections):
+        log.warning(
+            "open_files_limit_low",
+            limit=limit.after,
+            max_connections=max_connections,
+            advice="raise the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower daemon.max_connections",
+        )
 
 
 def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:

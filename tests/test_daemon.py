@@ -70,11 +70,14 @@ def answers(path: Path) -> bool:
     return True
 
 
-def start_daemon(config: Path, port: int, *, stdout: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+def start_daemon(
+    config: Path, port: int, *, stdout: int = subprocess.DEVNULL, wrapper: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
     """`statevisor daemon` on ``config`` (its socket at var/s.sock), once it serves: its metrics
-    answer (they are bound first) and so does its socket (made once its processes started)."""
+    answer (they are bound first) and so does its socket (made once its processes started).
+    ``wrapper`` is a command line the daemon runs under (``prlimit ...``)."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
+        [*wrapper, sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
         cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     sock = config.parent / "var" / "s.sock"

@@ -28,7 +28,8 @@ EXPECTED_EXPORTS = {
     "SimulationError", "InvariantViolation", "encode_record",
     "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "RunMonitorError", "tail_lines",
     "ConfigError", "ConnectionDenied", "ProtocolError", "RemoteError", "AckLost",
-    "follow_lines", "LogNotFound", "rotate_log",
+    "follow_lines", "LogNotFound", "rotate_log", "OpenFilesLimit", "open_files_for_children",
+    "raise_open_files_limit",
     "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError", "pack", "unpack",
 }  # fmt: skip
 
@@ -63,6 +64,7 @@ CORE_MODULES = {
     "_logrotation",
     "_logtail",
     "_machine",
+    "_open_files",
     "_process",
     "_process_base",
     "_process_control",

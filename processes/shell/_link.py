@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import msgpack  # type: ignore[import-untyped]
 
-from supervisor import RunMonitorError
+from supervisor import RunMonitorError, open_files_for_children
 
 from . import _monitor
 from ._launch import is_our_child, wait_exit
@@ -280,10 +280,14 @@ class MonitorLink:
 def _spawn_monitor(runs: Path, log: Path, stdout: int) -> int:
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     errors = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    argv = [sys.executable, _SCRIPT, str(runs)]
+    given = open_files_for_children()
+    if given is not None:
+        argv.append(str(given))  # the monitor gives it back to the commands (see supervisor._open_files)
     try:
         return os.posix_spawn(
             sys.executable,
-            [sys.executable, _SCRIPT, str(runs)],
+            argv,
             dict(os.environ),
             file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
                           (os.POSIX_SPAWN_DUP2, errors, 2)],

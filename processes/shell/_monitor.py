@@ -345,9 +345,22 @@ def _say(word: str) -> None:
     os.close(null)
 
 
+def _give_back_open_files(soft: int) -> None:
+    """Lower the soft open-files limit to ``soft``, the one the daemon was started with before
+    it raised its own: the keeper, the monitor and every command inherit it from here."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def main(argv: list[str], ready: Callable[[str], None] | None = None) -> int:
     """Serve ``argv[0]`` (the run directory). Prints ``ready`` once listening, or ``busy``
-    when another monitor holds the directory."""
+    when another monitor holds the directory. ``argv[1]``, when given, is the soft limit on
+    open files for the commands (see ``supervisor._open_files``)."""
+    if len(argv) > 1:
+        _give_back_open_files(int(argv[1]))
     runs = os.path.abspath(argv[0])
     os.makedirs(runs, mode=0o700, exist_ok=True)
     say = ready or _say
