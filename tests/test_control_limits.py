@@ -118,3 +118,42 @@ async def test_refused_connections_are_all_counted_but_logged_at_most_once_a_min
         await holder.close()
         await server.close()
         await host.shutdown()
+
+
+async def test_a_connection_that_does_not_greet_in_time_is_closed_and_a_greeted_one_is_not(tmp_path: Path) -> None:
+    """On TCP, a peer that connects and says nothing, or trickles half a frame, is told why
+    and closed once hello_timeout is up, and no longer counts against max_connections; a
+    client that greeted in time is served on past that moment."""
+    from supervisor.control._protocol import read_frame
+
+    host = Host(machines=[Counter])
+    await host.start()
+    token = "t" * 32
+    server = ControlServer(host, str(tmp_path / "c.sock"), tcp=("127.0.0.1", 0), token=token)
+    server.hello_timeout = 0.3
+    await server.start()
+    assert server.tcp_port is not None
+    client = Client.connect_tcp("127.0.0.1", server.tcp_port, token=token)
+    await client.open()
+    peers: list[asyncio.StreamWriter] = []
+    try:
+        silent = await asyncio.open_connection("127.0.0.1", server.tcp_port)
+        trickling = await asyncio.open_connection("127.0.0.1", server.tcp_port)
+        peers += [silent[1], trickling[1]]
+        trickling[1].write(b"\x00\x00")  # half a length prefix, and then nothing
+        await wait_until(lambda: server.connections == 3)
+        for reader, _ in (silent, trickling):
+            answer = await asyncio.wait_for(read_frame(reader, 1 << 20), 10)
+            assert answer is not None
+            assert "no hello within 0.3 s of connecting" in answer["error"]["message"]
+            assert b"" == await asyncio.wait_for(reader.read(), 10)  # then closed
+        await wait_until(lambda: server.connections == 1)
+        assert 2 == server.refused
+        pid = (await host.spawn(Counter, {"n": 4})).pid
+        assert 4 == await (await client.get(pid)).call("get")
+    finally:
+        for peer in peers:
+            peer.close()
+        await client.close()
+        await server.close()
+        await host.shutdown()

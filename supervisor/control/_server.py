@@ -40,6 +40,9 @@ REFUSAL_LOG_INTERVAL = 60.0
 MAX_IN_FLIGHT = 4096
 """Requests one connection may have unanswered (streams count until they end)."""
 
+HELLO_TIMEOUT = 10.0
+"""Seconds a new connection has to greet (and, on TCP, show its token) before it is closed."""
+
 
 async def _claim_socket(path: str) -> None:
     """Make way for our socket at ``path``: a socket nobody answers on is a dead daemon's and is
@@ -90,6 +93,7 @@ class ControlServer:
         self.max_frame = max_frame
         self.allow_uids = allow_uids if allow_uids is not None else {os.getuid()}
         self.watch_interval = 0.05
+        self.hello_timeout = HELLO_TIMEOUT
         self.fanout = WatchFanout(encoded_snapshot, lambda: self.watch_interval)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
@@ -265,7 +269,10 @@ class _Connection:
         try:
             while not self.closed:
                 try:
-                    message = await read_frame(self.reader, self.server.max_frame)
+                    if self.greeted:
+                        message = await read_frame(self.reader, self.server.max_frame)
+                    else:
+                        message = await self._first_frame()
                 except ProtocolError as exc:
                     await self.fail(None, exc)
                     break  # the framing is broken: nothing after this can be trusted
@@ -278,6 +285,18 @@ class _Connection:
             self.close()
             if self.tasks:
                 await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    async def _first_frame(self) -> dict[str, Any] | None:
+        """The next frame of a connection that has not greeted yet, within ``hello_timeout``:
+        a peer that connects and says nothing (or trickles bytes) would otherwise hold one of
+        ``max_connections`` for good, and on TCP anyone who can connect could fill them all."""
+        timeout = self.server.hello_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await read_frame(self.reader, self.server.max_frame)
+        except TimeoutError:
+            self.server.refuse("no hello in time", seconds=timeout)
+            raise ProtocolError(f"no hello within {timeout:g} s of connecting") from None
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         request_id = message.get("id")
