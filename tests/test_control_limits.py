@@ -157,3 +157,31 @@ async def test_a_connection_that_does_not_greet_in_time_is_closed_and_a_greeted_
         await client.close()
         await server.close()
         await host.shutdown()
+
+
+async def test_a_client_gives_up_on_a_daemon_that_accepts_but_never_answers(tmp_path: Path) -> None:
+    """A stopped or stuck daemon still has its connections accepted by the kernel: opening a
+    client to one fails after connect_timeout with a TimeoutError naming the socket, and leaves
+    no connection open behind it."""
+    path = str(tmp_path / "stuck.sock")
+    accepted: list[asyncio.StreamWriter] = []
+    hung_up = asyncio.Event()
+
+    async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()  # until the client goes away
+        hung_up.set()
+
+    stuck = await asyncio.start_unix_server(say_nothing, path=path)
+    try:
+        client = Client.connect(path, connect_timeout=0.3)
+        with pytest.raises(TimeoutError, match=f"the daemon at {path} did not answer within 0.3 s"):
+            await client.open()
+        await asyncio.wait_for(hung_up.wait(), 10)
+        assert 1 == len(accepted)
+        assert not client.connected
+    finally:
+        for writer in accepted:
+            writer.close()
+        stuck.close()
+        await stuck.wait_closed()

@@ -62,6 +62,10 @@ def _snapshot(fields: dict[str, Any]) -> Snapshot:
     )  # fmt: skip
 
 
+CONNECT_TIMEOUT = 10.0
+"""Seconds a client gives the daemon to accept it and answer its hello."""
+
+
 class _Disconnected:
     """Put into a watch stream's queue when the connection drops (the stream reconnects)."""
 
@@ -72,7 +76,9 @@ class Client:
     When the daemon goes away (a restart, a crash), requests in flight fail with
     ``ConnectionResetError`` (they may or may not have been carried out), the next request
     reconnects, and watch streams reconnect by themselves (backoff up to ``reconnect_timeout``)
-    and resume from the process's current version.
+    and resume from the process's current version. Connecting (and the daemon's answer to the
+    hello) must take less than ``connect_timeout``: a stopped or stuck daemon still accepts
+    connections (the kernel does), and would otherwise keep a caller waiting for good.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class Client:
         path: str,
         *,
         reconnect_timeout: float = 30.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         tcp: tuple[str, int] | None = None,
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
@@ -89,6 +96,7 @@ class Client:
         self.token = token
         self.tls = tls
         self.reconnect_timeout = reconnect_timeout
+        self.connect_timeout = connect_timeout
         self._reconnecting: asyncio.Lock | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -99,16 +107,30 @@ class Client:
         self.server_version: str | None = None
 
     @classmethod
-    def connect(cls, path: str, *, reconnect_timeout: float = 30.0) -> Client:
+    def connect(cls, path: str, *, reconnect_timeout: float = 30.0, connect_timeout: float = CONNECT_TIMEOUT) -> Client:
         """A client of the daemon's unix socket (owner-only; no token needed)."""
-        return cls(path, reconnect_timeout=reconnect_timeout)
+        return cls(path, reconnect_timeout=reconnect_timeout, connect_timeout=connect_timeout)
 
     @classmethod
     def connect_tcp(
-        cls, host: str, port: int, *, token: str, tls: ssl.SSLContext | None = None, reconnect_timeout: float = 30.0
+        cls,
+        host: str,
+        port: int,
+        *,
+        token: str,
+        tls: ssl.SSLContext | None = None,
+        reconnect_timeout: float = 30.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> Client:
         """A client over TCP: the token is required; pass an SSL context beyond loopback."""
-        return cls(f"{host}:{port}", tcp=(host, port), token=token, tls=tls, reconnect_timeout=reconnect_timeout)
+        return cls(
+            f"{host}:{port}",
+            tcp=(host, port),
+            token=token,
+            tls=tls,
+            reconnect_timeout=reconnect_timeout,
+            connect_timeout=connect_timeout,
+        )
 
     async def __aenter__(self) -> Client:
         await self.open()
@@ -120,6 +142,18 @@ class Client:
         await self.close()
 
     async def open(self) -> None:
+        """Connect and greet; raises ``TimeoutError`` naming the daemon when that takes longer
+        than ``connect_timeout``, ``ConnectionDenied`` when the daemon refuses."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self._open()
+        except TimeoutError:
+            raise TimeoutError(
+                f"the daemon at {self.path} did not answer within {self.connect_timeout:g} s "
+                "(is it stopped, or overloaded?)"
+            ) from None
+
+    async def _open(self) -> None:
         if self.tcp is not None:
             self._reader, self._writer = await asyncio.open_connection(self.tcp[0], self.tcp[1], ssl=self.tls)
         else:
@@ -127,9 +161,9 @@ class Client:
         hello: dict[str, Any] = {"op": "hello", "v": PROTOCOL_VERSION, "id": 0}
         if self.token is not None:
             hello["token"] = self.token
-        self._writer.write(encode(hello))
-        await self._writer.drain()
         try:
+            self._writer.write(encode(hello))
+            await self._writer.drain()
             answer = await read_frame(self._reader)
         except BaseException:
             self._writer.close()
