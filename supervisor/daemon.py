@@ -214,9 +214,13 @@ def dump_stacks() -> None:
 
 
 def run(config: Config, catalog: Catalog) -> int:
-    configure(config.daemon.log_level)
-    if config.daemon.loop == "uvloop":
-        import uvloop
+    sink = configure(config.daemon.log_level, background=True)
+    try:
+        if config.daemon.loop == "uvloop":
+            import uvloop
 
-        return uvloop.run(serve(config, catalog))
-    return asyncio.run(serve(config, catalog))
+            return uvloop.run(serve(config, catalog))
+        return asyncio.run(serve(config, catalog))
+    finally:
+        if sink is not None:
+            sink.close()

@@ -21,6 +21,7 @@ from ._actions import TrackedAction
 from ._host import Host
 from ._process import Process
 from ._summary import LIVE_LIFECYCLES
+from .logs import current_sink
 
 ACTION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 86400.0)
 
@@ -84,6 +85,13 @@ class HostCollector(Collector):
             ended.add_metric([how], count)
         yield ended
         yield CounterMetricFamily("statevisor_restarts", "Restarts by supervisors", value=summary.restarts)
+        sink = current_sink()
+        if sink is not None:
+            yield CounterMetricFamily(
+                "statevisor_log_lines_dropped",
+                "Log lines lost: the log's reader did not keep up, or went away",
+                value=sink.dropped,
+            )
         yield GaugeMetricFamily(
             "statevisor_children_given_up",
             "Declared processes left down after exceeding their own restart budget",
