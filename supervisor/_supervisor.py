@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ._clock import TimerHandle
-from ._exceptions import ConfigurationError, ProcessNotFound
+from ._exceptions import ConfigurationError, ProcessNotFound, StatevisorError
 from ._handle import Handle
 from ._identifiers import check_identifier
 from ._lifecycle import DriveMode, Lifecycle
@@ -148,6 +148,7 @@ class Supervisor:
         self.state = SupervisorState.CREATED
         self._ended = asyncio.Event()
         self._restarting: set[asyncio.Task[None]] = set()
+        self._failing = False
         self.restarts = 0
 
     # --- starting ------------------------------------------------------------------------
@@ -187,6 +188,7 @@ class Supervisor:
             await child.handle._process.wait_ready()
         child.running.set()
         child.watcher = asyncio.get_running_loop().create_task(self._watch(child))
+        child.watcher.add_done_callback(self._task_done)
 
     async def _watch(self, child: _Child) -> None:
         if child.sub is not None:
@@ -218,7 +220,7 @@ class Supervisor:
             log.error(
                 "restart_budget_exceeded", supervisor=self.path, child=child.spec.name, budget=str(self.spec.budget)
             )
-            self._spawn_task(self._escalate())
+            self._fail_soon()
             return
         backoff = child.spec.backoff or self.spec.backoff
         child.streak = 1 if now - child.since >= backoff.reset_after else child.streak + 1
@@ -238,7 +240,27 @@ class Supervisor:
     def _spawn_task(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._restarting.add(task)
-        task.add_done_callback(self._restarting.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A watcher or restart ended. One that raised is a bug in deciding or restarting: this
+        supervisor can no longer be trusted to supervise, so it fails, as an OTP supervisor
+        crashes, and its parent decides (a dead task would have stopped supervision silently)."""
+        self._restarting.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        what = getattr(task.get_coro(), "__qualname__", task.get_name())
+        log.error("supervisor_task_failed", supervisor=self.path, task=what, error=repr(error))
+        if self.state is SupervisorState.RUNNING:
+            self._fail_soon()
+
+    def _fail_soon(self) -> None:
+        if not self._failing:
+            self._failing = True
+            self._spawn_task(self._escalate())
 
     async def _restart(self, names: list[str]) -> None:
         if self.state is not SupervisorState.RUNNING:
@@ -255,7 +277,16 @@ class Supervisor:
             # before this coroutine resumes: an observer must not see it restarted, uncounted.
             self.restarts += 1
             self.host.restarts += 1  # the tree's count survives this supervisor's replacement
-            await self._start_child(child)
+            try:
+                await self._start_child(child)
+            except StatevisorError as exc:
+                # The start itself failed (a full or locked store cannot take the new process):
+                # a failed run, so the next try comes after the backoff, within the budget. Left
+                # to the task, the child would never be restarted, and nothing would say so.
+                log.error("child_start_failed", supervisor=self.path, child=name, error=str(exc))
+                child.running.clear()
+                self._child_ended(child, Lifecycle.FAILED)
+                return  # the strategy's next restart starts the rest
             child.streak = streaks[name]
 
     async def _escalate(self) -> None:

@@ -317,3 +317,66 @@ def test_child_and_supervisor_names_are_one_path_part_checked_when_declared(name
         ChildSpec(name, machine=Service)
     with pytest.raises(ConfigurationError, match=re.escape(repr(name))):
         SupervisorSpec(name)
+
+
+async def test_a_restart_whose_start_fails_is_retried_with_backoff_until_it_succeeds(tmp_path: Any) -> None:
+    """A restart that cannot start its child (the store is full, so the new process cannot be
+    checkpointed) is logged and counted as a failed run: it is tried again after the next
+    backoff (within the budget) instead of being left undone for good; once the store has room
+    the child runs again."""
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    EVENTS.clear()
+    clock = ManualClock()
+    db = tmp_path / "s.db"
+    child = ChildSpec("a", machine=Service, state={"name": "a", "pad": "x" * 200_000})
+    host = Host(root=SupervisorSpec("root", [child], backoff=NO_JITTER), clock=clock, kill_grace=1.0, store=str(db))
+    await host.start()
+    assert host.store is not None
+    old = pid_of(host, "a")
+    with capture_logs() as logged:
+        await crash(host, "a")
+        host.store.max_page_count = sqlite3.connect(db).execute("PRAGMA page_count").fetchone()[0]
+        clock.advance(1.0)  # the first restart: its spawn cannot be written
+        await wait_until(lambda: any(e["event"] == "child_start_failed" for e in logged))
+        await wait_until(lambda: host.root.statistics().pending_restarts == 1)
+    failed = next(e for e in logged if e["event"] == "child_start_failed")
+    assert "a" == failed["child"]
+    assert "full" in failed["error"]
+    assert old == pid_of(host, "a")  # not replaced by a process that was never written
+    host.store.max_page_count = 1_000_000
+    clock.advance(2.0)  # the second try, after a doubled backoff
+    await restarted(host, "a", old)
+    assert ["start a", "start a"] == EVENTS
+    assert 2 == host.root.restarts
+    await host.shutdown()
+
+
+async def test_a_supervisor_whose_restart_breaks_unexpectedly_fails_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restart that raises something no start should (a bug) does not leave the supervisor
+    running with a child it will never restart: the error is logged, the supervisor stops its
+    children and fails, so its parent (or the operator, for the root) sees it."""
+    from structlog.testing import capture_logs
+
+    host, clock = await started(Strategy.ONE_FOR_ONE, [spec("a"), spec("b")])
+    await crash(host, "a")
+
+    async def broken_spawn(*args: Any, **kwargs: Any) -> Handle:
+        raise RuntimeError("a bug in spawning")
+
+    monkeypatch.setattr(host, "spawn", broken_spawn)
+    with capture_logs() as logged:
+        clock.advance(1.0)
+        await wait_until(lambda: host.root.state is SupervisorState.FAILED)
+    failed = [e for e in logged if e["event"] == "supervisor_task_failed"]
+    assert 1 == len(failed)
+    assert "a bug in spawning" in failed[0]["error"]
+    assert "Supervisor._restart" == failed[0]["task"]
+    child = host.root.child("b")
+    assert isinstance(child, Handle)
+    assert child.done()  # stopped with its failed supervisor
+    await host.shutdown()
