@@ -58,6 +58,7 @@ class HostSummary:
     quarantined: int = 0
     slots: dict[str, SlotCounts] = field(default_factory=dict)
     store: str | None = None
+    failed_supervisors: dict[str, str] = field(default_factory=dict)  # path -> why: nothing under it restarts
 
     @property
     def live(self) -> int:
@@ -77,6 +78,7 @@ class HostSummary:
             "transition_errors": self.transition_errors, "restarts": self.restarts,
             "given_up": self.given_up, "quarantined": self.quarantined,
             "slots": {kind: _counts(s) for kind, s in self.slots.items()}, "store": self.store,
+            "failed_supervisors": dict(self.failed_supervisors),
         }  # fmt: skip
 
     @classmethod
@@ -87,7 +89,7 @@ class HostSummary:
             transitions=fields["transitions"], transition_errors=fields["transition_errors"],
             restarts=fields["restarts"], given_up=fields["given_up"],
             quarantined=fields["quarantined"], slots={k: SlotCounts(**s) for k, s in fields["slots"].items()},
-            store=fields["store"],
+            store=fields["store"], failed_supervisors=dict(fields.get("failed_supervisors", {})),
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -124,4 +126,5 @@ def summarize(host: Host, *, started: float | None, quarantined: int) -> HostSum
         quarantined=quarantined,
         slots={s.kind: SlotCounts(s.capacity, s.used, s.queued) for s in host.runtime.slots.statistics()},
         store=host.store_path,
+        failed_supervisors={s.path: s.failure or "failed" for s in host.root.tree() if s.failure is not None},
     )

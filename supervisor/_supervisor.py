@@ -95,7 +95,7 @@ class SupervisorState(StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-    FAILED = "failed"  # the restart budget was exceeded; the parent decides what next
+    FAILED = "failed"  # the restart budget was exceeded (or a bug); the parent decides what next
 
 
 class _Child:
@@ -148,7 +148,7 @@ class Supervisor:
         self.state = SupervisorState.CREATED
         self._ended = asyncio.Event()
         self._restarting: set[asyncio.Task[None]] = set()
-        self._failing = False
+        self.failure: str | None = None  # why it failed, once it has
         self.restarts = 0
 
     # --- starting ------------------------------------------------------------------------
@@ -220,7 +220,8 @@ class Supervisor:
             log.error(
                 "restart_budget_exceeded", supervisor=self.path, child=child.spec.name, budget=str(self.spec.budget)
             )
-            self._fail_soon()
+            budget = self.spec.budget
+            self._fail_soon(f"restart budget exceeded ({budget.max_restarts} in {budget.period:g} s)")
             return
         backoff = child.spec.backoff or self.spec.backoff
         child.streak = 1 if now - child.since >= backoff.reset_after else child.streak + 1
@@ -255,11 +256,11 @@ class Supervisor:
         what = getattr(task.get_coro(), "__qualname__", task.get_name())
         log.error("supervisor_task_failed", supervisor=self.path, task=what, error=repr(error))
         if self.state is SupervisorState.RUNNING:
-            self._fail_soon()
+            self._fail_soon(f"{what} raised {error!r}")
 
-    def _fail_soon(self) -> None:
-        if not self._failing:
-            self._failing = True
+    def _fail_soon(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
             self._spawn_task(self._escalate())
 
     async def _restart(self, names: list[str]) -> None:
@@ -290,7 +291,7 @@ class Supervisor:
             child.streak = streaks[name]
 
     async def _escalate(self) -> None:
-        await self._stop_all("restart budget exceeded")
+        await self._stop_all(self.failure or "supervisor failed")
         self.state = SupervisorState.FAILED
         self._ended.set()
 

@@ -161,6 +161,8 @@ def _status_lines(summary: HostSummary, where: str, now: float) -> list[str]:
         lines += _table(rows, ["KIND", "LIVE", "LIFECYCLES", "PAUSED", "QUEUED", "SLOTS"]).splitlines()
     ended = ", ".join(f"{n} {how}" for how, n in summary.ended.items())
     lines.append(f"since start: {ended}; {summary.restarts} restarts, {summary.given_up} children given up")
+    for path, why in summary.failed_supervisors.items():
+        lines.append(f"supervisor {path} FAILED: {why}; what it supervised is not restarted until the daemon restarts")
     if summary.quarantined:
         lines.append(f"quarantined at start: {summary.quarantined} (statevisor store quarantined --store STORE)")
     lines.append(f"store: {summary.store or 'none (checkpoints off)'}")

@@ -85,6 +85,11 @@ class HostCollector(Collector):
             ended.add_metric([how], count)
         yield ended
         yield CounterMetricFamily("statevisor_restarts", "Restarts by supervisors", value=summary.restarts)
+        yield GaugeMetricFamily(
+            "statevisor_supervisors_failed",
+            "Supervisors that failed (restart budget exceeded): nothing under them is restarted",
+            value=len(summary.failed_supervisors),
+        )
         sink = current_sink()
         if sink is not None:
             yield CounterMetricFamily(

@@ -114,6 +114,35 @@ async def test_a_start_that_quarantined_records_says_so_in_the_summary(tmp_path:
         await second.shutdown()
 
 
+async def test_a_failed_supervisor_is_in_the_summary_with_its_reason() -> None:
+    """A root supervisor past its restart budget has stopped supervising: the summary names it
+    and why (and so do status and the statevisor_supervisors_failed gauge), so an operator sees
+    a daemon that no longer restarts anything without reading its log; older answers without
+    the field still load."""
+    from supervisor import Budget, Strategy, SupervisorState
+    from tests.test_supervisor import crash, pid_of, restarted, spec, started
+
+    host, clock = await started(Strategy.ONE_FOR_ONE, [spec("a")], budget=Budget(1, 60.0))
+    try:
+        assert {} == host.summary().failed_supervisors
+        first = pid_of(host, "a")
+        await crash(host, "a")
+        clock.advance(1.0)
+        await restarted(host, "a", first)
+        await crash(host, "a", restarts=False)  # the second restart in 60 s: past the budget
+        await wait_until(lambda: host.root.state is SupervisorState.FAILED)
+        summary = host.summary()
+        assert {"root": "restart budget exceeded (1 in 60 s)"} == summary.failed_supervisors
+        assert HostSummary.from_fields(json.loads(json.dumps(summary.to_fields()))) == summary
+        fields = summary.to_fields()
+        del fields["failed_supervisors"]
+        assert {} == HostSummary.from_fields(fields).failed_supervisors
+        expected = "supervisor root FAILED: restart budget exceeded (1 in 60 s); what it supervised is not restarted"
+        assert any(line.startswith(expected) for line in _status_lines(summary, "here", 0.0))
+    finally:
+        await host.shutdown()
+
+
 def test_status_text_shows_the_daemon_then_a_row_per_kind() -> None:
     """statevisor status for a person: version, address and uptime; totals by lifecycle; a table
     with a row per kind (live, lifecycles, paused, queued inputs, slots); what ended since start."""
