@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import structlog
+
 from ._codec import Checkpoint, decode_record, encode_record
 from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError, StoreFull, StoreLocked
 from ._snapshot import ProcessRecord
@@ -30,6 +32,8 @@ from ._sqlite_sql import EXPIRED, SCHEMA, SCHEMA_VERSION, WAL_SIZE_LIMIT, chunk_
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
 
 DIRTY_RETRY_SECONDS = 1.0
+
+log = structlog.get_logger("statevisor.store")
 
 
 class Checkpointable(Protocol):
@@ -98,6 +102,11 @@ class SQLiteStore:
         self._lock_fd: int | None = None
         self._queue: list[tuple[Checkpoint, asyncio.Future[None] | None]] = []
         self._dirty: dict[str, Checkpointable] = {}
+        # Effect-free checkpoints whose group commit failed: written by the next retry whatever
+        # their dirty flag says (taking their checkpoint cleared it), until one succeeds.
+        self._owed: dict[str, Checkpointable] = {}
+        self._owed_retry: asyncio.TimerHandle | None = None
+        self._owing = False
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self._batches = 0
@@ -206,19 +215,29 @@ class SQLiteStore:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
-    def _take_batch(self) -> list[tuple[Checkpoint, asyncio.Future[None] | None]]:
+    def _take_batch(self) -> tuple[list[tuple[Checkpoint, asyncio.Future[None] | None]], dict[str, Checkpointable]]:
+        """The queued checkpoints, plus the latest state of each dirty process (which it names)."""
         batch, self._queue = self._queue, []
+        taken: dict[str, Checkpointable] = {}
         if self._dirty:
             queued = {checkpoint.pid for checkpoint, _ in batch}
             for pid, process in self._dirty.items():
-                if pid not in queued and process.dirty:
+                owed = self._owed.pop(pid, None) is not None
+                if pid not in queued and (process.dirty or owed):
                     batch.append((process.checkpoint(), None))
+                    taken[pid] = process
             self._dirty.clear()
-        return batch
+        return batch, taken
+
+    def _retry_owed(self) -> None:
+        self._owed_retry = None
+        if not self._closed:
+            self._dirty.update(self._owed)
+            self._kick()
 
     async def _flush(self) -> None:
         while self._queue or self._dirty:
-            batch = self._take_batch()
+            batch, taken = self._take_batch()
             latest: dict[str, Checkpoint] = {}
             for checkpoint, _ in batch:
                 current = latest.get(checkpoint.pid)
@@ -232,17 +251,22 @@ class SQLiteStore:
             except BaseException as exc:  # a bug in the writer must not strand the waiters
                 error = StoreError(self.path, f"writer failed: {exc!r}")
                 rejected = {pid: error for pid in latest}
-            self._settle(batch, rejected)
+            self._settle(batch, rejected, taken)
 
     def _settle(
-        self, batch: list[tuple[Checkpoint, asyncio.Future[None] | None]], rejected: dict[str, StoreError]
+        self,
+        batch: list[tuple[Checkpoint, asyncio.Future[None] | None]],
+        rejected: dict[str, StoreError],
+        taken: dict[str, Checkpointable],
     ) -> None:
-        retry = False
+        failed: StoreError | None = None
         for checkpoint, future in batch:
             failure = rejected.get(checkpoint.pid)
             if future is None:
-                # Nobody waits on a dirty flush; keep it owed and try again a little later.
-                retry = retry or failure is not None
+                # Nobody waits on a dirty flush: keep it owed and try again a little later.
+                if failure is not None:
+                    self._owed[checkpoint.pid] = taken[checkpoint.pid]
+                    failed = failure
                 continue
             if future.done():
                 continue
@@ -250,8 +274,16 @@ class SQLiteStore:
                 future.set_result(None)
             else:
                 future.set_exception(failure)
-        if retry and not self._closed:
-            asyncio.get_running_loop().call_later(DIRTY_RETRY_SECONDS, self._kick)
+        if failed is not None and not self._owing:
+            self._owing = True  # logged once an outage, not once a retry
+            log.warning(
+                "checkpoints_owed", processes=len(self._owed), error=str(failed), retry_every=DIRTY_RETRY_SECONDS
+            )
+        elif self._owing and not self._owed:
+            self._owing = False
+            log.info("checkpoints_caught_up", store=self.path)
+        if self._owed and self._owed_retry is None and not self._closed:
+            self._owed_retry = asyncio.get_running_loop().call_later(DIRTY_RETRY_SECONDS, self._retry_owed)
 
     def _rows(self, checkpoints: list[Checkpoint]) -> tuple[list[tuple[str, list[Any]]], dict[str, StoreError]]:
         now = time.time()
@@ -374,11 +406,14 @@ class SQLiteStore:
         return count
 
     def statistics(self) -> StoreStatistics:
-        queued = len(self._queue) + len(self._dirty)
+        queued = len(self._queue) + len(self._dirty) + len(self._owed)
         return StoreStatistics(self._batches, self._records, self._last_batch, self._last_commit, queued)
 
     async def close(self) -> None:
         """Finish queued and owed writes, close the file and release ownership. Idempotent."""
+        if self._owed_retry is not None:
+            self._owed_retry.cancel()
+            self._retry_owed()  # one last try for what is owed
         if self._connection is not None and (self._queue or self._dirty):
             self._kick()
         if self._flusher is not None and not self._flusher.done():

@@ -210,6 +210,48 @@ async def test_a_foreign_writer_holding_the_lock_pauses_processes_until_released
     await host.shutdown()
 
 
+async def test_an_effect_free_commit_whose_group_commit_failed_is_written_once_the_store_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group commit of effect-free changes (nobody waits for it) that meets a locked store is
+    owed, logged once, and written when a retry finds the store free: the committed state of a
+    process that goes idle afterwards must not stay unwritten until its next transition, for a
+    crash hours later to lose."""
+    from structlog.testing import capture_logs
+
+    import supervisor._sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "DIRTY_RETRY_SECONDS", 0.05)
+    db = tmp_path / "s.db"
+    host = Host(machines=[Counter], store=str(db), busy_timeout=0.05)
+    await host.start()
+    assert host.store is not None
+    handle = await host.spawn(Counter, pid="c", state={"n": 0})
+    await handle.call("get")
+
+    def stored_n() -> int:
+        with sqlite3.connect(db) as reader:
+            blob = reader.execute("SELECT record FROM processes WHERE pid = 'c'").fetchone()[0]
+        return int(decode_record(blob).state["n"])
+
+    foreign = sqlite3.connect(db, isolation_level=None)
+    foreign.execute("BEGIN EXCLUSIVE")
+    try:
+        with capture_logs() as logged:
+            await handle.cast(5)  # effect-free: only the next group commit writes it
+            await wait_until(lambda: any(e["event"] == "checkpoints_owed" for e in logged))
+            foreign.execute("COMMIT")
+            await wait_until(lambda: stored_n() == 5)
+            await wait_until(lambda: any(e["event"] == "checkpoints_caught_up" for e in logged))
+        owed = next(e for e in logged if e["event"] == "checkpoints_owed")
+        assert 1 == owed["processes"]
+        assert "locked" in owed["error"]
+        assert 1 == len([e for e in logged if e["event"] == "checkpoints_owed"])  # once per outage
+    finally:
+        foreign.close()
+        await host.shutdown()
+
+
 async def test_store_errors_name_the_store(tmp_path: Path) -> None:
     """Opening a store in a missing directory is a StoreError naming the path."""
     with pytest.raises(StoreError, match="does not exist"):
