@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import structlog
 
 from ._actions import Executor
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, StatevisorError
 from ._host import Host
 from ._machine import Machine
 from ._open_files import raise_open_files_limit
@@ -195,12 +196,21 @@ async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:
     root = host.root
     for name in reversed(removed + changed):
         await root.remove_child(name, "removed or changed by a configuration reload")
+    failed: list[str] = []
     for name in [n for n in after if n in added or n in changed]:
-        await root.add_child(child_spec(after[name], catalog.kinds))
-    current[0] = new
+        try:
+            await root.add_child(child_spec(after[name], catalog.kinds))
+        except StatevisorError as exc:  # e.g. the store cannot take it now: the others still start
+            failed.append(name)
+            log.error("reload_start_failed", child=name, error=str(exc), note="the next SIGHUP tries it again")
+            with contextlib.suppress(StatevisorError):
+                await root.remove_child(name, "its start failed")
+    # What failed to start is left out of the running configuration, so the next reload adds it.
+    current[0] = dataclasses.replace(new, processes=tuple(p for p in new.processes if p.name not in failed))
     log.info(
-        "reloaded", added=added, removed=removed, changed=changed, unchanged=len(after) - len(added) - len(changed)
-    )
+        "reloaded", added=added, removed=removed, changed=changed, unchanged=len(after) - len(added) - len(changed),
+        failed=failed,
+    )  # fmt: skip
 
 
 def dump_stacks() -> None:
