@@ -1,8 +1,9 @@
 """The control API: a versioned msgpack protocol over a unix socket, its server and client."""
 
 from .._exceptions import ConnectionDenied, ProtocolError, RemoteError
-from ._client import Client, RemoteHandle
+from ._client import Client
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION
+from ._remote import RemoteHandle
 from ._server import ControlServer
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The Python client of the control API, and its remote handles.
+"""The Python client of the control API (its remote handles are in :mod:`._remote`).
 
     async with Client.connect("var/statevisor.sock") as client:
         handle = await client.spawn("ticker", {"interval": 1.0})
@@ -6,9 +6,8 @@
         async for snapshot in handle.watch():
             ...
 
-Remote handles raise the same exception classes as in-process ones (rebuilt from the error's
-fields), and return the same :class:`Snapshot` records. Operations that cannot be synchronous
-over a socket (``try_nudge``, ``try_cast``, ``state``, ``done``, ``result``) are coroutines here.
+Remote handles raise the same exception classes as in-process ones (rebuilt here from the
+error's fields), and return the same :class:`Snapshot` records.
 """
 
 from __future__ import annotations
@@ -24,9 +23,10 @@ from typing import Any
 from .. import _exceptions as errors
 from .._exceptions import ConnectionDenied, ProtocolError, RemoteError
 from .._lifecycle import Lifecycle
-from .._snapshot import ProcessStatistics, Snapshot
+from .._snapshot import Snapshot
 from .._summary import HostSummary
 from ._protocol import PROTOCOL_VERSION, encode, read_frame
+from ._remote import RemoteHandle, snapshot_of
 
 
 def _rebuild(fields: dict[str, Any]) -> BaseException:
@@ -51,15 +51,6 @@ def _rebuild(fields: dict[str, Any]) -> BaseException:
     if kind in simple:
         return simple[kind](message)
     return RemoteError(kind, message)
-
-
-def _snapshot(fields: dict[str, Any]) -> Snapshot:
-    return Snapshot(
-        pid=fields["pid"], name=fields["name"], kind=fields["kind"], version=fields["version"],
-        lifecycle=Lifecycle(fields["lifecycle"]), paused=fields["paused"], pause_reason=fields["pause_reason"],
-        phase=fields["phase"], state=fields["state"], waiting_on=tuple(fields["waiting_on"]), since=fields["since"],
-        result=fields["result"], error=fields["error"],
-    )  # fmt: skip
 
 
 CONNECT_TIMEOUT = 10.0
@@ -343,7 +334,7 @@ class Client:
         that each fit a frame)."""
         lifecycle_name = str(lifecycle) if lifecycle else None
         found = await self.collect("list", kind=kind, lifecycle=lifecycle_name, paused=paused, chunked=True)
-        return [_snapshot(f) for f in found]
+        return [snapshot_of(f) for f in found]
 
     async def summary(self) -> HostSummary:
         """The daemon's host in counts (as ``Host.summary()``): live processes by kind and
@@ -353,93 +344,3 @@ class Client:
     def __repr__(self) -> str:
         state = "connected" if self._pump is not None and not self._pump.done() else "closed"
         return f"<Client {self.path} {state}, {len(self._waiting)} waiting, {len(self._streams)} streams>"
-
-
-class RemoteHandle:
-    """A handle to a process in a daemon; the same operations as :class:`Handle`."""
-
-    def __init__(self, client: Client, pid: str, name: str, kind: str) -> None:
-        self.client = client
-        self.pid = pid
-        self.name = name
-        self.kind = kind
-
-    async def nudge(self) -> None:
-        await self.client.request("nudge", pid=self.pid)
-
-    async def try_nudge(self) -> None:
-        await self.client.request("try_nudge", pid=self.pid)
-
-    async def pause(self) -> None:
-        await self.client.request("pause", pid=self.pid)
-
-    async def resume(self) -> None:
-        await self.client.request("resume", pid=self.pid)
-
-    async def kill(self, reason: str = "killed") -> Snapshot:
-        return _snapshot(await self.client.request("kill", pid=self.pid, reason=reason))
-
-    async def cast(self, message: Any) -> None:
-        await self.client.request("cast", pid=self.pid, message=message)
-
-    async def try_cast(self, message: Any) -> None:
-        await self.client.request("try_cast", pid=self.pid, message=message)
-
-    async def call(self, message: Any, timeout: float | None = None) -> Any:
-        return await self.client.request("call", pid=self.pid, message=message, timeout=timeout)
-
-    async def state(self) -> Snapshot:
-        return _snapshot(await self.client.request("state", pid=self.pid))
-
-    async def snapshot(self) -> Snapshot:
-        """The latest snapshot (as ``Handle.snapshot()``)."""
-        return await self.state()
-
-    async def statistics(self) -> ProcessStatistics:
-        """The process's counters (as ``Handle.statistics()``)."""
-        return ProcessStatistics(**await self.client.request("statistics", pid=self.pid))
-
-    async def wait(self, timeout: float | None = None) -> Snapshot:
-        return _snapshot(await self.client.request("wait", pid=self.pid, timeout=timeout))
-
-    async def done(self) -> bool:
-        """Whether the process has ended (a round trip; in-process ``done()`` is immediate)."""
-        return (await self.state()).done
-
-    async def result(self) -> Any:
-        """The finished process's result; raises how it ended otherwise (as ``Handle.result()``:
-        :class:`NotFinished` while alive, :class:`ProcessFailed` or :class:`ProcessKilled`)."""
-        return (await self.state()).outcome()
-
-    async def watch(self) -> AsyncIterator[Snapshot]:
-        """Snapshots until the terminal one; survives daemon restarts (resumes from the current
-        version; a version already seen is not yielded twice)."""
-        last: tuple[int, str] | None = None
-        async for fields in self.client.stream("watch", pid=self.pid):
-            snapshot = _snapshot(fields)
-            key = (snapshot.version, str(snapshot.lifecycle))
-            if key != last:
-                last = key
-                yield snapshot
-
-    async def logs(self, stream: str = "stdout", lines: int = 20) -> list[str]:
-        """The last ``lines`` lines of one of the process's log streams."""
-        found: list[str] = await self.client.collect("logs", pid=self.pid, stream=stream, lines=lines, chunked=True)
-        return found
-
-    async def follow(self, stream: str = "stdout", lines: int = 10) -> AsyncIterator[str]:
-        """The last ``lines`` lines, then new lines as they are written, until the caller stops.
-        After a reconnection (a daemon restart) it goes on after the last line it yielded:
-        nothing missed, nothing repeated (unless the log was rotated meanwhile)."""
-        reached: int | None = None  # the offset after the last line yielded
-
-        def args() -> dict[str, Any]:
-            first = lines if reached is None else 0
-            return {"pid": self.pid, "stream": stream, "lines": first, "positions": True, "start": reached}
-
-        async for line, offset in self.client.resumable_stream("follow", args):
-            reached = offset
-            yield str(line)
-
-    def __repr__(self) -> str:
-        return f"<RemoteHandle {self.pid} {self.kind!r} via {self.client.path}>"
