@@ -85,7 +85,8 @@ from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
 from ._sqlite import Quarantined, Recovery, SQLiteStore, StoreStatistics
 from ._state import pack, unpack
 from ._summary import HostSummary, KindCounts, SlotCounts
-from ._supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState, SupervisorStatistics
+from ._supervisor import Supervisor
+from ._supervisor_spec import ChildSpec, SupervisorSpec, SupervisorState, SupervisorStatistics
 
 __version__ = "0.1.0"
 

@@ -33,7 +33,8 @@ from ._runtime import Runtime
 from ._snapshot import ProcessRecord
 from ._sqlite import Quarantined, SQLiteStore, Synchronous
 from ._summary import HostSummary, summarize
-from ._supervisor import Supervisor, SupervisorSpec
+from ._supervisor import Supervisor
+from ._supervisor_spec import SupervisorSpec
 
 log = structlog.get_logger("statevisor.host")
 

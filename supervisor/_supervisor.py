@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -19,83 +17,14 @@ import structlog
 from ._clock import TimerHandle
 from ._exceptions import ConfigurationError, ProcessNotFound, StatevisorError
 from ._handle import Handle
-from ._identifiers import check_identifier
-from ._lifecycle import DriveMode, Lifecycle
-from ._machine import Machine
-from ._policy import Backoff, Budget, Restart, RestartWindow, Strategy, affected, should_restart, start_order
+from ._lifecycle import Lifecycle
+from ._policy import RestartWindow, affected, should_restart, start_order
+from ._supervisor_spec import ChildSpec, SupervisorSpec, SupervisorState, SupervisorStatistics
 
 if TYPE_CHECKING:
     from ._host import Host
 
 log = structlog.get_logger("statevisor.supervisor")
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """A declared child: a process of ``machine`` (with ``state``), or a child ``supervisor``.
-
-    ``backoff``: this child's delays between restarts (default: its supervisor's).
-    ``budget``: this child's own restart budget; past it the child is *given up* (left down,
-    logged, counted in ``statistics().given_up``; ``start_child`` brings it back) while its
-    siblings go on, as supervisord does for a program past ``startretries``. The supervisor's
-    budget counts the child's restarts as well and escalates as usual.
-    """
-
-    name: str
-    machine: Machine[Any] | type[Machine[Any]] | None = None
-    state: Mapping[str, Any] | None = None
-    restart: Restart = Restart.PERMANENT
-    depends_on: tuple[str, ...] = ()
-    mode: DriveMode = DriveMode.AUTO
-    supervisor: SupervisorSpec | None = None
-    backoff: Backoff | None = None
-    budget: Budget | None = None
-
-    def __post_init__(self) -> None:
-        _check_part(self.name, "child")
-        if (self.machine is None) == (self.supervisor is None):
-            raise ConfigurationError(f"child {self.name!r} needs exactly one of machine= or supervisor=")
-        if self.machine is not None and self.state is not None:
-            # Checked here, once: Host.spawn checks again at every (re)start, and a restart
-            # that raised there would leave the child down with nobody told.
-            self.machine.check_settings(self.state)
-
-
-@dataclass(frozen=True)
-class SupervisorSpec:
-    name: str
-    children: Sequence[ChildSpec] = ()
-    strategy: Strategy = Strategy.ONE_FOR_ONE
-    budget: Budget = field(default_factory=Budget)
-    backoff: Backoff = field(default_factory=Backoff)
-
-    def __post_init__(self) -> None:
-        _check_part(self.name, "supervisor")
-
-
-def _check_part(name: str, what: str) -> None:
-    """A child's or supervisor's name is one part of a path (``root/web``): refused when it is
-    declared, not when the supervisor first starts the child."""
-    check_identifier(name, "name")
-    if "/" in name:
-        raise ConfigurationError(f"{what} name {name!r} holds '/', which separates the parts of a supervisor path")
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisorStatistics:
-    children: int
-    alive: int
-    restarts: int
-    pending_restarts: int
-    given_up: int = 0
-
-
-class SupervisorState(StrEnum):
-    CREATED = "created"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FAILED = "failed"  # the restart budget was exceeded (or a bug); the parent decides what next
 
 
 class _Child:

@@ -22,7 +22,7 @@ from ._exceptions import ConfigError, StatevisorError
 from ._host import Host
 from ._machine import Machine
 from ._open_files import raise_open_files_limit
-from ._supervisor import ChildSpec, SupervisorSpec
+from ._supervisor_spec import ChildSpec, SupervisorSpec
 from .config import Config, Kinds, ProcessSettings, load
 from .logs import configure
 
