@@ -82,8 +82,9 @@ from ._sim import Invariant, Simulation
 from ._simparts import SimCall, SimExecutor
 from ._slots import SlotPool, SlotStatistics
 from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
-from ._sqlite import Quarantined, Recovery, SQLiteStore, StoreStatistics
+from ._sqlite import SQLiteStore
 from ._state import pack, unpack
+from ._store_records import Quarantined, Recovery, StoreStatistics
 from ._summary import HostSummary, KindCounts, SlotCounts
 from ._supervisor import Supervisor
 from ._supervisor_spec import ChildSpec, SupervisorSpec, SupervisorState, SupervisorStatistics

@@ -31,7 +31,8 @@ from ._machine import Machine
 from ._process import Process
 from ._runtime import Runtime
 from ._snapshot import ProcessRecord
-from ._sqlite import Quarantined, SQLiteStore, Synchronous
+from ._sqlite import SQLiteStore, Synchronous
+from ._store_records import Quarantined
 from ._summary import HostSummary, summarize
 from ._supervisor import Supervisor
 from ._supervisor_spec import SupervisorSpec

@@ -19,8 +19,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import structlog
 
@@ -28,59 +27,13 @@ from ._codec import Checkpoint, decode_record, encode_record
 from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError, StoreFull, StoreLocked
 from ._snapshot import ProcessRecord
 from ._sqlite_sql import EXPIRED, SCHEMA, SCHEMA_VERSION, WAL_SIZE_LIMIT, chunk_parameters, delete_ended
+from ._store_records import Checkpointable, Expired, Quarantined, Recovery, StoreStatistics
 
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
 
 DIRTY_RETRY_SECONDS = 1.0
 
 log = structlog.get_logger("statevisor.store")
-
-
-class Checkpointable(Protocol):
-    """What :meth:`SQLiteStore.mark_dirty` takes: a process, as far as the store cares."""
-
-    pid: str
-
-    @property
-    def dirty(self) -> bool: ...
-
-    def checkpoint(self) -> Checkpoint: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantined:
-    """A process whose checkpoint could not be brought back; kept for an operator to inspect."""
-
-    pid: str
-    reason: str
-    at: float
-    record: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class Recovery:
-    """What :meth:`SQLiteStore.load` found: live records, and the ones it quarantined."""
-
-    records: list[ProcessRecord]
-    quarantined: list[Quarantined]
-
-
-@dataclass(frozen=True, slots=True)
-class Expired:
-    """Terminal records past their retention (see :meth:`SQLiteStore.expired`): every pid, and
-    the final records of those that decode (one that does not is deleted all the same)."""
-
-    pids: list[str]
-    records: list[ProcessRecord]
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStatistics:
-    batches: int
-    records: int
-    last_batch_size: int
-    last_commit_seconds: float
-    queued: int
 
 
 class SQLiteStore:
