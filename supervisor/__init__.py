@@ -83,6 +83,7 @@ from ._simparts import SimCall, SimExecutor
 from ._slots import SlotPool, SlotStatistics
 from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
 from ._sqlite import SQLiteStore
+from ._stalls import LoopWatchdog
 from ._state import pack, unpack
 from ._store_records import Quarantined, Recovery, StoreStatistics
 from ._summary import HostSummary, KindCounts, SlotCounts
@@ -107,6 +108,7 @@ __all__ = [
     "tail_lines",
     "rotate_log",
     "OpenFilesLimit",
+    "LoopWatchdog",
     "open_files_for_children",
     "raise_open_files_limit",
     "SettingsError",

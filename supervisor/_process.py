@@ -103,6 +103,7 @@ class Process(ProcessControl):
         ctx = Context(self, self.runtime.clock.now())
         self._journal.begin()
         self._in_transition = True
+        self.runtime.stepping = self
         try:
             self.machine.restore(self._state, ctx)
         except Exception as exc:
@@ -191,6 +192,7 @@ class Process(ProcessControl):
         before = pack(self._state) if runtime.check_determinism else None
         journal.begin()
         self._in_transition = True
+        runtime.stepping = self
         try:
             await self.machine.transition(self._state, input, ctx)
             if before is not None:

@@ -100,6 +100,9 @@ class Runtime:
         self.checkpoint_every_commit = False
         # Graceful shutdown: processes take no new input (without that being part of their state).
         self.draining = False
+        # The process that last began a transition (or a restore): the one running now while its
+        # _in_transition is set. Read by the loop watchdog to name what blocks the loop.
+        self.stepping: Process | None = None
         self.observers: list[RuntimeObserver] = []
         self.slots = SlotPool(slots)
         self._ids = ids

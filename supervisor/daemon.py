@@ -22,6 +22,7 @@ from ._exceptions import ConfigError, StatevisorError
 from ._host import Host
 from ._machine import Machine
 from ._open_files import raise_open_files_limit
+from ._stalls import LoopWatchdog
 from ._supervisor_spec import ChildSpec, SupervisorSpec
 from .config import Config, Kinds, ProcessSettings, load
 from .logs import configure
@@ -125,7 +126,10 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
         # the daemon never exits with its processes half up. The metrics port is taken before
         # any process starts, since it is the likeliest to be in use already.
         running.callback(_remove_handlers, loop)
-        server = start_metrics(host, config.daemon.metrics, lambda: control.connections if control else 0)
+        watchdog = LoopWatchdog(loop, host.runtime)
+        watchdog.start()
+        running.callback(watchdog.stop)
+        server = start_metrics(host, config.daemon.metrics, lambda: control.connections if control else 0, watchdog)
         running.callback(server.shutdown)
         report = await host.start()
         running.push_async_callback(host.shutdown, timeout=config.daemon.shutdown_timeout)

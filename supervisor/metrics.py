@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from ._actions import TrackedAction
 from ._host import Host
 from ._process import Process
+from ._stalls import LoopWatchdog
 from ._summary import LIVE_LIFECYCLES
 from .logs import current_sink
 
@@ -189,21 +190,43 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def registry_for(host: Host, connections: Any = None) -> CollectorRegistry:
+class WatchdogCollector(Collector):
+    """The loop watchdog's counts, read on the scrape's thread (they are plain numbers)."""
+
+    def __init__(self, watchdog: LoopWatchdog) -> None:
+        self.watchdog = watchdog
+
+    def collect(self) -> Iterator[Any]:
+        yield CounterMetricFamily(
+            "statevisor_loop_stalls",
+            "Times the event loop did not answer the watchdog in time (blocked)",
+            value=self.watchdog.stalls,
+        )
+        yield CounterMetricFamily(
+            "statevisor_loop_stalled_seconds",
+            "Time the event loop spent in stalls",
+            value=self.watchdog.stalled_seconds,
+        )
+
+
+def registry_for(host: Host, connections: Any = None, watchdog: LoopWatchdog | None = None) -> CollectorRegistry:
     """The host's metrics; made on its event loop, they are read there at every scrape."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(OnLoop([HostCollector(host, connections), ExecutorCollector(host)], _running_loop()))
+    if watchdog is not None:
+        registry.register(WatchdogCollector(watchdog))
     host.runtime.observers.append(ActionObserver(registry))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
 
 
-def start_metrics(host: Host, address: str, connections: Any = None) -> Any:
+def start_metrics(host: Host, address: str, connections: Any = None, watchdog: LoopWatchdog | None = None) -> Any:
     """Serve ``/metrics`` on ``host:port`` (loopback by default); returns the server (``.shutdown()``)."""
     name, _, port = address.rpartition(":")
     try:
-        server, _thread = start_http_server(int(port), addr=name, registry=registry_for(host, connections))
+        registry = registry_for(host, connections, watchdog)
+        server, _thread = start_http_server(int(port), addr=name, registry=registry)
     except OSError as exc:  # the bare error ("Address already in use") does not say which address
         raise OSError(exc.errno, f"metrics on {address} (daemon.metrics): {exc.strerror or exc}") from None
     return server

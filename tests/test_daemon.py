@@ -134,6 +134,8 @@ def test_daemon_runs_declared_processes_serves_metrics_and_stops_on_sigterm(daem
     assert 2 == metrics['statevisor_processes{kind="ticker",lifecycle="waiting"}']
     assert metrics["statevisor_checkpoint_records_total"] > 0
     assert "process_resident_memory_bytes" in metrics
+    assert 0 == metrics["statevisor_loop_stalls_total"]  # the loop watchdog runs, and saw no stall
+    assert 0 == metrics["statevisor_log_lines_dropped_total"]
     status, logs = daemon.stop()
     assert 0 == status
     events = [line["event"] for line in logs]

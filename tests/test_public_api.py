@@ -28,7 +28,7 @@ EXPECTED_EXPORTS = {
     "SimulationError", "InvariantViolation", "encode_record",
     "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "RunMonitorError", "tail_lines",
     "ConfigError", "ConnectionDenied", "ProtocolError", "RemoteError", "AckLost",
-    "follow_lines", "LogNotFound", "rotate_log", "OpenFilesLimit", "open_files_for_children",
+    "follow_lines", "LogNotFound", "rotate_log", "OpenFilesLimit", "open_files_for_children", "LoopWatchdog",
     "raise_open_files_limit",
     "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError", "pack", "unpack",
 }  # fmt: skip
@@ -73,6 +73,7 @@ CORE_MODULES = {
     "_runtime",
     "_slots",
     "_snapshot",
+    "_stalls",
     "_state",
     "_waiters",
 }
