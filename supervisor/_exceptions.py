@@ -25,6 +25,7 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   ├── StateMutationError       state mutated outside a transition
     │   └── NondeterminismError      check mode re-ran a transition and got a different outcome
     ├── CallTimeout (also TimeoutError)  call() got no reply in time
+    ├── DaemonNotAnswering (also TimeoutError)  a daemon took the connection but did not answer in time
     ├── ProtocolError                a control frame or message that does not follow the protocol
     │   └── ConnectionDenied         the daemon refused the connection (token, protocol version)
     ├── RemoteError                  a daemon's error that has no class of its own on the client's side
@@ -209,6 +210,11 @@ class NondeterminismError(TransitionError):
 
 class CallTimeout(StatevisorError, TimeoutError):
     """``call()`` received no reply within its timeout (the input may still be processed)."""
+
+
+class DaemonNotAnswering(StatevisorError, TimeoutError):
+    """A daemon accepted the connection (the kernel does, for a stopped or stuck daemon too) but
+    did not answer within the client's time: its event loop may be blocked."""
 
 
 class StoreError(StatevisorError):

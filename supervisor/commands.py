@@ -25,7 +25,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import ConfigurationError, ConnectionDenied, ProcessNotFound, ProtocolError, StatevisorError
+from ._exceptions import (
+    ConfigurationError,
+    ConnectionDenied,
+    DaemonNotAnswering,
+    ProcessNotFound,
+    ProtocolError,
+    StatevisorError,
+)
 from ._snapshot import Snapshot
 from ._summary import LIVE_LIFECYCLES, HostSummary
 
@@ -188,6 +195,30 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 HEADER = ["PID", "NAME", "KIND", "LIFECYCLE", "PAUSED", "PHASE", "VERSION", "SINCE", "WAITING ON"]
 
 
+DEADLINE = 60.0
+"""Seconds a command waits for the daemon's answer: a daemon whose event loop is blocked still
+takes connections (the kernel does), and a command would otherwise wait on it for good."""
+
+
+async def _operate_within_deadline(args: argparse.Namespace, daemon: Target) -> int:
+    """Run the command; all but the endless ones (watch, logs -f) within ``--deadline``, which
+    a ``--timeout`` of the command's own extends."""
+    if args.command == "watch" or (args.command == "logs" and args.follow):
+        return await _operate(args, daemon)
+    own: float | None = getattr(args, "timeout", None)
+    limit = args.deadline if own is None else max(args.deadline, own + 10.0)
+    try:
+        async with asyncio.timeout(limit) as scope:
+            return await _operate(args, daemon)
+    except TimeoutError:
+        if not scope.expired():
+            raise  # a timeout of the operation's own (CallTimeout...), not ours
+        raise DaemonNotAnswering(
+            f"the daemon did not answer within {limit:g} s (is its event loop blocked? "
+            "look for loop_stalled in its log)"
+        ) from None
+
+
 async def _operate(args: argparse.Namespace, daemon: Target) -> int:
     async with daemon.client() as client:
         command = args.command
@@ -290,25 +321,25 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"statevisor {args.command}: {problem}", file=sys.stderr)
         return UNREACHABLE
     try:
-        return asyncio.run(_operate(args, daemon))
+        return asyncio.run(_operate_within_deadline(args, daemon))
     except ProcessNotFound as exc:
         print(f"statevisor {args.command}: {exc}", file=sys.stderr)
         return NOT_FOUND
     except ConfigurationError as exc:  # a bad argument, here or as the daemon saw it (e.g. an unknown kind)
         print(f"statevisor {args.command}: {exc}", file=sys.stderr)
         return USAGE
-    except ConnectionDenied as exc:
+    except (ConnectionDenied, DaemonNotAnswering) as exc:
         print(f"statevisor {args.command}: {daemon.where}: {exc}", file=sys.stderr)
         return UNREACHABLE
+    except (StatevisorError, TimeoutError) as exc:  # before OSError, of which TimeoutError is one
+        print(f"statevisor {args.command}: {exc}", file=sys.stderr)
+        return FAILED
     except (ConnectionError, OSError, ssl.SSLError) as exc:
         print(f"statevisor {args.command}: cannot reach the daemon at {daemon.where}: {exc}", file=sys.stderr)
         return UNREACHABLE
     except json.JSONDecodeError as exc:
         print(f"statevisor {args.command}: --state is not JSON: {exc}", file=sys.stderr)
         return USAGE
-    except (StatevisorError, TimeoutError) as exc:
-        print(f"statevisor {args.command}: {exc}", file=sys.stderr)
-        return FAILED
 
 
 def add_commands(commands: Any) -> None:
@@ -322,6 +353,10 @@ def add_commands(commands: Any) -> None:
         parser.add_argument("--token-file", help="file holding the TCP token (or set STATEVISOR_TOKEN)")
         parser.add_argument("--tls-ca", help="CA to verify the daemon's TLS cert (default: daemon.tls_cert)")
         parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument(
+            "--deadline", type=float, default=DEADLINE, metavar="S",
+            help=f"seconds to wait for the daemon's answer (default {DEADLINE:g}; watch and logs -f wait on)",
+        )  # fmt: skip
         parser.set_defaults(func=run_command)
         return parser
 

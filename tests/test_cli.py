@@ -82,7 +82,8 @@ def test_watch_follows_a_process_to_its_end(daemon: Daemon) -> None:
 
 
 def test_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
-    """4: no such process; 2: bad --state, or a kind the daemon does not know; 3: no daemon to reach."""
+    """4: no such process; 2: bad --state, or a kind the daemon does not know; 1: a call with no
+    reply in its --timeout; 3: no daemon to reach."""
     daemon.start()
     missing = cli(daemon, "kill", "nobody")
     assert 4 == missing.returncode
@@ -91,6 +92,9 @@ def test_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
     unknown = cli(daemon, "spawn", "no-such-kind")
     assert 2 == unknown.returncode
     assert "no-such-kind" in unknown.stderr
+    unanswered = cli(daemon, "call", "fast", '"nothing-replies-to-this"', "--timeout", "0.3")
+    assert 1 == unanswered.returncode  # the process did not reply: not "cannot reach the daemon"
+    assert "no reply within 0.3 s" in unanswered.stderr
     daemon.stop()
     gone = cli(daemon, "ps")
     assert 3 == gone.returncode
@@ -199,3 +203,41 @@ def test_the_table_says_how_far_off_a_timer_is() -> None:
     entries = ("action shell.run a1", "timer tick at 1000.250", "timer back off at 990.0")
     assert "action shell.run a1, timer tick in 0.2s, timer back off due 10.0s ago" == _waiting(entries, 1000.0)
     assert "-" == _waiting((), 1000.0)
+
+
+def test_a_command_gives_up_on_a_daemon_that_greets_and_then_never_answers(tmp_path: Path) -> None:
+    """A daemon whose loop is blocked after the hello (the kernel still takes connections, and
+    the hello may have come first) no longer keeps a command waiting for good: past --deadline
+    it exits 3 saying the daemon did not answer and where to look."""
+    import socket
+    import threading
+
+    from supervisor.control._protocol import encode
+
+    path = tmp_path / "stuck.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+    held: list[socket.socket] = []
+
+    def greet_then_say_nothing() -> None:
+        peer, _ = listener.accept()
+        held.append(peer)
+        peer.recv(4096)  # the hello
+        peer.sendall(encode({"id": 0, "ok": True, "result": {"version": 1, "server": "stuck"}}))
+
+    stuck = threading.Thread(target=greet_then_say_nothing, daemon=True)
+    stuck.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "supervisor", "status", "--socket", str(path), "--deadline", "0.5"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        stuck.join(timeout=10)
+        for peer in held:
+            peer.close()
+        listener.close()
+    assert 3 == done.returncode, done.stderr
+    assert "the daemon did not answer within 0.5 s" in done.stderr
+    assert "loop_stalled" in done.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import ConfigurationError, ConnectionDenied, Host, ProtocolError
+from supervisor import ConfigurationError, ConnectionDenied, DaemonNotAnswering, Host, ProtocolError
 from supervisor.control import Client, ControlServer
 from supervisor.control import _server as server_module
 from tests.helpers import wait_until
@@ -175,7 +175,7 @@ async def test_a_client_gives_up_on_a_daemon_that_accepts_but_never_answers(tmp_
     stuck = await asyncio.start_unix_server(say_nothing, path=path)
     try:
         client = Client.connect(path, connect_timeout=0.3)
-        with pytest.raises(TimeoutError, match=f"the daemon at {path} did not answer within 0.3 s"):
+        with pytest.raises(DaemonNotAnswering, match=f"the daemon at {path} did not answer within 0.3 s"):
             await client.open()
         await asyncio.wait_for(hung_up.wait(), 10)
         assert 1 == len(accepted)

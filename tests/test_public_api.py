@@ -28,8 +28,8 @@ EXPECTED_EXPORTS = {
     "SimulationError", "InvariantViolation", "encode_record",
     "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "RunMonitorError", "tail_lines",
     "ConfigError", "ConnectionDenied", "ProtocolError", "RemoteError", "AckLost",
-    "follow_lines", "LogNotFound", "rotate_log", "OpenFilesLimit", "open_files_for_children", "LoopWatchdog",
-    "raise_open_files_limit",
+    "follow_lines", "LogNotFound", "rotate_log", "DaemonNotAnswering", "OpenFilesLimit", "open_files_for_children",
+    "LoopWatchdog", "raise_open_files_limit",
     "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError", "pack", "unpack",
 }  # fmt: skip
 

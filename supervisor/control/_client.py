@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import _exceptions as errors
-from .._exceptions import ConnectionDenied, ProtocolError, RemoteError
+from .._exceptions import ConnectionDenied, DaemonNotAnswering, ProtocolError, RemoteError
 from .._lifecycle import Lifecycle
 from .._snapshot import Snapshot
 from .._summary import HostSummary
@@ -133,15 +133,16 @@ class Client:
         await self.close()
 
     async def open(self) -> None:
-        """Connect and greet; raises ``TimeoutError`` naming the daemon when that takes longer
-        than ``connect_timeout``, ``ConnectionDenied`` when the daemon refuses."""
+        """Connect and greet; raises ``DaemonNotAnswering`` (a ``TimeoutError``) naming the
+        daemon when that takes longer than ``connect_timeout``, ``ConnectionDenied`` when the
+        daemon refuses."""
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await self._open()
         except TimeoutError:
-            raise TimeoutError(
+            raise DaemonNotAnswering(
                 f"the daemon at {self.path} did not answer within {self.connect_timeout:g} s "
-                "(is it stopped, or overloaded?)"
+                "(is it stopped, or its event loop blocked?)"
             ) from None
 
     async def _open(self) -> None:
