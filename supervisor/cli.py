@@ -33,6 +33,22 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ._backup import backup
+
+    report = backup(args.store, args.to)
+    if args.json:
+        print(json.dumps(asdict(report), sort_keys=True))
+    else:
+        print(
+            f"backed up {report.live} live and {report.ended} ended processes ({report.quarantined} quarantined) "
+            f"to {report.target}: {report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s"
+        )
+    return 0
+
+
 def _store(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -40,6 +56,8 @@ def _store(args: argparse.Namespace) -> int:
     from ._inspect import inspect, list_quarantined
 
     try:
+        if args.store_command == "backup":
+            return _backup(args)
         if args.store_command == "quarantined":
             entries = list_quarantined(args.store)
             if args.json:
@@ -126,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(commands)
 
-    store = commands.add_parser("store", help="look into a checkpoint store (read-only; safe while a daemon runs)")
+    store = commands.add_parser("store", help="look into or back up a checkpoint store (safe while a daemon runs)")
     store_commands = store.add_subparsers(dest="store_command", required=True)
     quarantined = store_commands.add_parser("quarantined", help="list quarantined processes and why")
     quarantined.add_argument("--store", required=True, help="path of the SQLite store")
@@ -135,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("pid")
     inspect.add_argument("--store", required=True, help="path of the SQLite store")
     inspect.add_argument("--json", action="store_true")
+    copy = store_commands.add_parser("backup", help="a consistent copy of the store, made while a daemon runs")
+    copy.add_argument("--store", required=True, help="path of the SQLite store")
+    copy.add_argument("--to", required=True, help="the backup's path (replaced if it exists)")
+    copy.add_argument("--json", action="store_true")
     store.set_defaults(func=_store)
     return parser
 

@@ -71,3 +71,78 @@ def test_inspect_errors_have_distinct_exit_codes(tmp_path: Path) -> None:
     broken = cli("store", "inspect", "x", "--store", str(tmp_path / "absent.db"))
     assert 3 == broken.returncode
     assert "absent.db" in broken.stderr
+
+
+async def test_a_backup_made_while_the_host_writes_is_a_whole_store_that_loads(tmp_path: Path) -> None:
+    """`store backup` while processes keep committing: the copy passes SQLite's integrity check,
+    loads as a store (every live record decodes), counts what it holds, and leaves no partial
+    or write-ahead files beside it."""
+    import asyncio
+
+    from supervisor import SQLiteStore
+    from supervisor._backup import backup
+    from tests.machines import Counter
+
+    db, copy = tmp_path / "s.db", tmp_path / "backups" / "s.backup.db"
+    copy.parent.mkdir()
+    host = Host(machines=[Counter], store=str(db))
+    await host.start()
+    counters = [await host.spawn(Counter, {"n": 0}) for _ in range(50)]
+    for handle in counters[:5]:
+        await handle.call("finish")
+    live = counters[5:]
+    writing = True
+
+    async def keep_writing() -> int:
+        rounds = 0
+        while writing:
+            for handle in live:
+                await handle.cast(1)
+            await asyncio.gather(*(handle.call("get") for handle in live))  # each reply is durable first
+            rounds += 1
+        return rounds
+
+    writer = asyncio.ensure_future(keep_writing())
+    try:
+        await wait_until(lambda: host.runtime.statistics().transitions > 1000)
+        report = await asyncio.to_thread(backup, str(db), str(copy))
+        writing = False
+        assert await writer > 0
+    finally:
+        writing = False
+        await asyncio.gather(writer, return_exceptions=True)
+        await host.shutdown()
+    assert (45, 5, 0) == (report.live, report.ended, report.quarantined)
+    assert report.bytes == copy.stat().st_size
+    assert [copy.name] == sorted(p.name for p in copy.parent.iterdir())
+    restored = await SQLiteStore.open(str(copy))
+    try:
+        recovery = await restored.load()
+    finally:
+        await restored.close()
+    assert 45 == len(recovery.records)
+    assert [] == recovery.quarantined
+    assert all(record.state["n"] >= 0 for record in recovery.records)
+
+
+def test_backup_from_the_command_line_and_its_errors(tmp_path: Path) -> None:
+    """`statevisor store backup` prints what it copied (--json too); a missing store or a
+    target directory that does not exist exits 3 naming the path, and writes nothing."""
+    db = tmp_path / "s.db"
+    with sqlite3.connect(db) as setup:
+        from supervisor._sqlite_sql import SCHEMA
+
+        setup.executescript(SCHEMA)
+    done = cli("store", "backup", "--store", str(db), "--to", str(tmp_path / "b.db"), "--json")
+    assert 0 == done.returncode, done.stderr
+    assert (0, 0, str(tmp_path / "b.db")) == tuple(json.loads(done.stdout)[k] for k in ("live", "ended", "target"))
+    text = cli("store", "backup", "--store", str(db), "--to", str(tmp_path / "c.db"))
+    assert text.stdout.startswith("backed up 0 live and 0 ended processes (0 quarantined) to ")
+    missing = cli("store", "backup", "--store", str(tmp_path / "nope.db"), "--to", str(tmp_path / "d.db"))
+    assert 3 == missing.returncode
+    assert "nope.db: no such store file" in missing.stderr
+    nowhere = cli("store", "backup", "--store", str(db), "--to", str(tmp_path / "no" / "e.db"))
+    assert 3 == nowhere.returncode
+    assert "the directory" in nowhere.stderr
+    assert "does not exist" in nowhere.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db", "c.db", "s.db"]
