@@ -33,6 +33,9 @@ Synchronous = Literal["FULL", "NORMAL", "OFF"]
 
 DIRTY_RETRY_SECONDS = 1.0
 
+LARGE_CHECKPOINT = 1 << 20
+"""Bytes from which a process's checkpoint is worth a warning (see ``SQLiteStore._note_large``)."""
+
 log = structlog.get_logger("statevisor.store")
 
 
@@ -60,6 +63,8 @@ class SQLiteStore:
         self._owed: dict[str, Checkpointable] = {}
         self._owed_retry: asyncio.TimerHandle | None = None
         self._owing = False
+        self._large: dict[str, int] = {}  # pid -> the checkpoint size last warned about
+        self._largest = 0
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self._batches = 0
@@ -249,12 +254,26 @@ class SQLiteStore:
                 except CorruptCheckpoint as exc:
                     rejected[checkpoint.pid] = CheckpointRejected(self.path, f"process {checkpoint.pid}: {exc.reason}")
                     continue
+            if len(checkpoint.blob) >= LARGE_CHECKPOINT:
+                self._note_large(checkpoint)
             ended = now if checkpoint.lifecycle.terminal else None
             rows.append(
                 (checkpoint.pid, checkpoint.name, checkpoint.kind, str(checkpoint.lifecycle), checkpoint.version, now,
                  ended, checkpoint.blob)
             )  # fmt: skip
         return chunk_parameters(rows), rejected
+
+    def _note_large(self, checkpoint: Checkpoint) -> None:
+        """Warn about a process whose checkpoints are large, again each time it quadruples: each
+        one writes the whole state, so a state that keeps its history grows every write."""
+        size = len(checkpoint.blob)
+        self._largest = max(self._largest, size)
+        if size >= 4 * self._large.get(checkpoint.pid, LARGE_CHECKPOINT // 4):
+            self._large[checkpoint.pid] = size
+            log.warning(
+                "large_checkpoint", pid=checkpoint.pid, name=checkpoint.name, kind=checkpoint.kind, bytes=size,
+                note="every checkpoint writes the whole state: keep history out of it, or trim it",
+            )  # fmt: skip
 
     def _write(self, statements: list[tuple[str, list[Any]]], rows: int) -> None:
         started = time.perf_counter()
@@ -360,7 +379,9 @@ class SQLiteStore:
 
     def statistics(self) -> StoreStatistics:
         queued = len(self._queue) + len(self._dirty) + len(self._owed)
-        return StoreStatistics(self._batches, self._records, self._last_batch, self._last_commit, queued)
+        return StoreStatistics(
+            self._batches, self._records, self._last_batch, self._last_commit, queued, largest_record=self._largest
+        )
 
     async def close(self) -> None:
         """Finish queued and owed writes, close the file and release ownership. Idempotent."""

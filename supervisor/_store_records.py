@@ -55,3 +55,4 @@ class StoreStatistics:
     last_batch_size: int
     last_commit_seconds: float
     queued: int
+    largest_record: int = 0  # bytes, of the largest checkpoint written since the store opened (from 1 MiB)

@@ -120,6 +120,11 @@ class HostCollector(Collector):
             )  # fmt: skip
             yield GaugeMetricFamily("statevisor_checkpoint_queued", "Checkpoints waiting for a transaction",
                                     value=s.queued)  # fmt: skip
+            yield GaugeMetricFamily(
+                "statevisor_checkpoint_largest_bytes",
+                "The largest checkpoint written since start (counted from 1 MiB; 0 below)",
+                value=s.largest_record,
+            )
 
         capacity = GaugeMetricFamily("statevisor_slots_capacity", "Slots per kind", labels=["kind"])
         used = GaugeMetricFamily("statevisor_slots_used", "Slots in use per kind", labels=["kind"])

@@ -12,9 +12,14 @@ import pytest
 
 import supervisor._host
 from supervisor import (
+    Call,
+    Cast,
     CheckpointRejected,
+    Context,
     Host,
+    Input,
     Lifecycle,
+    Machine,
     ProcessRecord,
     SQLiteStore,
     StoreError,
@@ -671,3 +676,41 @@ async def test_shutdown_keeps_to_its_own_timeout_when_a_task_will_not_stop(tmp_p
     assert 0 == len(host.runtime)
     stubborn.release.set()
     await wait_until(lambda: host.runtime.statistics().abandoned_tasks == 0)
+
+
+class Hoarder(Machine[dict[str, Any]]):
+    """Keeps every message it is cast in its state (the mistake the warning is about)."""
+
+    kind = "hoarder"
+
+    async def transition(self, state: dict[str, Any], input: Input, ctx: Context) -> None:
+        match input:
+            case Cast(str(text)):
+                state["history"] = state.get("history", "") + text
+            case Call("size"):
+                ctx.reply(input, len(state.get("history", "")))
+
+
+async def test_a_process_whose_checkpoints_grow_large_is_warned_about_each_time_they_quadruple(
+    tmp_path: Path,
+) -> None:
+    """A state that keeps growing (history kept in it) makes every checkpoint write it whole:
+    past 1 MiB the store warns, naming the process and the size, then again only when the size
+    has quadrupled (at 2 MB, not at 5 MB, again at 9 MB); the statistics keep the largest."""
+    from structlog.testing import capture_logs
+
+    host = Host(machines=[Hoarder], store=str(tmp_path / "s.db"))
+    await host.start()
+    assert host.store is not None
+    handle = await host.spawn(Hoarder, pid="grows")
+    try:
+        with capture_logs() as logged:
+            for megabytes in (0.5, 2, 5, 9):
+                await handle.cast("x" * (int(megabytes * 1_000_000) - await handle.call("size")))
+                await handle.call("size")  # a reply: the state it answers from is durable first
+        warned = [e for e in logged if e["event"] == "large_checkpoint"]
+        assert [2, 9] == [e["bytes"] // 1_000_000 for e in warned]
+        assert {("grows", "hoarder")} == {(e["pid"], e["kind"]) for e in warned}
+        assert host.store.statistics().largest_record >= 9_000_000
+    finally:
+        await host.shutdown()
