@@ -24,6 +24,7 @@ from ._machine import Machine
 from ._open_files import raise_open_files_limit
 from ._stalls import LoopWatchdog
 from ._supervisor_spec import ChildSpec, SupervisorSpec
+from ._systemd import SystemdNotifier
 from .config import Config, Kinds, ProcessSettings, load
 from .logs import configure
 
@@ -102,6 +103,7 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
     from .metrics import start_metrics
 
     config.daemon.store.parent.mkdir(parents=True, exist_ok=True)
+    systemd = SystemdNotifier.from_environment()  # first: no command started may inherit it
     check_open_files(config.daemon.max_connections)
     host = build_host(config, catalog)
     stop = asyncio.Event()
@@ -126,6 +128,8 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
         # the daemon never exits with its processes half up. The metrics port is taken before
         # any process starts, since it is the likeliest to be in use already.
         running.callback(_remove_handlers, loop)
+        pinging = loop.create_task(systemd.keep_alive(), name="systemd-watchdog")
+        running.callback(pinging.cancel)
         watchdog = LoopWatchdog(loop, host.runtime)
         watchdog.start()
         running.callback(watchdog.stop)
@@ -149,9 +153,11 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
             quarantined=len(report.quarantined),
             processes=len(host.runtime),
         )
+        systemd.ready(f"{len(host.runtime)} processes, {report.revived} revived")
         if ready is not None:
             ready.set()
         await stop.wait()
+        systemd.stopping()
         log.info("daemon_stopping", timeout=config.daemon.shutdown_timeout)
     log.info("daemon_stopped")
     return 0
