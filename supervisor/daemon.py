@@ -26,7 +26,7 @@ from ._stalls import LoopWatchdog
 from ._supervisor_spec import ChildSpec, SupervisorSpec
 from ._systemd import SystemdNotifier
 from .config import Config, Kinds, ProcessSettings, load
-from .logs import configure
+from .logs import configure, set_level
 
 log = structlog.get_logger("statevisor.daemon")
 
@@ -199,8 +199,15 @@ async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:
     removed = [n for n in before if n not in after]
     changed = [n for n in before if n in after and before[n] != after[n]]
     added = [n for n in after if n not in before]
-    if new.daemon != old.daemon:
-        log.warning("reload_daemon_settings_need_restart", note="[daemon] changes apply at the next start")
+    settings = dataclasses.fields(new.daemon)
+    differ = [f.name for f in settings if getattr(new.daemon, f.name) != getattr(old.daemon, f.name)]
+    if "log_level" in differ:  # the one [daemon] key a running daemon can take at once
+        set_level(new.daemon.log_level)
+        log.info("log_level_changed", before=old.daemon.log_level, after=new.daemon.log_level)
+        differ.remove("log_level")
+    if differ:
+        note = "these [daemon] changes apply at the next start"
+        log.warning("reload_daemon_settings_need_restart", keys=differ, note=note)
     if new.supervisor != old.supervisor:
         log.warning("reload_supervisor_settings_need_restart", note="[supervisor] changes apply at the next start")
     root = host.root

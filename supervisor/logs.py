@@ -204,6 +204,14 @@ def configure(
     return sink
 
 
+def set_level(level: str) -> None:
+    """Change the level of every statevisor logger at once (a reload's ``log_level``), keeping
+    the rest of the configuration: the renderer, the sink."""
+    if level not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]))
+
+
 def current_sink() -> LogSink | None:
     """The daemon's log sink, when logs are written in the background (for the metrics)."""
     return _sinks[0] if _sinks else None

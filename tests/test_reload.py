@@ -15,8 +15,8 @@ from supervisor.daemon import child_spec, reload
 TICKER = '[[process]]\nname = "{name}"\nkind = "ticker"\n[process.settings]\ninterval = 60.0\n\n'
 
 
-def write(path: Path, names: list[str]) -> Config:
-    path.write_text('[daemon]\nstore = "s.db"\n\n' + "".join(TICKER.format(name=n) for n in names))
+def write(path: Path, names: list[str], daemon: str = "") -> Config:
+    path.write_text(f'[daemon]\nstore = "s.db"\n{daemon}\n' + "".join(TICKER.format(name=n) for n in names))
     return load(path, CATALOG)
 
 
@@ -58,3 +58,39 @@ async def test_a_process_a_reload_cannot_start_is_reported_and_tried_again_by_th
         assert before is host.root.child("a")
     finally:
         await host.shutdown()
+
+
+async def test_a_reload_changes_the_log_level_at_once_and_names_the_daemon_keys_that_must_wait(
+    tmp_path: Path,
+) -> None:
+    """log_level is the one [daemon] key a running daemon takes at once: debug lines appear
+    right after the reload; the keys that need a restart (here the metrics address) are named
+    in the warning, log_level not among them."""
+    import io
+
+    import structlog
+
+    from supervisor.logs import configure
+
+    configure("info", json=True, stream=io.StringIO())
+    config = write(tmp_path / "statevisor.toml", ["a"])
+    root = SupervisorSpec("root", [child_spec(p, CATALOG.kinds) for p in config.processes])
+    machines, executors = CATALOG.build(config)
+    host = Host(machines=machines, executors=executors, store=str(config.daemon.store), root=root)
+    await host.start()
+    probe = structlog.get_logger("probe")
+    try:
+        with capture_logs() as logged:
+            probe.debug("before")
+            write(config.path, ["a"], daemon='log_level = "debug"\nmetrics = "127.0.0.1:1"\n')
+            await reload(host, [config], CATALOG)
+            probe.debug("after")
+        events = [e["event"] for e in logged]
+        assert "before" not in events
+        assert "after" in events
+        changed = next(e for e in logged if e["event"] == "log_level_changed")
+        assert ("info", "debug") == (changed["before"], changed["after"])
+        assert ["metrics"] == next(e for e in logged if e["event"] == "reload_daemon_settings_need_restart")["keys"]
+    finally:
+        await host.shutdown()
+        structlog.reset_defaults()
