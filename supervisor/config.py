@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ._config_check import REQUIRED, Checker
-from ._exceptions import ConfigError, ConfigurationError, SettingsError
-from ._policy import Backoff, Budget, Restart, Strategy
+from ._config_policy import RootSettings, process_policy, root_settings
+from ._exceptions import ConfigError, SettingsError
+from ._policy import Backoff, Budget, Restart
 
 LOOPS = ("uvloop", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -62,15 +63,6 @@ class ProcessSettings:
 
 
 @dataclass(frozen=True)
-class RootSettings:
-    """``[supervisor]``: how the declared processes are restarted (the root supervisor)."""
-
-    strategy: Strategy = Strategy.ONE_FOR_ONE
-    budget: Budget = field(default_factory=Budget)
-    backoff: Backoff = field(default_factory=Backoff)
-
-
-@dataclass(frozen=True)
 class Config:
     path: Path
     daemon: DaemonSettings
@@ -108,83 +100,6 @@ _PROCESS = {
     "max_restarts": (int, None),
     "period": ((int, float), None),
 }
-_DEFAULT_BACKOFF = Backoff()
-_BACKOFF = {
-    "initial": ((int, float), _DEFAULT_BACKOFF.initial),
-    "maximum": ((int, float), _DEFAULT_BACKOFF.maximum),
-    "multiplier": ((int, float), _DEFAULT_BACKOFF.multiplier),
-    "jitter": ((int, float), _DEFAULT_BACKOFF.jitter),
-    "reset_after": ((int, float), _DEFAULT_BACKOFF.reset_after),
-}
-_SUPERVISOR = {
-    "strategy": (str, Strategy.ONE_FOR_ONE.value),
-    "max_restarts": (int, Budget().max_restarts),
-    "period": ((int, float), Budget().period),
-    "backoff": (dict, {}),
-}
-CHILD_BUDGET_PERIOD = 60.0
-"""A process's own budget counts restarts within this many seconds unless it sets ``period``."""
-
-
-def _backoff(checker: Checker, data: Mapping[str, Any], prefix: str, table: str, index: int = 0) -> Backoff:
-    values = checker.section(data, table, prefix, _BACKOFF, index)
-    try:
-        return Backoff(**{k: float(v) for k, v in values.items()})
-    except ConfigurationError as exc:
-        raise checker.fail(prefix.rstrip("."), str(exc), table, "backoff", index) from None
-
-
-def _budget(checker: Checker, max_restarts: int, period: float, prefix: str, table: str, index: int = 0) -> Budget:
-    try:
-        return Budget(max_restarts, float(period))
-    except ConfigurationError as exc:
-        wrong = "max_restarts" if max_restarts < 0 else "period"
-        raise checker.fail(f"{prefix}{wrong}", str(exc), table, wrong, index) from None
-
-
-def _root(checker: Checker, data: Mapping[str, Any]) -> RootSettings:
-    raw = checker.section(data, "supervisor", "supervisor.", _SUPERVISOR)
-    strategies = [s.value for s in Strategy]
-    checker.check(
-        raw["strategy"] in strategies,
-        "supervisor.strategy",
-        f"expected one of {', '.join(strategies)}; got {raw['strategy']!r}",
-        "supervisor",
-        "strategy",
-    )
-    try:
-        backoff = _backoff(checker, raw["backoff"], "supervisor.backoff.", "supervisor.backoff")
-    except ConfigError as exc:
-        if exc.line is not None:
-            raise
-        # backoff = { ... } inline in [supervisor] rather than a [supervisor.backoff] table
-        raise ConfigError(exc.file, exc.key, checker.lines.find("supervisor", "backoff"), exc.problem) from None
-    return RootSettings(
-        strategy=Strategy(raw["strategy"]),
-        budget=_budget(checker, raw["max_restarts"], raw["period"], "supervisor.", "supervisor"),
-        backoff=backoff,
-    )
-
-
-def _process_policy(checker: Checker, item: Mapping[str, Any], index: int) -> tuple[Backoff | None, Budget | None]:
-    prefix = f"process[{index}]."
-    backoff = None
-    if item["backoff"] is not None:
-        try:
-            backoff = _backoff(checker, item["backoff"], f"{prefix}backoff.", "process", index)
-        except ConfigError as exc:  # the key is inside the entry: point at its own line
-            line = checker.lines.find_in_entry("process", index, exc.key.removeprefix(prefix))
-            raise ConfigError(exc.file, exc.key, line, exc.problem) from None
-    budget = None
-    if item["max_restarts"] is not None:
-        period = item["period"] if item["period"] is not None else CHILD_BUDGET_PERIOD
-        budget = _budget(checker, item["max_restarts"], period, prefix, "process", index)
-    else:
-        checker.check(
-            item["period"] is None, f"{prefix}period", "period needs max_restarts (the budget it counts)",
-            "process", "period", index,
-        )  # fmt: skip
-    return backoff, budget
 
 
 def _positive(checker: Checker, value: float, key: str, table: str, name: str) -> None:
@@ -381,7 +296,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
             "depends_on",
             index,
         )
-        backoff, budget = _process_policy(checker, item, index)
+        backoff, budget = process_policy(checker, item, index)
         processes.append(
             ProcessSettings(
                 item["name"], item["kind"], Restart(item["restart"]), tuple(depends), item["settings"], backoff, budget
@@ -409,5 +324,5 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
             # exc.key is "host.NAME.key": the line is that key's in the [host.NAME] table.
             _, name, key = [*exc.key.split(".", 2), "", ""][:3]
             raise checker.fail(exc.key, exc.problem, f"host.{name}", key or None) from None
-    root = _root(checker, data["supervisor"])
+    root = root_settings(checker, data["supervisor"])
     return Config(path=path.resolve(), daemon=daemon, processes=tuple(processes), hosts=hosts, supervisor=root)

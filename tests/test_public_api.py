@@ -112,7 +112,7 @@ LATER_LAYERS = {
     "_host", "_inspect", "_sim", "_simparts", "_summary",
 }  # fmt: skip
 # Above them: the command line and log configuration (logs.py, cli.py, bench/), not checked here.
-DAEMON_SIDE = {"_config_check", "_systemd"}
+DAEMON_SIDE = {"_config_check", "_config_policy", "_systemd"}
 
 
 def test_persistence_and_supervision_import_nothing_from_above() -> None:
