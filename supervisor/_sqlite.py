@@ -257,6 +257,8 @@ class SQLiteStore:
             if len(checkpoint.blob) >= LARGE_CHECKPOINT:
                 self._note_large(checkpoint)
             ended = now if checkpoint.lifecycle.terminal else None
+            if ended is not None and self._large:
+                self._large.pop(checkpoint.pid, None)  # warned about for its life only
             rows.append(
                 (checkpoint.pid, checkpoint.name, checkpoint.kind, str(checkpoint.lifecycle), checkpoint.version, now,
                  ended, checkpoint.blob)

@@ -712,5 +712,8 @@ async def test_a_process_whose_checkpoints_grow_large_is_warned_about_each_time_
         assert [2, 9] == [e["bytes"] // 1_000_000 for e in warned]
         assert {("grows", "hoarder")} == {(e["pid"], e["kind"]) for e in warned}
         assert host.store.statistics().largest_record >= 9_000_000
+        await handle.kill("enough")
+        await handle._process.wait_persisted(5)
+        assert "grows" not in host.store._large  # nothing kept for an ended process
     finally:
         await host.shutdown()
