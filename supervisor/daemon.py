@@ -1,8 +1,10 @@
 """``statevisor daemon``: run a Host from a configuration file until told to stop.
 
-What exists now: the configuration, the SQLite store and recovery, the supervised processes it
-declares, metrics on loopback, structured logs, bounded graceful shutdown on SIGTERM/SIGINT,
-configuration reload on SIGHUP, task stacks on SIGUSR1, the control socket (owner-only).
+What it runs: the configuration, the SQLite store and recovery, the supervised processes it
+declares, metrics on loopback, structured logs written off the loop, bounded graceful shutdown
+on SIGTERM/SIGINT, configuration reload on SIGHUP, task stacks on SIGUSR1, the control socket
+(owner-only), a watchdog of its event loop, systemd's notify protocol, and an open-files limit
+raised for itself (not for the commands it starts).
 """
 
 from __future__ import annotations
