@@ -49,6 +49,7 @@ class LogSink:
         self._lines: deque[str] = deque()
         self._unreported = 0
         self._closed = False
+        self._writing = False  # a batch taken from the queue is being written
         self.handler: logging.Handler | None = None  # the standard library's route in, if configured
         self._changed = threading.Condition(threading.Lock())
         self._thread = threading.Thread(target=self._write_lines, name="statevisor-log", daemon=True)
@@ -67,7 +68,7 @@ class LogSink:
         """Wait until every line queued so far is written (or lost); False if ``timeout`` ran out."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while self._lines and self.broken is None:
+            while (self._lines or self._writing) and self.broken is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -96,6 +97,7 @@ class LogSink:
                     return
                 batch = list(self._lines)
                 self._lines.clear()
+                self._writing = True
                 unreported, self._unreported = self._unreported, 0
             text = "".join(f"{line}\n" for line in batch)
             if unreported:
@@ -105,12 +107,14 @@ class LogSink:
                 self.stream.flush()
             except (OSError, ValueError) as error:  # EPIPE, EIO, a closed file: for good
                 with self._changed:
+                    self._writing = False
                     self.broken = f"{type(error).__name__}: {error}"
                     self.dropped += len(self._lines) + len(batch)
                     self._lines.clear()
                     self._changed.notify_all()
                 return
             with self._changed:
+                self._writing = False
                 self.written += len(batch)
                 self._changed.notify_all()  # for flush()
 

@@ -179,3 +179,36 @@ def test_a_daemon_whose_log_reader_stalls_then_goes_away_goes_on_supervising(tmp
         if read_end >= 0:
             os.close(read_end)
         kill_if_running(daemon)
+
+
+class _Held(io.StringIO):
+    """A stream whose writes wait until released (a reader that is slow right now)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        self.release.wait(timeout=30)
+        return super().write(text)
+
+
+def test_flush_waits_for_the_batch_being_written_not_only_for_the_queue() -> None:
+    """A batch already taken off the queue but not yet written still counts: flush says it
+    is not done while the write is held, and is once it went out (so close() at exit does not
+    lose the daemon's last lines)."""
+    stream = _Held()
+    sink = LogSink(stream)
+    try:
+        sink.write("last words")
+        assert stream.entered.wait(timeout=30)
+        assert not sink.flush(timeout=0.2)
+        stream.release.set()
+        assert sink.flush(timeout=30)
+        assert "last words\n" == stream.getvalue()
+        assert 1 == sink.written
+    finally:
+        stream.release.set()
+        sink.close(timeout=1)
