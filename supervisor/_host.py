@@ -314,8 +314,14 @@ class Host:
 
     # --- shutting down -----------------------------------------------------------------------
 
-    async def shutdown(self, timeout: float = 10.0) -> None:
-        """Bounded graceful shutdown; processes are left to be revived by the next start."""
+    async def shutdown(self, timeout: float = 10.0) -> bool:
+        """Bounded graceful shutdown; processes are left to be revived by the next start.
+
+        Returns whether the store took every checkpoint and closed within ``timeout``. A store
+        whose writer hangs (a disk or network file system that stopped answering) is left
+        behind, said so, instead of holding the shutdown past its bound: the checkpoints it had
+        not written are lost to this run, and the next start revives the durable ones.
+        """
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -341,8 +347,17 @@ class Host:
                 self.runtime.abandon(task, owners[task])
         await self.runtime.executors.close(max(0.1, deadline - loop.time()))
         if self.store is not None:
-            await asyncio.wait_for(self.store.close(), max(0.1, deadline - loop.time()))
             self.runtime.checkpointer = None
+            try:
+                await asyncio.wait_for(self.store.close(), max(0.1, deadline - loop.time()))
+            except TimeoutError:
+                log.error(
+                    "store_not_closed", store=self.store.path, timeout=timeout,
+                    note="its writer did not finish in time (a hung disk?); what it had not written is lost "
+                    "to this run, and the next start revives the last durable checkpoints",
+                )  # fmt: skip
+                return False
+        return True
 
     def __repr__(self) -> str:
         store = self.store_path or "no store"

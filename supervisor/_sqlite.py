@@ -392,9 +392,13 @@ class SQLiteStore:
             self._retry_owed()  # one last try for what is owed
         if self._connection is not None and (self._queue or self._dirty):
             self._kick()
-        if self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-        self._closed = True
+        try:
+            if self._flusher is not None and not self._flusher.done():
+                await asyncio.shield(self._flusher)
+        finally:
+            # Also when the wait is cut short (a writer hung on its disk): nothing more is taken.
+            # The connection, the thread and the lock stay with the hung writer; exiting frees them.
+            self._closed = True
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await self._run(connection.close)

@@ -138,7 +138,12 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
         server = start_metrics(host, config.daemon.metrics, lambda: control.connections if control else 0, watchdog)
         running.callback(server.shutdown)
         report = await host.start()
-        running.push_async_callback(host.shutdown, timeout=config.daemon.shutdown_timeout)
+        clean: list[bool] = []
+
+        async def shut_down() -> None:
+            clean.append(await host.shutdown(timeout=config.daemon.shutdown_timeout))
+
+        running.push_async_callback(shut_down)
         config.daemon.socket.parent.mkdir(parents=True, exist_ok=True)
         control = ControlServer(
             host, str(config.daemon.socket), max_connections=config.daemon.max_connections, **tcp_options(config)
@@ -161,6 +166,9 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
         await stop.wait()
         systemd.stopping()
         log.info("daemon_stopping", timeout=config.daemon.shutdown_timeout)
+    if clean == [False]:
+        log.error("daemon_stopped", clean=False, note="the store was not closed in time; see store_not_closed")
+        return 1
     log.info("daemon_stopped")
     return 0
 

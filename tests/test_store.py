@@ -717,3 +717,35 @@ async def test_a_process_whose_checkpoints_grow_large_is_warned_about_each_time_
         assert "grows" not in host.store._large  # nothing kept for an ended process
     finally:
         await host.shutdown()
+
+
+async def test_a_shutdown_is_bounded_when_the_store_writer_hangs_and_says_so(tmp_path: Path) -> None:
+    """A store whose writer hangs (a disk that stopped answering; here its write blocks) does
+    not hold a shutdown past its bound nor make it raise: shutdown returns False within its
+    timeout and logs store_not_closed naming the store."""
+    import threading
+
+    from structlog.testing import capture_logs
+
+    host = Host(machines=[Counter], store=str(tmp_path / "s.db"), kill_grace=0.5)
+    await host.start()
+    assert host.store is not None
+    handle = await host.spawn(Counter, {"n": 0})
+    await handle.call("get")
+    disk = threading.Event()
+    write = host.store._write
+
+    def hung(*args: Any) -> None:
+        disk.wait(timeout=60)  # released at the end of the test
+        write(*args)
+
+    host.store._write = hung  # type: ignore[method-assign,assignment]
+    await handle.cast(1)  # effect-free: its group commit is what hangs
+    try:
+        with capture_logs() as logged:
+            clean = await asyncio.wait_for(host.shutdown(timeout=1.0), 30)
+        assert clean is False
+        (event,) = [e for e in logged if e["event"] == "store_not_closed"]
+        assert str(tmp_path / "s.db") == event["store"]
+    finally:
+        disk.set()
