@@ -118,7 +118,7 @@ def _daemon(args: argparse.Namespace) -> int:
     try:
         return run(config, CATALOG)
     except (StatevisorError, OSError) as exc:  # it could not start: the store is locked, a port taken
-        print(f"statevisor daemon: {exc}", file=sys.stderr)
+        print(f"statevisor daemon: {exc or type(exc).__name__}", file=sys.stderr)  # never an empty message
         return 1
 
 
