@@ -41,12 +41,15 @@ async def run_to_the_end(host: Host, count: int) -> list[str]:
 async def test_a_long_running_host_holds_memory_bounded_by_ended_kept(tmp_path: Path) -> None:
     """Round after round of processes spawned, run through a tracked action, ended and pruned:
     once the ended_kept most recent are held, the number of live Python objects stays flat (a
-    leak of even a few objects per process would add thousands per round)."""
+    leak of even one object per two processes would add 250 per round, 500 over two rounds).
+    Rounds are compared by their lowest counts, two against two: an object count is a moment's,
+    and a group commit or another thread's work in flight at that moment raised one round of a
+    CI run by 1,450, the rounds after it back to where they were (not a leak: a leak grows)."""
     host = Host(machines=[Worker], executors={"work": echo}, store=str(tmp_path / "s.db"), retention=0.0, ended_kept=50)
     await host.start()
     try:
         counts = []
-        for _ in range(4):
+        for _ in range(5):
             await run_to_the_end(host, 500)
             await host.prune()
             gc.collect()
@@ -54,8 +57,8 @@ async def test_a_long_running_host_holds_memory_bounded_by_ended_kept(tmp_path: 
         assert 0 == len(host.list())
     finally:
         await host.shutdown()
-    # Rounds 2 to 4 all hold the same 50 ended processes; round 1 may still be filling caches.
-    assert max(counts[1:]) - min(counts[1:]) < 500, counts
+    # Rounds 2 to 5 all hold the same 50 ended processes; round 1 may still be filling caches.
+    assert min(counts[3:5]) - min(counts[1:3]) < 500, counts
 
 
 async def test_rounds_of_shell_commands_leave_no_objects_descriptors_or_tasks_behind(tmp_path: Path) -> None:
