@@ -106,14 +106,17 @@ def summarize(host: Host, *, started: float | None, quarantined: int) -> HostSum
 
     counting: dict[str, list[int]] = {kind: [0, 0, 0, 0, 0] for kind in host.machines}
     column = {lc: i for i, lc in enumerate(LIVE_LIFECYCLES)}
+    live_transitions = 0
     for process in host.runtime.processes():
+        live_transitions += process.transitions
         row = counting.setdefault(process.kind, [0, 0, 0, 0, 0])
         lifecycle = process.lifecycle
         if lifecycle in column:  # an ended process still in the live table for a moment
             row[column[lifecycle]] += 1
             row[3] += process.paused
             row[4] += process.mailbox_depth
-    stats = host.runtime.statistics()
+    stats = host.runtime.statistics(live_transitions=live_transitions)  # this pass counted them
+    supervisors = list(host.root.tree())
     return HostSummary(
         version=__version__,
         started=started,
@@ -122,9 +125,9 @@ def summarize(host: Host, *, started: float | None, quarantined: int) -> HostSum
         transitions=stats.transitions,
         transition_errors=stats.transition_errors,
         restarts=host.restarts,
-        given_up=sum(s.statistics().given_up for s in host.root.tree()),
+        given_up=sum(s.statistics().given_up for s in supervisors),
         quarantined=quarantined,
         slots={s.kind: SlotCounts(s.capacity, s.used, s.queued) for s in host.runtime.slots.statistics()},
         store=host.store_path,
-        failed_supervisors={s.path: s.failure or "failed" for s in host.root.tree() if s.failure is not None},
+        failed_supervisors={s.path: s.failure for s in supervisors if s.failure is not None},
     )

@@ -88,7 +88,7 @@ class HostCollector(Collector):
         yield CounterMetricFamily("statevisor_restarts", "Restarts by supervisors", value=summary.restarts)
         yield GaugeMetricFamily(
             "statevisor_supervisors_failed",
-            "Supervisors that failed (restart budget exceeded): nothing under them is restarted",
+            "Supervisors that failed (past their restart budget, or a bug): nothing under them is restarted",
             value=len(summary.failed_supervisors),
         )
         sink = current_sink()
