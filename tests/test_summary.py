@@ -45,14 +45,17 @@ async def busy_host(path: Path) -> tuple[Host, Counting, Slow]:
 
 async def test_the_summary_counts_live_processes_by_kind_and_what_ended_since_start(tmp_path: Path) -> None:
     """One pass gives: per kind, live processes by lifecycle, paused and queued inputs; how many
-    ended (finished, failed, killed) and how many transitions raised; the slots in use and
-    waited for; the store."""
+    ended (finished, failed, killed), how many transitions ran (the runtime's count, from the
+    same pass) and how many raised; the slots in use and waited for; the store."""
     host, counting, slow = await busy_host(tmp_path / "s.db")
     try:
         with pytest.raises(TransitionError):
             await host.list(kind="counter", paused=False)[0].call("boom")  # rolled back, counted
         summary = host.summary()
         assert 1 == summary.transition_errors
+        transitions = host.runtime.statistics().transitions  # its own pass over the processes
+        assert transitions > 0
+        assert transitions == summary.transitions
         assert KindCounts(created=0, running=2, waiting=0, paused=1, queued_inputs=0) == summary.kinds["counter"]
         assert KindCounts(created=0, running=0, waiting=3, paused=0, queued_inputs=0) == summary.kinds["worker"]
         assert (1, 3) == (summary.kinds["slow"].running, summary.kinds["slow"].queued_inputs)
