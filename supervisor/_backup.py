@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._exceptions import StoreError
+from ._inspect import open_read_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,25 +57,17 @@ def backup(source: str, target: str) -> BackupReport:
 
 
 def _copy(source: str, partial: str) -> tuple[int, int, int]:
-    try:
-        reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise StoreError(source, f"cannot open read-only: {exc}") from exc
-    try:
+    with contextlib.closing(open_read_only(source)) as reader:
         try:
             writer = sqlite3.connect(partial)
         except sqlite3.Error as exc:
             raise StoreError(partial, f"cannot create the backup: {exc}") from exc
-        try:
+        with contextlib.closing(writer):
             try:
                 reader.backup(writer)  # one step: the pages of one read transaction
             except sqlite3.Error as exc:
                 raise StoreError(source, f"backup failed: {exc}") from exc
             return _check(writer, partial)
-        finally:
-            writer.close()
-    finally:
-        reader.close()
 
 
 def _check(copy: sqlite3.Connection, path: str) -> tuple[int, int, int]:

@@ -24,7 +24,8 @@ class StoredProcess:
     raw_size: int
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def open_read_only(path: str) -> sqlite3.Connection:
+    """A connection that only reads the store (safe beside the daemon that owns it)."""
     try:
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -50,7 +51,7 @@ def _describe(blob: bytes, path: str, pid: str) -> tuple[dict[str, Any] | None, 
 
 def list_quarantined(path: str) -> list[StoredProcess]:
     """Every quarantined process with the reason it was quarantined."""
-    db = _connect(path)
+    db = open_read_only(path)
     try:
         rows = db.execute("SELECT pid, reason, at, record FROM quarantine ORDER BY at").fetchall()
     except sqlite3.Error as exc:
@@ -66,7 +67,7 @@ def list_quarantined(path: str) -> list[StoredProcess]:
 
 def inspect(path: str, pid: str) -> StoredProcess:
     """One process's full checkpoint: state, pending actions, timers (live, ended or quarantined)."""
-    db = _connect(path)
+    db = open_read_only(path)
     try:
         row = db.execute(
             "SELECT name, kind, lifecycle, version, updated, record FROM processes WHERE pid = ?", (pid,)
