@@ -123,10 +123,15 @@ class LogSink:
         return f"<LogSink {state}: {self.written} written, {len(self._lines)} queued, {self.dropped} dropped>"
 
 
+def _timestamp(seconds: float | None = None) -> str:
+    """UTC, to the second, for the lines this module renders itself (structlog renders the rest)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def _dropped_line(count: int, as_json: bool) -> str:
     # Rendered here, not through structlog: logging from the writer thread would queue behind
     # the very lines that could not be written.
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = _timestamp()
     note = "the log's reader did not keep up; these lines were lost"
     if not as_json:
         return f"{now} [warning  ] log_lines_dropped              count={count} note={note!r}"
@@ -162,7 +167,7 @@ class _SinkHandler(logging.Handler):
         if self._json:
             line = json.dumps(
                 {"event": message, "logger": record.name, "level": record.levelname.lower(),
-                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))}
+                 "timestamp": _timestamp(record.created)}
             )  # fmt: skip
         else:
             line = f"{record.levelname.lower():9} {record.name}: {message}"
