@@ -271,3 +271,29 @@ async def test_three_daemons_converge_under_nats_and_daemon_sigkills(nats_cluste
     assert ENTRIES - sum(failed) <= len(acked)
     # The NATS server's death must cost no proposal; only the killed daemon's callers see errors.
     assert 0 == failed[0] + failed[2], failed
+
+
+def test_a_cluster_whose_node_cannot_take_its_port_starts_again_on_fresh_ports(tmp_path: Path) -> None:
+    """A port taken by another program between the choice and the start makes that node exit:
+    start() notices (it used to wait on the two nodes left, and a 3-replica stream then found
+    no place), stops the cluster and starts it again on fresh ports, all three nodes healthy."""
+    import socket
+
+    from processes.logapply.loopback import nats_server
+
+    if nats_server() is None:
+        pytest.fail("nats-server missing: run the README's test command (bash .ci/test), which installs it")
+    cluster = NatsCluster(tmp_path / "nats")
+    taken = cluster.cluster_ports[1]
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", taken))
+    squatter.listen()
+    try:
+        cluster.start()
+        assert taken not in cluster.cluster_ports
+        assert all(child is not None and child.poll() is None for child in cluster.children)
+        assert all(cluster.healthy(node) for node in range(cluster.size))
+        assert "address already in use" in (tmp_path / "nats" / "n1.log").read_text()
+    finally:
+        squatter.close()
+        cluster.stop()

@@ -24,11 +24,19 @@ def nats_server() -> str | None:
     return shutil.which("nats-server") or ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: all held at once while chosen (one socket closed
+    before the next is bound may hand the same port out twice)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
@@ -51,10 +59,14 @@ class NatsCluster:
     def __init__(self, root: Path, size: int = 3) -> None:
         self.root = root
         self.size = size
-        self.ports = [_free_port() for _ in range(size)]
-        self.cluster_ports = [_free_port() for _ in range(size)]
-        self.http_ports = [_free_port() for _ in range(size)]
+        self._choose_ports()
         self.children: list[subprocess.Popen[bytes] | None] = [None] * size
+
+    def _choose_ports(self) -> None:
+        ports = _free_ports(3 * self.size)
+        self.ports = ports[: self.size]
+        self.cluster_ports = ports[self.size : 2 * self.size]
+        self.http_ports = ports[2 * self.size :]
 
     @property
     def urls(self) -> list[str]:
@@ -84,7 +96,15 @@ cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, route
             [program, "-c", str(self._config(node))], stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        _wait(f"nats-server n{node} to listen", lambda: _answers(self.ports[node]), 15)
+        _wait(f"nats-server n{node} to listen", lambda: self._alive(node) and _answers(self.ports[node]), 15)
+
+    def _alive(self, node: int) -> bool:
+        """True while ``node`` runs; raises, with the end of its log, once it has exited."""
+        child = self.children[node]
+        if child is None or child.poll() is not None:
+            tail = (self.root / f"n{node}.log").read_text(errors="replace")[-600:]
+            raise RuntimeError(f"nats-server n{node} exited: {tail}")
+        return True
 
     def stop_node(self, node: int, sig: int = signal.SIGKILL) -> None:
         child = self.children[node]
@@ -106,11 +126,28 @@ cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, route
         running = [n for n, child in enumerate(self.children) if child is not None and child.poll() is None]
         _wait("the NATS cluster to be healthy", lambda: all(self.healthy(n) for n in running), timeout)
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start every node and wait until all of them are up and healthy. A node that exits
+        at start (a port taken meanwhile by another program) fails the attempt: the cluster is
+        stopped and started again on fresh ports. Waiting only on the nodes still running would
+        pass with two of three, and a 3-replica stream then finds no place."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for node in range(self.size):
-            self.start_node(node)
-        self.wait_healthy()
+        for attempt in range(1, attempts + 1):
+            try:
+                for node in range(self.size):
+                    self.start_node(node)
+                _wait("every NATS node to be up and healthy", self._all_up_and_healthy, 60)
+                return
+            except (RuntimeError, TimeoutError):
+                self.stop()
+                if attempt == attempts:
+                    raise
+                self._choose_ports()
+                for node in range(self.size):  # nothing stored yet; no state of the failed try kept
+                    shutil.rmtree(self.root / f"n{node}", ignore_errors=True)
+
+    def _all_up_and_healthy(self) -> bool:
+        return all(self._alive(node) for node in range(self.size)) and all(map(self.healthy, range(self.size)))
 
     def stop(self) -> None:
         for node in range(self.size):
