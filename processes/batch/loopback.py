@@ -16,9 +16,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+
+from .._loopback import free_port, free_ports, port_open, wait_for
 
 PACKAGES = {"slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "munged": "munge", "sshd": "openssh-server"}
 
@@ -30,27 +31,6 @@ def missing_programs(packages: Mapping[str, str] = PACKAGES) -> list[str]:
         for program, package in packages.items()
         if shutil.which(program) is None and not Path(f"/usr/sbin/{program}").exists()
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def kill_pidfile(path: Path, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
@@ -139,8 +119,7 @@ class Slurm:
         self.root = root
         self.munge_socket = munge_socket
         self.conf = root / "slurm.conf"
-        self.ctld_port = free_port()
-        self.d_port = free_port()
+        self.ctld_port, self.d_port = free_ports(2)
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def write_config(self) -> None:
@@ -267,7 +246,7 @@ Subsystem sftp internal-sftp
         self.process = subprocess.Popen(
             ["/usr/sbin/sshd", "-D", "-f", str(self.config), "-E", str(self.root / "sshd.log")]
         )
-        wait_for("sshd to listen", lambda: _port_open(self.port), 15)
+        wait_for("sshd to listen", lambda: port_open(self.port), 15)
 
     def stop(self) -> None:
         """Stop sshd and every session it serves, as a host going down would."""

@@ -20,8 +20,9 @@ import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+from .._loopback import free_port, free_ports, wait_for
 from . import loopback
-from .loopback import free_port, kill_pidfile, wait_for
+from .loopback import kill_pidfile
 
 SGE_ROOT = Path("/var/lib/gridengine")
 PACKAGES = {"sge_qmaster": "gridengine-master", "sge_execd": "gridengine-exec", "qsub": "gridengine-client"}
@@ -42,8 +43,7 @@ class GridEngine:
         self.host = socket.gethostname().split(".")[0]
         self.cell = f"statevisor{free_port()}"  # unique: several test sessions may coexist
         self.common = SGE_ROOT / self.cell / "common"
-        self.qmaster_port = free_port()
-        self.execd_port = free_port()
+        self.qmaster_port, self.execd_port = free_ports(2)
         self.env = {
             "SGE_ROOT": str(SGE_ROOT),
             "SGE_CELL": self.cell,

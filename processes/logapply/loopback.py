@@ -11,46 +11,16 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
+
+from .._loopback import free_ports, port_open, wait_for
 
 
 def nats_server() -> str | None:
     return shutil.which("nats-server") or ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports: all held at once while chosen (one socket closed
-    before the next is bound may hand the same port out twice)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sockets.append(sock)
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
-
-
-def _answers(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class NatsCluster:
@@ -63,7 +33,7 @@ class NatsCluster:
         self.children: list[subprocess.Popen[bytes] | None] = [None] * size
 
     def _choose_ports(self) -> None:
-        ports = _free_ports(3 * self.size)
+        ports = free_ports(3 * self.size)
         self.ports = ports[: self.size]
         self.cluster_ports = ports[self.size : 2 * self.size]
         self.http_ports = ports[2 * self.size :]
@@ -96,7 +66,7 @@ cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, route
             [program, "-c", str(self._config(node))], stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        _wait(f"nats-server n{node} to listen", lambda: self._alive(node) and _answers(self.ports[node]), 15)
+        wait_for(f"nats-server n{node} to listen", lambda: self._alive(node) and port_open(self.ports[node]), 15)
 
     def _alive(self, node: int) -> bool:
         """True while ``node`` runs; raises, with the end of its log, once it has exited."""
@@ -124,7 +94,7 @@ cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, route
     def wait_healthy(self, timeout: float = 60) -> None:
         """Wait until every running node is healthy (after a start, a restart or a freeze)."""
         running = [n for n, child in enumerate(self.children) if child is not None and child.poll() is None]
-        _wait("the NATS cluster to be healthy", lambda: all(self.healthy(n) for n in running), timeout)
+        wait_for("the NATS cluster to be healthy", lambda: all(self.healthy(n) for n in running), timeout)
 
     def start(self, attempts: int = 3) -> None:
         """Start every node and wait until all of them are up and healthy. A node that exits
@@ -136,7 +106,7 @@ cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, route
             try:
                 for node in range(self.size):
                     self.start_node(node)
-                _wait("every NATS node to be up and healthy", self._all_up_and_healthy, 60)
+                wait_for("every NATS node to be up and healthy", self._all_up_and_healthy, 60)
                 return
             except (RuntimeError, TimeoutError):
                 self.stop()
