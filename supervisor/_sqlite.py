@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import structlog
 
 from ._codec import Checkpoint, decode_record, encode_record
-from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError, StoreFull, StoreLocked
+from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError
 from ._snapshot import ProcessRecord
-from ._sqlite_sql import EXPIRED, SCHEMA, SCHEMA_VERSION, WAL_SIZE_LIMIT, chunk_parameters, delete_ended
+from ._sqlite_file import connect, sqlite_errors, take_ownership
+from ._sqlite_sql import EXPIRED, chunk_parameters, delete_ended
 from ._store_records import Checkpointable, Expired, Quarantined, Recovery, StoreStatistics
 
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
@@ -84,53 +83,16 @@ class SQLiteStore:
             raise
         return store
 
-    # --- ownership and connection (writer thread) ----------------------------------------
+    # --- the file ------------------------------------------------------------------------
 
     def _take_ownership(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(directory):
-            raise StoreError(self.path, f"directory {directory} does not exist")
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreLocked(self.path, f"in use by another statevisor (pid {holder})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock_fd = take_ownership(self.path)
 
     def _connect(self) -> None:
-        connection = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        with self._errors():
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(f"PRAGMA synchronous={self.synchronous}")
-            connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            connection.executescript(SCHEMA)
-            found = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if found is None:
-                connection.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            elif found[0] != SCHEMA_VERSION:
-                raise StoreError(self.path, f"schema version {found[0]}, this statevisor reads {SCHEMA_VERSION}")
-        self._connection = connection
+        self._connection = connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Translate sqlite3's errors into ours, by meaning."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                raise StoreLocked(self.path, f"locked by another writer for over {self.busy_timeout} s") from exc
-            if "full" in text:
-                raise StoreFull(self.path, f"disk or database full ({text})") from exc
-            raise StoreError(self.path, text) from exc
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(self.path, f"{type(exc).__name__}: {exc}") from exc
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return sqlite_errors(self.path, self.busy_timeout)
 
     async def _run(self, function: Any, *args: Any) -> Any:
         # uvloop keeps its last executor future referenced until the next call, result and all:

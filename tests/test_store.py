@@ -612,9 +612,9 @@ async def test_the_write_ahead_log_is_cut_back_after_a_burst(tmp_path: Path, mon
     """SQLite keeps its write-ahead log file at its high-water mark; the store caps what stays
     on disk once a burst is checkpointed (WAL_SIZE_LIMIT, small here), so a burst of large
     checkpoints does not leave a log file that size for as long as the daemon runs."""
-    import supervisor._sqlite
+    import supervisor._sqlite_file
 
-    monkeypatch.setattr(supervisor._sqlite, "WAL_SIZE_LIMIT", 1 << 20)
+    monkeypatch.setattr(supervisor._sqlite_file, "WAL_SIZE_LIMIT", 1 << 20)
     path = tmp_path / "s.db"
     store = await SQLiteStore.open(str(path))
     try:
