@@ -2,45 +2,41 @@
 
 Decisions (what an input does to the state) are made by the machine in the transition; this
 module does the bookkeeping around it: it takes inputs from the mailbox in order, runs the
-transition under the journal, rolls back or commits, makes the state durable, then performs
-the described effects. Control operations (pause, resume, nudge, kill: ``_process_control``)
-change flags and wake the task; the task acts on them only between transitions (step
-boundaries). The status, snapshots, checkpoints and timers all layers read are in
-``_process_base``.
+transition under the journal, rolls back or commits, and hands what the transition described
+to ``_process_effects``, which makes the state durable and then lets the effects out. Control
+operations (pause, resume, nudge, kill: ``_process_control``) change flags and wake the task;
+the task acts on them only between transitions (step boundaries). The status, snapshots,
+checkpoints and timers all layers read are in ``_process_base``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
-from ._actions import TrackedAction, UntrackedAction
 from ._exceptions import (
     NondeterminismError,
-    StoreError,
     TransitionError,
 )
 from ._inputs import STATE_TIMEOUT, ActionFailed, ActionSucceeded, Call, Cast, Control, ControlEvent, Input
 from ._lifecycle import DriveMode, ErrorPolicy, Lifecycle
 from ._machine import Context
 from ._process_base import TimerDue
-from ._process_control import ProcessControl
-from ._release import Held, ReleaseQueue
+from ._process_effects import ProcessEffects
 from ._snapshot import ProcessRecord
 from ._state import Journal, adopt, pack, unpack
 from ._waiters import Condition
 
 if TYPE_CHECKING:
-    from ._runtime import Checkpointer
+    pass
 
 log = structlog.get_logger("statevisor.process")
 
 
-class Process(ProcessControl):
+class Process(ProcessEffects):
     """The runtime side of one process. Users hold a :class:`~supervisor.Handle` to it."""
 
     __slots__ = ()
@@ -311,102 +307,3 @@ class Process(ProcessControl):
             return
         self._refresh_lifecycle()
         self._conditions.wake_all(Condition.CHANGED)
-
-    def _can_pipeline(self, checkpointer: Checkpointer) -> bool:
-        # Only stores that hand out a future per checkpoint can; checkpoint_every_commit means
-        # one durable write per transition, each waited for, so it never pipelines.
-        return not self.runtime.checkpoint_every_commit and hasattr(checkpointer, "submit")
-
-    def _hold_until_durable(self, checkpointer: Checkpointer, ctx: Context) -> None:
-        held = self._held
-        if held is None:
-            held = self._held = ReleaseQueue(self._release, self._make_durable)
-        durable = checkpointer.submit(self.checkpoint())  # type: ignore[attr-defined]
-        held.hold(durable, ctx.tracked, ctx.untracked, ctx.replies)
-
-    async def _held_room(self) -> None:
-        held = self._held
-        if held is not None:
-            await held.until_room()
-
-    def _release(self, held: Held) -> None:
-        """The checkpoint of ``held``'s transition is durable: let its effects out."""
-        if self._terminal is not None or self._kill_reason is not None:
-            return  # ended or detached meanwhile: the checkpoint keeps the actions for restore
-        if held.tracked:
-            pending = self._pending
-            for action in held.tracked:
-                if action.id in pending:  # not consumed or dropped since
-                    self._dispatch(action)
-        self._deliver(held.untracked, held.replies)
-
-    def _deliver(self, untracked: Sequence[UntrackedAction] | None, replies: Sequence[tuple[int, Any]] | None) -> None:
-        """Let a committed transition's untracked actions out and answer its calls."""
-        if untracked:
-            for action in untracked:
-                self._dispatch_untracked(action)
-        if replies:
-            calls = self._calls
-            for ref, value in replies:
-                future = calls.pop(ref, None)
-                if future is not None and not future.done():
-                    future.set_result(value)
-
-    async def _make_durable(self, ending: tuple[str, Any] | None = None) -> None:
-        """Checkpoint the committed state; on store errors retry, then pause with the reason.
-
-        Nothing is lost meanwhile: the state stays committed in memory and its actions are held
-        until the checkpoint lands; ``resume()`` retries after an operator fixed the store.
-        """
-        checkpointer = self.runtime.checkpointer
-        assert checkpointer is not None
-        attempt = 0
-        while True:
-            try:
-                await checkpointer.save(self.checkpoint(ending))
-                return
-            except StoreError as exc:
-                attempt += 1
-                log.error("checkpoint_failed", pid=self.pid, kind=self.machine.kind, attempt=attempt, error=str(exc))
-                if attempt <= len(self.runtime.store_retry_delays):
-                    await asyncio.sleep(self.runtime.store_retry_delays[attempt - 1])
-                    continue
-                self._hold(f"checkpoint failed: {exc}")
-                while self._paused:
-                    await self._conditions.wait(Condition.RESUMED)
-                attempt = 0
-
-    # --- actions --------------------------------------------------------------------------
-
-    def _dispatch(self, action: TrackedAction) -> None:
-        self.runtime.dispatch(self, action)
-
-    async def _run_action(self, action: TrackedAction) -> None:
-        runtime = self.runtime
-        started = runtime.clock.now()
-        result: Input
-        executor = runtime.executors.get(action.type)
-        slotted = getattr(executor, "uses_slot", True) and runtime.slots.limited(self.machine.kind)
-        try:
-            if slotted:
-                await runtime.slots.acquire(self.machine.kind)
-            try:
-                value = await executor.execute(action)
-            finally:
-                if slotted:
-                    runtime.slots.release(self.machine.kind)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            result = ActionFailed(action.id, action.type, type(exc).__qualname__, str(exc))
-        else:
-            result = ActionSucceeded(action.id, action.type, value)
-        finally:
-            self._action_tasks.pop(action.id, None)
-        runtime.observe_action(self, action, runtime.clock.now() - started, type(result) is ActionSucceeded)
-        if self._terminal is None and self._kill_reason is None:
-            self._mailbox.append(result)
-            self._poke()
-
-    def _dispatch_untracked(self, action: UntrackedAction) -> None:
-        self.runtime.run_untracked(action)
