@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,9 +25,9 @@ from ._collector import collector_paused
 from ._exceptions import ConfigurationError, ProcessNotFound, StatevisorError
 from ._handle import Handle
 from ._lifecycle import DriveMode, Lifecycle
-from ._logrotation import remove_log
 from ._machine import Machine
 from ._process import Process
+from ._retention import prune_ended, prune_interval, prune_periodically
 from ._runtime import Runtime
 from ._snapshot import ProcessRecord
 from ._sqlite import SQLiteStore, Synchronous
@@ -40,7 +39,6 @@ from ._supervisor_spec import SupervisorSpec
 log = structlog.get_logger("statevisor.host")
 
 DAY = 86_400.0
-_PRUNE_BATCH = 1000  # records deleted (and decoded, for their owned logs) per store call
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +132,8 @@ class Host:
             self.runtime.checkpointer = self.store
             report = await self._recover(self.store)
             self.quarantined_at_start = len(report.quarantined)
-            self._pruner = asyncio.get_running_loop().create_task(self._prune_periodically())
+            pruning = prune_periodically(self.prune, prune_interval(self.retention))
+            self._pruner = asyncio.get_running_loop().create_task(pruning)
         await self.root.start()
         return report
 
@@ -179,48 +178,13 @@ class Host:
         handle = self._adoptable.pop((supervisor, child), None)
         return handle if handle is not None and not handle.done() else None
 
-    async def _prune_periodically(self) -> None:
-        interval = min(3600.0, max(1.0, self.retention / 10))
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.prune()
-            except StatevisorError as exc:  # a store busy or full right now: pruned next time
-                log.warning("prune_failed", error=str(exc), retry_in=interval)
-
     async def prune(self) -> int:
         """Delete checkpoints of processes that ended more than ``retention`` seconds ago, and
         the log files that belonged to them alone (their machines' ``owned_logs``); the number
-        of checkpoints deleted. A batch at a time, so a backlog never sits in memory at once."""
+        of checkpoints deleted."""
         if self.store is None:
             return 0
-        cutoff = self.runtime.clock.now() - self.retention
-        total = 0
-        while True:
-            expired = await self.store.expired(cutoff, limit=_PRUNE_BATCH)
-            if not expired.pids:
-                return total
-            # The files go first: a crash in between leaves records whose files are gone (pruned
-            # again next time), never files that no record names any more.
-            logs = self._owned_logs(expired.records)
-            if logs:
-                removed = await asyncio.to_thread(_remove_logs, logs)
-                log.info("pruned_logs", processes=len(expired.records), files=removed)
-            total += await self.store.delete_ended(expired.pids)
-            if len(expired.pids) < _PRUNE_BATCH:
-                return total
-
-    def _owned_logs(self, records: list[ProcessRecord]) -> list[Path]:
-        logs: list[Path] = []
-        for record in records:
-            machine = self.machines.get(record.kind)
-            if machine is None:
-                continue
-            try:
-                logs.extend(Path(p) for p in machine.owned_logs(record.state))
-            except Exception as exc:  # a machine's hook must not stop pruning
-                log.warning("owned_logs_failed", pid=record.pid, kind=record.kind, error=repr(exc))
-        return logs
+        return await prune_ended(self.store, self.machines, self.runtime.clock.now() - self.retention)
 
     # --- spawning and finding ---------------------------------------------------------------
 
@@ -381,16 +345,6 @@ class _EndedKeeper:
         self.ended[process.pid] = process
         if len(self.ended) > self.limit:
             self.ended.popitem(last=False)
-
-
-def _remove_logs(logs: list[Path]) -> int:
-    removed = 0
-    for path in logs:
-        try:
-            removed += remove_log(path)
-        except OSError as exc:  # kept, and said: pruning goes on with the rest
-            log.warning("pruned_log_not_removed", path=str(path), error=str(exc))
-    return removed
 
 
 def _all_machines(spec: SupervisorSpec) -> list[Machine[Any] | type[Machine[Any]]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import sqlite3
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import supervisor._host
+import supervisor._retention
 from supervisor import (
     Call,
     Cast,
@@ -293,6 +294,62 @@ async def test_retention_prunes_only_old_terminal_records(tmp_path: Path) -> Non
     await host.shutdown()
 
 
+async def test_the_host_prunes_on_its_own_while_it_runs(tmp_path: Path) -> None:
+    """A started host prunes by itself, every tenth of its retention (1 s at the least): an
+    ended process's checkpoint goes without anyone calling prune()."""
+    db = tmp_path / "s.db"
+    host = worker_host(db, Recorder(), retention=0.0)
+    await host.start()
+    ended = await host.spawn(Counter, pid="ended")
+    await ended.call("finish")
+    await ended._process.wait_persisted(5)
+    assert 1 == await ended_rows(db)
+
+    async with asyncio.timeout(5):
+        while await ended_rows(db):  # noqa: ASYNC110 - a fact of the file, polled
+            await asyncio.sleep(0.05)
+    await host.shutdown()
+
+
+async def ended_rows(db: Path) -> int:
+    def count() -> int:
+        with contextlib.closing(sqlite3.connect(db)) as reader:
+            return int(reader.execute("SELECT count(*) FROM processes WHERE ended IS NOT NULL").fetchone()[0])
+
+    return await asyncio.to_thread(count)
+
+
+async def test_periodic_pruning_outlives_a_failed_prune() -> None:
+    """A prune that fails (store busy or full) is logged as prune_failed and tried again at
+    the next interval; the periodic task does not die of it."""
+    from structlog.testing import capture_logs
+
+    calls = 0
+
+    async def prune() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreLocked("s.db", "locked by another writer")
+        return 0
+
+    with capture_logs() as logs:
+        task = asyncio.create_task(supervisor._retention.prune_periodically(prune, 0.001))
+        await wait_until(lambda: calls >= 3)
+        task.cancel()
+    assert ["prune_failed"] == [e["event"] for e in logs]
+    assert "locked by another writer" in logs[0]["error"]
+
+
+def test_the_prune_interval_is_a_tenth_of_the_retention_within_bounds() -> None:
+    """Pruning runs every tenth of the retention, never more often than each second nor less
+    often than each hour: a record outlives its retention by 10% at most."""
+    interval = supervisor._retention.prune_interval
+    assert 1.0 == interval(0.0)
+    assert 60.0 == interval(600.0)
+    assert 3600.0 == interval(7 * 86_400.0)
+
+
 async def test_prune_goes_in_batches_oldest_first_and_deletes_a_corrupt_ended_record_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,7 +379,7 @@ async def test_prune_goes_in_batches_oldest_first_and_deletes_a_corrupt_ended_re
     assert 4 == await store.delete_ended([*expired.pids, "live"])
     assert await store.get("live") is not None
 
-    monkeypatch.setattr(supervisor._host, "_PRUNE_BATCH", 4)
+    monkeypatch.setattr(supervisor._retention, "PRUNE_BATCH", 4)
     assert 6 == await host.prune()  # 4, then 2: the rest, in one call of the host
     assert all([await store.get(f"c{i}") is None for i in range(10)])
     assert await store.get("live") is not None
