@@ -22,7 +22,8 @@ from processes.shell import RUN, Shell, ShellExecutor, executors
 from processes.shell._journal import Journal, append_ended, marker, started_runs
 from processes.shell._launch import inherited_environment, is_our_child, start_time
 from processes.shell._link import MonitorLink, MonitorLost
-from processes.shell._monitor import JOURNAL, MARKER, stat_fields
+from processes.shell._monitor import JOURNAL, MARKER
+from processes.shell._proc import stat_fields
 from supervisor import (
     Backoff,
     Budget,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from processes.shell._monitor import stat_fields
+from processes.shell._proc import stat_fields
 from supervisor import decode_record
 from tests.test_daemon import ROOT, free_port, kill_if_running, start_daemon, wait_for
 

@@ -22,7 +22,7 @@ import resource
 import signal
 from collections.abc import Iterable
 
-from ._monitor import start_time, stat_fields
+from ._proc import start_time, stat_fields
 from ._spawn import MARKER
 
 __all__ = [

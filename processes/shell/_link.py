@@ -27,7 +27,7 @@ from . import _monitor
 from ._launch import is_our_child, wait_exit
 
 _SCRIPT = str(Path(_monitor.__file__).resolve())
-_HEADER = _monitor._HEADER
+_HEADER = _monitor.HEADER
 _START_TIMEOUT = 10.0
 _ATTEMPTS = 3
 _T = TypeVar("_T")
