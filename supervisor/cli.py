@@ -107,14 +107,13 @@ def _daemon(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = replace(config, daemon=replace(config.daemon, loop=args.loop))
-    if config.daemon.token_file is not None:
-        from .daemon import read_token
+    from .daemon import check_tokens
 
-        try:
-            read_token(config.daemon.token_file)
-        except (ConfigError, OSError) as exc:
-            print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
-            return 2
+    try:
+        check_tokens(config.daemon)
+    except (ConfigError, OSError) as exc:
+        print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     try:
         return run(config, CATALOG)
     except (StatevisorError, OSError) as exc:  # it could not start: the store is locked, a port taken

@@ -47,6 +47,8 @@ class DaemonSettings:
     token_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    metrics_token_file: Path | None = None
+    metrics_tls: bool = False
     log_dir: Path = Path("logs")
     run_dir: Path = Path("runs")
 
@@ -87,6 +89,8 @@ _DAEMON = {
     "token_file": (str, None),
     "tls_cert": (str, None),
     "tls_key": (str, None),
+    "metrics_token_file": (str, None),
+    "metrics_tls": (bool, False),
     "log_dir": (str, "logs"),
     "run_dir": (str, "runs"),
 }
@@ -114,6 +118,41 @@ def _whole_at_least(checker: Checker, value: object, minimum: int, key: str, tab
 def _address(text: str) -> bool:
     host, _, port = text.rpartition(":")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def _on_loopback(address: str) -> bool:
+    return address.rpartition(":")[0] in ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def _check_metrics_listener(checker: Checker, raw: Mapping[str, Any]) -> None:
+    """Metrics beyond loopback are reachable by other machines: a token, over TLS, as for the
+    control port (whose certificate they share)."""
+    if raw["metrics_tls"]:
+        checker.check(
+            raw["tls_cert"] is not None and raw["tls_key"] is not None,
+            "daemon.metrics_tls",
+            "needs daemon.tls_cert and daemon.tls_key (the certificate the metrics endpoint serves)",
+            "daemon",
+            "metrics_tls",
+        )
+    if _on_loopback(raw["metrics"]):
+        return
+    checker.check(
+        raw["metrics_token_file"] is not None,
+        "daemon.metrics_token_file",
+        f"required when daemon.metrics is not on loopback ({raw['metrics']}): anything on TCP beyond "
+        "this machine needs a token",
+        "daemon",
+        "metrics",
+    )
+    checker.check(
+        raw["metrics_tls"],
+        "daemon.metrics_tls",
+        f"must be true when daemon.metrics is not on loopback ({raw['metrics']}): the token must not cross "
+        "the network in the clear",
+        "daemon",
+        "metrics",
+    )
 
 
 class Kinds(Protocol):
@@ -216,14 +255,14 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
             "daemon",
             "tcp",
         )
-        loopback = raw["tcp"].rpartition(":")[0] in ("127.0.0.1", "localhost", "[::1]", "::1")
         checker.check(
-            loopback or (raw["tls_cert"] is not None and raw["tls_key"] is not None),
+            _on_loopback(raw["tcp"]) or (raw["tls_cert"] is not None and raw["tls_key"] is not None),
             "daemon.tls_cert",
             "tls_cert and tls_key are required when daemon.tcp is not on loopback",
             "daemon",
             "tcp",
         )
+    _check_metrics_listener(checker, raw)
     daemon = DaemonSettings(
         store=(base / raw["store"]).resolve(),
         socket=socket_path,
@@ -240,6 +279,8 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         token_file=(base / raw["token_file"]).resolve() if raw["token_file"] else None,
         tls_cert=(base / raw["tls_cert"]).resolve() if raw["tls_cert"] else None,
         tls_key=(base / raw["tls_key"]).resolve() if raw["tls_key"] else None,
+        metrics_token_file=(base / raw["metrics_token_file"]).resolve() if raw["metrics_token_file"] else None,
+        metrics_tls=raw["metrics_tls"],
         log_dir=(base / raw["log_dir"]).resolve(),
         run_dir=(base / raw["run_dir"]).resolve(),
     )

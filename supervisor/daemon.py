@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from ._open_files import raise_open_files_limit
 from ._stalls import LoopWatchdog
 from ._supervisor_spec import ChildSpec, SupervisorSpec
 from ._systemd import SystemdNotifier
-from .config import Config, Kinds, ProcessSettings, load
+from .config import Config, DaemonSettings, Kinds, ProcessSettings, load
 from .logs import configure, set_level
 
 log = structlog.get_logger("statevisor.daemon")
@@ -42,15 +43,33 @@ class Catalog(Kinds, Protocol):
     def build(self, config: Config) -> tuple[list[Machine[Any]], dict[str, Executor]]: ...
 
 
-def read_token(path: Path) -> str:
-    """The TCP token; its file must be private to its owner and not empty (secrets never logged)."""
+def read_token(path: Path, key: str = "daemon.token_file") -> str:
+    """A TCP token (``key`` names the setting); its file must be private to its owner and the
+    token at least 16 characters (secrets never logged)."""
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise ConfigError(str(path), "daemon.token_file", None, f"must be readable by its owner only (mode {mode:o})")
+        raise ConfigError(str(path), key, None, f"must be readable by its owner only (mode {mode:o})")
     token = path.read_text().strip()
     if len(token) < 16:
-        raise ConfigError(str(path), "daemon.token_file", None, "the token must be at least 16 characters")
+        raise ConfigError(str(path), key, None, "the token must be at least 16 characters")
     return token
+
+
+def tls_context(settings: DaemonSettings) -> ssl.SSLContext:
+    """The server side of TLS for the daemon's TCP listeners (control and metrics)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigError("", "daemon.tls_cert", None, "tls_cert and tls_key are both needed for TLS")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def check_tokens(settings: DaemonSettings) -> None:
+    """Read every configured token once, so that a bad token file stops the start, named."""
+    if settings.token_file is not None:
+        read_token(settings.token_file)
+    if settings.metrics_token_file is not None:
+        read_token(settings.metrics_token_file, "daemon.metrics_token_file")
 
 
 def tcp_options(config: Config) -> dict[str, Any]:
@@ -58,12 +77,7 @@ def tcp_options(config: Config) -> dict[str, Any]:
     if settings.tcp is None or settings.token_file is None:
         return {}
     host, _, port = settings.tcp.rpartition(":")
-    tls = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        import ssl
-
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+    tls = tls_context(settings) if settings.tls_cert is not None and settings.tls_key is not None else None
     return {"tcp": (host.strip("[]"), int(port)), "token": read_token(settings.token_file), "tls": tls}
 
 
@@ -135,8 +149,14 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
         watchdog = LoopWatchdog(loop, host.runtime)
         watchdog.start()
         running.callback(watchdog.stop)
-        server = start_metrics(host, config.daemon.metrics, lambda: control.connections if control else 0, watchdog)
-        running.callback(server.shutdown)
+        settings = config.daemon
+        server = start_metrics(
+            host, settings.metrics, lambda: control.connections if control else 0, watchdog,
+            token=read_token(settings.metrics_token_file, "daemon.metrics_token_file")
+            if settings.metrics_token_file else None,
+            tls=tls_context(settings) if settings.metrics_tls else None,
+        )  # fmt: skip
+        running.callback(server.close)
         report = await host.start()
         clean: list[bool] = []
 

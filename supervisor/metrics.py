@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ssl
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -19,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from ._actions import TrackedAction
 from ._host import Host
+from ._metrics_http import MetricsServer, serve_metrics
 from ._process import Process
 from ._stalls import LoopWatchdog
 from ._summary import LIVE_LIFECYCLES
@@ -226,12 +228,20 @@ def registry_for(host: Host, connections: Any = None, watchdog: LoopWatchdog | N
     return registry
 
 
-def start_metrics(host: Host, address: str, connections: Any = None, watchdog: LoopWatchdog | None = None) -> Any:
-    """Serve ``/metrics`` on ``host:port`` (loopback by default); returns the server (``.shutdown()``)."""
+def start_metrics(
+    host: Host,
+    address: str,
+    connections: Any = None,
+    watchdog: LoopWatchdog | None = None,
+    *,
+    token: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> MetricsServer:
+    """Serve ``/metrics`` on ``host:port`` (loopback by default), behind ``token`` and ``tls``
+    when given; returns the server (``.close()``)."""
     name, _, port = address.rpartition(":")
     try:
         registry = registry_for(host, connections, watchdog)
-        server, _thread = start_http_server(int(port), addr=name, registry=registry)
+        return serve_metrics(registry, name.strip("[]"), int(port), token=token, tls=tls)
     except OSError as exc:  # the bare error ("Address already in use") does not say which address
         raise OSError(exc.errno, f"metrics on {address} (daemon.metrics): {exc.strerror or exc}") from None
-    return server

@@ -108,15 +108,10 @@ def test_commands_reach_a_daemon_over_tcp_with_its_token_and_tls(daemon: Daemon,
     missing one exits 2; the token never appears in the output."""
     import os
 
+    from tests.helpers import self_signed
     from tests.test_daemon import free_port
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     secret = "a-long-enough-secret-token"
     token_file = daemon.config.parent / "token"
     token_file.write_text(secret + "\n")

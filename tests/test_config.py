@@ -194,6 +194,12 @@ BROKEN = [
      "expected an integer; got a number"),
     ("[[process]]\nname = 'a'\nkind = 'ticker'\nperiod = 10", 4, "process[0].period", "period needs max_restarts"),
     ("[[process]]\nname = 'a'\nkind = 'ticker'\nmax_restarts = 2\nperiod = -1", 5, "process[0].period", "period > 0"),
+    ("[daemon]\nmetrics = '0.0.0.0:9464'", 2, "daemon.metrics_token_file",
+     "required when daemon.metrics is not on loopback (0.0.0.0:9464)"),
+    ("[daemon]\nmetrics = '0.0.0.0:9464'\nmetrics_token_file = 't'", 2, "daemon.metrics_tls",
+     "must be true when daemon.metrics is not on loopback"),
+    ("[daemon]\nmetrics_tls = true", 2, "daemon.metrics_tls", "needs daemon.tls_cert and daemon.tls_key"),
+    ("[daemon]\nmetrics_tls = 'yes'", 2, "daemon.metrics_tls", "expected true/false"),
 ]  # fmt: skip
 
 

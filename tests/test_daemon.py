@@ -71,17 +71,23 @@ def answers(path: Path) -> bool:
 
 
 def start_daemon(
-    config: Path, port: int, *, stdout: int = subprocess.DEVNULL, wrapper: tuple[str, ...] = ()
+    config: Path,
+    port: int,
+    *,
+    stdout: int = subprocess.DEVNULL,
+    wrapper: tuple[str, ...] = (),
+    metrics_answer: Callable[[int], bool] = reachable,
 ) -> subprocess.Popen[str]:
     """`statevisor daemon` on ``config`` (its socket at var/s.sock), once it serves: its metrics
-    answer (they are bound first) and so does its socket (made once its processes started).
-    ``wrapper`` is a command line the daemon runs under (``prlimit ...``)."""
+    answer (they are bound first; ``metrics_answer`` asks them) and so does its socket (made
+    once its processes started). ``wrapper`` is a command line the daemon runs under
+    (``prlimit ...``)."""
     child = subprocess.Popen(
         [*wrapper, sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
         cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     sock = config.parent / "var" / "s.sock"
-    wait_for(lambda: (reachable(port) and answers(sock)) or child.poll() is not None)
+    wait_for(lambda: (metrics_answer(port) and answers(sock)) or child.poll() is not None)
     assert child.poll() is None, child.communicate()[1]
     return child
 
@@ -99,8 +105,8 @@ class Daemon:
         )
         self.child: subprocess.Popen[str] | None = None
 
-    def start(self) -> None:
-        self.child = start_daemon(self.config, self.port, stdout=subprocess.PIPE)
+    def start(self, metrics_answer: Callable[[int], bool] = reachable) -> None:
+        self.child = start_daemon(self.config, self.port, stdout=subprocess.PIPE, metrics_answer=metrics_answer)
 
     def stop(self, signum: int = signal.SIGTERM) -> tuple[int, list[dict[str, object]]]:
         assert self.child is not None

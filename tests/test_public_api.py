@@ -113,7 +113,7 @@ LATER_LAYERS = {
     "_supervisor_spec", "_host", "_retention", "_inspect", "_sim", "_simparts", "_summary",
 }  # fmt: skip
 # Above them: the command line and log configuration (logs.py, cli.py, bench/), not checked here.
-DAEMON_SIDE = {"_config_check", "_config_policy", "_systemd"}
+DAEMON_SIDE = {"_config_check", "_config_policy", "_metrics_http", "_systemd"}
 
 
 def test_persistence_and_supervision_import_nothing_from_above() -> None:
