@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +23,10 @@ import structlog
 from ._codec import Checkpoint, decode_record, encode_record
 from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError
 from ._snapshot import ProcessRecord
-from ._sqlite_file import connect, sqlite_errors, take_ownership
+from ._sqlite_file import Finding, StoreFiles, sqlite_errors
 from ._sqlite_sql import EXPIRED, chunk_parameters, delete_ended
 from ._store_records import Checkpointable, Expired, Quarantined, Recovery, StoreStatistics
+from ._store_watch import WATCH_INTERVAL
 
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
 
@@ -53,8 +53,10 @@ class SQLiteStore:
         # construction; verify_writes also decodes each one before writing it (tests, debugging).
         self.verify_writes = verify_writes
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statevisor-store")
-        self._connection: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
+        self._files = StoreFiles(path, synchronous=synchronous, busy_timeout=busy_timeout)
+        self.watch_interval = WATCH_INTERVAL  # seconds between checks that its files are still at their names
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._watching: asyncio.Task[None] | None = None
         self._queue: list[tuple[Checkpoint, asyncio.Future[None] | None]] = []
         self._dirty: dict[str, Checkpointable] = {}
         # Effect-free checkpoints whose group commit failed: written by the next retry whatever
@@ -76,20 +78,15 @@ class SQLiteStore:
     async def open(cls, path: str, **options: Any) -> SQLiteStore:
         store = cls(path, **options)
         try:
-            store._take_ownership()
-            await store._run(store._connect)
+            store._files.own()
+            await store._run(store._files.open)
         except BaseException:
             await store.close()
             raise
+        store._watch_later()
         return store
 
-    # --- the file ------------------------------------------------------------------------
-
-    def _take_ownership(self) -> None:
-        self._lock_fd = take_ownership(self.path)
-
-    def _connect(self) -> None:
-        self._connection = connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+    # --- its files --------------------------------------------------------------------------
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
         return sqlite_errors(self.path, self.busy_timeout)
@@ -102,9 +99,27 @@ class SQLiteStore:
         return box.pop()
 
     def _db(self) -> sqlite3.Connection:
-        if self._connection is None:
+        connection = self._files.connection
+        if connection is None:
             raise StoreError(self.path, "the store is closed")
-        return self._connection
+        return connection
+
+    def _watch_later(self) -> None:
+        if not self._closed and self.watch_interval > 0:
+            self._watch_timer = asyncio.get_running_loop().call_later(self.watch_interval, self._watch_now)
+
+    def _watch_now(self) -> None:
+        self._watching = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Check that the store's files are still at their names (see ``_store_watch``)."""
+        try:
+            findings: list[Finding] = await self._run(self._files.check)
+        except Exception as exc:  # a bug or an unexpected error: said, and the watch goes on
+            findings = [("error", "store_watch_failed", {"error": repr(exc)})]
+        for level, event, fields in findings:
+            getattr(log, level)(event, store=self.path, **fields)
+        self._watch_later()
 
     # --- writing: group commit -----------------------------------------------------------
 
@@ -344,7 +359,13 @@ class SQLiteStore:
     def statistics(self) -> StoreStatistics:
         queued = len(self._queue) + len(self._dirty) + len(self._owed)
         return StoreStatistics(
-            self._batches, self._records, self._last_batch, self._last_commit, queued, largest_record=self._largest
+            self._batches,
+            self._records,
+            self._last_batch,
+            self._last_commit,
+            queued,
+            largest_record=self._largest,
+            file_problem=self._files.problem,
         )
 
     async def close(self) -> None:
@@ -352,7 +373,11 @@ class SQLiteStore:
         if self._owed_retry is not None:
             self._owed_retry.cancel()
             self._retry_owed()  # one last try for what is owed
-        if self._connection is not None and (self._queue or self._dirty):
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+        if self._watching is not None:
+            self._watching.cancel()
+        if self._files.connection is not None and (self._queue or self._dirty):
             self._kick()
         try:
             if self._flusher is not None and not self._flusher.done():
@@ -361,13 +386,9 @@ class SQLiteStore:
             # Also when the wait is cut short (a writer hung on its disk): nothing more is taken.
             # The connection, the thread and the lock stay with the hung writer; exiting frees them.
             self._closed = True
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            await self._run(connection.close)
+        await self._run(self._files.close_connection)
         self._thread.shutdown(wait=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
+        self._files.release()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

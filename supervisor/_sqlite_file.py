@@ -1,7 +1,9 @@
-"""The checkpoint store's file: owning it, opening it, and what its errors mean.
+"""The checkpoint store's files: owning them, opening them, keeping them at their names, and
+what their errors mean.
 
 Kept apart from the group commit (``_sqlite.py``) because none of it is on the write path: it
-runs once at open, and the error translation is shared by every statement the store runs.
+runs at open and in the store's periodic check of its files (every 10 s, see ``_store_watch``),
+and the error translation is shared by every statement the store runs.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
+from typing import Any
 
 from ._exceptions import StoreError, StoreFull, StoreLocked
 from ._sqlite_sql import SCHEMA, SCHEMA_VERSION, WAL_SIZE_LIMIT
+from ._store_watch import FileFate, FileIdentity, copy_out, fate, identity_at, publish
 
 
 def take_ownership(path: str) -> int:
@@ -68,3 +72,124 @@ def sqlite_errors(path: str, busy_timeout: float) -> Iterator[None]:
         raise StoreError(path, text) from exc
     except sqlite3.DatabaseError as exc:
         raise StoreError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+Finding = tuple[str, str, dict[str, Any]]
+"""Something the file check found, to be logged on the event loop: level, event, fields."""
+
+
+class StoreFiles:
+    """The store's database and lock file, held open, and kept at their names.
+
+    :meth:`check` runs on the writer thread (as every use of the connection does), so a
+    write-back never interleaves with a group commit. See ``_store_watch`` for why it exists.
+    """
+
+    def __init__(self, path: str, *, synchronous: str, busy_timeout: float) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.connection: sqlite3.Connection | None = None
+        self.serving = path  # where the connection's file is: ``path``, unless a write-back found it taken
+        self.problem = ""  # what is wrong with the files now, for the status and the metrics
+        self._file: FileIdentity | None = None
+        self._lock_fd: int | None = None
+        self._lock_file: FileIdentity | None = None
+        self._reopening: str | None = None  # a written-back copy that did not open yet
+        self._said: set[str] = set()  # problems already logged, once each while they last
+
+    def own(self) -> None:
+        self._lock_fd = take_ownership(self.path)
+        self._lock_file = FileIdentity.of(os.fstat(self._lock_fd))
+
+    def open(self, where: str | None = None) -> None:
+        where = where or self.path
+        self.connection = connect(where, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+        self.serving = where
+        self._file = identity_at(where)
+
+    def check(self) -> list[Finding]:
+        """Compare the two names with the files held open and mend what can be mended; what was
+        mended, and the problems that are new since the last check (each is said once while
+        it lasts, and ``problem`` names the ones there now)."""
+        mended: list[Finding] = []
+        problems: dict[str, Finding] = {}
+        if self._reopening is not None:  # written back, but the copy did not open: again
+            _sort(self._reopen(self._reopening, "store_file_reopened", {"at": self._reopening}), mended, problems)
+        if self.connection is not None and self._file is not None:
+            verdict = fate(self.serving, self._file)
+            if verdict is FileFate.DELETED:
+                _sort(self._write_back(self.connection), mended, problems)
+            elif verdict is FileFate.REPLACED:
+                note = (
+                    "another file is at the store's name: this daemon writes to the one it opened, which the next "
+                    "start will not find; stop it and put the right file back"
+                )
+                problems["store_file_replaced"] = ("error", "store_file_replaced", {"at": self.serving, "note": note})
+        if (
+            self._lock_fd is not None
+            and self._lock_file is not None
+            and fate(self.path + ".lock", self._lock_file) is not FileFate.INTACT
+        ):
+            _sort(self._relock(self._lock_fd), mended, problems)
+        self.problem = ", ".join(problems)
+        new = [finding for event, finding in problems.items() if event not in self._said]
+        self._said = set(problems)
+        return mended + new
+
+    def _write_back(self, connection: sqlite3.Connection) -> Finding:
+        try:
+            partial = copy_out(connection, self.path)
+        except (OSError, sqlite3.Error) as exc:
+            # Nothing changed: the connection goes on writing to the deleted file; the next
+            # check tries again.
+            note = "checkpoints go to a deleted file, lost at exit; the write-back is tried again"
+            return ("error", "store_file_not_restored", {"error": str(exc), "note": note})
+        self.connection = None  # while it moves: a failure below leaves the store closed, not half-open
+        connection.close()
+        where = publish(partial, self.path)
+        note = "the store's file was deleted; written back from the one held open"
+        if where != self.path:
+            note += f", to {where}: another file took its name meanwhile"
+        return self._reopen(where, "store_file_restored", {"at": where, "note": note})
+
+    def _reopen(self, where: str, event: str, fields: dict[str, Any]) -> Finding:
+        try:
+            self.open(where)
+        except (OSError, StoreError) as exc:
+            self._reopening = where
+            note = "written back, but it does not open: checkpoints fail (processes pause) until it does"
+            return ("error", "store_file_not_reopened", {"at": where, "error": str(exc), "note": note})
+        self._reopening = None
+        return ("warning", event, fields)
+
+    def _relock(self, old: int) -> Finding:
+        try:
+            fd = take_ownership(self.path)
+        except StoreError as exc:
+            note = "its lock file was removed and another statevisor took the store: two daemons run its processes"
+            return ("error", "store_lock_lost", {"error": str(exc), "note": note})
+        os.close(old)
+        self._lock_fd, self._lock_file = fd, FileIdentity.of(os.fstat(fd))
+        return (
+            "warning",
+            "store_lock_restored",
+            {"note": "its lock file was removed or replaced; made and locked again"},
+        )
+
+    def close_connection(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+
+def _sort(finding: Finding, mended: list[Finding], problems: dict[str, Finding]) -> None:
+    if finding[0] == "error":
+        problems[finding[1]] = finding
+    else:
+        mended.append(finding)

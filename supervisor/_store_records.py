@@ -56,3 +56,4 @@ class StoreStatistics:
     last_commit_seconds: float
     queued: int
     largest_record: int = 0  # bytes, of the largest checkpoint written since the store opened (from 1 MiB)
+    file_problem: str = ""  # its files deleted or replaced under it and not mended (see _store_watch); "" when fine

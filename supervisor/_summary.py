@@ -59,6 +59,7 @@ class HostSummary:
     slots: dict[str, SlotCounts] = field(default_factory=dict)
     store: str | None = None
     failed_supervisors: dict[str, str] = field(default_factory=dict)  # path -> why: nothing under it restarts
+    store_problem: str = ""  # the store's files deleted or replaced and not mended (StoreStatistics.file_problem)
 
     @property
     def live(self) -> int:
@@ -78,7 +79,7 @@ class HostSummary:
             "transition_errors": self.transition_errors, "restarts": self.restarts,
             "given_up": self.given_up, "quarantined": self.quarantined,
             "slots": {kind: _counts(s) for kind, s in self.slots.items()}, "store": self.store,
-            "failed_supervisors": dict(self.failed_supervisors),
+            "failed_supervisors": dict(self.failed_supervisors), "store_problem": self.store_problem,
         }  # fmt: skip
 
     @classmethod
@@ -90,6 +91,7 @@ class HostSummary:
             restarts=fields["restarts"], given_up=fields["given_up"],
             quarantined=fields["quarantined"], slots={k: SlotCounts(**s) for k, s in fields["slots"].items()},
             store=fields["store"], failed_supervisors=dict(fields.get("failed_supervisors", {})),
+            store_problem=str(fields.get("store_problem", "")),
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -130,4 +132,5 @@ def summarize(host: Host, *, started: float | None, quarantined: int) -> HostSum
         slots={s.kind: SlotCounts(s.capacity, s.used, s.queued) for s in host.runtime.slots.statistics()},
         store=host.store_path,
         failed_supervisors={s.path: s.failure for s in supervisors if s.failure is not None},
+        store_problem=host.store.statistics().file_problem if host.store is not None else "",
     )

@@ -173,6 +173,8 @@ def _status_lines(summary: HostSummary, where: str, now: float) -> list[str]:
     if summary.quarantined:
         lines.append(f"quarantined at start: {summary.quarantined} (statevisor store quarantined --store STORE)")
     lines.append(f"store: {summary.store or 'none (checkpoints off)'}")
+    if summary.store_problem:
+        lines.append(f"store PROBLEM: {summary.store_problem} (see the daemon's log; the next start may lose state)")
     return lines
 
 

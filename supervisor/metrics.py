@@ -127,6 +127,12 @@ class HostCollector(Collector):
                 "The largest checkpoint written since start (counted from 1 MiB; 0 below)",
                 value=s.largest_record,
             )
+            yield GaugeMetricFamily(
+                "statevisor_store_file_problems",
+                "Problems with the store's files that the daemon could not mend: its file replaced under it, "
+                "a write-back that failed, its lock taken by another daemon (0 when fine)",
+                value=len(s.file_problem.split(", ")) if s.file_problem else 0,
+            )
 
         capacity = GaugeMetricFamily("statevisor_slots_capacity", "Slots per kind", labels=["kind"])
         used = GaugeMetricFamily("statevisor_slots_used", "Slots in use per kind", labels=["kind"])

@@ -1,0 +1,195 @@
+"""The store's files deleted or replaced under a running host: noticed, mended where they can
+be, said where they cannot. Real files, real SQLite, a real daemon for the SIGKILL case."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+import supervisor._sqlite
+from supervisor import Host, SQLiteStore, StoreLocked
+from supervisor._sqlite_file import take_ownership
+from supervisor.metrics import registry_for
+from tests.helpers import wait_until
+from tests.machines import Counter
+
+
+@pytest.fixture(autouse=True)
+def quick_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor._sqlite, "WATCH_INTERVAL", 0.05)
+
+
+def stored(path: Path) -> dict[str, int]:
+    """The live processes' counts in the file at ``path``, read by a connection of its own."""
+    from supervisor._codec import decode_record
+
+    with sqlite3.connect(path) as reader:
+        rows = reader.execute("SELECT pid, record FROM processes WHERE ended IS NULL").fetchall()
+    return {pid: int(decode_record(blob).state.get("n", 0)) for pid, blob in rows}
+
+
+async def running_host(db: Path, count: int = 5) -> Host:
+    host = Host(machines=[Counter], store=str(db))
+    await host.start()
+    for i in range(count):
+        handle = await host.spawn(Counter, pid=f"c{i}", state={"n": 0})
+        await handle.cast(i + 1)
+        assert i + 1 == await handle.call("get")  # a reply: its checkpoint is durable
+    return host
+
+
+def problem(host: Host) -> str:
+    assert host.store is not None
+    return host.store.statistics().file_problem
+
+
+def remove_all(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    "removal",
+    [
+        lambda db: db.unlink(),
+        remove_all,
+        lambda db: shutil.rmtree(db.parent),
+    ],
+    ids=["the-file", "the-file-and-its-wal", "its-directory"],
+)
+async def test_a_deleted_store_file_is_written_back_and_nothing_is_lost(
+    tmp_path: Path, removal: Callable[[Path], None]
+) -> None:
+    """The store's file deleted under a running host (alone, with its write-ahead files, or
+    with its whole directory) is written back from the connection still open on it. The
+    processes go on, their later checkpoints land in the file at the store's name, and a new
+    host started on that name revives every one of them with its latest state."""
+    db = tmp_path / "var" / "s.db"
+    db.parent.mkdir()
+    with capture_logs() as logs:
+        host = await running_host(db)
+        removal(db)
+        await wait_until(lambda: any(e["event"] == "store_file_restored" for e in logs))
+    assert db.exists()
+    assert {f"c{i}": i + 1 for i in range(5)} == stored(db)
+    handle = host.get("c0")
+    await handle.cast(100)
+    assert 101 == await handle.call("get")
+    assert 101 == stored(db)["c0"]  # written to the file at the name, not the deleted one
+    assert host.store is not None
+    assert "" == host.store.statistics().file_problem
+    await host.shutdown()
+
+    again = Host(machines=[Counter], store=str(db))
+    report = await again.start()
+    assert 5 == report.revived
+    assert 101 == await again.get("c0").call("get")
+    assert 5 == await again.get("c4").call("get")
+    await again.shutdown()
+
+
+async def test_a_replaced_store_file_is_left_alone_and_reported_once(tmp_path: Path) -> None:
+    """Another file put at the store's name (a backup restored under a running daemon) is
+    not touched: it is reported once, as an error naming the problem, and the store's
+    statistics, the summary and the status carry it while it lasts."""
+    db = tmp_path / "s.db"
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as writer:
+        writer.execute("CREATE TABLE mine (x)")
+        writer.execute("INSERT INTO mine VALUES (42)")
+    with capture_logs() as logs:
+        host = await running_host(db, count=1)
+        os.replace(other, db)
+        before = db.read_bytes()
+        assert host.store is not None
+        await wait_until(lambda: host.store is not None and host.store.statistics().file_problem != "")
+        for _ in range(3):  # more checks: still one line
+            await host.store._watch()
+    assert "store_file_replaced" == host.store.statistics().file_problem
+    replaced = [e for e in logs if e["event"] == "store_file_replaced"]
+    assert 1 == len(replaced)
+    assert "error" == replaced[0]["log_level"]
+    assert "stop it and put the right file back" in replaced[0]["note"]
+    assert before == db.read_bytes()
+    assert "store_file_replaced" == host.summary().store_problem
+    from supervisor.commands import _status_lines
+
+    lines = _status_lines(host.summary(), "here", 0.0)
+    assert any("store PROBLEM: store_file_replaced" in line for line in lines)
+    await host.shutdown()
+
+
+async def test_a_deleted_lock_file_is_made_and_locked_again(tmp_path: Path) -> None:
+    """A lock file removed under a running store is made and locked again, so a second
+    statevisor on the same store is still refused, naming this one."""
+    db = tmp_path / "s.db"
+    with capture_logs() as logs:
+        host = await running_host(db, count=1)
+        os.unlink(f"{db}.lock")
+        await wait_until(lambda: any(e["event"] == "store_lock_restored" for e in logs))
+    with pytest.raises(StoreLocked, match=f"pid {os.getpid()}"):
+        await SQLiteStore.open(str(db))
+    await host.shutdown()
+
+
+async def test_a_lock_taken_by_another_after_its_file_went_is_reported(tmp_path: Path) -> None:
+    """If another statevisor took the store after its lock file was removed, the running one
+    cannot lock it again: it says so (store_lock_lost, naming the holder) and the statistics
+    and metrics carry the problem until the other lets go, when it locks it again."""
+    db = tmp_path / "s.db"
+    with capture_logs() as logs:
+        host = await running_host(db, count=1)
+        os.unlink(f"{db}.lock")
+        intruder = await asyncio.to_thread(take_ownership, str(db))
+        try:
+            await wait_until(lambda: "store_lock_lost" in problem(host))
+            assert 1.0 == registry_for(host).get_sample_value("statevisor_store_file_problems")
+        finally:
+            os.close(intruder)
+        await wait_until(lambda: any(e["event"] == "store_lock_restored" for e in logs))
+    lost = [e for e in logs if e["event"] == "store_lock_lost"]
+    assert 1 == len(lost)
+    assert f"pid {os.getpid()}" in lost[0]["error"]
+    assert host.store is not None
+    assert "" == host.store.statistics().file_problem
+    assert 0.0 == registry_for(host).get_sample_value("statevisor_store_file_problems")
+    await host.shutdown()
+
+
+def test_a_daemon_whose_store_was_deleted_loses_nothing_to_a_sigkill(tmp_path: Path) -> None:
+    """A real daemon: its store files removed (`rm var/store.db*`), then SIGKILLed. Before the
+    write-back, the next start found no store and began again with new processes, the old ones'
+    work gone. Now it revives both declared processes, the same ones, from where they were."""
+    from tests.test_daemon import Daemon, wait_for
+
+    def pids() -> dict[str, str]:
+        with sqlite3.connect(daemon.store) as reader:
+            return dict(reader.execute("SELECT name, pid FROM processes WHERE ended IS NULL").fetchall())
+
+    daemon = Daemon(tmp_path)
+    daemon.start()
+    try:
+        wait_for(lambda: daemon.ticks().get("root/fast", 0) >= 3, timeout=30)
+        before = pids()
+        remove_all(daemon.store)
+        wait_for(lambda: daemon.store.exists(), timeout=60)  # the daemon checks every 10 s
+        wait_for(lambda: len(pids()) == 2 and daemon.ticks().get("root/fast", 0) >= 3, timeout=30)
+        reached = daemon.ticks()["root/fast"]
+    finally:
+        assert daemon.child is not None
+        daemon.child.send_signal(signal.SIGKILL)
+        daemon.child.communicate(timeout=30)
+    daemon.start()
+    code, logs = daemon.stop()
+    assert 0 == code
+    assert [2] == [line["revived"] for line in logs if line["event"] == "recovered"]
+    assert before == pids()
+    assert daemon.ticks()["root/fast"] >= reached
