@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._exceptions import StoreError, StoreFull, StoreLocked
+from ._file_identity import FileFate, FileIdentity, fate, identity_at
 from ._sqlite_sql import SCHEMA, SCHEMA_VERSION, WAL_SIZE_LIMIT
-from ._store_watch import FileFate, FileIdentity, copy_out, fate, identity_at, publish
+from ._store_watch import copy_out, publish
 
 
 def take_ownership(path: str) -> int:

@@ -15,45 +15,10 @@ left alone and reported.
 
 from __future__ import annotations
 
-import enum
 import os
 import sqlite3
-from dataclasses import dataclass
 
 WATCH_INTERVAL = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class FileIdentity:
-    """A file, as opposed to a name: the device and inode behind a path or descriptor."""
-
-    device: int
-    inode: int
-
-    @classmethod
-    def of(cls, stat: os.stat_result) -> FileIdentity:
-        return cls(stat.st_dev, stat.st_ino)
-
-
-class FileFate(enum.Enum):
-    INTACT = "intact"  # the name still points at the file held open
-    DELETED = "deleted"  # nothing at the name
-    REPLACED = "replaced"  # another file at the name
-
-
-def identity_at(path: str) -> FileIdentity | None:
-    try:
-        return FileIdentity.of(os.stat(path))
-    except FileNotFoundError:
-        return None
-
-
-def fate(path: str, held: FileIdentity) -> FileFate:
-    """What became of the file held open as ``held`` under the name ``path``."""
-    found = identity_at(path)
-    if found is None:
-        return FileFate.DELETED
-    return FileFate.INTACT if found == held else FileFate.REPLACED
 
 
 def copy_out(connection: sqlite3.Connection, path: str) -> str:

@@ -57,6 +57,7 @@ CORE_MODULES = {
     "_collector",
     "_diagram",
     "_exceptions",
+    "_file_identity",
     "_handle",
     "_identifiers",
     "_inputs",

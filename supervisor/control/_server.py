@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hmac
 import os
 import socket
 import ssl
-import stat
 import struct
 import time
 from typing import Any
@@ -28,6 +26,7 @@ from .._host import Host
 from ._fanout import WatchFanout
 from ._ops import OPS, Op, argument, encoded_snapshot
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_frame
+from ._socket_file import SocketKeeper, claim_socket
 
 log = structlog.get_logger("statevisor.control")
 
@@ -42,26 +41,6 @@ MAX_IN_FLIGHT = 4096
 
 HELLO_TIMEOUT = 10.0
 """Seconds a new connection has to greet (and, on TCP, show its token) before it is closed."""
-
-
-async def _claim_socket(path: str) -> None:
-    """Make way for our socket at ``path``: a socket nobody answers on is a dead daemon's and is
-    removed; one that answers is another daemon's, and a file that is not a socket is someone's
-    file, so both are left alone and refused."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(errno.EEXIST, f"control socket {path}: a file that is not a socket is in the way")
-    try:
-        _, writer = await asyncio.open_unix_connection(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    writer.close()
-    raise OSError(errno.EADDRINUSE, f"control socket {path}: another daemon is serving it")
 
 
 class ControlServer:
@@ -96,6 +75,8 @@ class ControlServer:
         self.hello_timeout = HELLO_TIMEOUT
         self.fanout = WatchFanout(encoded_snapshot, lambda: self.watch_interval)
         self._server: asyncio.AbstractServer | None = None
+        self._keeper: SocketKeeper | None = None
+        self._keeping: asyncio.Task[None] | None = None
         self._connections: set[_Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()  # one per connection, awaited by close()
         self.refused = 0
@@ -105,14 +86,9 @@ class ControlServer:
     async def start(self) -> None:
         """Listen; raises OSError naming the address when that cannot be done, or when another
         daemon already serves the socket, or a file that is not a socket is in its place."""
-        await _claim_socket(self.path)
-        old = os.umask(0o177)  # the socket file is born owner-only: no window where others could connect
-        try:
-            self._server = await asyncio.start_unix_server(self._accept, path=self.path)
-        except OSError as exc:
-            raise OSError(exc.errno, f"control socket {self.path}: {exc.strerror or exc}") from None
-        finally:
-            os.umask(old)
+        await claim_socket(self.path)
+        self._server = await self._listen_unix()
+        self._keeper = SocketKeeper(self.path, self._listen_unix)
         if self.tcp is not None:
             host, port = self.tcp
             try:
@@ -120,6 +96,22 @@ class ControlServer:
             except OSError as exc:
                 self._server.close()
                 raise OSError(exc.errno, f"control on {host}:{port} (daemon.tcp): {exc.strerror or exc}") from None
+        self._keeping = asyncio.get_running_loop().create_task(self._keeper.keep(self._replace_unix))
+
+    async def _listen_unix(self) -> asyncio.AbstractServer:
+        old = os.umask(0o177)  # the socket file is born owner-only: no window where others could connect
+        try:
+            return await asyncio.start_unix_server(self._accept, path=self.path)
+        except OSError as exc:
+            raise OSError(exc.errno, f"control socket {self.path}: {exc.strerror or exc}") from None
+        finally:
+            os.umask(old)
+
+    def _replace_unix(self, server: asyncio.AbstractServer) -> None:
+        """Listen on ``server`` from now on (the old one's path is gone); connections stay."""
+        old, self._server = self._server, server
+        if old is not None:
+            old.close()
 
     @property
     def tcp_port(self) -> int | None:
@@ -130,6 +122,8 @@ class ControlServer:
 
     async def close(self) -> None:
         self.fanout.close()
+        if self._keeping is not None:
+            self._keeping.cancel()
         if self._tcp_server is not None:
             self._tcp_server.close()
             self._tcp_server = None
@@ -141,8 +135,9 @@ class ControlServer:
                 await asyncio.wait(list(self._handlers), timeout=5)
             await self._server.wait_closed()
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self._keeper is not None and self._keeper.ours():  # never another daemon's socket
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     @property
     def connections(self) -> int:
