@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 import structlog
 
+from . import _store_reads as reads
 from ._codec import Checkpoint, decode_record, encode_record
 from ._exceptions import CheckpointRejected, CorruptCheckpoint, StoreError
 from ._snapshot import ProcessRecord
-from ._sqlite_file import Finding, StoreFiles, sqlite_errors
-from ._sqlite_sql import EXPIRED, chunk_parameters, delete_ended
+from ._sqlite_file import Finding, StoreFiles
+from ._sqlite_sql import chunk_parameters
 from ._store_records import Checkpointable, Expired, Quarantined, Recovery, StoreStatistics
 from ._store_watch import WATCH_INTERVAL
 
@@ -89,7 +90,7 @@ class SQLiteStore:
     # --- its files --------------------------------------------------------------------------
 
     def _errors(self) -> contextlib.AbstractContextManager[None]:
-        return sqlite_errors(self.path, self.busy_timeout)
+        return self._files.errors()
 
     async def _run(self, function: Any, *args: Any) -> Any:
         # uvloop keeps its last executor future referenced until the next call, result and all:
@@ -99,10 +100,7 @@ class SQLiteStore:
         return box.pop()
 
     def _db(self) -> sqlite3.Connection:
-        connection = self._files.connection
-        if connection is None:
-            raise StoreError(self.path, "the store is closed")
-        return connection
+        return self._files.db()
 
     def _watch_later(self) -> None:
         if not self._closed and self.watch_interval > 0:
@@ -114,12 +112,17 @@ class SQLiteStore:
     async def _watch(self) -> None:
         """Check that the store's files are still at their names (see ``_store_watch``)."""
         try:
-            findings: list[Finding] = await self._run(self._files.check)
+            findings: list[Finding] = await self._run(self._housekeep)
         except Exception as exc:  # a bug or an unexpected error: said, and the watch goes on
             findings = [("error", "store_watch_failed", {"error": repr(exc)})]
         for level, event, fields in findings:
             getattr(log, level)(event, store=self.path, **fields)
         self._watch_later()
+
+    def _housekeep(self) -> list[Finding]:
+        findings = self._files.check()
+        self._files.reclaim()
+        return findings
 
     # --- writing: group commit -----------------------------------------------------------
 
@@ -274,86 +277,35 @@ class SQLiteStore:
         self._last_batch = rows
         self._last_commit = time.perf_counter() - started
 
-    # --- reading -------------------------------------------------------------------------
+    # --- reading (``_store_reads``, on the writer thread) ---------------------------------
 
     async def load(self) -> Recovery:
         """Every live (non-terminal) record; undecodable ones are moved to the quarantine."""
-        result: Recovery = await self._run(self._load)
+        result: Recovery = await self._run(reads.load, self._files)
         return result
-
-    def _load(self) -> Recovery:
-        db = self._db()
-        records, quarantined = [], []
-        with self._errors():
-            rows = db.execute("SELECT pid, record FROM processes WHERE ended IS NULL").fetchall()
-        for pid, blob in rows:
-            try:
-                records.append(decode_record(blob, path=self.path, pid=pid))
-            except CorruptCheckpoint as exc:
-                quarantined.append(self._quarantine(pid, exc.reason, blob))
-        return Recovery(records, quarantined)
-
-    def _quarantine(self, pid: str, reason: str, blob: bytes | None) -> Quarantined:
-        entry = Quarantined(pid, reason, time.time(), blob)
-        db = self._db()
-        with self._errors():
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)", (pid, reason, entry.at, blob))
-            db.execute("DELETE FROM processes WHERE pid = ?", (pid,))
-            db.execute("COMMIT")
-        return entry
 
     async def quarantine(self, pid: str, reason: str, blob: bytes | None = None) -> Quarantined:
         """Move a process out of the live set (its checkpoint stays for inspection)."""
-        entry: Quarantined = await self._run(self._quarantine, pid, reason, blob)
+        entry: Quarantined = await self._run(reads.quarantine, self._files, pid, reason, blob)
         return entry
 
     async def get(self, pid: str) -> ProcessRecord | None:
-        def read() -> ProcessRecord | None:
-            with self._errors():
-                row = self._db().execute("SELECT record FROM processes WHERE pid = ?", (pid,)).fetchone()
-            return None if row is None else decode_record(row[0], path=self.path, pid=pid)
-
-        found: ProcessRecord | None = await self._run(read)
+        found: ProcessRecord | None = await self._run(reads.record, self._files, pid)
         return found
 
     async def quarantined(self) -> list[Quarantined]:
-        def read() -> list[Quarantined]:
-            with self._errors():
-                rows = self._db().execute("SELECT pid, reason, at, record FROM quarantine ORDER BY at").fetchall()
-            return [Quarantined(*row) for row in rows]
-
-        found: list[Quarantined] = await self._run(read)
+        found: list[Quarantined] = await self._run(reads.quarantined, self._files)
         return found
 
     async def expired(self, ended_before: float, *, limit: int = 1000) -> Expired:
         """Up to ``limit`` terminal records that ended before ``ended_before``, oldest first:
         what retention prunes next (with :meth:`delete_ended`)."""
-
-        def read() -> Expired:
-            with self._errors():
-                rows = self._db().execute(EXPIRED, (ended_before, limit)).fetchall()
-            records: list[ProcessRecord] = []
-            for pid, blob in rows:
-                with contextlib.suppress(CorruptCheckpoint):
-                    records.append(decode_record(blob, path=self.path, pid=pid))
-            return Expired([pid for pid, _ in rows], records)
-
-        found: Expired = await self._run(read)
+        found: Expired = await self._run(reads.expired, self._files, ended_before, limit)
         return found
 
     async def delete_ended(self, pids: list[str]) -> int:
         """Delete the records of ``pids`` that are terminal (a live process's never); how many."""
-
-        def delete() -> int:
-            deleted = 0
-            with self._errors():
-                for start in range(0, len(pids), 500):
-                    chunk = pids[start : start + 500]
-                    deleted += self._db().execute(delete_ended(len(chunk)), chunk).rowcount
-            return deleted
-
-        count: int = await self._run(delete)
+        count: int = await self._run(reads.delete_ended_records, self._files, pids)
         return count
 
     def statistics(self) -> StoreStatistics:
@@ -366,6 +318,8 @@ class SQLiteStore:
             queued,
             largest_record=self._largest,
             file_problem=self._files.problem,
+            size_bytes=self._files.size_bytes,
+            free_bytes=self._files.free_bytes,
         )
 
     async def close(self) -> None:

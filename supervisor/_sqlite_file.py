@@ -44,6 +44,10 @@ def connect(path: str, *, synchronous: str, busy_timeout: float) -> sqlite3.Conn
     connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
         with sqlite_errors(path, busy_timeout):
+            # Before any table exists (it applies to new files only): free pages can then be
+            # given back to the file system, so a burst of processes pruned later does not
+            # leave the file at its high-water mark for good (see StoreFiles.reclaim).
+            connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={synchronous}")
             connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -75,6 +79,10 @@ def sqlite_errors(path: str, busy_timeout: float) -> Iterator[None]:
         raise StoreError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
+RECLAIM_PAGES = 4096
+"""Free pages given back per housekeeping round (16 MiB at 4 KiB pages): a large freelist goes
+back over several rounds, without holding the writer for long in any one."""
+
 Finding = tuple[str, str, dict[str, Any]]
 """Something the file check found, to be logged on the event loop: level, event, fields."""
 
@@ -96,6 +104,8 @@ class StoreFiles:
         self._file: FileIdentity | None = None
         self._lock_fd: int | None = None
         self._lock_file: FileIdentity | None = None
+        self.size_bytes = 0  # the database's pages, free ones included, at the last reclaim
+        self.free_bytes = 0  # of them, free
         self._reopening: str | None = None  # a written-back copy that did not open yet
         self._said: set[str] = set()  # problems already logged, once each while they last
 
@@ -177,6 +187,32 @@ class StoreFiles:
             "store_lock_restored",
             {"note": "its lock file was removed or replaced; made and locked again"},
         )
+
+    def db(self) -> sqlite3.Connection:
+        """The open connection (on the writer thread: a write-back may replace it)."""
+        if self.connection is None:
+            raise StoreError(self.path, "the store is closed")
+        return self.connection
+
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        return sqlite_errors(self.path, self.busy_timeout)
+
+    def reclaim(self, pages: int = RECLAIM_PAGES) -> None:
+        """Give up to ``pages`` free pages back to the file system (a store made with
+        incremental auto-vacuum; older ones keep theirs for reuse), and note the database's size
+        and free space. Housekeeping: a store busy right now is left for the next time."""
+        connection = self.connection
+        if connection is None:
+            return
+        with contextlib.suppress(StoreError), sqlite_errors(self.path, self.busy_timeout):
+            free = connection.execute("PRAGMA freelist_count").fetchone()[0]
+            if free and connection.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # INCREMENTAL
+                # Each step of this pragma frees one page and returns no row, so execute() (one
+                # step) would free one page a round; executescript steps it to the end.
+                connection.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+            page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+            self.size_bytes = connection.execute("PRAGMA page_count").fetchone()[0] * page_size
+            self.free_bytes = connection.execute("PRAGMA freelist_count").fetchone()[0] * page_size
 
     def close_connection(self) -> None:
         connection, self.connection = self.connection, None

@@ -56,4 +56,6 @@ class StoreStatistics:
     last_commit_seconds: float
     queued: int
     largest_record: int = 0  # bytes, of the largest checkpoint written since the store opened (from 1 MiB)
+    size_bytes: int = 0  # the database's pages (free ones included), as of the last housekeeping round
+    free_bytes: int = 0  # of them, free: reused by new checkpoints, given back to the file system bit by bit
     file_problem: str = ""  # its files deleted or replaced under it and not mended (see _store_watch); "" when fine

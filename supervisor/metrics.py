@@ -128,6 +128,16 @@ class HostCollector(Collector):
                 value=s.largest_record,
             )
             yield GaugeMetricFamily(
+                "statevisor_store_bytes",
+                "The store's database size, free pages included (every 10 s)",
+                value=s.size_bytes,
+            )
+            yield GaugeMetricFamily(
+                "statevisor_store_free_bytes",
+                "Free pages in the store's database, given back 16 MiB every 10 s",
+                value=s.free_bytes,
+            )
+            yield GaugeMetricFamily(
                 "statevisor_store_file_problems",
                 "Problems with the store's files that the daemon could not mend: its file replaced under it, "
                 "a write-back that failed, its lock taken by another daemon (0 when fine)",

@@ -110,8 +110,8 @@ def test_every_core_module_is_listed() -> None:
 
 # Persistence and supervision build on the core; they, too, never import the daemon and above.
 LATER_LAYERS = {
-    "_backup", "_codec", "_sqlite", "_sqlite_file", "_sqlite_sql", "_store_records", "_store_watch", "_policy",
-    "_supervisor", "_supervisor_spec", "_host", "_retention", "_inspect", "_sim", "_simparts", "_summary",
+    "_backup", "_codec", "_sqlite", "_sqlite_file", "_sqlite_sql", "_store_reads", "_store_records", "_store_watch",
+    "_policy", "_supervisor", "_supervisor_spec", "_host", "_retention", "_inspect", "_sim", "_simparts", "_summary",
 }  # fmt: skip
 # Above them: the command line and log configuration (logs.py, cli.py, bench/), not checked here.
 DAEMON_SIDE = {"_config_check", "_config_policy", "_metrics_http", "_systemd"}

@@ -18,7 +18,7 @@ import supervisor._sqlite
 from supervisor import Host, SQLiteStore, StoreLocked
 from supervisor._sqlite_file import take_ownership
 from supervisor.metrics import registry_for
-from tests.helpers import wait_until
+from tests.helpers import file_size, wait_until
 from tests.machines import Counter
 
 
@@ -193,3 +193,55 @@ def test_a_daemon_whose_store_was_deleted_loses_nothing_to_a_sigkill(tmp_path: P
     assert [2] == [line["revived"] for line in logs if line["event"] == "recovered"]
     assert before == pids()
     assert daemon.ticks()["root/fast"] >= reached
+
+
+async def fill_and_prune(db: Path, count: int = 200) -> Host:
+    """A host whose store held ``count`` ended processes of ~20 KB each, pruned again."""
+    host = Host(machines=[Counter], store=str(db), retention=0.0)
+    await host.start()
+    for i in range(count):
+        handle = await host.spawn(Counter, pid=f"big{i}", state={"blob": "x" * 20_000})
+        await handle.call("finish")
+    assert host.store is not None
+    await host.store._watch()
+    assert host.store.statistics().size_bytes > count * 20_000
+    await wait_until(lambda: all(h.done() for h in [host.get(f"big{i}") for i in range(count)]))
+    await asyncio.sleep(0.01)  # retention 0: pruned once the clock has moved past their ends
+    assert count == await host.prune()
+    return host
+
+
+async def test_pruned_space_goes_back_to_the_file_system(tmp_path: Path) -> None:
+    """A store made now gives the pages that pruning freed back to the file system, a bounded
+    amount per housekeeping round: after a burst of processes has ended and been pruned, the
+    file shrinks instead of staying at its high-water mark; its size and free space are in
+    the statistics (and the metrics)."""
+    db = tmp_path / "s.db"
+    host = await fill_and_prune(db)
+    assert host.store is not None
+    peak = host.store.statistics().size_bytes
+    await host.store._watch()
+    stats = host.store.statistics()
+    assert stats.free_bytes == 0
+    assert stats.size_bytes < peak / 10
+    assert stats.size_bytes == registry_for(host).get_sample_value("statevisor_store_bytes")
+    await host.shutdown()
+    assert file_size(db) < peak / 10  # on disk too, once the write-ahead log is folded in
+
+
+async def test_a_store_made_before_keeps_its_free_pages_and_says_how_many(tmp_path: Path) -> None:
+    """A store made before incremental auto-vacuum cannot give pages back without a VACUUM:
+    it works as before, reuses its free pages, and reports them (free_bytes)."""
+    from supervisor._sqlite_sql import SCHEMA, SCHEMA_VERSION
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as old:
+        old.executescript(SCHEMA)
+        old.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+    host = await fill_and_prune(db)
+    assert host.store is not None
+    await host.store._watch()
+    stats = host.store.statistics()
+    assert stats.free_bytes > 200 * 20_000 * 0.9
+    assert stats.size_bytes >= stats.free_bytes
+    await host.shutdown()
