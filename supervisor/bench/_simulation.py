@@ -129,7 +129,7 @@ async def sim(options: BenchOptions) -> BenchResult:
         def echo(action_id: str, action_type: str, payload: Any) -> Any:
             return payload
 
-        ledger_direct.append(_direct(Ledger(), _ledger_input, bank.invariants()[:2], steps, move_money))
+        ledger_direct.append(_direct(Ledger(), _ledger_input, bank.invariants(), steps, move_money))
         booking_direct.append(_direct(Booking(), _booking_input, BOOKING_INVARIANTS, steps, echo))
     result = BenchResult(
         "sim",
