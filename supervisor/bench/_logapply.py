@@ -46,20 +46,45 @@ async def _pipelined(replica: Any, total: int, in_flight: int) -> None:
     await asyncio.gather(*(proposer() for _ in range(in_flight)))
 
 
-async def _embedded(directory: Path, total: int) -> tuple[float, float]:
-    from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteLog, encode_entry
+def _skip_log_writes(log: Any) -> None:
+    """Make the embedded log's writer thread write nothing, and everything else unchanged: each
+    batch is still taken, handed to the writer thread, given its indexes, remembered for the
+    followers and applied. What is left is the replica's own cost of an entry."""
 
-    replica = Replica(
-        "bench", KeyValue(), SQLiteLog(directory / "log.db"), SnapshotStore(directory / "snapshots"),
-        snapshot_every=100_000,
-    )  # fmt: skip
+    def commit(inserts: tuple[str, str], rows: list[Any], *, begun: bool = False) -> None:
+        if begun:  # a batch with message ids looked them up in a transaction of its own
+            log._writer.execute("ROLLBACK")
+        if rows:
+            log._last = rows[-1][0]
+        log.appended += len(rows)
+        log.commits += 1
+
+    log._commit = commit
+
+
+async def _proposed(directory: Path, total: int, *, write: bool = True) -> tuple[float, int]:
+    """Entries/s of ``total`` kv entries proposed 1,000 in flight, and the mean group-commit size."""
+    from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteLog
+
+    log = SQLiteLog(directory / "log.db")
+    replica = Replica("bench", KeyValue(), log, SnapshotStore(directory / "snapshots"), snapshot_every=100_000)
     await replica.start()
+    if not write:
+        _skip_log_writes(log)
     started = time.perf_counter()
     await _pipelined(replica, total, 1000)
-    ours = total / (time.perf_counter() - started)
-    assert isinstance(replica.log, SQLiteLog)
-    batch = max(1, replica.log.appended // max(replica.log.commits, 1))
+    rate = total / (time.perf_counter() - started)
+    batch = max(1, log.appended // max(log.commits, 1))
     await replica.close()
+    return rate, batch
+
+
+async def _embedded(directory: Path, total: int) -> tuple[float, float, float]:
+    """Ours, the raw baseline, and ours with the log's writes skipped (the replica's ceiling)."""
+    from processes.logapply import encode_entry
+
+    ours, batch = await _proposed(directory / "written", total)
+    unwritten, _ = await _proposed(directory / "unwritten", total, write=False)
 
     entries = [encode_entry(_kv(n)) for n in range(total)]
     db = sqlite3.connect(directory / "raw.db", isolation_level=None)
@@ -76,7 +101,7 @@ async def _embedded(directory: Path, total: int) -> tuple[float, float]:
         db.execute("COMMIT")
     raw = total / (time.perf_counter() - started)
     db.close()
-    return ours, raw
+    return ours, raw, unwritten
 
 
 async def _jetstream(directory: Path, total: int, pairs: int) -> tuple[list[float], list[float]]:
@@ -200,14 +225,16 @@ async def logapply(options: BenchOptions) -> BenchResult:
     recovered = options.n(1_000_000, minimum=1_000)
     ours: list[float] = []
     raw: list[float] = []
+    unwritten: list[float] = []
     js_ours: list[float] = []
     js_raw: list[float] = []
     with tempfile.TemporaryDirectory(prefix="statevisor-bench-") as directory:
         root = Path(directory)
         for repeat in range(min(options.repeats, 3)):
-            e, b = await _embedded(root / f"embedded{repeat}", total)
+            e, b, u = await _embedded(root / f"embedded{repeat}", total)
             ours.append(e)
             raw.append(b)
+            unwritten.append(u)
         if nats_server() is None:
             raise RuntimeError("bench logapply needs nats-server (Debian package nats-server) for the JetStream part")
         for repeat in range(2):  # two clusters: a cluster's own luck (leader placement) is averaged too
@@ -223,6 +250,8 @@ async def logapply(options: BenchOptions) -> BenchResult:
             "entries_per_s": entries,
             "baseline_per_s": baseline,
             "ratio": entries / baseline,
+            "unwritten_entries_per_s": median(unwritten),
+            "unwritten_ratio": median(unwritten) / baseline,
             "jetstream_entries_per_s": jetstream,
             "jetstream_baseline_per_s": jetstream_raw,
             "jetstream_ratio": jetstream / jetstream_raw,
@@ -233,6 +262,8 @@ async def logapply(options: BenchOptions) -> BenchResult:
     result.lines = [
         f"embedded: {total} kv entries proposed 1,000 in flight vs raw SQLite inserts in batches of our group-commit "
         f"size (synchronous=FULL); medians of {len(ours)}",
+        "unwritten: the same proposals with the log's writer skipping SQLite: the replica's own ceiling, whose ratio",
+        "to the baseline bounds what any change to how the log uses SQLite could reach",
         f"jetstream (3 nodes, R3): {js_total} entries through a replica (8 lanes) vs nats-py with 8 publishers, "
         f"then consumed; medians of {len(js_ours)} runs each, in alternating order on 2 clusters",
         f"recovery: {recovered} applied entries, snapshots every {max(recovered // 10, 100)}: start to serving reads "
