@@ -27,6 +27,8 @@ METRICS = {
     "sim": {"ledger_transitions_per_s", "booking_transitions_per_s", "ledger_ratio", "booking_ratio"},
     "rpc": {"calls_per_s", "p99_ms", "ratio"},
     "watch-fanout": {"ratio"},
+    "shell": {"spawns_per_s", "baseline_per_s", "ratio", "spawning_path_per_s", "spawning_path_ratio"},
+    "slurm": {"jobs_per_s", "baseline_per_s", "ratio", "ssh_connections", "status_commands_per_poll"},
     "logapply": {
         "entries_per_s",
         "baseline_per_s",
@@ -85,3 +87,11 @@ def test_bench_help_lists_every_scenario() -> None:
     assert 0 == done.returncode
     listed = " ".join(done.stdout.split())
     assert [name for name in SCENARIOS if name not in listed] == []
+
+
+def test_every_scenario_has_its_metrics_pinned() -> None:
+    """Each scenario the harness runs has its JSON contract checked above (shell and slurm
+    once had none)."""
+    from supervisor.bench import SCENARIOS
+
+    assert sorted(SCENARIOS) == sorted(METRICS)
