@@ -1,4 +1,5 @@
-"""The benchmarks' "unwritten" ceilings skip exactly the SQLite writes and nothing else.
+"""The benchmarks' ceilings do what they say: the "unwritten" ones skip exactly the SQLite
+writes and nothing else, and the "no runtime" one writes every checkpoint for real.
 
 A ceiling that still wrote would understate what the runtime could reach; one that skipped
 more than the writes (the encoding, the group commit, the apply) would overstate it. These
@@ -11,12 +12,12 @@ import sqlite3
 from pathlib import Path
 
 from supervisor import decode_record
-from supervisor.bench._durability import _durable_rate
+from supervisor.bench._durability import _durable_rate, _no_runtime_rate
 from supervisor.bench._logapply import _proposed
 
 
-def _versions(path: Path) -> list[int]:
-    (database,) = path.glob("checkpoint-*.db")
+def _versions(path: Path, pattern: str = "checkpoint-*.db") -> list[int]:
+    (database,) = path.glob(pattern)
     with sqlite3.connect(database) as db:
         return sorted(version for (version,) in db.execute("SELECT version FROM processes"))
 
@@ -51,3 +52,10 @@ async def test_unwritten_log_entries_are_applied_but_never_stored(tmp_path: Path
     await _proposed(tmp_path / "written", 300)
     with sqlite3.connect(tmp_path / "written" / "log.db") as db:
         assert [(300,)] == db.execute("SELECT count(*) FROM entries").fetchall()
+
+
+async def test_the_no_runtime_ceiling_writes_every_checkpoint(tmp_path: Path) -> None:
+    """Its bare tasks make each of their transitions durable through the real store: every
+    counter's last version (3 steps + 1, as the runtime's counters make) is in the file."""
+    assert await _no_runtime_rate(str(tmp_path), 5, 3) > 0
+    assert [4] * 5 == _versions(tmp_path, "no-runtime-*.db")

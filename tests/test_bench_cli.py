@@ -22,6 +22,8 @@ METRICS = {
         "ratio",
         "unwritten_transitions_per_s",
         "unwritten_ratio",
+        "no_runtime_transitions_per_s",
+        "no_runtime_ratio",
     },
     "recovery": {"restore_seconds", "shutdown_seconds"},
     "sim": {"ledger_transitions_per_s", "booking_transitions_per_s", "ledger_ratio", "booking_ratio"},

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
 import tempfile
 import time
 from typing import Any
 
+from .._codec import encode_fields
 from .._host import Host
 from .._lifecycle import Lifecycle
 from .._snapshot import ProcessRecord
@@ -40,6 +42,7 @@ async def _durable_rate(
     folded: driven by casts in the default mode; effect-free commits fold into the next checkpoint.
     ``write=False``: the store's writer skips SQLite (see ``_skip_writes``), once spawned.
     """
+    gc.collect()  # not the collector's work on the garbage an earlier run left behind
     path = os.path.join(directory, f"checkpoint-{time.monotonic_ns()}.db")
     host = Host(machines=[_Counter], store=path, synchronous="FULL", checkpoint_every_commit=mode == "every")
     await host.start()
@@ -68,6 +71,30 @@ async def _durable_rate(
     rows_per_transition = (after.records - before.records) / transitions
     await host.shutdown()
     return transitions / elapsed, blobs, batch, rows_per_transition
+
+
+async def _no_runtime_rate(directory: str, processes: int, steps: int) -> float:
+    """Transitions/s of bare tasks, one per counter, that each change a dict, encode it as a
+    checkpoint and await the real store's ``save``: no process, journal, context or handle.
+    The best a durable transition through this store could do, whatever the runtime costs."""
+    gc.collect()
+    store = await SQLiteStore.open(os.path.join(directory, f"no-runtime-{time.monotonic_ns()}.db"), synchronous="FULL")
+
+    async def counter(pid: str, transitions: int) -> None:
+        state = {"n": 0}
+        for version in range(1, transitions + 1):
+            state["n"] += 1
+            await store.save(
+                encode_fields(pid, pid, _Counter.kind, version, "main", state, [], [], Lifecycle.RUNNING, None, None,
+                              False, {})
+            )  # fmt: skip
+
+    await asyncio.gather(*(counter(f"p{i}", 1) for i in range(processes)))  # as spawning writes each once
+    started = time.perf_counter()
+    await asyncio.gather(*(counter(f"p{i}", steps + 1) for i in range(processes)))
+    rate = processes * (steps + 1) / (time.perf_counter() - started)
+    await store.close()
+    return rate
 
 
 def _raw_sqlite_rate(directory: str, blobs: list[bytes], rows: int) -> float:
@@ -99,7 +126,7 @@ def _raw_sqlite_rate(directory: str, blobs: list[bytes], rows: int) -> float:
 async def checkpoint(options: BenchOptions) -> BenchResult:
     processes = options.n(1000, minimum=20)
     steps = max(2, int(20 * min(1.0, options.scale * 4)))
-    strict, calls, folded, baselines, batches, rows, unwritten = [], [], [], [], [], [], []
+    strict, calls, folded, baselines, batches, rows, unwritten, bare = [], [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="statevisor-bench-") as directory:
         for _ in range(options.repeats):
             rate, blobs, batch, per_transition = await _durable_rate(directory, processes, steps, mode="every")
@@ -109,6 +136,7 @@ async def checkpoint(options: BenchOptions) -> BenchResult:
             calls.append((await _durable_rate(directory, processes, steps, mode="calls"))[0])
             folded.append((await _durable_rate(directory, processes, steps, mode="folded"))[0])
             unwritten.append((await _durable_rate(directory, processes, steps, mode="every", write=False))[0])
+            bare.append(await _no_runtime_rate(directory, processes, steps))
             baselines.append(await asyncio.to_thread(_raw_sqlite_rate, directory, blobs, processes * (steps + 1)))
     result = BenchResult(
         "checkpoint",
@@ -122,6 +150,8 @@ async def checkpoint(options: BenchOptions) -> BenchResult:
             "folded_transitions_per_s": median(folded),
             "unwritten_transitions_per_s": median(unwritten),
             "unwritten_ratio": median(unwritten) / median(baselines),
+            "no_runtime_transitions_per_s": median(bare),
+            "no_runtime_ratio": median(bare) / median(baselines),
         },
     )
     result.lines = [
@@ -132,6 +162,8 @@ async def checkpoint(options: BenchOptions) -> BenchResult:
         "folded: the default mode, driven by casts; effect-free commits fold into the next checkpoint",
         "unwritten: as durable, but the writer thread skips SQLite: the runtime's own ceiling, whose",
         "ratio to the baseline bounds what any change to how we use SQLite could reach",
+        "no_runtime: bare tasks that change a dict, encode it and await the store's save, with no runtime at",
+        "all: the ratio to the baseline bounds what any change to the runtime could reach",
     ]
     return result
 
