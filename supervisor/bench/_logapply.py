@@ -15,6 +15,7 @@ machine's figures vary by a third from run to run). Needs
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
 import tempfile
@@ -66,6 +67,7 @@ async def _proposed(directory: Path, total: int, *, write: bool = True) -> tuple
     """Entries/s of ``total`` kv entries proposed 1,000 in flight, and the mean group-commit size."""
     from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteLog
 
+    gc.collect()  # not the collector's work on the garbage an earlier run left behind
     log = SQLiteLog(directory / "log.db")
     replica = Replica("bench", KeyValue(), log, SnapshotStore(directory / "snapshots"), snapshot_every=100_000)
     await replica.start()

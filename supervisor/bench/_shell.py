@@ -10,6 +10,7 @@ faster raw path on this machine), in a child interpreter, alternating with ours.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import tempfile
@@ -47,6 +48,7 @@ async def _baseline(total: int, concurrency: int) -> float:
 async def _ours(directory: str, total: int, concurrency: int) -> float:
     from processes.shell import Shell, executors
 
+    gc.collect()  # not the collector's work on the garbage an earlier run left behind
     host = Host(
         machines=[Shell(os.path.join(directory, "logs"))],
         executors=executors(os.path.join(directory, "runs")),
@@ -79,6 +81,7 @@ async def _spawning_path(directory: str, total: int, concurrency: int) -> float:
     involved. This is the spawning path's own rate, so the ceiling of the whole."""
     from processes.shell import RUN, CommandSpec, ShellExecutor
 
+    gc.collect()
     executor = ShellExecutor(Path(directory) / "runs")
     logs = Path(directory) / "logs"
     logs.mkdir()
