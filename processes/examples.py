@@ -3,9 +3,10 @@ log-apply, come in their own modules)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from supervisor import Call, Context, Control, Input, Machine, TimerFired
+from supervisor import Call, Context, Control, Input, Machine, SettingsError, TimerFired
 
 
 class Ticker(Machine[dict[str, Any]]):
@@ -16,6 +17,15 @@ class Ticker(Machine[dict[str, Any]]):
     """
 
     kind = "ticker"
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        for key in settings:
+            if key != "interval":
+                raise SettingsError(key, "unknown setting; expected interval")
+        interval = settings.get("interval", 5.0)
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval > 0:
+            raise SettingsError("interval", f"expected a number of seconds > 0; got {interval!r}")
 
     async def transition(self, state: dict[str, Any], input: Input, ctx: Context) -> None:
         match input:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ._exceptions import StoreError
 from ._inspect import open_read_only
+from ._private_files import private_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ def backup(source: str, target: str) -> BackupReport:
 def _copy(source: str, partial: str) -> tuple[int, int, int]:
     with contextlib.closing(open_read_only(source)) as reader:
         try:
+            private_file(partial)  # a backup holds every process's state: owner-only from the start
             writer = sqlite3.connect(partial)
         except sqlite3.Error as exc:
             raise StoreError(partial, f"cannot create the backup: {exc}") from exc

@@ -60,12 +60,19 @@ class Lines:
 
 
 class Checker:
+    """Checks a configuration and collects every mistake it finds, so that a file with several
+    is reported whole (:meth:`finish` raises them together), not one per attempt to start."""
+
     def __init__(self, path: Path, text: str) -> None:
         self.file = str(path)
         self.lines = Lines(text)
+        self.errors: list[ConfigError] = []
 
     def fail(self, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> ConfigError:
         return ConfigError(self.file, key, self.lines.find(table, name, occurrence), message)
+
+    def report(self, error: ConfigError) -> None:
+        self.errors.append(error)
 
     def section(
         self,
@@ -75,19 +82,26 @@ class Checker:
         spec: Mapping[str, tuple[Any, Any]],
         occurrence: int = 0,
     ) -> dict[str, Any]:
-        """Check one table against ``spec``: key -> (expected type(s), default or REQUIRED)."""
-        unknown = [k for k in data if k not in spec]
-        if unknown:
-            key = unknown[0]
-            raise self.fail(
-                f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(spec))}", table, key, occurrence
-            )
+        """Check one table against ``spec``: key -> (expected type(s), default or REQUIRED).
+
+        Each mistake is reported; a key that is wrong or missing gets its default (None for a
+        required one), so that the checks after this one can go on.
+        """
+        for key in data:
+            if key not in spec:
+                self.report(
+                    self.fail(
+                        f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(spec))}", table, key,
+                        occurrence,
+                    )
+                )  # fmt: skip
         out: dict[str, Any] = {}
         for key, (kind, default) in spec.items():
+            fallback = None if default is REQUIRED else default
             if key not in data:
                 if default is REQUIRED:
-                    raise self.fail(f"{prefix}{key}", "missing (required)", table, None, occurrence)
-                out[key] = default
+                    self.report(self.fail(f"{prefix}{key}", "missing (required)", table, None, occurrence))
+                out[key] = fallback
                 continue
             value = data[key]
             kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -95,13 +109,24 @@ class Checker:
             if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
                 names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
                 got = _TYPE_NAMES.get(type(value), type(value).__name__)
-                raise self.fail(f"{prefix}{key}", f"expected {names}; got {got} {value!r}", table, key, occurrence)
+                self.report(
+                    self.fail(f"{prefix}{key}", f"expected {names}; got {got} {value!r}", table, key, occurrence)
+                )
+                out[key] = fallback
+                continue
             out[key] = value
         return out
 
-    def check(self, ok: bool, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> None:
+    def check(self, ok: bool, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> bool:
+        """Report ``message`` unless ``ok``; returns ``ok``."""
         if not ok:
-            raise self.fail(key, message, table, name, occurrence)
+            self.report(self.fail(key, message, table, name, occurrence))
+        return ok
+
+    def finish(self) -> None:
+        """Raise every mistake reported, as one :class:`ConfigError`."""
+        if self.errors:
+            raise ConfigError.several(self.errors)
 
 
 REQUIRED = object()

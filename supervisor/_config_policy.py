@@ -40,12 +40,22 @@ CHILD_BUDGET_PERIOD = 60.0
 """A process's own budget counts restarts within this many seconds unless it sets ``period``."""
 
 
-def _backoff(checker: Checker, data: Mapping[str, Any], prefix: str, table: str, index: int = 0) -> Backoff:
+def _backoff(
+    checker: Checker, data: Mapping[str, Any], prefix: str, table: str, index: int = 0, *, line: int | None = None
+) -> Backoff:
+    """A backoff from its table; ``line`` is where a mistake in it is reported when the table
+    has no header of its own (``backoff = { ... }`` inline)."""
+    reported = len(checker.errors)
     values = checker.section(data, table, prefix, _BACKOFF, index)
+    if line is not None:
+        checker.errors[reported:] = [ConfigError(e.file, e.key, line, e.problem) for e in checker.errors[reported:]]
     try:
         return Backoff(**{k: float(v) for k, v in values.items()})
     except ConfigurationError as exc:
-        raise checker.fail(prefix.rstrip("."), str(exc), table, "backoff", index) from None
+        checker.report(
+            ConfigError(checker.file, prefix.rstrip("."), line or checker.lines.find(table, "backoff", index), str(exc))
+        )
+        return _DEFAULT_BACKOFF
 
 
 def _budget(checker: Checker, max_restarts: int, period: float, prefix: str, table: str, index: int = 0) -> Budget:
@@ -53,28 +63,25 @@ def _budget(checker: Checker, max_restarts: int, period: float, prefix: str, tab
         return Budget(max_restarts, float(period))
     except ConfigurationError as exc:
         wrong = "max_restarts" if max_restarts < 0 else "period"
-        raise checker.fail(f"{prefix}{wrong}", str(exc), table, wrong, index) from None
+        checker.report(checker.fail(f"{prefix}{wrong}", str(exc), table, wrong, index))
+        return Budget()
 
 
 def root_settings(checker: Checker, data: Mapping[str, Any]) -> RootSettings:
     raw = checker.section(data, "supervisor", "supervisor.", _SUPERVISOR)
     strategies = [s.value for s in Strategy]
-    checker.check(
+    known = checker.check(
         raw["strategy"] in strategies,
         "supervisor.strategy",
         f"expected one of {', '.join(strategies)}; got {raw['strategy']!r}",
         "supervisor",
         "strategy",
     )
-    try:
-        backoff = _backoff(checker, raw["backoff"], "supervisor.backoff.", "supervisor.backoff")
-    except ConfigError as exc:
-        if exc.line is not None:
-            raise
-        # backoff = { ... } inline in [supervisor] rather than a [supervisor.backoff] table
-        raise ConfigError(exc.file, exc.key, checker.lines.find("supervisor", "backoff"), exc.problem) from None
+    # backoff = { ... } inline in [supervisor] has no [supervisor.backoff] header to point at
+    inline = None if checker.lines.find("supervisor.backoff", None) else checker.lines.find("supervisor", "backoff")
+    backoff = _backoff(checker, raw["backoff"], "supervisor.backoff.", "supervisor.backoff", line=inline)
     return RootSettings(
-        strategy=Strategy(raw["strategy"]),
+        strategy=Strategy(raw["strategy"]) if known else Strategy.ONE_FOR_ONE,
         budget=_budget(checker, raw["max_restarts"], raw["period"], "supervisor.", "supervisor"),
         backoff=backoff,
     )
@@ -84,11 +91,15 @@ def process_policy(checker: Checker, item: Mapping[str, Any], index: int) -> tup
     prefix = f"process[{index}]."
     backoff = None
     if item["backoff"] is not None:
-        try:
-            backoff = _backoff(checker, item["backoff"], f"{prefix}backoff.", "process", index)
-        except ConfigError as exc:  # the key is inside the entry: point at its own line
-            line = checker.lines.find_in_entry("process", index, exc.key.removeprefix(prefix))
-            raise ConfigError(exc.file, exc.key, line, exc.problem) from None
+        # The keys are inside the entry: a mistake points at its own line there.
+        reported = len(checker.errors)
+        backoff = _backoff(checker, item["backoff"], f"{prefix}backoff.", "process", index)
+        checker.errors[reported:] = [
+            ConfigError(
+                e.file, e.key, checker.lines.find_in_entry("process", index, e.key.removeprefix(prefix)), e.problem
+            )
+            for e in checker.errors[reported:]
+        ]
     budget = None
     if item["max_restarts"] is not None:
         period = item["period"] if item["period"] is not None else CHILD_BUDGET_PERIOD

@@ -13,6 +13,7 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   └── ConfigError              an invalid configuration file; ``file``, ``key``, ``line`` say where
     ├── LifecycleError               an operation that the process's lifecycle does not allow
     │   ├── IllegalLifecycleMove     e.g. finished -> running; a runtime bug if ever seen
+    │   ├── ProcessPaused            the process is paused: a call would only wait until it is resumed
     │   └── ProcessTerminated        the process is finished, failed or killed (base of the three below)
     │       ├── ProcessFinished      ... it finished normally
     │       ├── ProcessFailed        ... its machine failed it (or its error policy did)
@@ -40,6 +41,7 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     └── BackendError                 an executor's backend failed (reaches the process as ActionFailed)
         ├── CommandNotFound          the executable does not exist or is not executable
         ├── CommandLost              a detached command ended without recording its exit status
+        ├── SecretUnreadable         a secret's file (env_files) is missing, unreadable or open to others
         ├── RunMonitorError          the run monitor (which starts local commands) cannot be started or reached
         ├── TransportError           a remote host could not be reached or talked to; ``host`` names it
         │   ├── HostUnreachable      connecting failed (refused, timed out, auth); retried with backoff
@@ -109,7 +111,11 @@ class EntryRejected(ConfigurationError, ValueError):
 
 
 class ConfigError(ConfigurationError):
-    """An invalid configuration file; ``file``, ``key``, ``line`` say where, the message what."""
+    """An invalid configuration file; ``file``, ``key``, ``line`` say where, the message what.
+
+    A file with several mistakes is reported whole: ``errors`` holds every one (this error
+    first, in the order of the file's checks), and the message has a line for each.
+    """
 
     def __init__(self, file: str, key: str, line: int | None, message: str) -> None:
         where = f"{file}:{line}" if line else file
@@ -118,6 +124,16 @@ class ConfigError(ConfigurationError):
         self.key = key
         self.line = line
         self.problem = message
+        self.errors: list[ConfigError] = [self]
+
+    @classmethod
+    def several(cls, errors: list[ConfigError]) -> ConfigError:
+        """One error that reports all of ``errors`` (at least one)."""
+        first = errors[0]
+        combined = cls(first.file, first.key, first.line, first.problem)
+        combined.errors = list(errors)
+        combined.args = ("\n".join(str(error.args[0]) for error in errors),)
+        return combined
 
 
 class LifecycleError(StatevisorError):
@@ -126,6 +142,11 @@ class LifecycleError(StatevisorError):
 
 class IllegalLifecycleMove(LifecycleError):
     """A lifecycle move outside the allowed graph (e.g. finished -> running)."""
+
+
+class ProcessPaused(LifecycleError):
+    """The process is paused, so the operation (a call from the command line) would only wait
+    until someone resumes it; the message names the process and why it is paused."""
 
 
 class ProcessTerminated(LifecycleError):
@@ -274,6 +295,11 @@ class BackendError(StatevisorError):
 
 class CommandNotFound(BackendError):
     """A command's executable does not exist, or is not an executable file."""
+
+
+class SecretUnreadable(BackendError):
+    """A secret a command needs could not be read from its file (missing, not owner-only, not
+    text); the message names the setting and the file, never the value."""
 
 
 class CommandLost(BackendError):

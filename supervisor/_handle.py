@@ -180,7 +180,11 @@ class Handle:
                 process.enqueue(Call(message, ref))
                 return await future
         except TimeoutError:
-            raise CallTimeout(f"process {process.pid}: no reply within {timeout} s") from None
+            problem = f"process {process.pid}: no reply within {timeout} s"
+            if process.paused:  # the likeliest reason, and one a timeout alone would hide
+                why = process.snapshot().pause_reason or "by an operator"
+                problem += f": it is paused ({why}) and handles no input until it is resumed"
+            raise CallTimeout(problem) from None
         finally:
             process.forget_call(ref)
 

@@ -40,3 +40,13 @@ def _problem(value: str) -> str | None:
         if part in ("", ".", ".."):
             return f"has the path part {part!r}; parts between '/' must be non-empty and not '.' or '..'"
     return None
+
+
+def name_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a declared process's name (a configuration's, or a
+    supervised child's), or None. The rule is :func:`check_identifier`'s, and such a name is one
+    part of a supervisor path (the process is named ``root/<name>``), so it holds no ``/``."""
+    problem = _problem(value)
+    if problem is None and "/" in value:
+        problem = "holds '/', which separates the parts of a supervisor path"
+    return problem

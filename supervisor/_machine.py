@@ -19,6 +19,7 @@ from ._actions import TrackedAction, UntrackedAction
 from ._exceptions import ConfigurationError, IllegalPhaseChange
 from ._inputs import STATE_TIMEOUT, Call, Input
 from ._lifecycle import ErrorPolicy
+from ._secrets import redact
 from ._state import check_value
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ class Machine(Generic[S]):
     * ``error_policy``: what a raising transition does to the process (continue or fail).
     * ``local_paths``: the settings that are local file paths; in a configuration file a
       relative one is relative to that file (see :meth:`resolve_paths`).
+    * ``schema``: the version of this kind's state schema (a whole number from 1); checkpoints
+      record it, so that state written by an older version of the machine can be told apart.
+    * ``secret_keys``: keys whose values are secret wherever they appear in the state, an
+      action's payload or a result: snapshots, listings and ``store inspect`` show them masked.
     """
 
     kind: ClassVar[str] = ""
@@ -50,6 +55,8 @@ class Machine(Generic[S]):
     edges: ClassVar[Mapping[str, Mapping[str, str]]] = {}
     error_policy: ClassVar[ErrorPolicy] = ErrorPolicy.CONTINUE
     local_paths: ClassVar[tuple[str, ...]] = ()
+    secret_keys: ClassVar[frozenset[str]] = frozenset()
+    schema: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -139,9 +146,20 @@ class Machine(Generic[S]):
         """
         return ()
 
+    def end_details(self, state: S) -> Mapping[str, Any]:
+        """Facts about how a process of this kind ended, for its supervisor's log lines
+        (``child_restarting``, ``child_given_up``) beside its error: a command's exit code and
+        signal, say. Plain values; default none."""
+        return {}
+
     def view(self, state: S) -> Any:
-        """What snapshots show of the state (default: all of it). Override for large states."""
+        """What snapshots show of the state (default: all of it). Override for large states;
+        values under :attr:`secret_keys` are masked in what this returns, whatever it is."""
         return state
+
+    def redacted(self, value: Any) -> Any:
+        """``value`` (a state, a payload, a result) with this kind's secret values masked."""
+        return redact(value, self.secret_keys)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind!r}>"

@@ -80,6 +80,9 @@ class Budget:
                 f"restart budget needs max_restarts >= 0 and period > 0, got {self.max_restarts}, {self.period}"
             )
 
+    def __str__(self) -> str:
+        return f"{self.max_restarts} restart{'' if self.max_restarts == 1 else 's'} in {self.period:g} s"
+
 
 class RestartWindow:
     """Restart times within the budget's period (a sliding window)."""
@@ -134,3 +137,25 @@ def start_order(dependencies: Mapping[str, Sequence[str]]) -> list[str]:
             done.add(name)
         remaining = [n for n in remaining if n not in done]
     return placed
+
+
+def dependency_cycle(dependencies: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """One cycle among start-order dependencies, as a path that ends where it starts
+    (``["a", "b", "a"]``), or None. Names outside ``dependencies`` are ignored."""
+    done: set[str] = set()
+    for start in dependencies:
+        if start in done:
+            continue
+        path = [start]  # a depth-first walk, without recursion: a chain may be long
+        choices = [iter(dependencies[start])]
+        while path:
+            needed = next(choices[-1], None)
+            if needed is None:
+                done.add(path.pop())
+                choices.pop()
+            elif needed in path:
+                return [*path[path.index(needed) :], needed]
+            elif needed in dependencies and needed not in done:
+                path.append(needed)
+                choices.append(iter(dependencies[needed]))
+    return None

@@ -54,6 +54,11 @@ class Process(ProcessEffects):
             self._paused_itself = restore.pause_reason is not None
             for action in restore.pending:
                 self._pending[action.id] = action
+            if restore.since is not None:
+                # The lifecycle goes on from where the checkpoint left it: a command that has
+                # run for an hour does not seem to have started at the daemon's restart.
+                self._since = restore.since
+                self._lifecycle_seen = restore.lifecycle
         self._task = self.runtime.launch(self, restore)
 
     def _mark_started(self) -> None:

@@ -233,11 +233,11 @@ class ProcessBase:
             # An async transition is suspended halfway: show the last committed state.
             self._journal.swap_to_before()
             try:
-                view = unpack(pack(self.machine.view(self._state)))
+                view = unpack(pack(self.machine.redacted(self.machine.view(self._state))))
             finally:
                 self._journal.swap_to_after()
         else:
-            view = unpack(pack(self.machine.view(self._state)))
+            view = unpack(pack(self.machine.redacted(self.machine.view(self._state))))
         snap = Snapshot(
             pid=self.pid,
             name=self.name,
@@ -293,13 +293,13 @@ class ProcessBase:
             try:
                 return encode_fields(
                     self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
-                    pending, timers, lifecycle, result, error, paused, self.meta,
+                    pending, timers, lifecycle, result, error, paused, self.meta, self._since, self.machine.schema,
                 )  # fmt: skip
             finally:
                 self._journal.swap_to_after()
         return encode_fields(
             self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
-            pending, timers, lifecycle, result, error, paused, self.meta,
+            pending, timers, lifecycle, result, error, paused, self.meta, self._since, self.machine.schema,
         )  # fmt: skip
 
     def _persisted_pause(self) -> bool | str:

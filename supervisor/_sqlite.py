@@ -79,11 +79,13 @@ class SQLiteStore:
     async def open(cls, path: str, **options: Any) -> SQLiteStore:
         store = cls(path, **options)
         try:
-            store._files.own()
+            findings = store._files.own()
             await store._run(store._files.open)
         except BaseException:
             await store.close()
             raise
+        for level, event, fields in findings:
+            getattr(log, level)(event, store=path, **fields)
         store._watch_later()
         return store
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._exceptions import StoreError, StoreFull, StoreLocked
 from ._file_identity import FileFate, FileIdentity, fate, identity_at
+from ._private_files import FILE_MODE, private_file, tighten
 from ._sqlite_sql import SCHEMA, SCHEMA_VERSION, WAL_SIZE_LIMIT
 from ._store_watch import copy_out, publish
 
@@ -27,13 +28,14 @@ def take_ownership(path: str) -> int:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StoreError(path, f"directory {directory} does not exist")
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise StoreLocked(path, f"in use by another statevisor (pid {holder})") from None
+    os.fchmod(fd, FILE_MODE)  # whatever the umask made of it, or an older file's mode
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
@@ -109,9 +111,23 @@ class StoreFiles:
         self._reopening: str | None = None  # a written-back copy that did not open yet
         self._said: set[str] = set()  # problems already logged, once each while they last
 
-    def own(self) -> None:
+    def own(self) -> list[Finding]:
+        """Lock the store for this process and make its files owner-only: the database is
+        created 0600 before SQLite creates it (its ``-wal`` and ``-shm`` take its mode), and
+        files others could read are tightened. What was found, for the log."""
         self._lock_fd = take_ownership(self.path)
         self._lock_file = FileIdentity.of(os.fstat(self._lock_fd))
+        findings: list[Finding] = []
+        tightened = tighten([self.path + suffix for suffix in ("", "-wal", "-shm")])
+        private_file(self.path)
+        if tightened:
+            note = "the store's files could be read by other users; they are now its owner's alone (0600)"
+            findings.append(("warning", "store_permissions_tightened", {"files": tightened, "note": note}))
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if os.stat(directory).st_mode & 0o077:
+            note = "others may list the store's directory (its files are owner-only); it is left as it is"
+            findings.append(("warning", "store_directory_open", {"directory": directory, "note": note}))
+        return findings
 
     def open(self, where: str | None = None) -> None:
         where = where or self.path

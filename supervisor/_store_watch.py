@@ -18,16 +18,19 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from ._private_files import private_directory, private_file
+
 WATCH_INTERVAL = 10.0
 
 
 def copy_out(connection: sqlite3.Connection, path: str) -> str:
     """Copy the database open on ``connection`` next to ``path``, whole and durable, under a
     temporary name (so ``path`` never holds half a copy); returns that name."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # `rm -r` of its directory
+    private_directory(os.path.dirname(os.path.abspath(path)))  # `rm -r` of its directory
     partial = f"{path}.restoring"
     if os.path.exists(partial):
         os.unlink(partial)  # left by a write-back that did not finish
+    private_file(partial)  # owner-only before SQLite writes a page of it
     target = sqlite3.connect(partial)
     try:
         connection.backup(target)

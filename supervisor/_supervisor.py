@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -19,12 +19,24 @@ from ._exceptions import ConfigurationError, ProcessNotFound, StatevisorError
 from ._handle import Handle
 from ._lifecycle import Lifecycle
 from ._policy import RestartWindow, affected, should_restart, start_order
+from ._snapshot import Snapshot
 from ._supervisor_spec import ChildSpec, SupervisorSpec, SupervisorState, SupervisorStatistics
 
 if TYPE_CHECKING:
     from ._host import Host
 
 log = structlog.get_logger("statevisor.supervisor")
+
+
+def _how_it_ended(handle: Handle, ended: Snapshot) -> dict[str, Any]:
+    """The error and the kind's own end details (a command's exit code) of an ended process."""
+    how: dict[str, Any] = {"error": ended.error} if ended.error else {}
+    process = handle._process
+    try:
+        how.update(process.machine.end_details(process.state_for_logs()))
+    except Exception as exc:  # a kind's bug must not stop a restart decision
+        how["end_details_failed"] = repr(exc)
+    return how
 
 
 class _Child:
@@ -120,49 +132,62 @@ class Supervisor:
         child.watcher.add_done_callback(self._task_done)
 
     async def _watch(self, child: _Child) -> None:
+        how: dict[str, Any] = {}
         if child.sub is not None:
             await child.sub._ended.wait()
             outcome = Lifecycle.FAILED if child.sub.state is SupervisorState.FAILED else Lifecycle.FINISHED
+            if child.sub.failure:
+                how["error"] = child.sub.failure
         else:
             assert child.handle is not None
-            outcome = (await child.handle.wait()).lifecycle
+            ended = await child.handle.wait()
+            outcome = ended.lifecycle
+            how = _how_it_ended(child.handle, ended)
         child.running.clear()
-        self._child_ended(child, outcome)
+        self._child_ended(child, outcome, how)
 
     # --- deciding ------------------------------------------------------------------------
 
-    def _child_ended(self, child: _Child, outcome: Lifecycle) -> None:
+    def _child_ended(self, child: _Child, outcome: Lifecycle, how: Mapping[str, Any] | None = None) -> None:
+        """``how``: what the log says of the end beside its outcome (the error, a command's
+        exit code: the kind's ``Machine.end_details``)."""
         if self.state is not SupervisorState.RUNNING:
             return
+        how = how or {}
+        name = child.spec.name
         if not should_restart(child.spec.restart, outcome, child.on_purpose):
-            log.info("child_ended", supervisor=self.path, child=child.spec.name, outcome=str(outcome))
+            log.info("child_ended", supervisor=self.path, child=name, outcome=str(outcome), **how)
             return
         now = self.host.runtime.clock.now()
         if child.window is not None and not child.window.allow(now):
             child.given_up = True
             log.error(
-                "child_given_up", supervisor=self.path, child=child.spec.name, budget=str(child.spec.budget),
-                outcome=str(outcome),
+                "child_given_up", supervisor=self.path, child=name, outcome=str(outcome), **how,
+                budget=str(child.spec.budget),
             )  # fmt: skip
             return
         if not self._window.allow(now):
-            log.error(
-                "restart_budget_exceeded", supervisor=self.path, child=child.spec.name, budget=str(self.spec.budget)
-            )
             budget = self.spec.budget
+            log.error("restart_budget_exceeded", supervisor=self.path, child=name, **how, budget=str(budget))
             self._fail_soon(f"restart budget exceeded ({budget.max_restarts} in {budget.period:g} s)")
             return
         backoff = child.spec.backoff or self.spec.backoff
         child.streak = 1 if now - child.since >= backoff.reset_after else child.streak + 1
         delay = backoff.delay(child.streak, self._rng)
-        names = affected(self.spec.strategy, self.order, child.spec.name)
+        names = affected(self.spec.strategy, self.order, name)
+        # The budget as used so far, the child's own where it has one: how close to giving up.
+        window, budget = self._window, self.spec.budget
+        if child.window is not None and child.spec.budget is not None:
+            window, budget = child.window, child.spec.budget
         log.warning(
             "child_restarting",
             supervisor=self.path,
-            child=child.spec.name,
+            child=name,
             outcome=str(outcome),
+            **how,
             restarts=names,
             delay=round(delay, 3),
+            budget=f"{len(window)} of {budget}",
         )
         when = now + delay
         child.pending_restart = self.host.runtime.clock.call_at(when, lambda: self._spawn_task(self._restart(names)))

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from ._exceptions import ConfigurationError
-from ._identifiers import check_identifier
+from ._identifiers import check_identifier, name_problem
 from ._lifecycle import DriveMode
 from ._machine import Machine
 from ._policy import Backoff, Budget, Restart, Strategy
@@ -62,8 +62,9 @@ def _check_part(name: str, what: str) -> None:
     """A child's or supervisor's name is one part of a path (``root/web``): refused when it is
     declared, not when the supervisor first starts the child."""
     check_identifier(name, "name")
-    if "/" in name:
-        raise ConfigurationError(f"{what} name {name!r} holds '/', which separates the parts of a supervisor path")
+    problem = name_problem(name)
+    if problem is not None:
+        raise ConfigurationError(f"{what} name {name!r} {problem}")
 
 
 @dataclass(frozen=True, slots=True)

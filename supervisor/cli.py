@@ -68,7 +68,7 @@ def _store(args: argparse.Namespace) -> int:
                 if not entries:
                     print("no quarantined processes")
             return 0
-        found = inspect(args.store, args.pid)
+        found = inspect(args.store, args.process, None if args.raw else _secret_keys())
     except ProcessNotFound as exc:
         print(f"statevisor store: {exc}", file=sys.stderr)
         return 4
@@ -91,6 +91,13 @@ def _store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret_keys() -> dict[str, frozenset[str]]:
+    """Each installed kind's secret keys, for masking what ``store inspect`` shows."""
+    from processes import KINDS
+
+    return {kind: machine.secret_keys for kind, machine in KINDS.items()}
+
+
 def _daemon(args: argparse.Namespace) -> int:
     from processes import CATALOG
 
@@ -101,7 +108,8 @@ def _daemon(args: argparse.Namespace) -> int:
     try:
         config = load(args.config, CATALOG)
     except ConfigError as exc:
-        print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
+        for error in exc.errors:  # every mistake in the file, one line each
+            print(f"statevisor daemon: invalid configuration: {error}", file=sys.stderr)
         return 2
     if args.loop:
         from dataclasses import replace
@@ -125,7 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statevisor", description="An actor-style process supervisor on asyncio.")
     commands = parser.add_subparsers(dest="command", required=True)
     daemon = commands.add_parser("daemon", help="run the daemon from a configuration file")
-    daemon.add_argument("--config", default="config/statevisor.toml", help="TOML file (default config/statevisor.toml)")
+    from .commands import CONFIG_VARIABLE, DEFAULT_CONFIG, default_config
+
+    daemon.add_argument(
+        "--config", default=default_config(), help=f"TOML file (default ${CONFIG_VARIABLE}, else {DEFAULT_CONFIG})"
+    )
     daemon.add_argument("--loop", choices=("uvloop", "asyncio"), help="override the configured event loop")
     daemon.set_defaults(func=_daemon)
 
@@ -149,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     quarantined.add_argument("--store", required=True, help="path of the SQLite store")
     quarantined.add_argument("--json", action="store_true")
     inspect = store_commands.add_parser("inspect", help="one process's checkpoint: state, pending actions, timers")
-    inspect.add_argument("pid")
+    inspect.add_argument("process", help="process id or name")
     inspect.add_argument("--store", required=True, help="path of the SQLite store")
     inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--raw", action="store_true", help="show secret values as stored (masked by default)")
     copy = store_commands.add_parser("backup", help="a consistent copy of the store, made while a daemon runs")
     copy.add_argument("--store", required=True, help="path of the SQLite store")
     copy.add_argument("--to", required=True, help="the backup's path (replaced if it exists)")
@@ -161,12 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .logs import configure
+    from .commands import OUTPUT_CLOSED, OutputClosed, quiet_stdout
+    from .logs import capture_warnings, configure
 
+    capture_warnings()  # first: the process kinds' libraries may warn as they are imported
     args = build_parser().parse_args(argv)
     if args.command != "daemon":
         configure("warning")
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (OutputClosed, BrokenPipeError):  # stdout's reader went away (`| head`): not our error
+        quiet_stdout()
+        return OUTPUT_CLOSED
 
 
 if __name__ == "__main__":

@@ -4,11 +4,19 @@ Exit codes (stable, for scripts): 0 done; 1 the operation failed (e.g. WouldBloc
 transition error); 2 bad usage or configuration; 3 the daemon cannot be reached (or refused the
 connection, e.g. a wrong token); 4 no such process.
 
-The daemon is reached on its unix socket (``--socket``, or the one ``--config`` names), or over
-TCP with ``--tcp host:port``; TCP needs the token, read from ``--token-file`` (or the config's
+The daemon is reached on its unix socket (``--socket``, else ``$STATEVISOR_SOCKET``, else the one
+``--config`` names: ``$STATEVISOR_CONFIG`` or ``config/statevisor.toml``), or over TCP with
+``--tcp host:port``; TCP needs the token, read from ``--token-file`` (or the config's
 ``daemon.token_file``) or the ``STATEVISOR_TOKEN`` environment variable, never from an argument
 (arguments are visible to every user in ``ps``). Beyond loopback the connection is TLS, verified
 against ``--tls-ca`` (or the config's ``daemon.tls_cert``, for a self-signed daemon).
+
+Messages on the command line (``call``, ``cast``, ``propose``, ``read``) follow one rule: an
+argument that is valid JSON is that JSON value (``42``, ``true``, ``[1, 2]``, ``{"a": 1}``,
+``'"quoted"'``); anything else is the string as written, so ``call t1 ticks`` sends ``"ticks"``.
+
+Output goes to stdout line by line; a reader that goes away (``statevisor ps | head -1``) ends
+the command quietly with status 141, as SIGPIPE ends other Unix tools.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from ._exceptions import (
     ConnectionDenied,
     DaemonNotAnswering,
     ProcessNotFound,
+    ProcessPaused,
     ProtocolError,
     StatevisorError,
 )
@@ -40,6 +49,38 @@ if TYPE_CHECKING:
     from .control import Client
 
 OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND = 0, 1, 2, 3, 4
+OUTPUT_CLOSED = 128 + 13  # as a shell reports a command that SIGPIPE ended
+SOCKET_VARIABLE = "STATEVISOR_SOCKET"
+CONFIG_VARIABLE = "STATEVISOR_CONFIG"
+DEFAULT_CONFIG = "config/statevisor.toml"
+
+
+class OutputClosed(Exception):
+    """Whoever read our stdout went away (a pager quit, ``| head`` had enough): not an error
+    of the command's, so it ends quietly. Never raised past :func:`run_command`."""
+
+
+def emit(text: str) -> None:
+    """Print one line (or several) to stdout at once; :class:`OutputClosed` if nobody reads it."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise OutputClosed from None
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit does not report
+    the closed pipe a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def default_config() -> str:
+    """``--config``'s default: ``$STATEVISOR_CONFIG``, else the repository's example."""
+    return os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -86,8 +127,9 @@ def _read_token(path: Path, source: str) -> str:
 def target(args: argparse.Namespace) -> Target:
     """The daemon the arguments name: ``--tcp`` beats ``--socket`` beats the config's socket."""
     if not args.tcp:
-        if args.socket:
-            return Target(str(args.socket), socket=str(args.socket))
+        socket = args.socket or os.environ.get(SOCKET_VARIABLE)
+        if socket:
+            return Target(str(socket), socket=str(socket))
         from .config import load
 
         socket = str(load(args.config).daemon.socket)
@@ -229,7 +271,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
 
             lifecycle = Lifecycle(args.lifecycle) if args.lifecycle else None
             found = await client.list(kind=args.kind, lifecycle=lifecycle, paused=True if args.paused else None)
-            print(_json([asdict(s) for s in found]) if args.json else _table([_row(s) for s in found], HEADER))
+            emit(_json([asdict(s) for s in found]) if args.json else _table([_row(s) for s in found], HEADER))
             return OK
         if command == "status":
             try:
@@ -241,15 +283,15 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             if args.json:
                 where = {"daemon": client.server_version, "address": daemon.where, "socket": daemon.socket}
                 counts = {"processes": summary.live, "by_lifecycle": summary.by_lifecycle()}
-                print(_json({**where, **counts, **summary.to_fields()}))
+                emit(_json({**where, **counts, **summary.to_fields()}))
             else:
-                print("\n".join(_status_lines(summary, daemon.where, time.time())))
+                emit("\n".join(_status_lines(summary, daemon.where, time.time())))
             return OK
         if command == "spawn":
             state = json.loads(args.state) if args.state else None
             handle = await client.spawn(args.kind, state, name=args.name)
             snapshot = await handle.state()
-            print(_json(asdict(snapshot)) if args.json else snapshot.pid)
+            emit(_json(asdict(snapshot)) if args.json else snapshot.pid)
             return OK
         handle = await client.get(args.pid)
         if command in ("pause", "resume", "nudge"):
@@ -258,33 +300,40 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             await handle.kill(args.reason)
         elif command == "inspect":
             snapshot = await handle.state()
-            print(_json(asdict(snapshot)) if args.json else json.dumps(asdict(snapshot), indent=2, default=str))
+            emit(_json(asdict(snapshot)) if args.json else json.dumps(asdict(snapshot), indent=2, default=str))
         elif command == "logs":
             stream = "stderr" if args.stderr else "stdout"
             if args.follow:
                 async for line in handle.follow(stream, args.lines):
-                    print(line, flush=True)
+                    emit(line)
             else:
                 for line in await handle.logs(stream, args.lines):
-                    print(line)
+                    emit(line)
         elif command in ("call", "cast"):
-            message = _argument(args.message, "MESSAGE")
+            message = _argument(args.message)
             if command == "cast":
                 await handle.cast(message)
             else:
-                print(_json(await handle.call(message, timeout=args.timeout)))
+                snapshot = await handle.state()
+                if snapshot.paused:  # a call would only wait for its timeout: say why at once
+                    why = snapshot.pause_reason or "by an operator"
+                    raise ProcessPaused(
+                        f"process {snapshot.name} is paused ({why}): it handles no call until it is resumed "
+                        f"(statevisor resume {snapshot.name})"
+                    )
+                emit(_json(await handle.call(message, timeout=args.timeout)))
         elif command in ("propose", "read"):
             from processes.logapply import LogApplyClient
 
             machine = LogApplyClient(handle, timeout=args.timeout)
             if command == "propose":
-                index, result = await machine.propose_indexed(_argument(args.entry, "ENTRY"))
-                print(_json({"index": index, "result": result}) if args.json else f"{index}\t{_json(result)}")
+                index, result = await machine.propose_indexed(_argument(args.entry))
+                emit(_json({"index": index, "result": result}) if args.json else f"{index}\t{_json(result)}")
             else:
-                print(_json(await machine.read(_argument(args.query, "QUERY"), sync=args.sync)))
+                emit(_json(await machine.read(_argument(args.query), sync=args.sync)))
         elif command == "watch":
             async for snapshot in handle.watch():
-                print(_json(asdict(snapshot)) if args.json else "  ".join(_row(snapshot)), flush=True)
+                emit(_json(asdict(snapshot)) if args.json else "  ".join(_row(snapshot)))
         return OK
 
 
@@ -299,17 +348,18 @@ async def _older_status(client: Client, daemon: Target, as_json: bool) -> int:
         "daemon": client.server_version, "address": daemon.where, "socket": daemon.socket,
         "processes": len(found), "by_lifecycle": counts,
     }  # fmt: skip
-    print(_json(status) if as_json else "\n".join(f"{k}: {v}" for k, v in status.items()))
+    emit(_json(status) if as_json else "\n".join(f"{k}: {v}" for k, v in status.items()))
     print(f"statevisor status: the daemon ({client.server_version}) predates status counts; "
           "restart it for the full summary", file=sys.stderr)  # fmt: skip
     return OK
 
 
-def _argument(text: str, what: str) -> Any:
+def _argument(text: str) -> Any:
+    """A message from the command line: its JSON value if it is JSON, else the text itself."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"{what} is not JSON ({exc}): {text!r:.80}") from None
+    except json.JSONDecodeError:
+        return text
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -324,6 +374,9 @@ def run_command(args: argparse.Namespace) -> int:
         return UNREACHABLE
     try:
         return asyncio.run(_operate_within_deadline(args, daemon))
+    except OutputClosed:
+        quiet_stdout()
+        return OUTPUT_CLOSED
     except ProcessNotFound as exc:
         print(f"statevisor {args.command}: {exc}", file=sys.stderr)
         return NOT_FOUND
@@ -349,8 +402,11 @@ def add_commands(commands: Any) -> None:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(name, help=help)
-        parser.add_argument("--socket", help="control socket (default: the one in --config)")
-        parser.add_argument("--config", default="config/statevisor.toml", help="to find socket/token/cert")
+        parser.add_argument("--socket", help=f"control socket (default ${SOCKET_VARIABLE}, else the one in --config)")
+        parser.add_argument(
+            "--config", default=default_config(),
+            help=f"to find socket/token/cert (default ${CONFIG_VARIABLE}, else {DEFAULT_CONFIG})",
+        )  # fmt: skip
         parser.add_argument("--tcp", metavar="HOST:PORT", help="reach the daemon over TCP instead (needs its token)")
         parser.add_argument("--token-file", help="file holding the TCP token (or set STATEVISOR_TOKEN)")
         parser.add_argument("--tls-ca", help="CA to verify the daemon's TLS cert (default: daemon.tls_cert)")
@@ -384,15 +440,15 @@ def add_commands(commands: Any) -> None:
                        ("cast", "send a message, no reply")):  # fmt: skip
         message = command(name, text)
         message.add_argument("pid", help="process id or name")
-        message.add_argument("message", help="the message, as JSON")
+        message.add_argument("message", help='the message: JSON, or else a plain string (ticks = "ticks")')
         message.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply (default 60)")
     propose = command("propose", "log-apply: append an entry; print its index and apply result once applied")
     propose.add_argument("pid", help="process id or name")
-    propose.add_argument("entry", help="the entry, as JSON")
+    propose.add_argument("entry", help="the entry: JSON, or else a plain string")
     propose.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
     read = command("read", "log-apply: answer a query from the applied state")
     read.add_argument("pid", help="process id or name")
-    read.add_argument("query", help="the query, as JSON")
+    read.add_argument("query", help="the query: JSON, or else a plain string")
     read.add_argument("--sync", action="store_true", help="first catch up with the log's current end")
     read.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
     kill = command("kill", "kill a process (never restarted by a policy)")

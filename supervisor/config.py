@@ -22,11 +22,11 @@ from typing import Any, Protocol
 from ._config_check import REQUIRED, Checker
 from ._config_policy import RootSettings, process_policy, root_settings
 from ._exceptions import ConfigError, SettingsError
-from ._policy import Backoff, Budget, Restart
+from ._identifiers import name_problem
+from ._policy import Backoff, Budget, Restart, dependency_cycle
 
 LOOPS = ("uvloop", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes on Linux, the last one a NUL
 
 
@@ -286,24 +286,22 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
     )
 
     processes: list[ProcessSettings] = []
-    names: set[str] = set()
+    names: dict[str, int] = {}
     for index, entry in enumerate(data["process"]):
         prefix = f"process[{index}]."
         if not isinstance(entry, dict):
-            raise checker.fail(f"process[{index}]", "expected a table ([[process]])", "process", None, index)
+            checker.report(checker.fail(f"process[{index}]", "expected a table ([[process]])", "process", None, index))
+            continue
         item = checker.section(entry, "process", prefix, _PROCESS, index)
-        checker.check(
-            bool(NAME.match(item["name"])),
-            f"{prefix}name",
-            f"expected letters, digits, '.', '_' or '-' (at most 64); got {item['name']!r}",
-            "process",
-            "name",
-            index,
-        )
-        checker.check(
-            item["name"] not in names, f"{prefix}name", f"{item['name']!r} is declared twice", "process", "name", index
-        )
-        names.add(item["name"])
+        name, kind = item["name"], item["kind"]
+        if name is not None:
+            problem = name_problem(name)
+            checker.check(problem is None, f"{prefix}name", f"{problem}; got {name!r}", "process", "name", index)
+            if name in names:
+                checker.check(False, f"{prefix}name", f"{name!r} is declared twice", "process", "name", index)
+                name = None
+            else:
+                names[name] = index
         restarts = [r.value for r in Restart]
         checker.check(
             item["restart"] in restarts,
@@ -313,37 +311,40 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
             "restart",
             index,
         )
-        if kinds is not None:
-            checker.check(
-                item["kind"] in kinds.kinds,
+        if kinds is not None and kind is not None:
+            known = checker.check(
+                kind in kinds.kinds,
                 f"{prefix}kind",
-                f"unknown process kind {item['kind']!r}",
+                f"unknown process kind {kind!r} (known: {', '.join(sorted(kinds.kinds))})",
                 "process",
                 "kind",
                 index,
             )
-            try:
-                kinds.check_settings(item["kind"], item["settings"])
-            except SettingsError as exc:
-                line = checker.lines.find_in_entry("process", index, exc.key)
-                raise ConfigError(checker.file, f"{prefix}settings.{exc.key}", line, exc.problem) from None
-            item["settings"] = kinds.resolve_paths(item["kind"], item["settings"], base)
+            if known:
+                try:
+                    kinds.check_settings(kind, item["settings"])
+                except SettingsError as exc:
+                    line = checker.lines.find_in_entry("process", index, exc.key)
+                    checker.report(ConfigError(checker.file, f"{prefix}settings.{exc.key}", line, exc.problem))
+                else:
+                    item["settings"] = kinds.resolve_paths(kind, item["settings"], base)
         depends = item["depends_on"]
-        checker.check(
+        if not checker.check(
             all(isinstance(d, str) for d in depends),
             f"{prefix}depends_on",
             "expected an array of process names",
             "process",
             "depends_on",
             index,
-        )
+        ):
+            depends = []
         backoff, budget = process_policy(checker, item, index)
-        processes.append(
-            ProcessSettings(
-                item["name"], item["kind"], Restart(item["restart"]), tuple(depends), item["settings"], backoff, budget
-            )
-        )
-    for index, process in enumerate(processes):
+        if name is None or kind is None:
+            continue  # reported above; nothing further can be checked of it
+        restart = Restart(item["restart"]) if item["restart"] in restarts else Restart.PERMANENT
+        processes.append(ProcessSettings(name, kind, restart, tuple(depends), item["settings"], backoff, budget))
+    for process in processes:
+        index = names[process.name]
         for needed in process.depends_on:
             checker.check(
                 needed in names,
@@ -353,17 +354,30 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
                 "depends_on",
                 index,
             )
+    cycle = dependency_cycle({p.name: [d for d in p.depends_on if d in names] for p in processes})
+    if cycle:
+        lines = [checker.lines.find_in_entry("process", names[n], "depends_on") for n in cycle[:-1]]
+        where = ", ".join(f"{n!r} (line {line})" for n, line in zip(cycle, lines, strict=False))
+        checker.report(
+            ConfigError(
+                checker.file,
+                f"process[{names[cycle[0]]}].depends_on",
+                lines[0],
+                f"start-order dependencies form a cycle: {' -> '.join(cycle)}; declared at {where}",
+            )
+        )
 
     hosts: dict[str, Mapping[str, Any]] = {}
     for name, host in data["host"].items():
-        checker.check(isinstance(host, dict), f"host.{name}", "expected a table ([host.NAME])", "host", name)
-        hosts[name] = host
+        if checker.check(isinstance(host, dict), f"host.{name}", "expected a table ([host.NAME])", "host", name):
+            hosts[name] = host
     if kinds is not None:
         try:
             kinds.check_hosts(hosts, base)
         except SettingsError as exc:
             # exc.key is "host.NAME.key": the line is that key's in the [host.NAME] table.
             _, name, key = [*exc.key.split(".", 2), "", ""][:3]
-            raise checker.fail(exc.key, exc.problem, f"host.{name}", key or None) from None
+            checker.report(checker.fail(exc.key, exc.problem, f"host.{name}", key or None))
     root = root_settings(checker, data["supervisor"])
+    checker.finish()
     return Config(path=path.resolve(), daemon=daemon, processes=tuple(processes), hosts=hosts, supervisor=root)

@@ -25,6 +25,7 @@ from ._exceptions import ConfigError, StatevisorError
 from ._host import Host
 from ._machine import Machine
 from ._open_files import raise_open_files_limit
+from ._private_files import private_directory
 from ._stalls import LoopWatchdog
 from ._supervisor_spec import ChildSpec, SupervisorSpec
 from ._systemd import SystemdNotifier
@@ -118,7 +119,7 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
     """Run until SIGTERM or SIGINT; returns the exit status."""
     from .metrics import start_metrics
 
-    config.daemon.store.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(config.daemon.store.parent)  # the state directory: its owner's alone
     systemd = SystemdNotifier.from_environment()  # first: no command started may inherit it
     check_open_files(config.daemon.max_connections)
     host = build_host(config, catalog)
@@ -164,7 +165,7 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
             clean.append(await host.shutdown(timeout=config.daemon.shutdown_timeout))
 
         running.push_async_callback(shut_down)
-        config.daemon.socket.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(config.daemon.socket.parent)
         control = ControlServer(
             host, str(config.daemon.socket), max_connections=config.daemon.max_connections, **tcp_options(config)
         )

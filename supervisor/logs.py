@@ -18,6 +18,7 @@ import logging
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from typing import Any, TextIO
 
@@ -29,6 +30,9 @@ SINK_CAPACITY = 10_000
 """Lines a sink holds for a slow reader before it drops new ones (a few MB at most)."""
 
 _sinks: list[LogSink] = []  # the sink configure() made last, if any
+
+_held_warnings: list[dict[str, Any]] = []  # raised before configure(): logged by it
+_configured = False
 
 
 class LogSink:
@@ -174,13 +178,44 @@ class _SinkHandler(logging.Handler):
         self._sink.write(line)
 
 
+def capture_warnings() -> None:
+    """Route Python warnings, from any library, through the structured log from now on.
+
+    A warning printed raw (``file:line: Category: text`` and the source line) lands between
+    the JSON lines on stderr and breaks whatever parses them. Warnings raised before
+    :func:`configure` (a library warning at import, say) are held and logged by it. Which
+    warnings are raised at all is still up to the warnings filters (``-W``, ``PYTHONWARNINGS``).
+    """
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    fields = {
+        "category": f"{category.__module__}.{category.__qualname__}".removeprefix("builtins."),
+        "message": str(message),
+        "where": f"{filename}:{lineno}",
+    }
+    if not _configured:
+        _held_warnings.append(fields)
+        return
+    structlog.get_logger("statevisor.warnings").warning("python_warning", **fields)
+
+
 def configure(
     level: str = "info", *, json: bool | None = None, stream: TextIO | None = None, background: bool = False
 ) -> LogSink | None:
     """Send statevisor's logs to ``stream`` (stderr) at ``level``; ``json`` defaults to "not a tty".
 
     ``background`` (the daemon): lines are written by a :class:`LogSink` thread, returned so the
-    caller can close it at exit; the standard library's warnings go there too.
+    caller can close it at exit; the standard library's logging goes there too. Warnings
+    :func:`capture_warnings` held until now are logged here.
     """
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -210,6 +245,11 @@ def configure(
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+    global _configured
+    _configured = True
+    held, _held_warnings[:] = list(_held_warnings), []
+    for fields in held:
+        structlog.get_logger("statevisor.warnings").warning("python_warning", **fields)
     return sink
 
 

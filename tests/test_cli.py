@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -163,7 +164,8 @@ def test_call_cast_propose_and_read_from_the_command_line(daemon: Daemon) -> Non
     """call prints a process's reply as JSON; cast sends without one; propose appends to a
     log-apply machine and prints the entry's index and apply result (the old value); read
     answers from the applied state (--sync after catching up). An entry apply rejects exits 1
-    naming the error; a message that is not JSON exits 2 and says which argument."""
+    naming the error. A message that is JSON is its value; anything else is the string as
+    written (`call fast ticks` sends "ticks")."""
     log = daemon.config.parent / "kv.db"
     daemon.config.write_text(
         daemon.config.read_text()
@@ -185,9 +187,8 @@ def test_call_cast_propose_and_read_from_the_command_line(daemon: Daemon) -> Non
     assert 1 == rejected.returncode
     assert "unknown kv op 'explode'" in rejected.stderr
     assert 42 == json.loads(cli(daemon, "read", "kv", '"a"').stdout)  # a rejected entry changes nothing
-    not_json = cli(daemon, "call", "fast", "{oops")
-    assert 2 == not_json.returncode
-    assert "MESSAGE is not JSON" in not_json.stderr
+    assert isinstance(json.loads(cli(daemon, "call", "fast", "ticks").stdout), int)  # a bare word is a string
+    assert 42 == json.loads(cli(daemon, "read", "kv", "a").stdout)
 
 
 def test_the_table_says_how_far_off_a_timer_is() -> None:
@@ -236,3 +237,55 @@ def test_a_command_gives_up_on_a_daemon_that_greets_and_then_never_answers(tmp_p
     assert 3 == done.returncode, done.stderr
     assert "the daemon did not answer within 0.5 s" in done.stderr
     assert "loop_stalled" in done.stderr
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly(daemon: Daemon) -> None:
+    """`statevisor ps | head -1` and `statevisor watch X | head -1`: once stdout's reader is
+    gone the command ends with 141 (as SIGPIPE ends other tools) and says nothing on stderr;
+    it used to report "cannot reach the daemon ... Broken pipe" and exit 3."""
+    daemon.start()
+    command = [sys.executable, "-m", "supervisor", "--config", str(daemon.config)]
+    listing = subprocess.Popen([*command[:3], "ps", *command[3:]], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert listing.stdout is not None
+    listing.stdout.close()  # gone before it writes a line
+    _, err = listing.communicate(timeout=60)
+    assert (141, "") == (listing.returncode, err)
+    watching = subprocess.Popen([*command[:3], "watch", "fast", *command[3:]], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert watching.stdout is not None
+    assert "root/fast" in watching.stdout.readline()  # the ticker changes every 20 ms: lines keep coming
+    watching.stdout.close()
+    _, err = watching.communicate(timeout=60)
+    assert (141, "") == (watching.returncode, err)
+
+
+def test_the_socket_may_come_from_the_environment_outside_the_repository(daemon: Daemon, tmp_path: Path) -> None:
+    """With STATEVISOR_SOCKET set, commands run from any directory reach the daemon without
+    --config (the default config path is relative to the repository); STATEVISOR_CONFIG
+    names the configuration the same way."""
+    daemon.start()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = [sys.executable, "-m", "supervisor", "ps", "--json"]
+    without = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, timeout=60, check=False)
+    assert 2 == without.returncode, without.stderr  # no config/statevisor.toml here
+    socket = str(daemon.config.parent / "var" / "s.sock")
+    for variable, value in (("STATEVISOR_SOCKET", socket), ("STATEVISOR_CONFIG", str(daemon.config))):
+        done = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, timeout=60, check=False,
+                              env={**os.environ, variable: value})  # fmt: skip
+        assert 0 == done.returncode, done.stderr
+        assert {"root/fast", "root/after"} == {p["name"] for p in json.loads(done.stdout)}
+
+
+def test_a_call_to_a_paused_process_says_it_is_paused(daemon: Daemon) -> None:
+    """`statevisor call` to a paused process fails at once (exit 1) saying it is paused and how
+    to resume it, instead of waiting out its timeout; resumed, the same call is answered."""
+    daemon.start()
+    assert 0 == cli(daemon, "pause", "fast").returncode
+    paused = cli(daemon, "call", "fast", "ticks", "--timeout", "60")
+    assert 1 == paused.returncode
+    assert "process root/fast is paused (by an operator): it handles no call until it is resumed" in paused.stderr
+    assert "statevisor resume root/fast" in paused.stderr
+    assert 0 == cli(daemon, "resume", "fast").returncode
+    assert isinstance(json.loads(cli(daemon, "call", "fast", "ticks").stdout), int)

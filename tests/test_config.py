@@ -3,6 +3,7 @@ daemon does not start."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,7 +162,8 @@ BROKEN = [
     ("[[process]]\nkind = 'ticker'", 1, "process[0].name", "missing (required)"),
     ("[[process]]\nname = 'a'", 1, "process[0].kind", "missing (required)"),
     ("[[process]]\nname = 'a'\nkind = 'nope'", 3, "process[0].kind", "unknown process kind 'nope'"),
-    ("[[process]]\nname = 'a b'\nkind = 'ticker'", 2, "process[0].name", "expected letters, digits"),
+    ("[[process]]\nname = 'a/b'\nkind = 'ticker'", 2, "process[0].name",
+     "holds '/', which separates the parts of a supervisor path; got 'a/b'"),
     ("[[process]]\nname = 'a'\nkind = 'ticker'\n[[process]]\nname = 'a'\nkind = 'ticker'", 5, "process[1].name",
      "'a' is declared twice"),
     ("[[process]]\nname = 'a'\nkind = 'ticker'\nrestart = 'sometimes'", 4, "process[0].restart",
@@ -266,3 +268,92 @@ def test_a_kinds_settings_are_checked_at_load_naming_file_line_and_key(tmp_path:
     with pytest.raises(ConfigError) as caught:
         load(path, CATALOG)
     assert f"{path}:13: process[1].settings.limits.stack: unknown limit" in str(caught.value)
+
+
+def test_every_kinds_settings_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    """A ticker whose interval is not a number, or a misspelled setting, refuses the file at
+    load (it used to start and fail at the first tick, or be accepted silently)."""
+    path = write(tmp_path, "[[process]]\nname = 'a'\nkind = 'ticker'\n[process.settings]\ninterval = 'fast'\n")
+    with pytest.raises(ConfigError, match=r":5: process\[0\]\.settings\.interval: expected a number of seconds > 0"):
+        load(path, CATALOG)
+    path = write(tmp_path, "[[process]]\nname = 'a'\nkind = 'ticker'\n[process.settings]\nintervall = 3\n")
+    with pytest.raises(ConfigError, match=r":5: process\[0\]\.settings\.intervall: unknown setting"):
+        load(path, CATALOG)
+
+
+def test_a_file_with_several_mistakes_reports_all_of_them_at_once(tmp_path: Path) -> None:
+    """Every mistake of a file is reported together, each with its line and key, in the order of
+    the file's sections: the operator fixes them in one go, not one per attempt."""
+    path = write(
+        tmp_path,
+        "[daemon]\nloop = 'tokio'\nkill_grace = -1\n\n"
+        "[[process]]\nname = 'a'\nkind = 'ticker'\nrestart = 'sometimes'\n\n"
+        "[[process]]\nname = 'b'\nkind = 'nonesuch'\n\n"
+        "[[process]]\nname = 'c'\nkind = 'ticker'\ndepends_on = ['ghost']\n\n"
+        "[supervisor]\nstrategy = 'all_for_none'\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path, CATALOG)
+    found = [(error.line, error.key) for error in caught.value.errors]
+    assert [
+        (3, "daemon.kill_grace"),
+        (2, "daemon.loop"),
+        (8, "process[0].restart"),
+        (12, "process[1].kind"),
+        (17, "process[2].depends_on"),
+        (20, "supervisor.strategy"),
+    ] == found
+    assert len(found) == len(str(caught.value).splitlines())
+
+
+def test_a_start_order_cycle_is_a_configuration_error_naming_the_lines(tmp_path: Path) -> None:
+    """depends_on that form a cycle refuse the file (they used to fail later, at start, without
+    a file or line): the error walks the cycle and gives each member's depends_on line."""
+    path = write(
+        tmp_path,
+        "[[process]]\nname = 'a'\nkind = 'ticker'\ndepends_on = ['b']\n\n"
+        "[[process]]\nname = 'b'\nkind = 'ticker'\ndepends_on = ['c']\n\n"
+        "[[process]]\nname = 'c'\nkind = 'ticker'\ndepends_on = ['a']\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path, CATALOG)
+    assert (4, "process[0].depends_on") == (caught.value.line, caught.value.key)
+    assert "cycle: a -> b -> c -> a; declared at 'a' (line 4), 'b' (line 9), 'c' (line 14)" in str(caught.value)
+
+
+def test_the_daemon_refuses_a_cycle_with_exit_code_2_naming_file_and_lines(tmp_path: Path) -> None:
+    """`statevisor daemon` on a file with a start-order cycle exits 2 (not 1, as a start that
+    failed) and names the file and the lines; every other mistake is printed with it."""
+    path = write(
+        tmp_path,
+        "[daemon]\nstore = 'never.db'\nloop = 'tokio'\n\n"
+        "[[process]]\nname = 'a'\nkind = 'ticker'\ndepends_on = ['b']\n\n"
+        "[[process]]\nname = 'b'\nkind = 'ticker'\ndepends_on = ['a']\n",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert 2 == done.returncode, done.stderr
+    lines = done.stderr.splitlines()
+    assert [f"statevisor daemon: invalid configuration: {path}:3: daemon.loop: expected one of uvloop, asyncio; "
+            "got 'tokio'",
+            f"statevisor daemon: invalid configuration: {path}:8: process[0].depends_on: start-order dependencies "
+            "form a cycle: a -> b -> a; declared at 'a' (line 8), 'b' (line 13)"] == lines  # fmt: skip
+    assert not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("web/api", "holds '/'"), ("..", "path part '..'"), ("tab\there", "control character"), ("é" * 101, "200 bytes")],
+)
+def test_a_declared_name_follows_the_same_rule_as_a_spawned_one(tmp_path: Path, name: str, problem: str) -> None:
+    """A [[process]] name is checked by the rule spawn() applies (and the one part of a
+    supervisor path a supervised child's name is); names spawn() takes are valid here too."""
+    path = write(tmp_path, f"[[process]]\nname = {name!r}\nkind = 'ticker'\n".replace("'", '"'))
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load(path, CATALOG)
+    for good in ("nightly backup", "données", "v1.2"):
+        assert (
+            good == load(write(tmp_path, f"[[process]]\nname = '{good}'\nkind = 'ticker'\n"), CATALOG).processes[0].name
+        )

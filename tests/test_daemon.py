@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,6 +93,20 @@ def start_daemon(
     return child
 
 
+def json_lines(err: str) -> list[dict[str, Any]]:
+    """A daemon's stderr off a terminal, every line a JSON log event: a raw line (a library's
+    warning printed as text, a traceback) fails here, naming it."""
+    events = []
+    for line in err.splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            raise AssertionError(f"a line of the daemon's stderr is not a JSON log event: {line!r}") from None
+        assert isinstance(event, dict), line
+        events.append(event)
+    return events
+
+
 class Daemon:
     def __init__(self, directory: Path) -> None:
         self.port = free_port()
@@ -108,12 +123,13 @@ class Daemon:
     def start(self, metrics_answer: Callable[[int], bool] = reachable) -> None:
         self.child = start_daemon(self.config, self.port, stdout=subprocess.PIPE, metrics_answer=metrics_answer)
 
-    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, list[dict[str, object]]]:
+    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, list[dict[str, Any]]]:
         assert self.child is not None
         self.child.send_signal(signum)
         _, err = self.child.communicate(timeout=30)
-        lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-        return self.child.returncode, lines
+        if signum == signal.SIGKILL and not err.endswith("\n"):
+            err = err.rpartition("\n")[0]  # killed while writing a line: only that line is cut
+        return self.child.returncode, json_lines(err)
 
     def ticks(self) -> dict[str, int]:
         with sqlite3.connect(self.store) as db:
@@ -131,8 +147,10 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 
 def test_daemon_runs_declared_processes_serves_metrics_and_stops_on_sigterm(daemon: Daemon) -> None:
-    """The daemon starts the configured processes, its metrics move as they run, and SIGTERM
-    shuts it down cleanly (exit 0) with JSON logs on stderr naming what happened."""
+    """The daemon starts the configured processes, its metrics move as they run, its store and
+    state directory are its owner's alone (0600, 0700), and SIGTERM shuts it down cleanly
+    (exit 0) with logs on stderr naming what happened, every line a JSON event, the warnings of
+    the libraries it imports included."""
     daemon.start()
     first = scrape(daemon.port)["statevisor_transitions_total"]
     wait_for(lambda: scrape(daemon.port)["statevisor_transitions_total"] > first + 5)
@@ -142,6 +160,11 @@ def test_daemon_runs_declared_processes_serves_metrics_and_stops_on_sigterm(daem
     assert "process_resident_memory_bytes" in metrics
     assert 0 == metrics["statevisor_loop_stalls_total"]  # the loop watchdog runs, and saw no stall
     assert 0 == metrics["statevisor_log_lines_dropped_total"]
+    files = {path.name: path.stat().st_mode & 0o777 for path in daemon.store.parent.iterdir()}
+    assert {"store.db": 0o600, "store.db-wal": 0o600, "store.db-shm": 0o600, "store.db.lock": 0o600} == {
+        name: mode for name, mode in files.items() if name.startswith("store.db")
+    }
+    assert 0o700 == daemon.store.parent.stat().st_mode & 0o777
     status, logs = daemon.stop()
     assert 0 == status
     events = [line["event"] for line in logs]
@@ -149,6 +172,12 @@ def test_daemon_runs_declared_processes_serves_metrics_and_stops_on_sigterm(daem
         e for e in events if e in ("recovered", "daemon_started", "daemon_stopping", "daemon_stopped")
     ]
     assert all(isinstance(line.get("timestamp"), str) for line in logs)
+    # Whatever warnings the kinds' libraries print when imported here (asyncssh's about
+    # cryptography's DSA, with the locked versions) reach the log as JSON events, not raw text.
+    raw = subprocess.run([sys.executable, "-c", "import processes"], capture_output=True, text=True, check=True)
+    printed = sorted({line.split(": ")[1] for line in raw.stderr.splitlines() if "Warning: " in line})
+    logged = sorted({line["category"].rpartition(".")[2] for line in logs if line["event"] == "python_warning"})
+    assert printed == logged
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
@@ -330,6 +359,13 @@ def test_a_declared_process_past_its_own_budget_is_given_up_and_the_daemon_goes_
     assert 0 == status
     given_up = [line for line in logs if line["event"] == "child_given_up"]
     assert ["flaky"] == [line["child"] for line in given_up]
+    assert (1, "exited with code 1", "1 restart in 60 s") == (
+        given_up[0]["exit_code"], given_up[0]["error"], given_up[0]["budget"]
+    )  # fmt: skip
+    (restarting,) = [line for line in logs if line["event"] == "child_restarting"]
+    assert ("flaky", 1, "exited with code 1", "1 of 1 restart in 60 s") == (
+        restarting["child"], restarting["exit_code"], restarting["error"], restarting["budget"]
+    )  # fmt: skip
 
 
 def run_daemon(config: Path) -> subprocess.CompletedProcess[str]:

@@ -276,10 +276,11 @@ async def test_call_to_a_finished_process_raises_process_finished(source: Handle
 
 
 async def test_call_timeout_raises_call_timeout(source: HandleSource) -> None:
-    """A call with no reply in time raises CallTimeout (also a TimeoutError)."""
+    """A call with no reply in time raises CallTimeout (also a TimeoutError); when the process
+    is paused, the error says so, in process and remote alike."""
     handle = await source.spawn(Counter)
     await handle.pause()
-    with pytest.raises(CallTimeout):
+    with pytest.raises(CallTimeout, match=r"no reply within 0.05 s: it is paused \(by an operator\) and handles no"):
         await handle.call("get", timeout=0.05)
     with pytest.raises(TimeoutError):
         await handle.call("get", timeout=0.05)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from supervisor import Context, DriveMode, Lifecycle, ManualClock, Runtime, TrackedAction
 from tests.helpers import Gate, Recorder, wait_for_snapshot, wait_until
 from tests.machines import DoorMachine, Worker
@@ -95,3 +97,46 @@ async def test_revived_process_keeps_its_pause() -> None:
     await revived.kill()
     assert isinstance(record.pending, tuple)
     assert all(isinstance(a, TrackedAction) for a in record.pending)
+
+
+async def test_a_revived_process_keeps_when_its_lifecycle_began() -> None:
+    """`since` survives a restart: a process waiting since t=1000 and revived at t=5000 still
+    says it has waited since 1000 (ps showed the restart's time, understating how long a
+    command had run); a lifecycle that changes after the revival starts a new `since`."""
+    clock = ManualClock(1000.0)
+    gate = Gate()
+    first = Runtime(executors={"work": gate}, clock=clock)
+    handle = first.spawn(Worker, pid="w")
+    await handle.cast(("work", "a"))
+    await wait_until(lambda: len(gate.started) == 1)
+    assert (Lifecycle.WAITING, 1000.0) == (handle.state.lifecycle, handle.state.since)
+    record = handle._process.record()
+    await handle.kill()
+    assert 1000.0 == record.since
+
+    clock.advance(4000.0)
+    recorder = Gate()
+    second = Runtime(executors={"work": recorder}, clock=clock)
+    revived = second.revive(Worker(), record)
+    await wait_until(lambda: len(recorder.started) == 1)
+    assert (Lifecycle.WAITING, 1000.0) == (revived.state.lifecycle, revived.state.since)
+    clock.advance(10.0)
+    recorder.release.set()
+    done = await wait_for_snapshot(revived, lambda s: s.lifecycle is Lifecycle.RUNNING)
+    assert 5010.0 == done.since
+    await revived.kill()
+
+
+def test_a_checkpoint_of_the_first_format_still_loads() -> None:
+    """A record written in format 1 (14 fields, before `since` and `schema`) decodes: its since
+    is unknown and its schema is 1; a record of an unknown format is refused, naming it."""
+    from supervisor import CorruptCheckpoint, decode_record, encode_record, pack, unpack
+    from supervisor._snapshot import ProcessRecord
+
+    record = ProcessRecord(pid="p", name="p", kind="worker", version=3, phase="main", state={"n": 1}, since=7.0)
+    fields = unpack(encode_record(record).blob)
+    assert [2, 7.0, 1] == [fields[0], fields[14], fields[15]]
+    old = decode_record(pack([1, *fields[1:14]]))
+    assert (None, 1, {"n": 1}, 3) == (old.since, old.schema, old.state, old.version)
+    with pytest.raises(CorruptCheckpoint, match="unknown checkpoint format 9"):
+        decode_record(pack([9, *fields[1:]]))

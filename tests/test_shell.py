@@ -4,6 +4,7 @@ logs and rotation, errors, supervision, and re-attaching to commands after a res
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import resource
@@ -181,6 +182,40 @@ async def test_environment_cwd_stdin_and_umask_reach_the_command(host: Host, tmp
     assert ["set|yes|unset", str(tmp_path), "from stdin", "0027"] == handle.result()["stdout_tail"]
     assert ["none"] == clean.result()["stdout_tail"]
     assert {"A": "***"} == handle.state.state["env"], "environment values never show in snapshots"
+
+
+async def test_env_files_give_a_command_secrets_that_no_state_or_checkpoint_holds(host: Host, tmp_path: Path) -> None:
+    """A variable from env_files is read from its owner-only file when the command starts: the
+    command sees the value (its final newline dropped), while the state, the snapshot and the
+    action's payload hold only the file's path."""
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t-value\n")
+    secret.chmod(0o600)
+    digest = 'printf %s "$API_TOKEN" | sha256sum'  # the command tells the value without showing it
+    handle = await run(host, {"argv": ["sh", "-c", digest], "env_files": {"API_TOKEN": str(secret)}})
+    assert [f"{hashlib.sha256(b's3cr3t-value').hexdigest()}  -"] == handle.result()["stdout_tail"]
+    record = handle._process.record()
+    assert {"API_TOKEN": str(secret)} == record.state["env_files"]
+    assert "s3cr3t-value" not in repr(record)
+    assert "s3cr3t-value" not in repr(handle.state)
+
+
+async def test_an_env_file_open_to_others_or_missing_fails_the_start_naming_it(host: Host, tmp_path: Path) -> None:
+    """A secret's file that others may read, or that does not exist, fails the process with
+    SecretUnreadable naming the variable and the file (never a value); nothing is started."""
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t-value\n")
+    secret.chmod(0o644)
+    shared = await run(host, {"argv": ["true"], "env_files": {"API_TOKEN": str(secret)}})
+    assert f"SecretUnreadable: env_files.API_TOKEN: {secret} must be readable by its owner only (mode 644)" == (
+        shared.state.error
+    )
+    missing = await run(host, {"argv": ["true"], "env_files": {"API_TOKEN": str(tmp_path / "nope")}})
+    assert f"SecretUnreadable: env_files.API_TOKEN: cannot read {tmp_path / 'nope'}: No such file or directory" == (
+        missing.state.error
+    )
+    assert "s3cr3t-value" not in f"{shared.state} {missing.state}"
+    assert not (tmp_path / "runs" / JOURNAL).exists(), "nothing was claimed"
 
 
 async def test_a_variable_set_in_the_daemon_reaches_the_next_command(host: Host) -> None:

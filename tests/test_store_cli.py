@@ -18,8 +18,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_inspect_shows_state_and_pending_actions_while_the_store_is_owned(tmp_path: Path) -> None:
-    """`store inspect PID --json` prints the checkpoint (state, pending actions) even while a
-    host owns the store."""
+    """`store inspect PID --json --raw` prints the checkpoint (state, pending actions) even while
+    a host owns the store; without --raw a kind not installed here has its record withheld,
+    saying why (its secrets are unknown)."""
     db = tmp_path / "s.db"
     gate = Gate()
     host = Host(machines=[Worker], executors={"work": gate}, store=str(db))
@@ -27,7 +28,10 @@ async def test_inspect_shows_state_and_pending_actions_while_the_store_is_owned(
     handle = await host.spawn(Worker, pid="w")
     await handle.cast(("work", 3))
     await wait_until(lambda: len(gate.started) == 1)
-    done = cli("store", "inspect", "w", "--store", str(db), "--json")
+    withheld = json.loads(cli("store", "inspect", "w", "--store", str(db), "--json").stdout)
+    assert withheld["record"] is None
+    assert "kind 'worker' is not installed here" in withheld["reason"]
+    done = cli("store", "inspect", "w", "--store", str(db), "--json", "--raw")
     assert 0 == done.returncode, done.stderr
     shown = json.loads(done.stdout)
     assert ("w", "worker", "waiting") == (shown["pid"], shown["kind"], shown["lifecycle"])
@@ -55,7 +59,7 @@ async def test_quarantined_lists_reasons_and_inspect_shows_them(tmp_path: Path) 
     listed = cli("store", "quarantined", "--store", str(db))
     assert 0 == listed.returncode
     assert listed.stdout.startswith("bad\tnot msgpack")
-    shown = json.loads(cli("store", "inspect", "bad", "--store", str(db), "--json").stdout)
+    shown = json.loads(cli("store", "inspect", "bad", "--store", str(db), "--json", "--raw").stdout)
     assert shown["quarantined"] is True
     assert "not msgpack" in shown["reason"]
 
@@ -63,11 +67,13 @@ async def test_quarantined_lists_reasons_and_inspect_shows_them(tmp_path: Path) 
 def test_inspect_errors_have_distinct_exit_codes(tmp_path: Path) -> None:
     """An unknown pid exits 4; an unreadable store exits 3; both say what is wrong."""
     db = tmp_path / "s.db"
-    sqlite3.connect(db).executescript("CREATE TABLE processes (pid, name, kind, lifecycle, version, updated, record);"
-                                      "CREATE TABLE quarantine (pid, reason, at, record);")  # fmt: skip
+    sqlite3.connect(db).executescript(
+        "CREATE TABLE processes (pid, name, kind, lifecycle, version, updated, ended, record);"
+        "CREATE TABLE quarantine (pid, reason, at, record);"
+    )
     missing = cli("store", "inspect", "nope", "--store", str(db))
     assert 4 == missing.returncode
-    assert "no process 'nope'" in missing.stderr
+    assert "no process 'nope' (id or name)" in missing.stderr
     broken = cli("store", "inspect", "x", "--store", str(tmp_path / "absent.db"))
     assert 3 == broken.returncode
     assert "absent.db" in broken.stderr
@@ -146,3 +152,29 @@ def test_backup_from_the_command_line_and_its_errors(tmp_path: Path) -> None:
     assert "the directory" in nowhere.stderr
     assert "does not exist" in nowhere.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db", "c.db", "s.db"]
+
+
+async def test_inspect_finds_a_process_by_name_and_masks_its_secret_values(tmp_path: Path) -> None:
+    """`store inspect NAME` finds a process by its name as well as its id, and shows the values
+    of its kind's secret keys (a shell command's env) masked, in its state and in its pending
+    action's payload alike; --raw shows them as stored."""
+    from processes.shell import Shell, executors
+
+    db = tmp_path / "s.db"
+    host = Host(machines=[Shell(tmp_path / "logs")], executors=executors(tmp_path / "runs"), store=str(db))
+    await host.start()
+    try:
+        settings = {"argv": ["sleep", "30"], "env": {"API_TOKEN": "hunter2-secret"}}
+        handle = await host.spawn(Shell, settings, name="job")
+        await wait_until(lambda: handle.state.phase == "running", timeout=30)
+        shown = json.loads(cli("store", "inspect", "job", "--store", str(db), "--json").stdout)
+        assert (handle.pid, "shell") == (shown["pid"], shown["kind"])
+        assert {"API_TOKEN": "***"} == shown["record"]["state"]["env"]
+        (pending,) = shown["record"]["pending"]
+        assert {"API_TOKEN": "***"} == pending["payload"]["env"]
+        assert "hunter2-secret" not in cli("store", "inspect", "job", "--store", str(db)).stdout
+        raw = json.loads(cli("store", "inspect", "job", "--store", str(db), "--json", "--raw").stdout)
+        assert "hunter2-secret" == raw["record"]["state"]["env"]["API_TOKEN"]
+        await handle.kill()
+    finally:
+        await host.shutdown()

@@ -245,3 +245,71 @@ async def test_a_store_made_before_keeps_its_free_pages_and_says_how_many(tmp_pa
     assert stats.free_bytes > 200 * 20_000 * 0.9
     assert stats.size_bytes >= stats.free_bytes
     await host.shutdown()
+
+
+def _modes(db: Path) -> dict[str, int]:
+    """The permission bits of the files beside ``db`` whose names start with its own."""
+    return {p.name: p.stat().st_mode & 0o777 for p in db.parent.iterdir() if p.name.startswith(db.name)}
+
+
+async def test_a_new_store_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """Under a umask of 0 (which would leave files 0666), the database, its -wal and -shm and
+    the lock file are created 0600: no other user can read a checkpoint."""
+    db = tmp_path / "s.db"
+    old = os.umask(0)
+    try:
+        host = await running_host(db, count=2)
+    finally:
+        os.umask(old)
+    try:
+        assert {"s.db": 0o600, "s.db-wal": 0o600, "s.db-shm": 0o600, "s.db.lock": 0o600} == _modes(db)
+    finally:
+        await host.shutdown()
+
+
+async def test_a_store_found_open_to_others_is_tightened_at_open_and_said(tmp_path: Path) -> None:
+    """A store whose files others can read (made by an older statevisor, or copied in) is
+    tightened to 0600 when opened, with a warning naming the files; a store directory others
+    can list is reported, and left as it is (it may be a shared directory)."""
+    db = tmp_path / "s.db"
+    host = await running_host(db, count=1)
+    await host.shutdown()
+    _open_up(db.parent, 0o644)
+    with capture_logs() as logs:
+        store = await SQLiteStore.open(str(db))
+        await store.close()
+    assert all(mode == 0o600 for mode in _modes(db).values()), _modes(db)
+    tightened = [entry for entry in logs if entry["event"] == "store_permissions_tightened"]
+    assert 1 == len(tightened)
+    assert str(db) in tightened[0]["files"]
+    assert "warning" == tightened[0]["log_level"]
+    opened = [entry for entry in logs if entry["event"] == "store_directory_open"]
+    assert [str(tmp_path)] == [entry["directory"] for entry in opened]
+    assert 0o755 == _mode(tmp_path)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def _open_up(directory: Path, mode: int) -> None:
+    """Give every file in ``directory`` ``mode``, and the directory 0755."""
+    for path in directory.iterdir():
+        path.chmod(mode)
+    directory.chmod(0o755)
+
+
+def test_private_directory_makes_what_it_creates_owner_only_and_leaves_the_rest(tmp_path: Path) -> None:
+    """private_directory() makes a missing directory and its missing parents 0700 under any
+    umask, and tells (without changing it) whether an existing one is open to others."""
+    from supervisor.lowlevel import private_directory
+
+    old = os.umask(0)
+    try:
+        assert private_directory(tmp_path / "a" / "b") is False
+    finally:
+        os.umask(old)
+    assert (0o700, 0o700) == ((tmp_path / "a").stat().st_mode & 0o777, (tmp_path / "a" / "b").stat().st_mode & 0o777)
+    tmp_path.chmod(0o755)
+    assert private_directory(tmp_path) is True
+    assert 0o755 == tmp_path.stat().st_mode & 0o777

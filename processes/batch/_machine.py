@@ -39,6 +39,7 @@ class BatchJob(Machine[dict[str, Any]]):
     """One batch job on a declared host (``hosts`` are the configuration's ``[host.NAME]``)."""
 
     kind = "batch"
+    secret_keys = frozenset({"env"})
     phases = Phase
     edges: ClassVar[Mapping[str, Mapping[str, str]]] = {
         Phase.SUBMITTING: {Phase.QUEUED: "submitted", Phase.ACTIVE: "started", Phase.ENDED: "refused"},
@@ -194,10 +195,7 @@ class BatchJob(Machine[dict[str, Any]]):
 
     def view(self, state: dict[str, Any]) -> Any:
         # The script and payload are long and may hold secrets in env: show what matters.
-        shown = {k: v for k, v in state.items() if not k.startswith("_") and k != "script"}
-        if "env" in shown:
-            shown["env"] = {name: "***" for name in shown["env"]}
-        return shown
+        return {k: v for k, v in state.items() if not k.startswith("_") and k != "script"}
 
     def __repr__(self) -> str:
         return f"<BatchJob hosts={len(self.hosts)}>"

@@ -18,6 +18,8 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
+from supervisor.lowlevel import private_directory
+
 _MAGIC = b"statevisor-snapshot 1\n"
 
 
@@ -52,11 +54,11 @@ class SnapshotStore:
 
     def write(self, index: int, body: bytes) -> int:
         """Write a snapshot durably; returns its size. Prunes beyond ``keep``."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_directory(self.directory)
         blob = _MAGIC + msgpack.packb([index, hashlib.sha256(body).hexdigest(), body], use_bin_type=True)
         target = self.path(index)
         temporary = target.with_suffix(".tmp")
-        with open(temporary, "wb") as out:
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             out.write(blob)
             out.flush()
             os.fsync(out.fileno())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import LogError
+from supervisor.lowlevel import private_directory, private_file, tighten
 
 from ._log import Entry
 
@@ -83,7 +84,7 @@ class SQLiteLog:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever(), name=f"log-flush {self.name}")
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self.path.parent)
         lock = os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,6 +93,9 @@ class SQLiteLog:
             raise LogError(self.name, "another process has this log open (one writer per log file)") from None
         self._lock = lock
         try:
+            # The log holds every entry the machine applies: owner-only, whatever the umask.
+            tighten([f"{self.path}{suffix}" for suffix in ("", "-wal", "-shm", ".lock")])
+            private_file(self.path)
             writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             writer.execute("PRAGMA journal_mode=WAL")
             writer.execute(f"PRAGMA synchronous={self.synchronous}")

@@ -36,6 +36,7 @@ class Shell(Machine[dict[str, Any]]):
 
     kind = "shell"
     local_paths = ("cwd",)  # stdout/stderr are relative to log_dir instead
+    secret_keys = frozenset({"env"})  # snapshots show which variables are set, not their values
     phases = Phase
     edges: ClassVar[Mapping[str, Mapping[str, str]]] = {
         Phase.STARTING: {Phase.RUNNING: "run", Phase.ENDED: "invalid"},
@@ -48,6 +49,14 @@ class Shell(Machine[dict[str, Any]]):
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
         parse(settings)
+
+    @classmethod
+    def resolve_paths(cls, settings: Mapping[str, Any], base: Path) -> dict[str, Any]:
+        resolved = super().resolve_paths(settings, base)
+        files = resolved.get("env_files")
+        if isinstance(files, dict):
+            resolved["env_files"] = {name: cls.local_path(path, base) for name, path in files.items()}
+        return resolved
 
     async def transition(self, state: dict[str, Any], input: Input, ctx: Context) -> None:
         match input:
@@ -88,6 +97,12 @@ class Shell(Machine[dict[str, Any]]):
                 ctx.goto(Phase.ENDED)
                 ctx.fail(f"{input.error_type}: {input.message}")
 
+    def end_details(self, state: dict[str, Any]) -> Mapping[str, Any]:
+        result = state.get("result")
+        if not isinstance(result, Mapping):
+            return {}
+        return {"exit_code": result.get("exit_code"), "signal": result.get("signal"), "reason": result.get("reason")}
+
     def log_files(self, state: dict[str, Any]) -> Mapping[str, str]:
         files = {"stdout": state.get("_stdout"), "stderr": state.get("_stderr")}
         return {stream: path for stream, path in files.items() if path}
@@ -96,12 +111,6 @@ class Shell(Machine[dict[str, Any]]):
         # An unnamed process's default logs; a name's logs go on with the next process of that
         # name, and files the settings name are the user's.
         return list(state.get("_owned_logs", ()))
-
-    def view(self, state: dict[str, Any]) -> Any:
-        # Environment values are often secrets: snapshots show the names only.
-        if "env" not in state:
-            return state
-        return {**state, "env": {name: "***" for name in state["env"]}}
 
     def __repr__(self) -> str:
         return f"<Shell log_dir={self.log_dir}>"

@@ -9,7 +9,7 @@ import os
 import shutil
 from typing import Any
 
-from supervisor import CommandNotFound
+from supervisor import CommandNotFound, SecretUnreadable
 
 from ._launch import inherited_environment
 from ._settings import CommandSpec
@@ -38,12 +38,36 @@ def run_request(action_id: str, spec: CommandSpec, home: str) -> dict[str, Any]:
 
 
 def environment(spec: CommandSpec) -> dict[str, str]:
-    """The daemon's environment (or a bare PATH), less ``env_unset``, plus ``env``."""
+    """The daemon's environment (or a bare PATH), less ``env_unset``, plus ``env``, plus the
+    values of ``env_files``, read now: they are in no state, checkpoint or payload."""
     env = inherited_environment() if spec.inherit_env else {"PATH": DEFAULT_PATH}
     for name in spec.env_unset:
         env.pop(name, None)
     env.update(spec.env)
+    for name, path in (spec.env_files or {}).items():
+        env[name] = read_secret(name, path)
     return env
+
+
+def read_secret(name: str, path: str) -> str:
+    """The value of the variable ``name`` from the file at ``path``: owner-only, as a secret's
+    file must be (its final newline is not part of the value). The value is never in the error."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SecretUnreadable(f"env_files.{name}: cannot read {path}: {exc.strerror}") from None
+    with open(descriptor, encoding="utf-8", errors="strict") as file:
+        mode = os.fstat(descriptor).st_mode & 0o777
+        if mode & 0o077:
+            raise SecretUnreadable(f"env_files.{name}: {path} must be readable by its owner only (mode {mode:o})")
+        try:
+            value = file.read()
+        except UnicodeDecodeError:
+            raise SecretUnreadable(f"env_files.{name}: {path} is not UTF-8 text") from None
+    value = value.removesuffix("\n")
+    if "\0" in value:
+        raise SecretUnreadable(f"env_files.{name}: {path} holds a NUL byte, which no environment value can")
+    return value
 
 
 def program(spec: CommandSpec, env: dict[str, str], cwd: str) -> str:

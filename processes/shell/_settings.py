@@ -21,6 +21,7 @@ KEYS = frozenset(
         "command",
         "shell",
         "env",
+        "env_files",
         "env_unset",
         "inherit_env",
         "cwd",
@@ -46,6 +47,7 @@ class CommandSpec:
 
     argv: tuple[str, ...]
     env: Mapping[str, str]
+    env_files: Mapping[str, str] | None = None  # NAME -> a file whose content is the value (a secret)
     env_unset: tuple[str, ...] = ()
     inherit_env: bool = True
     cwd: str | None = None
@@ -124,6 +126,12 @@ def parse(settings: Mapping[str, Any]) -> CommandSpec:
         if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str):
             # The value is not echoed: environment values are often secrets.
             raise SettingsError(f"env.{key}", "expected NAME = \"string\" (a name without '=')")
+    env_files = _typed(settings, "env_files", dict, {})
+    for key, value in env_files.items():
+        if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str) or not value:
+            raise SettingsError(f"env_files.{key}", 'expected NAME = "path of a file holding the value"')
+        if key in env:
+            raise SettingsError(f"env_files.{key}", "is set in env as well; give each variable one source")
     unset = _typed(settings, "env_unset", list, [])
     if not all(isinstance(k, str) for k in unset):
         raise SettingsError("env_unset", "expected a list of variable names")
@@ -152,6 +160,7 @@ def parse(settings: Mapping[str, Any]) -> CommandSpec:
     return CommandSpec(
         argv=argv,
         env=env,
+        env_files=env_files or None,
         env_unset=tuple(unset),
         inherit_env=_typed(settings, "inherit_env", bool, True),
         cwd=_typed(settings, "cwd", str, None),

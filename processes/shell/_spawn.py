@@ -58,7 +58,7 @@ def _open_output(path: str, what: str) -> int:
         try:
             fd = os.open(path, flags, 0o600)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)  # output may hold secrets
             fd = os.open(path, flags, 0o600)
     except OSError as error:
         detail = "a pipe with no reader" if error.errno == errno.ENXIO else error.strerror or str(error)
