@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import Executor, Machine
-from supervisor.config import Config
+from supervisor.daemon.config import Config
 
 from . import batch, logapply, shell
 from .batch import BatchJob

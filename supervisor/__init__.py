@@ -3,12 +3,31 @@
 The public API is what this module exports; implementation lives in private modules.
 """
 
-from ._actions import Executor, ExecutorRegistry, FunctionExecutor, TrackedAction, UntrackedAction
-from ._atomic import AtomicValue
-from ._clock import Clock, ManualClock, SystemClock, TimerHandle
-from ._codec import FORMAT_VERSION, decode_record, encode_record
-from ._diagram import mermaid
-from ._exceptions import (
+from ._core.actions import Executor, ExecutorRegistry, FunctionExecutor, TrackedAction, UntrackedAction
+from ._core.atomic import AtomicValue
+from ._core.clock import Clock, ManualClock, SystemClock, TimerHandle
+from ._core.codec import FORMAT_VERSION, decode_record, encode_record
+from ._core.diagram import mermaid
+from ._core.handle import Handle, HandleAPI
+from ._core.inputs import (
+    STATE_TIMEOUT,
+    ActionFailed,
+    ActionResult,
+    ActionSucceeded,
+    Call,
+    Cast,
+    Control,
+    ControlEvent,
+    Input,
+    TimerFired,
+)
+from ._core.lifecycle import DriveMode, ErrorPolicy, Lifecycle
+from ._core.machine import Context, Machine
+from ._core.runtime import Checkpointer, Runtime, RuntimeObserver, RuntimeStatistics
+from ._core.slots import SlotPool, SlotStatistics
+from ._core.snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
+from ._core.state import pack, unpack
+from ._errors import (
     AckLost,
     ApplyFailed,
     BackendError,
@@ -60,40 +79,20 @@ from ._exceptions import (
     UnknownActionType,
     WouldBlock,
 )
-from ._handle import Handle, HandleAPI
-from ._host import Host, StartReport
-from ._inputs import (
-    STATE_TIMEOUT,
-    ActionFailed,
-    ActionResult,
-    ActionSucceeded,
-    Call,
-    Cast,
-    Control,
-    ControlEvent,
-    Input,
-    TimerFired,
-)
-from ._lifecycle import DriveMode, ErrorPolicy, Lifecycle
-from ._logrotation import rotate_log
-from ._logtail import follow_lines, tail_lines
-from ._machine import Context, Machine
-from ._open_files import OpenFilesLimit, open_files_for_children, raise_open_files_limit
-from ._policy import Backoff, Budget, Restart, Strategy
-from ._runtime import Checkpointer, Runtime, RuntimeObserver, RuntimeStatistics
-from ._sim import Invariant, Simulation
-from ._simparts import SimCall, SimExecutor
-from ._slots import SlotPool, SlotStatistics
-from ._snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
-from ._sqlite import SQLiteStore
-from ._stalls import LoopWatchdog
-from ._state import pack, unpack
-from ._store_records import Quarantined, Recovery, StoreStatistics
-from ._summary import HostSummary, KindCounts, SlotCounts
-from ._supervisor import Supervisor
-from ._supervisor_spec import ChildSpec, SupervisorSpec, SupervisorState, SupervisorStatistics
-
-__version__ = "0.1.0"
+from ._files.logrotation import rotate_log
+from ._files.logtail import follow_lines, tail_lines
+from ._files.open_files import OpenFilesLimit, open_files_for_children, raise_open_files_limit
+from ._simulation.simparts import SimCall, SimExecutor
+from ._simulation.simulation import Invariant, Simulation
+from ._store.protocol import Quarantined, Recovery, StoreStatistics
+from ._store.sqlite import SQLiteStore
+from ._supervision.node import Host, StartReport
+from ._supervision.policy import Backoff, Budget, Restart, Strategy
+from ._supervision.spec import ChildSpec, SupervisorSpec, SupervisorState, SupervisorStatistics
+from ._supervision.summary import HostSummary, KindCounts, SlotCounts
+from ._supervision.supervisor import Supervisor
+from ._version import __version__
+from .daemon.watchdog import LoopWatchdog
 
 __all__ = [
     "AckLost",

@@ -5,7 +5,7 @@ Kinds start programs, keep files and talk to backends; these are the runtime's o
 that, kept here so that the public ``supervisor`` namespace stays what users need.
 """
 
-from ._private_files import private_directory, private_file, tighten
+from ._files.private import private_directory, private_file, tighten
 
 __all__ = [
     # files that hold state or secrets: owner-only whatever the umask

@@ -16,8 +16,8 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from ._clock import ManualClock
-from ._sim import Simulation
+from ._core.clock import ManualClock
+from ._simulation.simulation import Simulation
 
 __all__ = ["ManualClock", "SimulationStateMachine"]
 

@@ -95,7 +95,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 def grid_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real single-host Grid Engine on loopback ports, in a cell of its own
     (processes/batch/loopback_sge.py), for the SGE adapter's tests."""
-    from processes.batch.loopback_sge import GridEngine, missing_programs
+    from tests.services.sge import GridEngine, missing_programs
 
     yield from _running(GridEngine(tmp_path_factory.mktemp("sge")), missing_programs())
 
@@ -103,7 +103,7 @@ def grid_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real 3-node NATS JetStream cluster on loopback (processes/logapply/loopback.py)."""
-    from processes.logapply.loopback import NatsCluster, nats_server
+    from tests.services.nats import NatsCluster, nats_server
 
     missing = [] if nats_server() is not None else ["nats-server (Debian package nats-server)"]
     yield from _running(NatsCluster(tmp_path_factory.mktemp("nats")), missing)

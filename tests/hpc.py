@@ -5,10 +5,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from processes._loopback import wait_for
 from processes.batch import BatchExecutor, BatchJob, executors, parse_hosts
-from processes.batch.loopback import Cluster, Sshd, missing_programs
 from supervisor import Host
+from tests.services.loopback import wait_for
+from tests.services.slurm import Cluster, Sshd, missing_programs
 
 __all__ = ["Cluster", "Sshd", "batch_host", "missing_programs", "spawn_job", "wait_for"]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from processes.batch import BatchExecutor
-from processes.batch.loopback_sge import GridEngine
 from supervisor import Host, Lifecycle
 from tests.helpers import wait_until
 from tests.hpc import Cluster, batch_host, spawn_job
+from tests.services.sge import GridEngine
 
 pytestmark = pytest.mark.uvloop_only
 

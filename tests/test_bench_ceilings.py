@@ -11,9 +11,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from benchmarks._durability import _durable_rate, _no_runtime_rate
+from benchmarks._logapply import _proposed
 from supervisor import decode_record
-from supervisor.bench._durability import _durable_rate, _no_runtime_rate
-from supervisor.bench._logapply import _proposed
 
 
 def _versions(path: Path, pattern: str = "checkpoint-*.db") -> list[int]:

@@ -83,7 +83,7 @@ def test_bench_unknown_scenario_is_a_usage_error() -> None:
 
 def test_bench_help_lists_every_scenario() -> None:
     """`statevisor bench --help` names every scenario the harness runs (it once listed 8 of 11)."""
-    from supervisor.bench import SCENARIOS
+    from benchmarks import SCENARIOS
 
     done = run_cli("bench", "--help")
     assert 0 == done.returncode
@@ -94,6 +94,6 @@ def test_bench_help_lists_every_scenario() -> None:
 def test_every_scenario_has_its_metrics_pinned() -> None:
     """Each scenario the harness runs has its JSON contract checked above (shell and slurm
     once had none)."""
-    from supervisor.bench import SCENARIOS
+    from benchmarks import SCENARIOS
 
     assert sorted(SCENARIOS) == sorted(METRICS)

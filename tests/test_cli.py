@@ -194,7 +194,7 @@ def test_call_cast_propose_and_read_from_the_command_line(daemon: Daemon) -> Non
 def test_the_table_says_how_far_off_a_timer_is() -> None:
     """ps's WAITING ON column turns a timer's deadline into "in Ns" or "due Ns ago" (a timer
     whose name has spaces included) and leaves actions as the runtime names them."""
-    from supervisor.commands import _waiting
+    from supervisor.cli.commands import _waiting
 
     entries = ("action shell.run a1", "timer tick at 1000.250", "timer back off at 990.0")
     assert "action shell.run a1, timer tick in 0.2s, timer back off due 10.0s ago" == _waiting(entries, 1000.0)

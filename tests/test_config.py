@@ -12,7 +12,7 @@ import pytest
 
 from processes import CATALOG
 from supervisor import ConfigError, Restart
-from supervisor.config import load
+from supervisor.daemon.config import load
 
 GOOD = """\
 [daemon]

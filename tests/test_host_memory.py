@@ -124,8 +124,8 @@ async def test_a_revived_process_keeps_neither_its_checkpoint_nor_wait_queues_no
     empty deque is a 0.5 KB block)."""
     from collections import deque
 
-    from supervisor._snapshot import ProcessRecord
-    from supervisor._waiters import WaitQueue
+    from supervisor._core.snapshot import ProcessRecord
+    from supervisor._core.waiters import WaitQueue
     from tests.machines import Counter
 
     path = str(tmp_path / "s.db")

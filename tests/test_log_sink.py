@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from supervisor.logs import LogSink, configure, current_sink
+from supervisor.daemon.log import LogSink, configure, current_sink
 from tests.test_daemon import ROOT, free_port, kill_if_running, scrape, wait_for
 
 PIPE_SIZE = 4096  # the smallest pipe Linux makes: a few log lines fill it

@@ -14,10 +14,10 @@ import pytest
 
 from processes.logapply import JetStreamLog, KeyValue, LogApplyClient, Replica, SnapshotStore
 from processes.logapply._log import CLOSE_GRACE
-from processes.logapply.loopback import NatsCluster
 from supervisor import EntryRejected, LogError, StaleWriter
 from supervisor.control import Client
 from tests.helpers import wait_for_snapshot, wait_until
+from tests.services.nats import NatsCluster
 from tests.test_daemon import free_port, start_daemon
 
 pytestmark = pytest.mark.uvloop_only
@@ -279,7 +279,7 @@ def test_a_cluster_whose_node_cannot_take_its_port_starts_again_on_fresh_ports(t
     no place), stops the cluster and starts it again on fresh ports, all three nodes healthy."""
     import socket
 
-    from processes.logapply.loopback import nats_server
+    from tests.services.nats import nats_server
 
     if nats_server() is None:
         pytest.fail("nats-server missing: run the README's test command (bash .ci/test), which installs it")

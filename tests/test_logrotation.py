@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from supervisor import rotate_log, tail_lines
-from supervisor._logrotation import (
+from supervisor._files.logrotation import (
     LINE_MAX,
     PATIENCE,
     LogStream,

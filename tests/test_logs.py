@@ -10,9 +10,9 @@ import warnings
 import pytest
 import structlog
 
-import supervisor.logs
+import supervisor.daemon.log
 from supervisor import Runtime, TransitionError
-from supervisor.logs import capture_warnings, configure
+from supervisor.daemon.log import capture_warnings, configure
 from tests.machines import Counter
 
 
@@ -64,7 +64,7 @@ def test_warnings_raised_before_the_log_is_configured_are_held_and_logged_by_it(
 ) -> None:
     """A warning raised before configure() (a library's, as it is imported) is held, then
     logged as a JSON line by configure(), with the category's module named for a foreign one."""
-    monkeypatch.setattr(supervisor.logs, "_configured", False)
+    monkeypatch.setattr(supervisor.daemon.log, "_configured", False)
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     with warnings.catch_warnings():

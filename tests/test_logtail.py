@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from supervisor import _logrotation, _logtail
-from supervisor._logtail import READER_THREADS, follow_positions, read_tail
-from supervisor._readers import ReaderThreads
+from supervisor._files import logrotation as _logrotation
+from supervisor._files import logtail as _logtail
+from supervisor._files.logtail import READER_THREADS, follow_positions, read_tail
+from supervisor._files.readers import ReaderThreads
 
 
 def hang_until(gate: threading.Event, entered: threading.Event, real: Any) -> Any:
@@ -129,7 +130,7 @@ def test_a_read_hung_for_good_does_not_keep_a_process_from_exiting() -> None:
     and the process exits with its read still hung."""
     program = (
         "import asyncio, threading\n"
-        "from supervisor._readers import ReaderThreads\n"
+        "from supervisor._files.readers import ReaderThreads\n"
         "async def main():\n"
         "    readers = ReaderThreads(1, 'hung')\n"
         "    task = asyncio.ensure_future(readers.run(threading.Event().wait))\n"

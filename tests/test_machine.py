@@ -24,8 +24,8 @@ from supervisor import (
     UnknownActionType,
     mermaid,
 )
-from supervisor._exceptions import IllegalLifecycleMove
-from supervisor._lifecycle import check_move
+from supervisor._core.lifecycle import check_move
+from supervisor._errors import IllegalLifecycleMove
 from tests.helpers import Recorder, wait_for_snapshot
 from tests.machines import Clocky, Counter, Dicey, DoorMachine, Strict, Worker
 

@@ -7,7 +7,7 @@ import asyncio
 from prometheus_client import generate_latest
 
 from supervisor import Host
-from supervisor.metrics import registry_for
+from supervisor.daemon.metrics import registry_for
 from tests.helpers import Recorder, wait_for_snapshot
 from tests.machines import Worker
 

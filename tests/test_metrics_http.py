@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-import supervisor._metrics_http as metrics_http
-from supervisor._metrics_http import MAX_SCRAPERS, MetricsServer, serve_metrics
+import supervisor.daemon.metrics_http as metrics_http
+from supervisor.daemon.metrics_http import MAX_SCRAPERS, MetricsServer, serve_metrics
 from tests.helpers import self_signed
 
 TOKEN = "a-long-enough-metrics-token"

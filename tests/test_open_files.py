@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import OpenFilesLimit, open_files_for_children, raise_open_files_limit
-from supervisor import _open_files as open_files
+from supervisor._files import open_files
 from tests.test_daemon import ROOT, free_port, kill_if_running, start_daemon, wait_for
 
 _PROBE = """

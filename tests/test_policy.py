@@ -7,7 +7,7 @@ import random
 import pytest
 
 from supervisor import Backoff, Budget, ConfigurationError, Lifecycle, Restart, Strategy
-from supervisor._policy import RestartWindow, affected, should_restart, start_order
+from supervisor._supervision.policy import RestartWindow, affected, should_restart, start_order
 
 
 @pytest.mark.parametrize(

@@ -91,8 +91,8 @@ def test_prometheus_scrapes_over_tls_with_a_bearer_token(tmp_path: Path) -> None
     import ssl
     import urllib.error
 
-    from processes._loopback import port_open
     from tests.helpers import self_signed
+    from tests.services.loopback import port_open
 
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus missing: run the README's test command (bash .ci/test), which installs it")

@@ -50,82 +50,92 @@ def test_public_classes_do_not_leak_private_module_names_in_errors() -> None:
         assert issubclass(error, supervisor.StatevisorError), error
 
 
-# The machine model and handle layer (the "core") never import from the layers built on it.
-CORE_MODULES = {
-    "_actions",
-    "_atomic",
-    "_clock",
-    "_collector",
-    "_diagram",
-    "_exceptions",
-    "_file_identity",
-    "_handle",
-    "_identifiers",
-    "_inputs",
-    "_lifecycle",
-    "_logrotation",
-    "_logtail",
-    "_machine",
-    "_open_files",
-    "_process",
-    "_process_base",
-    "_process_control",
-    "_process_effects",
-    "_private_files",
-    "_readers",
-    "_release",
-    "_runtime",
-    "_secrets",
-    "_slots",
-    "_snapshot",
-    "_stalls",
-    "_state",
-    "_waiters",
-}
-FORBIDDEN_FOR_CORE = ("processes", "supervisor.daemon", "supervisor.control", "supervisor.metrics", "supervisor.cli")
+# The layers of supervisor/, lowest first: the folders (and the two modules below them). A module
+# imports only from its own layer and the ones below; the public modules at the top of the
+# package (the API users write against) may import any layer.
+LAYERS = (
+    "_version",
+    "_errors",
+    "_files",
+    "_core",
+    "_store",
+    "_supervision",
+    "_simulation",
+    "control",
+    "daemon",
+    "cli",
+)
+PUBLIC_MODULES = {"__init__", "__main__", "lowlevel", "testing", "pytest_plugin"}
 
 
-def _imports(path: pathlib.Path) -> set[str]:
+def _layer(module: str) -> str:
+    """The layer of ``supervisor.<module...>`` (its first part)."""
+    return module.split(".")[1] if module.count(".") else "__init__"
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    """The absolute names of the modules ``path`` imports (relative imports resolved)."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    package = parts[:-1]
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = "supervisor." * bool(node.level) + (node.module or "")
-            names.add(base)
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+                names.update(f"{module}.{a.name}" if not node.module else module for a in node.names)
+            else:
+                names.add(node.module or "")
     return names
 
 
-def test_core_layer_imports_nothing_from_above_it() -> None:
-    """Core modules import only each other and libraries: never the daemon, control API,
-    metrics, CLI or process kinds."""
-    for module in CORE_MODULES:
-        imported = _imports(ROOT / "supervisor" / f"{module}.py")
-        bad = {name for name in imported if name.startswith(FORBIDDEN_FOR_CORE)}
-        assert set() == bad, f"{module} imports {bad}"
+def test_every_module_of_supervisor_has_a_layer() -> None:
+    """Each file of supervisor/ is in one of the layers, or is one of the public modules at its
+    top: a new folder or top-level module must be placed before it can be used."""
+    for path in (ROOT / "supervisor").rglob("*.py"):
+        top = path.relative_to(ROOT / "supervisor").parts[0].removesuffix(".py")
+        assert top in LAYERS or top in PUBLIC_MODULES, f"{path.relative_to(ROOT)} is in no layer"
 
 
-def test_every_core_module_is_listed() -> None:
-    """The layering test covers every private module in the core (a new one must be placed)."""
-    present = {p.stem for p in (ROOT / "supervisor").glob("_*.py") if p.stem != "__init__" and p.stem != "__main__"}
-    assert set() == present - CORE_MODULES - LATER_LAYERS - DAEMON_SIDE
+def test_lower_layers_never_import_upper_ones() -> None:
+    """The folders are the layers: nothing imports from a layer above its own, and no layer
+    imports the public top-level modules (``supervisor`` itself, ``lowlevel``) or the process
+    kinds, which are built on them."""
+    rank = {name: index for index, name in enumerate(LAYERS)}
+    for path in (ROOT / "supervisor").rglob("*.py"):
+        here = path.relative_to(ROOT / "supervisor").parts[0].removesuffix(".py")
+        if here in PUBLIC_MODULES:
+            continue
+        for module in _imported_modules(path):
+            if module.startswith("processes"):
+                raise AssertionError(f"{path.relative_to(ROOT)} imports the process kinds ({module})")
+            if not module.startswith("supervisor"):
+                continue
+            there = _layer(module)
+            if there in PUBLIC_MODULES:
+                raise AssertionError(f"{path.relative_to(ROOT)} imports the public module {module}")
+            assert rank[there] <= rank[here], f"{path.relative_to(ROOT)} ({here}) imports {module} ({there})"
 
 
-# Persistence and supervision build on the core; they, too, never import the daemon and above.
-LATER_LAYERS = {
-    "_backup", "_codec", "_sqlite", "_sqlite_file", "_sqlite_sql", "_store_reads", "_store_records", "_store_watch",
-    "_policy", "_supervisor", "_supervisor_spec", "_host", "_retention", "_inspect", "_sim", "_simparts", "_summary",
-}  # fmt: skip
-# Above them: the command line and log configuration (logs.py, cli.py, bench/), not checked here.
-DAEMON_SIDE = {"_config_check", "_config_policy", "_metrics_http", "_systemd"}
-
-
-def test_persistence_and_supervision_import_nothing_from_above() -> None:
-    """The store and the supervisors import only the core, each other and libraries."""
-    for module in LATER_LAYERS:
-        imported = _imports(ROOT / "supervisor" / f"{module}.py")
-        bad = {name for name in imported if name.startswith(FORBIDDEN_FOR_CORE)}
-        assert set() == bad, f"{module} imports {bad}"
+def test_no_module_imports_itself_back_through_another() -> None:
+    """No import circles anywhere in supervisor/, those under TYPE_CHECKING included: each
+    module's imports, followed through the package, never lead back to it."""
+    graph: dict[str, set[str]] = {}
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (ROOT / "supervisor").rglob("*.py")}  # fmt: skip
+    for module, path in files.items():
+        graph[module] = {name for name in _imported_modules(path) if name in files and name != module}
+    for start in graph:
+        seen: set[str] = set()
+        todo = list(graph[start])
+        while todo:
+            module = todo.pop()
+            assert module != start, f"{start} imports itself back through {sorted(seen)}"
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph[module])
 
 
 def test_process_kinds_use_only_the_public_api() -> None:
@@ -160,7 +170,7 @@ def test_the_drawn_hierarchy_is_the_real_one() -> None:
     exceptions of the standalone run monitor derive from Exception and never reach users)."""
     import re
 
-    from supervisor import _exceptions
+    from supervisor import _errors as _exceptions
 
     drawn: dict[str, str] = {}
     parents: list[str] = []
@@ -186,6 +196,6 @@ def test_the_drawn_hierarchy_is_the_real_one() -> None:
         assert classes[name].__mro__[1].__name__ == parent, name
     for path in [*(ROOT / "supervisor").rglob("*.py"), *(ROOT / "processes").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and path.name != "_exceptions.py":
+            if isinstance(node, ast.ClassDef) and path.name != "_errors.py":
                 bases = {ast.unparse(b).rpartition(".")[2] for b in node.bases}
                 assert set() == bases & set(classes), f"{path.relative_to(ROOT)}: {node.name} derives from {bases}"

@@ -9,8 +9,8 @@ from structlog.testing import capture_logs
 
 from processes import CATALOG
 from supervisor import Handle, Host, SupervisorSpec
-from supervisor.config import Config, load
-from supervisor.daemon import child_spec, reload
+from supervisor.daemon.config import Config, load
+from supervisor.daemon.service import child_spec, reload
 
 TICKER = '[[process]]\nname = "{name}"\nkind = "ticker"\n[process.settings]\ninterval = 60.0\n\n'
 
@@ -70,7 +70,7 @@ async def test_a_reload_changes_the_log_level_at_once_and_names_the_daemon_keys_
 
     import structlog
 
-    from supervisor.logs import configure
+    from supervisor.daemon.log import configure
 
     configure("info", json=True, stream=io.StringIO())
     config = write(tmp_path / "statevisor.toml", ["a"])

@@ -131,7 +131,7 @@ def test_a_checkpoint_of_the_first_format_still_loads() -> None:
     """A record written in format 1 (14 fields, before `since` and `schema`) decodes: its since
     is unknown and its schema is 1; a record of an unknown format is refused, naming it."""
     from supervisor import CorruptCheckpoint, decode_record, encode_record, pack, unpack
-    from supervisor._snapshot import ProcessRecord
+    from supervisor._core.snapshot import ProcessRecord
 
     record = ProcessRecord(pid="p", name="p", kind="worker", version=3, phase="main", state={"n": 1}, since=7.0)
     fields = unpack(encode_record(record).blob)

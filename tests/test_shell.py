@@ -332,7 +332,7 @@ async def test_output_with_no_newline_stays_small_in_the_result_and_the_logs(hos
     """5 MB written with no newline, then a progress bar redrawn with \\r: the result's tails
     hold at most tail_lines lines of at most LINE_MAX bytes each (the 5 MB never goes into the
     checkpoint), the redraws are lines as a terminal shows them, and logs() answers in pieces."""
-    from supervisor._logrotation import LINE_MAX
+    from supervisor._files.logrotation import LINE_MAX
 
     script = "head -c 5000000 /dev/zero | tr '\\0' x; printf 'done 1%%\\rdone 50%%\\rdone 100%%' >&2"
     handle = await run(host, {"argv": ["sh", "-c", script], "tail_lines": 4}, name="noline", timeout=60)

@@ -13,6 +13,18 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule, run_state_machine_as_test
 
+from benchmarks.models import (
+    BOOKING_INVARIANTS,
+    Bank,
+    Booking,
+    BuggyBooking,
+    BuggyLedger,
+    Ledger,
+    booking_executors,
+    booking_operation,
+    every_request_resolved,
+    ledger_operation,
+)
 from supervisor import (
     Cast,
     ConfigurationError,
@@ -24,18 +36,6 @@ from supervisor import (
     SimExecutor,
     Simulation,
     SimulationError,
-)
-from supervisor.bench.models import (
-    BOOKING_INVARIANTS,
-    Bank,
-    Booking,
-    BuggyBooking,
-    BuggyLedger,
-    Ledger,
-    booking_executors,
-    booking_operation,
-    every_request_resolved,
-    ledger_operation,
 )
 from supervisor.testing import SimulationStateMachine
 

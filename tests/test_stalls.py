@@ -11,7 +11,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from supervisor import Cast, Context, Input, LoopWatchdog, Machine, Runtime
-from supervisor.metrics import WatchdogCollector
+from supervisor.daemon.metrics import WatchdogCollector
 from tests.helpers import wait_until
 
 

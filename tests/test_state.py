@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor import StateMutationError, StateTypeError
-from supervisor._state import Journal, TrackedDict, TrackedList, check_value, new_state, pack, unpack
+from supervisor._core.state import Journal, TrackedDict, TrackedList, check_value, new_state, pack, unpack
 
 
 class Level(IntEnum):

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import supervisor._retention
+import supervisor._supervision.retention
 from supervisor import (
     Call,
     Cast,
@@ -225,7 +225,7 @@ async def test_an_effect_free_commit_whose_group_commit_failed_is_written_once_t
     crash hours later to lose."""
     from structlog.testing import capture_logs
 
-    import supervisor._sqlite as sqlite_module
+    import supervisor._store.sqlite as sqlite_module
 
     monkeypatch.setattr(sqlite_module, "DIRTY_RETRY_SECONDS", 0.05)
     db = tmp_path / "s.db"
@@ -334,7 +334,7 @@ async def test_periodic_pruning_outlives_a_failed_prune() -> None:
         return 0
 
     with capture_logs() as logs:
-        task = asyncio.create_task(supervisor._retention.prune_periodically(prune, 0.001))
+        task = asyncio.create_task(supervisor._supervision.retention.prune_periodically(prune, 0.001))
         await wait_until(lambda: calls >= 3)
         task.cancel()
     assert ["prune_failed"] == [e["event"] for e in logs]
@@ -344,7 +344,7 @@ async def test_periodic_pruning_outlives_a_failed_prune() -> None:
 def test_the_prune_interval_is_a_tenth_of_the_retention_within_bounds() -> None:
     """Pruning runs every tenth of the retention, never more often than each second nor less
     often than each hour: a record outlives its retention by 10% at most."""
-    interval = supervisor._retention.prune_interval
+    interval = supervisor._supervision.retention.prune_interval
     assert 1.0 == interval(0.0)
     assert 60.0 == interval(600.0)
     assert 3600.0 == interval(7 * 86_400.0)
@@ -379,7 +379,7 @@ async def test_prune_goes_in_batches_oldest_first_and_deletes_a_corrupt_ended_re
     assert 4 == await store.delete_ended([*expired.pids, "live"])
     assert await store.get("live") is not None
 
-    monkeypatch.setattr(supervisor._retention, "PRUNE_BATCH", 4)
+    monkeypatch.setattr(supervisor._supervision.retention, "PRUNE_BATCH", 4)
     assert 6 == await host.prune()  # 4, then 2: the rest, in one call of the host
     assert all([await store.get(f"c{i}") is None for i in range(10)])
     assert await store.get("live") is not None
@@ -669,9 +669,9 @@ async def test_the_write_ahead_log_is_cut_back_after_a_burst(tmp_path: Path, mon
     """SQLite keeps its write-ahead log file at its high-water mark; the store caps what stays
     on disk once a burst is checkpointed (WAL_SIZE_LIMIT, small here), so a burst of large
     checkpoints does not leave a log file that size for as long as the daemon runs."""
-    import supervisor._sqlite_file
+    import supervisor._store.sqlite_file
 
-    monkeypatch.setattr(supervisor._sqlite_file, "WAL_SIZE_LIMIT", 1 << 20)
+    monkeypatch.setattr(supervisor._store.sqlite_file, "WAL_SIZE_LIMIT", 1 << 20)
     path = tmp_path / "s.db"
     store = await SQLiteStore.open(str(path))
     try:

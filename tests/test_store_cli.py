@@ -86,7 +86,7 @@ async def test_a_backup_made_while_the_host_writes_is_a_whole_store_that_loads(t
     import asyncio
 
     from supervisor import SQLiteStore
-    from supervisor._backup import backup
+    from supervisor._store.backup import backup
     from tests.machines import Counter
 
     db, copy = tmp_path / "s.db", tmp_path / "backups" / "s.backup.db"
@@ -136,7 +136,7 @@ def test_backup_from_the_command_line_and_its_errors(tmp_path: Path) -> None:
     target directory that does not exist exits 3 naming the path, and writes nothing."""
     db = tmp_path / "s.db"
     with sqlite3.connect(db) as setup:
-        from supervisor._sqlite_sql import SCHEMA
+        from supervisor._store.schema import SCHEMA
 
         setup.executescript(SCHEMA)
     done = cli("store", "backup", "--store", str(db), "--to", str(tmp_path / "b.db"), "--json")

@@ -14,22 +14,22 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-import supervisor._sqlite
+import supervisor._store.sqlite
 from supervisor import Host, SQLiteStore, StoreLocked
-from supervisor._sqlite_file import take_ownership
-from supervisor.metrics import registry_for
+from supervisor._store.sqlite_file import take_ownership
+from supervisor.daemon.metrics import registry_for
 from tests.helpers import file_size, wait_until
 from tests.machines import Counter
 
 
 @pytest.fixture(autouse=True)
 def quick_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(supervisor._sqlite, "WATCH_INTERVAL", 0.05)
+    monkeypatch.setattr(supervisor._store.sqlite, "WATCH_INTERVAL", 0.05)
 
 
 def stored(path: Path) -> dict[str, int]:
     """The live processes' counts in the file at ``path``, read by a connection of its own."""
-    from supervisor._codec import decode_record
+    from supervisor._core.codec import decode_record
 
     with sqlite3.connect(path) as reader:
         rows = reader.execute("SELECT pid, record FROM processes WHERE ended IS NULL").fetchall()
@@ -120,7 +120,7 @@ async def test_a_replaced_store_file_is_left_alone_and_reported_once(tmp_path: P
     assert "stop it and put the right file back" in replaced[0]["note"]
     assert before == db.read_bytes()
     assert "store_file_replaced" == host.summary().store_problem
-    from supervisor.commands import _status_lines
+    from supervisor.cli.commands import _status_lines
 
     lines = _status_lines(host.summary(), "here", 0.0)
     assert any("store PROBLEM: store_file_replaced" in line for line in lines)
@@ -232,7 +232,7 @@ async def test_pruned_space_goes_back_to_the_file_system(tmp_path: Path) -> None
 async def test_a_store_made_before_keeps_its_free_pages_and_says_how_many(tmp_path: Path) -> None:
     """A store made before incremental auto-vacuum cannot give pages back without a VACUUM:
     it works as before, reuses its free pages, and reports them (free_bytes)."""
-    from supervisor._sqlite_sql import SCHEMA, SCHEMA_VERSION
+    from supervisor._store.schema import SCHEMA, SCHEMA_VERSION
 
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as old:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from supervisor import Host, ProcessFailed, TransitionError
-from supervisor._summary import HostSummary, KindCounts, SlotCounts
-from supervisor.commands import _status_lines
+from supervisor._supervision.summary import HostSummary, KindCounts, SlotCounts
+from supervisor.cli.commands import _status_lines
 from supervisor.control import Client, ControlServer
 from tests.helpers import wait_until
 from tests.machines import Counter, Slow, Worker
@@ -171,8 +171,8 @@ async def test_status_of_a_daemon_from_before_summary_counts_a_listing_and_says_
     """After an upgrade of the package under a running daemon, status still answers: a daemon
     that does not know ``summary`` gets its processes counted from a listing, and status says
     the daemon is older."""
-    from supervisor.cli import build_parser
-    from supervisor.commands import _operate, target
+    from supervisor.cli.commands import _operate, target
+    from supervisor.cli.main import build_parser
     from supervisor.control._ops import OPS
 
     monkeypatch.delitem(OPS, "summary")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor._systemd import SystemdNotifier
+from supervisor.daemon.systemd import SystemdNotifier
 from tests.test_daemon import ROOT, Daemon, daemon, kill_if_running
 
 __all__ = ["daemon"]  # the fixture, used by name

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from supervisor._waiters import Condition, Conditions, WaitQueue
+from supervisor._core.waiters import Condition, Conditions, WaitQueue
 
 
 async def settle() -> None:

@@ -283,7 +283,7 @@ def _spawn_monitor(runs: Path, log: Path, stdout: int) -> int:
     argv = [sys.executable, _SCRIPT, str(runs)]
     given = open_files_for_children()
     if given is not None:
-        argv.append(str(given))  # the monitor gives it back to the commands (see supervisor._open_files)
+        argv.append(str(given))  # the monitor gives it back to the commands (see supervisor._files.open_files)
     try:
         return os.posix_spawn(
             sys.executable,

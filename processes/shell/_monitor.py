@@ -107,7 +107,7 @@ def _give_back_open_files(soft: int) -> None:
 def main(argv: list[str], ready: Callable[[str], None] | None = None) -> int:
     """Serve ``argv[0]`` (the run directory). Prints ``ready`` once listening, or ``busy``
     when another monitor holds the directory. ``argv[1]``, when given, is the soft limit on
-    open files for the commands (see ``supervisor._open_files``)."""
+    open files for the commands (see ``supervisor._files.open_files``)."""
     if len(argv) > 1:
         _give_back_open_files(int(argv[1]))
     runs = os.path.abspath(argv[0])

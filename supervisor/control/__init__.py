@@ -1,6 +1,6 @@
 """The control API: a versioned msgpack protocol over a unix socket, its server and client."""
 
-from .._exceptions import ConnectionDenied, ProtocolError, RemoteError
+from .._errors import ConnectionDenied, ProtocolError, RemoteError
 from ._client import Client
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION
 from ._remote import RemoteHandle

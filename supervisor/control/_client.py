@@ -20,11 +20,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
-from .. import _exceptions as errors
-from .._exceptions import ConnectionDenied, DaemonNotAnswering, ProtocolError, RemoteError
-from .._lifecycle import Lifecycle
-from .._snapshot import Snapshot
-from .._summary import HostSummary
+from .. import _errors as errors
+from .._core.lifecycle import Lifecycle
+from .._core.snapshot import Snapshot
+from .._errors import ConnectionDenied, DaemonNotAnswering, ProtocolError, RemoteError
+from .._supervision.summary import HostSummary
 from ._protocol import PROTOCOL_VERSION, encode, read_frame
 from ._remote import RemoteHandle, snapshot_of
 

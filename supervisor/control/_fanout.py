@@ -17,12 +17,12 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from .._exceptions import ProtocolError
-from .._snapshot import Snapshot
+from .._core.snapshot import Snapshot
+from .._errors import ProtocolError
 from ._protocol import encode_item
 
 if TYPE_CHECKING:
-    from .._process import Process
+    from .._core.process import Process
 
 PUSH_BUDGET = 10_000
 """Pushes a second, over all remote watchers, above which the pace slows (see ``pace``)."""

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack  # type: ignore[import-untyped]
 
-from .._exceptions import ProtocolError
-from .._handle import Handle
-from .._host import Host
-from .._lifecycle import DriveMode, Lifecycle
-from .._snapshot import Snapshot
-from .._state import pack
+from .._core.handle import Handle
+from .._core.lifecycle import DriveMode, Lifecycle
+from .._core.snapshot import Snapshot
+from .._core.state import pack
+from .._errors import ProtocolError
+from .._supervision.node import Host
 from ._protocol import MAX_FRAME, encode_item
 
 if TYPE_CHECKING:

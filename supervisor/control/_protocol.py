@@ -22,8 +22,8 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from .._exceptions import ProtocolError
-from .._state import pack, unpack
+from .._core.state import pack, unpack
+from .._errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20

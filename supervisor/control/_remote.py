@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from .._lifecycle import Lifecycle
-from .._snapshot import ProcessStatistics, Snapshot
+from .._core.lifecycle import Lifecycle
+from .._core.snapshot import ProcessStatistics, Snapshot
 
 if TYPE_CHECKING:
     from ._client import Client

@@ -20,9 +20,9 @@ from typing import Any
 
 import structlog
 
-from .._exceptions import ConfigurationError, ProcessNotFound, ProtocolError, StatevisorError
-from .._handle import Handle
-from .._host import Host
+from .._core.handle import Handle
+from .._errors import ConfigurationError, ProcessNotFound, ProtocolError, StatevisorError
+from .._supervision.node import Host
 from ._fanout import WatchFanout
 from ._ops import OPS, Op, argument, encoded_snapshot
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_frame
@@ -316,7 +316,7 @@ class _Connection:
                 self.close()
                 return
             self.greeted = True
-            from .. import __version__
+            from .._version import __version__
 
             await self.send(
                 {"id": request_id, "ok": True, "result": {"version": PROTOCOL_VERSION, "server": __version__}}

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from .._file_identity import FileFate, FileIdentity, fate, identity_at
+from .._files.identity import FileFate, FileIdentity, fate, identity_at
 
 log = structlog.get_logger("statevisor.control")
 

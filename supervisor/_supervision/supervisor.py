@@ -1,0 +1,378 @@
+"""Supervisors: a tree of children (processes or other supervisors) restarted by policy.
+
+The decisions come from :mod:`._policy` (plain functions); this module watches children, applies
+the decisions and does the waiting. Restart delays run on the runtime clock, so a
+:class:`ManualClock` makes backoff tests take no real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .._core.clock import TimerHandle
+from .._core.handle import Handle
+from .._core.lifecycle import Lifecycle
+from .._core.snapshot import Snapshot
+from .._errors import ConfigurationError, ProcessNotFound, StatevisorError
+from .policy import RestartWindow, affected, should_restart, start_order
+from .spec import ChildSpec, SupervisorSpec, SupervisorState, SupervisorStatistics
+
+if TYPE_CHECKING:
+    from .node import Host
+
+log = structlog.get_logger("statevisor.supervisor")
+
+
+def _how_it_ended(handle: Handle, ended: Snapshot) -> dict[str, Any]:
+    """The error and the kind's own end details (a command's exit code) of an ended process."""
+    how: dict[str, Any] = {"error": ended.error} if ended.error else {}
+    process = handle._process
+    try:
+        how.update(process.machine.end_details(process.state_for_logs()))
+    except Exception as exc:  # a kind's bug must not stop a restart decision
+        how["end_details_failed"] = repr(exc)
+    return how
+
+
+class _Child:
+    __slots__ = (
+        "given_up", "handle", "on_purpose", "pending_restart", "running", "since", "spec", "streak", "sub", "watcher",
+        "window",
+    )  # fmt: skip
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.handle: Handle | None = None
+        self.sub: Supervisor | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.on_purpose = False
+        self.running = asyncio.Event()
+        self.since = 0.0
+        self.streak = 0  # restarts in a row (for backoff)
+        self.pending_restart: TimerHandle | None = None
+        self.window: RestartWindow | None = None
+        self.given_up = False
+        self.reset_budget()
+
+    def reset_budget(self) -> None:
+        """Count this child's own restarts afresh (at its creation, and when an operator
+        starts it again after it was given up)."""
+        self.window = RestartWindow(self.spec.budget) if self.spec.budget is not None else None
+
+    @property
+    def alive(self) -> bool:
+        if self.sub is not None:
+            return self.sub.state is SupervisorState.RUNNING
+        return self.handle is not None and not self.handle.done()
+
+
+class Supervisor:
+    """Starts children in dependency order, restarts them by policy, stops them in reverse."""
+
+    def __init__(self, host: Host, spec: SupervisorSpec, *, parent: Supervisor | None = None) -> None:
+        self.host = host
+        self.spec = spec
+        self.parent = parent
+        self.path: str = f"{parent.path}/{spec.name}" if parent else spec.name
+        names = [c.name for c in spec.children]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"supervisor {self.path}: child names repeat: {sorted(names)}")
+        self.order = start_order({c.name: c.depends_on for c in spec.children})
+        self._children = {c.name: _Child(c) for c in spec.children}
+        self._window = RestartWindow(spec.budget)
+        self._rng = random.Random(self.path)
+        self.state = SupervisorState.CREATED
+        self._ended = asyncio.Event()
+        self._restarting: set[asyncio.Task[None]] = set()
+        self.failure: str | None = None  # why it failed, once it has
+        self.restarts = 0
+
+    # --- starting ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every child once the children it depends on are running."""
+        self.state = SupervisorState.RUNNING
+        for name in self.order:
+            child = self._children[name]
+            for dependency in child.spec.depends_on:
+                await self._children[dependency].running.wait()
+            await self._start_child(child)
+
+    async def _start_child(self, child: _Child) -> None:
+        if self.state is not SupervisorState.RUNNING:
+            return
+        spec = child.spec
+        child.on_purpose = False
+        child.since = self.host.runtime.clock.now()
+        if spec.supervisor is not None:
+            child.sub = Supervisor(self.host, spec.supervisor, parent=self)
+            await child.sub.start()
+        else:
+            assert spec.machine is not None
+            adopted = self.host.adopt(self.path, spec.name)
+            if adopted is not None:
+                child.handle = adopted
+            else:
+                child.handle = await self.host.spawn(
+                    spec.machine,
+                    spec.state,
+                    name=f"{self.path}/{spec.name}",
+                    mode=spec.mode,
+                    meta={"supervisor": self.path, "child": spec.name},
+                )
+            # Dependents start once this child has committed its start (or its restore).
+            await child.handle._process.wait_ready()
+        child.running.set()
+        child.watcher = asyncio.get_running_loop().create_task(self._watch(child))
+        child.watcher.add_done_callback(self._task_done)
+
+    async def _watch(self, child: _Child) -> None:
+        how: dict[str, Any] = {}
+        if child.sub is not None:
+            await child.sub._ended.wait()
+            outcome = Lifecycle.FAILED if child.sub.state is SupervisorState.FAILED else Lifecycle.FINISHED
+            if child.sub.failure:
+                how["error"] = child.sub.failure
+        else:
+            assert child.handle is not None
+            ended = await child.handle.wait()
+            outcome = ended.lifecycle
+            how = _how_it_ended(child.handle, ended)
+        child.running.clear()
+        self._child_ended(child, outcome, how)
+
+    # --- deciding ------------------------------------------------------------------------
+
+    def _child_ended(self, child: _Child, outcome: Lifecycle, how: Mapping[str, Any] | None = None) -> None:
+        """``how``: what the log says of the end beside its outcome (the error, a command's
+        exit code: the kind's ``Machine.end_details``)."""
+        if self.state is not SupervisorState.RUNNING:
+            return
+        how = how or {}
+        name = child.spec.name
+        if not should_restart(child.spec.restart, outcome, child.on_purpose):
+            log.info("child_ended", supervisor=self.path, child=name, outcome=str(outcome), **how)
+            return
+        now = self.host.runtime.clock.now()
+        if child.window is not None and not child.window.allow(now):
+            child.given_up = True
+            log.error(
+                "child_given_up", supervisor=self.path, child=name, outcome=str(outcome), **how,
+                budget=str(child.spec.budget),
+            )  # fmt: skip
+            return
+        if not self._window.allow(now):
+            budget = self.spec.budget
+            log.error("restart_budget_exceeded", supervisor=self.path, child=name, **how, budget=str(budget))
+            self._fail_soon(f"restart budget exceeded ({budget.max_restarts} in {budget.period:g} s)")
+            return
+        backoff = child.spec.backoff or self.spec.backoff
+        child.streak = 1 if now - child.since >= backoff.reset_after else child.streak + 1
+        delay = backoff.delay(child.streak, self._rng)
+        names = affected(self.spec.strategy, self.order, name)
+        # The budget as used so far, the child's own where it has one: how close to giving up.
+        window, budget = self._window, self.spec.budget
+        if child.window is not None and child.spec.budget is not None:
+            window, budget = child.window, child.spec.budget
+        log.warning(
+            "child_restarting",
+            supervisor=self.path,
+            child=name,
+            outcome=str(outcome),
+            **how,
+            restarts=names,
+            delay=round(delay, 3),
+            budget=f"{len(window)} of {budget}",
+        )
+        when = now + delay
+        child.pending_restart = self.host.runtime.clock.call_at(when, lambda: self._spawn_task(self._restart(names)))
+
+    def _spawn_task(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._restarting.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A watcher or restart ended. One that raised is a bug in deciding or restarting: this
+        supervisor can no longer be trusted to supervise, so it fails, as an OTP supervisor
+        crashes, and its parent decides (a dead task would have stopped supervision silently)."""
+        self._restarting.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        what = getattr(task.get_coro(), "__qualname__", task.get_name())
+        log.error("supervisor_task_failed", supervisor=self.path, task=what, error=repr(error))
+        if self.state is SupervisorState.RUNNING:
+            self._fail_soon(f"{what} raised {error!r}")
+
+    def _fail_soon(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+            self._spawn_task(self._escalate())
+
+    async def _restart(self, names: list[str]) -> None:
+        if self.state is not SupervisorState.RUNNING:
+            return
+        streaks = {n: self._children[n].streak for n in names}
+        for name in reversed(names):
+            await self._stop_child(self._children[name], reason="restarting by strategy")
+        for name in names:
+            child = self._children[name]
+            child.pending_restart = None
+            for dependency in child.spec.depends_on:
+                await self._children[dependency].running.wait()
+            # Counted before the start, which the child may finish (new pid, first transition)
+            # before this coroutine resumes: an observer must not see it restarted, uncounted.
+            self.restarts += 1
+            self.host.restarts += 1  # the tree's count survives this supervisor's replacement
+            try:
+                await self._start_child(child)
+            except StatevisorError as exc:
+                # The start itself failed (a full or locked store cannot take the new process):
+                # a failed run, so the next try comes after the backoff, within the budget. Left
+                # to the task, the child would never be restarted, and nothing would say so.
+                log.error("child_start_failed", supervisor=self.path, child=name, error=str(exc))
+                child.running.clear()
+                self._child_ended(child, Lifecycle.FAILED)
+                return  # the strategy's next restart starts the rest
+            child.streak = streaks[name]
+
+    async def _escalate(self) -> None:
+        await self._stop_all(self.failure or "supervisor failed")
+        self.state = SupervisorState.FAILED
+        self._ended.set()
+
+    # --- stopping ------------------------------------------------------------------------
+
+    async def _stop_child(self, child: _Child, *, reason: str) -> None:
+        child.on_purpose = True
+        if child.pending_restart is not None:
+            child.pending_restart.cancel()
+            child.pending_restart = None
+        if child.sub is not None:
+            await child.sub.stop(reason)
+        elif child.handle is not None and not child.handle.done():
+            await child.handle.kill(reason)
+        if child.watcher is not None:
+            await asyncio.gather(child.watcher, return_exceptions=True)
+        child.running.clear()
+
+    async def stop_child(self, name: str, reason: str = "stopped on purpose") -> None:
+        """Stop one child on purpose: no policy restarts it."""
+        try:
+            child = self._children[name]
+        except KeyError:
+            raise ProcessNotFound(f"supervisor {self.path} has no child {name!r}") from None
+        await self._stop_child(child, reason=reason)
+
+    async def start_child(self, name: str) -> None:
+        """Start a child that was stopped on purpose (or has ended and is not restarted, or was
+        given up)."""
+        try:
+            child = self._children[name]
+        except KeyError:
+            raise ProcessNotFound(f"supervisor {self.path} has no child {name!r}") from None
+        if child.alive:
+            return
+        if child.given_up:  # an operator's start: the child's budget starts afresh
+            child.given_up = False
+            child.reset_budget()
+        await self._start_child(child)
+
+    async def add_child(self, spec: ChildSpec) -> None:
+        """Add a child at run time (configuration reload) and start it once its dependencies run."""
+        if spec.name in self._children:
+            raise ConfigurationError(f"supervisor {self.path} already has a child {spec.name!r}")
+        specs = {n: c.spec.depends_on for n, c in self._children.items()}
+        specs[spec.name] = spec.depends_on
+        order = start_order(specs)  # raises on unknown dependencies or cycles, before any change
+        if spec.machine is not None:
+            self.host.register(spec.machine)
+        child = _Child(spec)
+        self._children[spec.name] = child
+        self.order = order
+        for dependency in spec.depends_on:
+            await self._children[dependency].running.wait()
+        await self._start_child(child)
+
+    async def remove_child(self, name: str, reason: str = "removed from the configuration") -> None:
+        """Stop a child on purpose and forget it (configuration reload)."""
+        await self.stop_child(name, reason)
+        del self._children[name]
+        self.order = [n for n in self.order if n != name]
+
+    async def _stop_all(self, reason: str) -> None:
+        self.state = SupervisorState.STOPPING
+        for name in reversed(self.order):
+            await self._stop_child(self._children[name], reason=reason)
+
+    async def stop(self, reason: str = "supervisor stopping") -> None:
+        """Stop every child in reverse start order; the supervisor ends (on purpose)."""
+        if self.state in (SupervisorState.STOPPED, SupervisorState.FAILED):
+            return
+        await self._stop_all(reason)
+        for task in list(self._restarting):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.state = SupervisorState.STOPPED
+        self._ended.set()
+
+    def detach(self) -> None:
+        """Stop restarting anything (graceful shutdown: the processes are left as they are)."""
+        self.state = SupervisorState.STOPPING
+        for child in self._children.values():
+            if child.pending_restart is not None:
+                child.pending_restart.cancel()
+            if child.watcher is not None:
+                child.watcher.cancel()
+            if child.sub is not None:
+                child.sub.detach()
+        for task in self._restarting:
+            task.cancel()
+
+    async def wait_ended(self) -> SupervisorState:
+        await self._ended.wait()
+        return self.state
+
+    # --- looking --------------------------------------------------------------------------
+
+    def child(self, name: str) -> Handle | Supervisor:
+        entry = self._children.get(name)
+        if entry is None or (entry.handle is None and entry.sub is None):
+            raise ProcessNotFound(f"supervisor {self.path} has no started child {name!r}")
+        return entry.sub if entry.sub is not None else entry.handle  # type: ignore[return-value]
+
+    def children(self) -> dict[str, Handle | Supervisor | None]:
+        return {name: self._children[name].sub or self._children[name].handle for name in self.order}
+
+    def tree(self) -> Iterator[Supervisor]:
+        """This supervisor and the child supervisors running under it, depth first."""
+        yield self
+        for child in self._children.values():
+            if child.sub is not None:
+                yield from child.sub.tree()
+
+    def statistics(self) -> SupervisorStatistics:
+        children = self._children.values()
+        return SupervisorStatistics(
+            children=len(self._children),
+            alive=sum(1 for c in children if c.alive),
+            restarts=self.restarts,
+            pending_restarts=sum(1 for c in children if c.pending_restart is not None),
+            given_up=sum(1 for c in children if c.given_up),
+        )
+
+    def __repr__(self) -> str:
+        alive = sum(1 for c in self._children.values() if c.alive)
+        given_up = sum(1 for c in self._children.values() if c.given_up)
+        return (
+            f"<Supervisor {self.path} {self.state} {self.spec.strategy}: {alive}/{len(self._children)} children "
+            f"alive, {self.restarts} restarts" + (f", {given_up} given up>" if given_up else ">")
+        )

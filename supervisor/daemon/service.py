@@ -1,0 +1,284 @@
+"""``statevisor daemon``: run a Host from a configuration file until told to stop.
+
+What it runs: the configuration, the SQLite store and recovery, the supervised processes it
+declares, metrics on loopback, structured logs written off the loop, bounded graceful shutdown
+on SIGTERM/SIGINT, configuration reload on SIGHUP, task stacks on SIGUSR1, the control socket
+(owner-only), a watchdog of its event loop, systemd's notify protocol, and an open-files limit
+raised for itself (not for the commands it starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from .._core.actions import Executor
+from .._core.machine import Machine
+from .._errors import ConfigError, StatevisorError
+from .._files.open_files import raise_open_files_limit
+from .._files.private import private_directory
+from .._supervision.node import Host
+from .._supervision.spec import ChildSpec, SupervisorSpec
+from .config import Config, DaemonSettings, Kinds, ProcessSettings, load
+from .log import configure, set_level
+from .systemd import SystemdNotifier
+from .watchdog import LoopWatchdog
+
+log = structlog.get_logger("statevisor.daemon")
+
+
+class Catalog(Kinds, Protocol):
+    """The process kinds a daemon runs (``processes.CATALOG``): the daemon knows none itself."""
+
+    @property
+    def kinds(self) -> Mapping[str, type[Machine[Any]]]: ...
+
+    def build(self, config: Config) -> tuple[list[Machine[Any]], dict[str, Executor]]: ...
+
+
+def read_token(path: Path, key: str = "daemon.token_file") -> str:
+    """A TCP token (``key`` names the setting); its file must be private to its owner and the
+    token at least 16 characters (secrets never logged)."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(str(path), key, None, f"must be readable by its owner only (mode {mode:o})")
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise ConfigError(str(path), key, None, "the token must be at least 16 characters")
+    return token
+
+
+def tls_context(settings: DaemonSettings) -> ssl.SSLContext:
+    """The server side of TLS for the daemon's TCP listeners (control and metrics)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigError("", "daemon.tls_cert", None, "tls_cert and tls_key are both needed for TLS")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def check_tokens(settings: DaemonSettings) -> None:
+    """Read every configured token once, so that a bad token file stops the start, named."""
+    if settings.token_file is not None:
+        read_token(settings.token_file)
+    if settings.metrics_token_file is not None:
+        read_token(settings.metrics_token_file, "daemon.metrics_token_file")
+
+
+def tcp_options(config: Config) -> dict[str, Any]:
+    settings = config.daemon
+    if settings.tcp is None or settings.token_file is None:
+        return {}
+    host, _, port = settings.tcp.rpartition(":")
+    tls = tls_context(settings) if settings.tls_cert is not None and settings.tls_key is not None else None
+    return {"tcp": (host.strip("[]"), int(port)), "token": read_token(settings.token_file), "tls": tls}
+
+
+def child_spec(process: ProcessSettings, kinds: Mapping[str, type[Machine[Any]]]) -> ChildSpec:
+    return ChildSpec(
+        process.name,
+        machine=kinds[process.kind],
+        state=dict(process.settings),
+        restart=process.restart,
+        depends_on=process.depends_on,
+        backoff=process.backoff,
+        budget=process.budget,
+    )
+
+
+def build_host(config: Config, catalog: Catalog) -> Host:
+    children = [child_spec(p, catalog.kinds) for p in config.processes]
+    machines, executors = catalog.build(config)
+    return Host(
+        machines=machines,
+        executors=executors,
+        store=str(config.daemon.store),
+        slots=dict(config.daemon.slots),
+        kill_grace=config.daemon.kill_grace,
+        retention=config.daemon.retention_days * 86_400,
+        ended_kept=config.daemon.ended_kept,
+        root=SupervisorSpec(
+            "root",
+            children,
+            strategy=config.supervisor.strategy,
+            budget=config.supervisor.budget,
+            backoff=config.supervisor.backoff,
+        ),
+    )
+
+
+async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status."""
+    from .metrics import start_metrics
+
+    private_directory(config.daemon.store.parent)  # the state directory: its owner's alone
+    systemd = SystemdNotifier.from_environment()  # first: no command started may inherit it
+    check_open_files(config.daemon.max_connections)
+    host = build_host(config, catalog)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    current = [config]
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload(host, current, catalog))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGUSR1, dump_stacks)
+    from ..control import ControlServer
+
+    control: ControlServer | None = None
+    async with contextlib.AsyncExitStack() as running:
+        # Whatever started is stopped again, last first, also when a later step fails to start:
+        # the daemon never exits with its processes half up. The metrics port is taken before
+        # any process starts, since it is the likeliest to be in use already.
+        running.callback(_remove_handlers, loop)
+        pinging = loop.create_task(systemd.keep_alive(), name="systemd-watchdog")
+        running.callback(pinging.cancel)
+        watchdog = LoopWatchdog(loop, host.runtime)
+        watchdog.start()
+        running.callback(watchdog.stop)
+        settings = config.daemon
+        server = start_metrics(
+            host, settings.metrics, lambda: control.connections if control else 0, watchdog,
+            token=read_token(settings.metrics_token_file, "daemon.metrics_token_file")
+            if settings.metrics_token_file else None,
+            tls=tls_context(settings) if settings.metrics_tls else None,
+        )  # fmt: skip
+        running.callback(server.close)
+        report = await host.start()
+        clean: list[bool] = []
+
+        async def shut_down() -> None:
+            clean.append(await host.shutdown(timeout=config.daemon.shutdown_timeout))
+
+        running.push_async_callback(shut_down)
+        private_directory(config.daemon.socket.parent)
+        control = ControlServer(
+            host, str(config.daemon.socket), max_connections=config.daemon.max_connections, **tcp_options(config)
+        )
+        await control.start()
+        running.push_async_callback(control.close)
+        log.info(
+            "daemon_started",
+            config=str(config.path),
+            store=str(config.daemon.store),
+            metrics=config.daemon.metrics,
+            socket=str(config.daemon.socket),
+            revived=report.revived,
+            quarantined=len(report.quarantined),
+            processes=len(host.runtime),
+        )
+        systemd.ready(f"{len(host.runtime)} processes, {report.revived} revived")
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        systemd.stopping()
+        log.info("daemon_stopping", timeout=config.daemon.shutdown_timeout)
+    if clean == [False]:
+        log.error("daemon_stopped", clean=False, note="the store was not closed in time; see store_not_closed")
+        return 1
+    log.info("daemon_stopped")
+    return 0
+
+
+def check_open_files(max_connections: int) -> None:
+    """Raise the open-files limit (see :mod:`._open_files`) and say what it is; warn when it
+    cannot cover ``daemon.max_connections``, before a client meets "too many open files"."""
+    limit = raise_open_files_limit()
+    if limit.error is not None:
+        log.warning("open_files_limit_kept", limit=limit.before, hard=limit.hard, error=limit.error)
+    elif limit.after != limit.before:
+        log.info("open_files_limit_raised", before=limit.before, after=limit.after)
+    if limit.short_of(max_connections):
+        log.warning(
+            "open_files_limit_low",
+            limit=limit.after,
+            max_connections=max_connections,
+            advice="raise the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn) or lower daemon.max_connections",
+        )
+
+
+def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        loop.remove_signal_handler(signum)
+
+
+async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:
+    """Apply a changed configuration: start new processes, stop removed ones, restart changed
+    ones; leave the rest alone. An invalid file is refused and the running configuration kept."""
+    old = current[0]
+    try:
+        new = load(old.path, catalog)
+    except ConfigError as exc:
+        log.error("reload_refused", error=str(exc))
+        return
+    before = {p.name: p for p in old.processes}
+    after = {p.name: p for p in new.processes}
+    removed = [n for n in before if n not in after]
+    changed = [n for n in before if n in after and before[n] != after[n]]
+    added = [n for n in after if n not in before]
+    settings = dataclasses.fields(new.daemon)
+    differ = [f.name for f in settings if getattr(new.daemon, f.name) != getattr(old.daemon, f.name)]
+    if "log_level" in differ:  # the one [daemon] key a running daemon can take at once
+        set_level(new.daemon.log_level)
+        log.info("log_level_changed", before=old.daemon.log_level, after=new.daemon.log_level)
+        differ.remove("log_level")
+    if differ:
+        note = "these [daemon] changes apply at the next start"
+        log.warning("reload_daemon_settings_need_restart", keys=differ, note=note)
+    if new.supervisor != old.supervisor:
+        log.warning("reload_supervisor_settings_need_restart", note="[supervisor] changes apply at the next start")
+    root = host.root
+    for name in reversed(removed + changed):
+        await root.remove_child(name, "removed or changed by a configuration reload")
+    failed: list[str] = []
+    for name in [n for n in after if n in added or n in changed]:
+        try:
+            await root.add_child(child_spec(after[name], catalog.kinds))
+        except StatevisorError as exc:  # e.g. the store cannot take it now: the others still start
+            failed.append(name)
+            log.error("reload_start_failed", child=name, error=str(exc), note="the next SIGHUP tries it again")
+            with contextlib.suppress(StatevisorError):
+                await root.remove_child(name, "its start failed")
+    # What failed to start is left out of the running configuration, so the next reload adds it.
+    current[0] = dataclasses.replace(new, processes=tuple(p for p in new.processes if p.name not in failed))
+    log.info(
+        "reloaded", added=added, removed=removed, changed=changed, unchanged=len(after) - len(added) - len(changed),
+        failed=failed,
+    )  # fmt: skip
+
+
+def dump_stacks() -> None:
+    """Write every task's stack to the log (SIGUSR1): what is everything waiting on?"""
+    import io
+
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        log.info("task_stack", task=task.get_name(), stack=stack.getvalue())
+
+
+def run(config: Config, catalog: Catalog) -> int:
+    sink = configure(config.daemon.log_level, background=True)
+    try:
+        if config.daemon.loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(serve(config, catalog))
+        return asyncio.run(serve(config, catalog))
+    finally:
+        if sink is not None:
+            sink.close()
