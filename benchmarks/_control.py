@@ -8,7 +8,7 @@ import tempfile
 import time
 from typing import Any
 
-from supervisor._supervision.node import Host
+from supervisor._supervision.node import Node
 from supervisor.control import Client, ControlServer
 from supervisor.control._protocol import encode, read_frame
 
@@ -70,7 +70,7 @@ async def rpc(options: BenchOptions) -> BenchResult:
     calls = options.n(1000, minimum=20)
     metrics: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="statevisor-bench-") as directory:
-        host = Host(machines=[_Counter])
+        host = Node(machines=[_Counter])
         await host.start()
         handle = await host.spawn(_Counter, {"n": 0})
         ours = ControlServer(host, os.path.join(directory, "ours.sock"))
@@ -152,7 +152,7 @@ async def watch_fanout(options: BenchOptions) -> BenchResult:
     watchers = options.n(1000, minimum=20)
     seconds = max(0.5, 1.0 * options.scale)
     with tempfile.TemporaryDirectory(prefix="statevisor-bench-") as directory:
-        host = Host(machines=[_Counter])
+        host = Node(machines=[_Counter])
         await host.start()
         watched_handle = await host.spawn(_Counter, {"n": 0})
         alone_handle = await host.spawn(_Counter, {"n": 0})

@@ -15,7 +15,7 @@ from supervisor._core.lifecycle import Lifecycle
 from supervisor._core.snapshot import ProcessRecord
 from supervisor._store.schema import UPSERT
 from supervisor._store.sqlite import SQLiteStore
-from supervisor._supervision.node import Host
+from supervisor._supervision.node import Node
 
 from ._core import _Counter, _Idle
 from ._harness import BenchOptions, BenchResult, median
@@ -45,11 +45,11 @@ async def _durable_rate(
     """
     gc.collect()  # not the collector's work on the garbage an earlier run left behind
     path = os.path.join(directory, f"checkpoint-{time.monotonic_ns()}.db")
-    host = Host(machines=[_Counter], store=path, synchronous="FULL", checkpoint_every_commit=mode == "every")
+    host = Node(machines=[_Counter], store=path, synchronous="FULL", checkpoint_every_commit=mode == "every")
     await host.start()
     handles = [await host.spawn(_Counter, {"n": 0}) for _ in range(processes)]
     store = host.store
-    assert store is not None
+    assert isinstance(store, SQLiteStore)
     if not write:
         _skip_writes(store)
     before = store.statistics()
@@ -201,7 +201,7 @@ async def recovery(options: BenchOptions) -> BenchResult:
             path = os.path.join(directory, f"recovery-{repeat}.db")
             await _fill(path, count)
             raw.append(await asyncio.to_thread(_raw_load, path))
-            host = Host(machines=[_Idle], store=path)
+            host = Node(machines=[_Idle], store=path)
             started = time.perf_counter()
             report = await host.start()
             handles = host.list()
@@ -223,8 +223,8 @@ async def recovery(options: BenchOptions) -> BenchResult:
         },
     )
     result.lines = [
-        f"{count} live processes in the store; time from Host.start() until every one is revived and restored",
+        f"{count} live processes in the store; time from Node.start() until every one is revived and restored",
         "baseline: raw SELECT of the same rows and msgpack decoding of record and state",
-        "shutdown_seconds: Host.shutdown(timeout=10) of them all (the daemon's default bound)",
+        "shutdown_seconds: Node.shutdown(timeout=10) of them all (the daemon's default bound)",
     ]
     return result

@@ -1,6 +1,6 @@
 """Shell scenario: spawn-to-exit throughput of short commands through the whole runtime.
 
-Ours: 2,000 ``/bin/true`` shell processes, 16 in flight, on a Host with its SQLite store (the
+Ours: 2,000 ``/bin/true`` shell processes, 16 in flight, on a Node with its SQLite store (the
 daemon's configuration), on the requested loop (uvloop by default): each is checkpointed,
 started by the run monitor, watched, and its result made durable. The baseline:
 bare ``asyncio.create_subprocess_exec`` with the same concurrency on the stdlib loop (the
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from supervisor._core.actions import TrackedAction
-from supervisor._supervision.node import Host
+from supervisor._supervision.node import Node
 
 from ._harness import BenchOptions, BenchResult, median
 
@@ -50,7 +50,7 @@ async def _ours(directory: str, total: int, concurrency: int) -> float:
     from processes.shell import Shell, executors
 
     gc.collect()  # not the collector's work on the garbage an earlier run left behind
-    host = Host(
+    host = Node(
         machines=[Shell(os.path.join(directory, "logs"))],
         executors=executors(os.path.join(directory, "runs")),
         store=os.path.join(directory, "store.db"),
@@ -133,7 +133,7 @@ async def shell(options: BenchOptions) -> BenchResult:
     )
     result.lines = [
         f"{total} /bin/true runs, {concurrency} in flight, {options.repeats} repeats (medians)",
-        f"ours: shell processes on a Host with its SQLite store, {options.loop} loop, via the run monitor",
+        f"ours: shell processes on a Node with its SQLite store, {options.loop} loop, via the run monitor",
         "baseline: asyncio.create_subprocess_exec on the stdlib loop, in a child interpreter",
         "each run creates its two log files; repeats' files are deleted only after the last one",
         "spawning path: the same runs handed straight to the shell executor and its run monitor (log files",

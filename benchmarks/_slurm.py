@@ -3,7 +3,7 @@
 Starts a throwaway single-node Slurm and sshd on loopback (root and Debian's slurm-wlm, munge,
 openssh-server needed; see processes/batch/loopback.py). The baseline: a plain loop of
 ``sbatch`` over one asyncssh connection, one after another, as a script would do it. Ours: 500
-batch processes on a Host with its SQLite store, each submitting one job. Jobs are submitted
+batch processes on a Node with its SQLite store, each submitting one job. Jobs are submitted
 held (``--hold``) so the measurement is of submission, not of the scheduler running them. Then
 1,000 jobs are tracked for several poll intervals, counting SSH connections and status commands.
 """
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor._supervision.node import Host
+from supervisor._supervision.node import Node
 
 from ._harness import BenchOptions, BenchResult, median
 
@@ -76,7 +76,7 @@ async def slurm(options: BenchOptions) -> BenchResult:
                 made = executors(hosts, Path(directory) / f"state{repeat}")
                 executor = made["batch.submit"]
                 assert isinstance(executor, BatchExecutor)
-                host = Host(
+                host = Node(
                     machines=[BatchJob(hosts)],
                     executors=made,
                     store=os.path.join(directory, f"store{repeat}.db"),

@@ -12,8 +12,7 @@ from typing import Any
 
 from supervisor._core.inputs import ActionFailed, ActionSucceeded, Call, Cast, Control, Input, TimerFired
 from supervisor._core.machine import Context, Machine
-from supervisor._simulation.simparts import SimExecutor
-from supervisor._simulation.simulation import Simulation
+from supervisor._simulation.simulation import SimExecutor, Simulation
 
 State = dict[str, Any]
 

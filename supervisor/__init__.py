@@ -5,6 +5,7 @@ The public API is what this module exports; implementation lives in private modu
 
 from ._core.actions import Executor, ExecutorRegistry, FunctionExecutor, TrackedAction, UntrackedAction
 from ._core.atomic import AtomicValue
+from ._core.checkpointer import Checkpointer
 from ._core.clock import Clock, ManualClock, SystemClock, TimerHandle
 from ._core.codec import FORMAT_VERSION, decode_record, encode_record
 from ._core.diagram import mermaid
@@ -23,7 +24,7 @@ from ._core.inputs import (
 )
 from ._core.lifecycle import DriveMode, ErrorPolicy, Lifecycle
 from ._core.machine import Context, Machine
-from ._core.runtime import Checkpointer, Runtime, RuntimeObserver, RuntimeStatistics
+from ._core.runtime import Runtime, RuntimeObserver, RuntimeStatistics
 from ._core.slots import SlotPool, SlotStatistics
 from ._core.snapshot import ProcessRecord, ProcessStatistics, Snapshot, TimerRecord
 from ._core.state import pack, unpack
@@ -82,15 +83,13 @@ from ._errors import (
 from ._files.logrotation import rotate_log
 from ._files.logtail import follow_lines, tail_lines
 from ._files.open_files import OpenFilesLimit, open_files_for_children, raise_open_files_limit
-from ._simulation.simparts import SimCall, SimExecutor
-from ._simulation.simulation import Invariant, Simulation
+from ._simulation.simulation import Invariant, SimCall, SimExecutor, Simulation
 from ._store.protocol import Quarantined, Recovery, StoreStatistics
 from ._store.sqlite import SQLiteStore
-from ._supervision.node import Host, StartReport
+from ._supervision.node import Node, StartReport
 from ._supervision.policy import Backoff, Budget, Restart, Strategy
-from ._supervision.spec import ChildSpec, SupervisorSpec, SupervisorState, SupervisorStatistics
-from ._supervision.summary import HostSummary, KindCounts, SlotCounts
-from ._supervision.supervisor import Supervisor
+from ._supervision.summary import KindCounts, NodeSummary, SlotCounts
+from ._supervision.supervisor import ChildSpec, Supervisor, SupervisorSpec, SupervisorState, SupervisorStatistics
 from ._version import __version__
 from .daemon.watchdog import LoopWatchdog
 
@@ -152,7 +151,7 @@ __all__ = [
     "FunctionExecutor",
     "Handle",
     "HandleAPI",
-    "Host",
+    "Node",
     "IllegalLifecycleMove",
     "IllegalPhaseChange",
     "Input",
@@ -171,7 +170,7 @@ __all__ = [
     "ProcessPaused",
     "ProcessRecord",
     "ProcessStatistics",
-    "HostSummary",
+    "NodeSummary",
     "KindCounts",
     "SlotCounts",
     "ProcessTerminated",

@@ -16,7 +16,7 @@ from typing import Any
 
 import uvloop
 
-from supervisor import ActionSucceeded, Context, Control, Host, Input, Lifecycle, Machine, TimerFired, TrackedAction
+from supervisor import ActionSucceeded, Context, Control, Input, Lifecycle, Machine, Node, TimerFired, TrackedAction
 
 
 class Stepper(Machine[dict[str, Any]]):
@@ -96,7 +96,7 @@ class EffectLog:
 async def main(store: str, effects: str, count: int, steps: int, seed: int) -> None:
     log = EffectLog(effects, seed)
     await log.start()
-    host = Host(machines=[Stepper(steps)], executors={"effect": log}, store=store, kill_grace=1.0)
+    host = Node(machines=[Stepper(steps)], executors={"effect": log}, store=store, kill_grace=1.0)
     await host.start()
     handles = {h.pid: h for h in host.list(kind="stepper")}
     assert host.store is not None

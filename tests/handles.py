@@ -1,22 +1,22 @@
 """Where the handle suite's handles come from: the same tests run on in-process handles and on
-remote ones (a control server on a unix socket over the same Host, a client in the same loop)."""
+remote ones (a control server on a unix socket over the same Node, a client in the same loop)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from supervisor import DriveMode, HandleAPI, Host, Machine
+from supervisor import DriveMode, HandleAPI, Machine, Node
 from supervisor.control import Client, ControlServer
 
 
 class HandleSource:
-    """Spawns processes on a Host and hands out in-process or remote handles to them."""
+    """Spawns processes on a Node and hands out in-process or remote handles to them."""
 
     def __init__(self, remote: bool, directory: Path) -> None:
         self.remote = remote
         self.directory = directory
-        self._host: Host | None = None
+        self._host: Node | None = None
         self._server: ControlServer | None = None
         self._client: Client | None = None
 
@@ -27,8 +27,8 @@ class HandleSource:
         nudge_buffer: int = 64,
         mailbox_size: int = 1024,
         kill_grace: float = 5.0,
-    ) -> Host:
-        host = Host(executors=executors, kill_grace=kill_grace)
+    ) -> Node:
+        host = Node(executors=executors, kill_grace=kill_grace)
         host.runtime.nudge_buffer = nudge_buffer
         host.runtime.mailbox_size = mailbox_size
         await host.start()

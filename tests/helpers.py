@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supervisor import Handle, HandleAPI, ProcessStatistics, Snapshot
+from supervisor import Handle, HandleAPI, Node, ProcessStatistics, Snapshot, SQLiteStore
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -94,3 +94,9 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return cert, key
+
+
+def sqlite_store(node: Node) -> SQLiteStore:
+    """The SQLite store a node opened from its path (for tests that reach into it)."""
+    assert isinstance(node.store, SQLiteStore), node.store
+    return node.store

@@ -16,7 +16,7 @@ import pytest
 
 from processes.batch import BatchExecutor, parse_hosts
 from processes.batch._transport import SSHTransport
-from supervisor import Host, HostUnreachable, Lifecycle
+from supervisor import HostUnreachable, Lifecycle, Node
 from tests.helpers import wait_until
 from tests.hpc import Cluster, Sshd, batch_host, spawn_job, wait_for
 
@@ -112,7 +112,7 @@ async def gateway(cluster: Cluster, root: Path, extra: str = "") -> AsyncIterato
         sshd.stop()
 
 
-def jumped_host(cluster: Cluster, jump: Sshd, tmp_path: Path) -> tuple[Host, BatchExecutor]:
+def jumped_host(cluster: Cluster, jump: Sshd, tmp_path: Path) -> tuple[Node, BatchExecutor]:
     tables = {
         "gateway": {
             "address": "127.0.0.1",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from processes.batch import BatchExecutor
-from supervisor import Host, Lifecycle
+from supervisor import Lifecycle, Node
 from tests.helpers import wait_until
 from tests.hpc import Cluster, batch_host, spawn_job
 from tests.services.sge import GridEngine
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.uvloop_only
 @pytest.fixture
 async def sge_host(
     cluster: Cluster, grid_engine: GridEngine, tmp_path: Path
-) -> AsyncIterator[tuple[Host, BatchExecutor]]:
+) -> AsyncIterator[tuple[Node, BatchExecutor]]:
     # The cell's SGE_ROOT/SGE_CELL/ports reach qsub and qstat the way a site's would: the
     # host's env, set on the remote side of every command.
     table = cluster.host_table(scheduler="sge", env=grid_engine.env, poll_interval=0.5)
@@ -33,7 +33,7 @@ async def sge_host(
 
 
 async def test_an_sge_job_runs_to_completion_with_its_exit_code(
-    sge_host: tuple[Host, BatchExecutor], cluster: Cluster
+    sge_host: tuple[Node, BatchExecutor], cluster: Cluster
 ) -> None:
     """qsub -terse gives the job number; qstat -xml follows it; once it leaves qstat the status
     file gives exit code 0 and the output is in the work directory."""
@@ -48,7 +48,7 @@ async def test_an_sge_job_runs_to_completion_with_its_exit_code(
     assert executor.transport("grid").commands["qsub"] == 1
 
 
-async def test_an_sge_job_that_exits_3_fails_its_process(sge_host: tuple[Host, BatchExecutor]) -> None:
+async def test_an_sge_job_that_exits_3_fails_its_process(sge_host: tuple[Node, BatchExecutor]) -> None:
     """A non-zero exit (qstat does not say it; the status file does) fails the process with it."""
     host, _ = sge_host
     handle = await spawn_job(host, ["sh", "-c", "exit 3"], on="grid")
@@ -58,7 +58,7 @@ async def test_an_sge_job_that_exits_3_fails_its_process(sge_host: tuple[Host, B
 
 
 async def test_pause_holds_a_pending_sge_job_and_resume_releases_it(
-    sge_host: tuple[Host, BatchExecutor], grid_engine: GridEngine
+    sge_host: tuple[Node, BatchExecutor], grid_engine: GridEngine
 ) -> None:
     """A job that may not start for ten minutes (qsub -a) is pending; pausing its process puts
     a user hold on it (qstat state hqw), resuming takes the hold off (qw again)."""
@@ -82,7 +82,7 @@ async def test_pause_holds_a_pending_sge_job_and_resume_releases_it(
 
 
 async def test_killing_processes_deletes_their_sge_jobs(
-    sge_host: tuple[Host, BatchExecutor], grid_engine: GridEngine
+    sge_host: tuple[Node, BatchExecutor], grid_engine: GridEngine
 ) -> None:
     """Five running sleep jobs: killing their processes qdel's them, and Grid Engine lists none
     of them afterwards."""

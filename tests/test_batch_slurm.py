@@ -12,19 +12,19 @@ from typing import Any
 import pytest
 
 from processes.batch import BatchExecutor
-from supervisor import Host, Lifecycle
+from supervisor import Lifecycle, Node
 from tests.helpers import wait_until
 from tests.hpc import Cluster, batch_host, spawn_job
 
 pytestmark = pytest.mark.uvloop_only
 
 
-def make_host(cluster: Cluster, tmp_path: Path, **overrides: Any) -> tuple[Host, BatchExecutor]:
+def make_host(cluster: Cluster, tmp_path: Path, **overrides: Any) -> tuple[Node, BatchExecutor]:
     return batch_host({"cluster": cluster.host_table(**overrides)}, tmp_path)
 
 
 @pytest.fixture
-async def slurm_host(cluster: Cluster, tmp_path: Path) -> AsyncIterator[tuple[Host, BatchExecutor]]:
+async def slurm_host(cluster: Cluster, tmp_path: Path) -> AsyncIterator[tuple[Node, BatchExecutor]]:
     host, executor = make_host(cluster, tmp_path)
     await host.start()
     yield host, executor
@@ -32,7 +32,7 @@ async def slurm_host(cluster: Cluster, tmp_path: Path) -> AsyncIterator[tuple[Ho
 
 
 async def test_a_job_runs_to_completion_with_its_exit_code(
-    slurm_host: tuple[Host, BatchExecutor], cluster: Cluster
+    slurm_host: tuple[Node, BatchExecutor], cluster: Cluster
 ) -> None:
     """A job submitted over SSH finishes its process with the job id, state and exit code;
     its output is in the work directory."""
@@ -47,7 +47,7 @@ async def test_a_job_runs_to_completion_with_its_exit_code(
     assert executor.transport("cluster").connections == 1
 
 
-async def test_a_failing_job_fails_its_process_with_the_exit_code(slurm_host: tuple[Host, BatchExecutor]) -> None:
+async def test_a_failing_job_fails_its_process_with_the_exit_code(slurm_host: tuple[Node, BatchExecutor]) -> None:
     """Exit code 3 (read from the status file once squeue forgets the job) fails the process."""
     host, _ = slurm_host
     handle = await spawn_job(host, ["sh", "-c", "exit 3"])
@@ -57,7 +57,7 @@ async def test_a_failing_job_fails_its_process_with_the_exit_code(slurm_host: tu
     assert done.state["job_state"] == "failed"
 
 
-async def test_a_script_with_its_own_interpreter_runs(slurm_host: tuple[Host, BatchExecutor], cluster: Cluster) -> None:
+async def test_a_script_with_its_own_interpreter_runs(slurm_host: tuple[Node, BatchExecutor], cluster: Cluster) -> None:
     """``script`` text with a #! line runs under that interpreter, in the work directory."""
     host, _ = slurm_host
     handle = await host.spawn(
@@ -70,7 +70,7 @@ async def test_a_script_with_its_own_interpreter_runs(slurm_host: tuple[Host, Ba
 
 
 async def test_200_jobs_share_one_connection_and_one_status_command_per_poll(
-    slurm_host: tuple[Host, BatchExecutor], cluster: Cluster
+    slurm_host: tuple[Node, BatchExecutor], cluster: Cluster
 ) -> None:
     """200 processes submit 200 jobs over one SSH connection; every poll is one squeue for all
     tracked jobs; every job runs exactly once (counted by name in Slurm's records)."""
@@ -89,7 +89,7 @@ async def test_200_jobs_share_one_connection_and_one_status_command_per_poll(
 
 
 async def test_killing_50_processes_cancels_their_jobs(
-    slurm_host: tuple[Host, BatchExecutor], cluster: Cluster
+    slurm_host: tuple[Node, BatchExecutor], cluster: Cluster
 ) -> None:
     """Kill cancels each process's job in Slurm (scancel), whether it is pending or running."""
     host, _ = slurm_host
@@ -106,7 +106,7 @@ async def test_killing_50_processes_cancels_their_jobs(
 
 
 async def test_pause_holds_a_pending_job_and_resume_releases_it(
-    slurm_host: tuple[Host, BatchExecutor], cluster: Cluster
+    slurm_host: tuple[Node, BatchExecutor], cluster: Cluster
 ) -> None:
     """Pausing a process whose job is pending holds the job (JobHeldUser); resuming releases it."""
     host, _ = slurm_host
@@ -225,7 +225,7 @@ async def test_a_frozen_sshd_mid_submission_submits_every_job_exactly_once(clust
         await host.shutdown(timeout=10)
 
 
-async def test_jobs_survive_a_slurmctld_restart(slurm_host: tuple[Host, BatchExecutor], cluster: Cluster) -> None:
+async def test_jobs_survive_a_slurmctld_restart(slurm_host: tuple[Node, BatchExecutor], cluster: Cluster) -> None:
     """slurmctld restarts while jobs are tracked: the failed polls are retried and every job
     completes; none is submitted twice."""
     host, executor = slurm_host
@@ -240,7 +240,7 @@ async def test_jobs_survive_a_slurmctld_restart(slurm_host: tuple[Host, BatchExe
 
 
 async def test_files_are_staged_up_and_down_with_their_checksums(
-    slurm_host: tuple[Host, BatchExecutor], tmp_path: Path
+    slurm_host: tuple[Node, BatchExecutor], tmp_path: Path
 ) -> None:
     """stage_in uploads before submission, stage_out downloads after the end (SFTP, size and
     SHA-256 checked); the job sees and writes the files in its work directory."""
@@ -263,7 +263,7 @@ async def test_files_are_staged_up_and_down_with_their_checksums(
 
 
 async def test_a_cancel_during_an_in_flight_submit_cancels_the_job_that_lands_after_it(
-    slurm_host: tuple[Host, BatchExecutor], cluster: Cluster
+    slurm_host: tuple[Node, BatchExecutor], cluster: Cluster
 ) -> None:
     """A kill that comes while sbatch is in flight (the submit's journal entry exists, no job
     id yet, and Slurm does not know the name yet) keeps looking for that name: the job sbatch

@@ -23,7 +23,7 @@ from processes.batch import (
     parse,
     parse_hosts,
 )
-from supervisor import Cast, Context, Control, ControlEvent, Host, Input, Lifecycle, Machine, SettingsError, Simulation
+from supervisor import Cast, Context, Control, ControlEvent, Input, Lifecycle, Machine, Node, SettingsError, Simulation
 from tests.helpers import wait_until
 
 DATA = Path(__file__).parent / "data" / "schedulers"
@@ -237,7 +237,7 @@ class _SelfPausing(Machine[dict[str, Any]]):
 async def test_a_machine_can_pause_itself_with_a_reason_and_hears_of_the_resume() -> None:
     """ctx.pause(reason) pauses the process after the commit with that reason; resume lifts it
     and delivers Control(RESUMED), once; a plain pause/resume delivers nothing."""
-    host = Host(machines=[_SelfPausing()])
+    host = Node(machines=[_SelfPausing()])
     await host.start()
     try:
         handle = await host.spawn("selfpausing", {})

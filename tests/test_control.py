@@ -19,10 +19,10 @@ from supervisor import (
     Cast,
     ConfigurationError,
     Context,
-    Host,
     Input,
     Lifecycle,
     Machine,
+    Node,
     ProcessFinished,
     ProcessNotFound,
     Snapshot,
@@ -35,8 +35,8 @@ from tests.machines import Counter, Worker
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Host, ControlServer, str]]:
-    host = Host(machines=[Counter, Worker], executors={"work": Recorder(), "record": Recorder()})
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Node, ControlServer, str]]:
+    host = Node(machines=[Counter, Worker], executors={"work": Recorder(), "record": Recorder()})
     await host.start()
     path = str(tmp_path / "control.sock")
     server = ControlServer(host, path)
@@ -46,13 +46,13 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Host, ControlServer, str
     await host.runtime.kill_all()
 
 
-async def test_the_socket_is_owner_only(served: tuple[Host, ControlServer, str]) -> None:
+async def test_the_socket_is_owner_only(served: tuple[Node, ControlServer, str]) -> None:
     """The control socket is created with mode 0600."""
     _, _, path = served
     assert 0o600 == stat.S_IMODE(os.stat(path).st_mode)
 
 
-async def test_remote_handles_drive_processes_like_local_ones(served: tuple[Host, ControlServer, str]) -> None:
+async def test_remote_handles_drive_processes_like_local_ones(served: tuple[Node, ControlServer, str]) -> None:
     """spawn, cast, call, state, pause/resume, kill and wait work over the socket, and errors
     arrive as the same classes as in process."""
     host, _, path = served
@@ -80,7 +80,7 @@ async def test_remote_handles_drive_processes_like_local_ones(served: tuple[Host
 
 
 async def test_a_remote_spawn_with_a_bad_name_is_refused_and_the_connection_goes_on(
-    served: tuple[Host, ControlServer, str],
+    served: tuple[Node, ControlServer, str],
 ) -> None:
     """A name that would lead out of the log directory comes back as ConfigurationError naming
     it; nothing is spawned and the same connection serves the next request."""
@@ -94,7 +94,7 @@ async def test_a_remote_spawn_with_a_bad_name_is_refused_and_the_connection_goes
         await handle.kill()
 
 
-async def test_try_operations_raise_would_block_remotely(served: tuple[Host, ControlServer, str]) -> None:
+async def test_try_operations_raise_would_block_remotely(served: tuple[Node, ControlServer, str]) -> None:
     """try_cast on a full mailbox raises WouldBlock through the socket too."""
     host, _, path = served
     host.runtime.mailbox_size = 1
@@ -107,7 +107,7 @@ async def test_try_operations_raise_would_block_remotely(served: tuple[Host, Con
         await handle.kill()
 
 
-async def test_remote_watch_streams_to_the_terminal_snapshot(served: tuple[Host, ControlServer, str]) -> None:
+async def test_remote_watch_streams_to_the_terminal_snapshot(served: tuple[Node, ControlServer, str]) -> None:
     """watch() over the socket yields snapshots and ends with the terminal one."""
     _, _, path = served
     async with Client.connect(path) as client:
@@ -134,7 +134,7 @@ async def test_remote_watch_streams_to_the_terminal_snapshot(served: tuple[Host,
 
 async def test_another_uid_is_refused(tmp_path: Path) -> None:
     """A peer whose uid is not allowed is disconnected before any request is read."""
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     await host.start()
     path = str(tmp_path / "c.sock")
     server = ControlServer(host, path, allow_uids={os.getuid() + 4242})
@@ -168,7 +168,7 @@ def frame(message: object) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-async def test_protocol_errors_get_error_frames(served: tuple[Host, ControlServer, str]) -> None:
+async def test_protocol_errors_get_error_frames(served: tuple[Node, ControlServer, str]) -> None:
     """No hello first: error and close. Unknown operation, bad arguments (wrong type, or nil for a
     required one): an error frame naming the problem, and the connection stays usable. An
     oversized frame: error and close."""
@@ -237,7 +237,7 @@ def fuzz_frame(rng: random.Random) -> bytes:
     return struct.pack(">I", rng.randint(0, 2**32 - 1)) + rng.randbytes(rng.randint(0, 16))
 
 
-async def test_ten_thousand_fuzzed_frames_leave_the_daemon_serving(served: tuple[Host, ControlServer, str]) -> None:
+async def test_ten_thousand_fuzzed_frames_leave_the_daemon_serving(served: tuple[Node, ControlServer, str]) -> None:
     """10,000 random and mutated frames (seeded): the server stays up, answers every bad request
     with an error naming it (none reaches a bug: no InternalError), serves a well-formed client
     afterwards, and leaks no file descriptors or tasks."""
@@ -280,7 +280,7 @@ async def test_tcp_requires_the_token(tmp_path: Path) -> None:
     TCP server without a token cannot even be created."""
     from supervisor import ConfigurationError
 
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     await host.start()
     with pytest.raises(ConfigurationError, match="needs a token"):
         ControlServer(host, str(tmp_path / "a.sock"), tcp=("127.0.0.1", 0))
@@ -337,7 +337,7 @@ async def test_watch_fanout_skips_backlogged_watchers_but_always_sends_the_termi
     current snapshot at once and the terminal one at the end, and then its stream ends."""
     from supervisor.control._fanout import WatchFanout
 
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     handle = await host.spawn(Counter, {"n": 0})
     await handle.call("get")
     encoded: list[int] = []
@@ -374,7 +374,7 @@ async def test_watch_fanout_paces_many_streams_to_its_push_budget(monkeypatch: p
     push budget; then it stretches to keep them within it."""
     from supervisor.control import _fanout
 
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     handle = await host.spawn(Counter, {"n": 0})
     fanout = _fanout.WatchFanout(lambda s: b"x", lambda: 0.05)
     sinks = [Sink() for _ in range(40)]
@@ -402,7 +402,7 @@ async def test_a_snapshot_over_the_frame_limit_ends_its_own_watch_streams_not_ev
     """A watched process whose snapshot outgrows a frame (1 MiB) ends its watchers' streams with
     an error that says so, and a watch started afterwards gets the same; watchers of other
     processes go on receiving (the one ticker that serves every stream must not die of it)."""
-    host = Host(machines=[Counter, Grower])
+    host = Node(machines=[Counter, Grower])
     await host.start()
     server = ControlServer(host, str(tmp_path / "control.sock"))
     await server.start()
@@ -443,7 +443,7 @@ async def test_a_listing_larger_than_a_frame_arrives_whole_in_chunks(tmp_path: P
     frame is listed with its state left out and a note saying so, not failing the listing (and
     so is it in a single response: state, kill); a client from before chunking (no ``chunked``
     argument) still gets a small listing in one response."""
-    host = Host(machines=[Grower])
+    host = Node(machines=[Grower])
     await host.start()
     server = ControlServer(host, str(tmp_path / "control.sock"))
     await server.start()
@@ -475,7 +475,7 @@ async def test_a_listing_larger_than_a_frame_arrives_whole_in_chunks(tmp_path: P
         await host.runtime.kill_all()
 
 
-async def test_a_watch_given_up_leaves_nothing_behind_in_the_server(served: tuple[Host, ControlServer, str]) -> None:
+async def test_a_watch_given_up_leaves_nothing_behind_in_the_server(served: tuple[Node, ControlServer, str]) -> None:
     """Watches that end before their process does (the client stops reading, or disconnects)
     leave the server holding no encoded snapshot and no watcher for the still-running process:
     a daemon watched on and off for months does not grow with it."""

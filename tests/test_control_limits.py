@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import ConfigurationError, ConnectionDenied, DaemonNotAnswering, Host, ProtocolError
+from supervisor import ConfigurationError, ConnectionDenied, DaemonNotAnswering, Node, ProtocolError
 from supervisor.control import Client, ControlServer
 from supervisor.control import _server as server_module
 from tests.helpers import wait_until
@@ -20,7 +20,7 @@ async def test_connections_past_the_limit_are_refused_saying_why_and_served_agai
 ) -> None:
     """With max_connections=3 the fourth client is refused at once (ConnectionDenied naming
     daemon.max_connections), the three go on working, and after one closes a new one is served."""
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     await host.start()
     path = str(tmp_path / "c.sock")
     server = ControlServer(host, path, max_connections=3)
@@ -55,7 +55,7 @@ async def test_requests_past_the_in_flight_limit_are_refused_and_the_others_answ
     with a ProtocolError saying so; the five are answered as usual, and the connection serves
     on once they are."""
     monkeypatch.setattr(server_module, "MAX_IN_FLIGHT", 5)
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     await host.start()
     path = str(tmp_path / "c.sock")
     server = ControlServer(host, path)
@@ -83,7 +83,7 @@ async def test_requests_past_the_in_flight_limit_are_refused_and_the_others_answ
 def test_max_connections_must_be_a_whole_number_of_at_least_one() -> None:
     """A server with no room for any connection is a configuration error, named."""
     with pytest.raises(ConfigurationError, match="max_connections must be a whole number >= 1; got 0"):
-        ControlServer(Host(), "/nowhere.sock", max_connections=0)
+        ControlServer(Node(), "/nowhere.sock", max_connections=0)
 
 
 async def test_refused_connections_are_all_counted_but_logged_at_most_once_a_minute_per_reason(
@@ -94,7 +94,7 @@ async def test_refused_connections_are_all_counted_but_logged_at_most_once_a_min
     unlogged): the log cannot be filled by refusals."""
     from structlog.testing import capture_logs
 
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     await host.start()
     path = str(tmp_path / "c.sock")
     server = ControlServer(host, path, max_connections=1)
@@ -126,7 +126,7 @@ async def test_a_connection_that_does_not_greet_in_time_is_closed_and_a_greeted_
     client that greeted in time is served on past that moment."""
     from supervisor.control._protocol import read_frame
 
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     await host.start()
     token = "t" * 32
     server = ControlServer(host, str(tmp_path / "c.sock"), tcp=("127.0.0.1", 0), token=token)

@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import supervisor.control._socket_file as socket_file
-from supervisor import Host
+from supervisor import Node
 from supervisor.control import Client, ControlServer
 from tests.helpers import wait_until
 from tests.machines import Counter
@@ -22,7 +22,7 @@ from tests.machines import Counter
 @pytest.fixture
 async def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[ControlServer, Path]]:
     monkeypatch.setattr(socket_file, "CHECK_INTERVAL", 0.02)
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     await host.start()
     path = tmp_path / "run" / "control.sock"
     path.parent.mkdir()

@@ -12,8 +12,8 @@ import pytest
 
 from supervisor import (
     ConfigurationError,
-    Host,
     Lifecycle,
+    Node,
     ProcessFinished,
     ProcessNotFound,
     TrackedAction,
@@ -26,7 +26,7 @@ async def echo(action: TrackedAction | UntrackedAction) -> Any:
     return action.payload
 
 
-async def run_to_the_end(host: Host, count: int) -> list[str]:
+async def run_to_the_end(host: Node, count: int) -> list[str]:
     """``count`` workers that each run a tracked action and finish; their pids."""
     handles = [await host.spawn(Worker, {}) for _ in range(count)]
     for handle in handles:
@@ -45,7 +45,7 @@ async def test_a_long_running_host_holds_memory_bounded_by_ended_kept(tmp_path: 
     Rounds are compared by their lowest counts, two against two: an object count is a moment's,
     and a group commit or another thread's work in flight at that moment raised one round of a
     CI run by 1,450, the rounds after it back to where they were (not a leak: a leak grows)."""
-    host = Host(machines=[Worker], executors={"work": echo}, store=str(tmp_path / "s.db"), retention=0.0, ended_kept=50)
+    host = Node(machines=[Worker], executors={"work": echo}, store=str(tmp_path / "s.db"), retention=0.0, ended_kept=50)
     await host.start()
     try:
         counts = []
@@ -66,7 +66,7 @@ async def test_rounds_of_shell_commands_leave_no_objects_descriptors_or_tasks_be
     live objects, open descriptors and tasks are the same after each round."""
     from processes.shell import Shell, executors
 
-    host = Host(
+    host = Node(
         machines=[Shell(tmp_path / "logs")], executors=executors(tmp_path / "runs"), store=str(tmp_path / "s.db"),
         retention=0.0, ended_kept=20,
     )  # fmt: skip
@@ -92,7 +92,7 @@ async def test_rounds_of_shell_commands_leave_no_objects_descriptors_or_tasks_be
 async def test_ended_processes_past_ended_kept_leave_memory_not_the_store(tmp_path: Path) -> None:
     """get() finds the ended_kept most recently ended processes; older ones are gone from
     memory but their final state stays in the store until retention prunes it."""
-    host = Host(machines=[Worker], executors={"work": echo}, store=str(tmp_path / "s.db"), ended_kept=2)
+    host = Node(machines=[Worker], executors={"work": echo}, store=str(tmp_path / "s.db"), ended_kept=2)
     await host.start()
     try:
         pids = await run_to_the_end(host, 5)
@@ -112,7 +112,7 @@ def test_ended_kept_must_be_a_whole_number() -> None:
     """A negative or fractional ended_kept is refused with the name of the setting."""
     for bad in (-1, 2.5):
         with pytest.raises(ConfigurationError, match="ended_kept must be a whole number >= 0"):
-            Host(ended_kept=bad)  # type: ignore[arg-type]
+            Node(ended_kept=bad)  # type: ignore[arg-type]
 
 
 async def test_a_revived_process_keeps_neither_its_checkpoint_nor_wait_queues_nobody_used(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ async def test_a_revived_process_keeps_neither_its_checkpoint_nor_wait_queues_no
     from tests.machines import Counter
 
     path = str(tmp_path / "s.db")
-    first = Host(machines=[Counter], store=path)
+    first = Node(machines=[Counter], store=path)
     await first.start()
     handles = [await first.spawn(Counter, {"n": 0, "payload": ["x"] * 20}) for _ in range(200)]
     for handle in handles:
@@ -142,7 +142,7 @@ async def test_a_revived_process_keeps_neither_its_checkpoint_nor_wait_queues_no
         return sum(1 for o in gc.get_objects() if isinstance(o, kind))
 
     records, queues, deques = count(ProcessRecord), count(WaitQueue), count(deque)
-    second = Host(machines=[Counter], store=path)
+    second = Node(machines=[Counter], store=path)
     report = await second.start()
     try:
         assert 200 == report.revived
@@ -168,7 +168,7 @@ async def test_ended_processes_kept_for_lookups_keep_neither_their_task_nor_thei
 
     from tests.machines import Counter
 
-    host = Host(machines=[Counter], ended_kept=1000)
+    host = Node(machines=[Counter], ended_kept=1000)
     await host.start()
 
     def count(kind: type) -> int:

@@ -33,9 +33,9 @@ from supervisor import (
     ApplyFailed,
     AtomicValue,
     EntryRejected,
-    Host,
     LogError,
     LogGap,
+    Node,
     SettingsError,
     Simulation,
     SnapshotError,
@@ -329,9 +329,9 @@ async def test_simulated_log_with_duplicates_holes_lost_acks_and_crashes() -> No
 
 
 async def test_a_logapply_process_proposes_reads_and_reports_through_its_handle(tmp_path: Path) -> None:
-    """Through a Host: propose returns the apply result, a raising apply is ApplyFailed with its
+    """Through a Node: propose returns the apply result, a raising apply is ApplyFailed with its
     index, read(sync=True) sees every committed entry, and status carries applied/hash."""
-    host = Host(machines=[LogApply()], executors=executors(tmp_path / "la"), store=str(tmp_path / "store.db"))
+    host = Node(machines=[LogApply()], executors=executors(tmp_path / "la"), store=str(tmp_path / "store.db"))
     await host.start()
     handle = await host.spawn("logapply", {"app": "kv"}, name="kv")
     client = LogApplyClient(handle)
@@ -350,7 +350,7 @@ async def test_a_logapply_process_proposes_reads_and_reports_through_its_handle(
 async def test_a_logapply_process_with_bad_settings_is_refused_naming_the_key(tmp_path: Path) -> None:
     """Spawning with an unknown app is refused with the setting named; a process that reaches
     its start with it anyway (spawned on the bare runtime) fails naming it."""
-    host = Host(machines=[LogApply()], executors=executors(tmp_path / "la"), store=None)
+    host = Node(machines=[LogApply()], executors=executors(tmp_path / "la"), store=None)
     await host.start()
     with pytest.raises(SettingsError, match="app: expected one of the registered appliers"):
         await host.spawn("logapply", {"app": "nope"})

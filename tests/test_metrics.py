@@ -6,7 +6,7 @@ import asyncio
 
 from prometheus_client import generate_latest
 
-from supervisor import Host
+from supervisor import Node
 from supervisor.daemon.metrics import registry_for
 from tests.helpers import Recorder, wait_for_snapshot
 from tests.machines import Worker
@@ -22,7 +22,7 @@ def sample(text: str, name: str) -> float:
 async def test_action_latency_mailbox_and_connections_are_exposed() -> None:
     """Tracked actions feed a latency histogram labelled by kind, action type and outcome;
     mailbox depth and control connections are gauges; no label carries a process id."""
-    host = Host(machines=[Worker], executors={"work": Recorder()})
+    host = Node(machines=[Worker], executors={"work": Recorder()})
     await host.start()
     registry = registry_for(host, connections=lambda: 3)
     handle = await host.spawn(Worker, pid="w-1")
@@ -45,7 +45,7 @@ async def test_scrapes_from_the_server_thread_are_consistent_while_processes_com
 
     from tests.machines import Counter
 
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     await host.start()
     registry = registry_for(host)
     errors: list[str] = []

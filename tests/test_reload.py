@@ -8,7 +8,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from processes import CATALOG
-from supervisor import Handle, Host, SupervisorSpec
+from supervisor import Handle, Node, SupervisorSpec
 from supervisor.daemon.config import Config, load
 from supervisor.daemon.service import child_spec, reload
 
@@ -28,7 +28,7 @@ async def test_a_process_a_reload_cannot_start_is_reported_and_tried_again_by_th
     config = write(tmp_path / "statevisor.toml", ["a"])
     root = SupervisorSpec("root", [child_spec(p, CATALOG.kinds) for p in config.processes])
     machines, executors = CATALOG.build(config)
-    host = Host(machines=machines, executors=executors, store=str(config.daemon.store), root=root, busy_timeout=0.05)
+    host = Node(machines=machines, executors=executors, store=str(config.daemon.store), root=root, busy_timeout=0.05)
     await host.start()
     current = [config]
     before = host.root.child("a")
@@ -76,7 +76,7 @@ async def test_a_reload_changes_the_log_level_at_once_and_names_the_daemon_keys_
     config = write(tmp_path / "statevisor.toml", ["a"])
     root = SupervisorSpec("root", [child_spec(p, CATALOG.kinds) for p in config.processes])
     machines, executors = CATALOG.build(config)
-    host = Host(machines=machines, executors=executors, store=str(config.daemon.store), root=root)
+    host = Node(machines=machines, executors=executors, store=str(config.daemon.store), root=root)
     await host.start()
     probe = structlog.get_logger("probe")
     try:

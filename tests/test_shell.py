@@ -32,10 +32,10 @@ from supervisor import (
     CommandLost,
     ConfigurationError,
     Handle,
-    Host,
     Lifecycle,
     LogNotFound,
     ManualClock,
+    Node,
     Restart,
     SettingsError,
     SupervisorSpec,
@@ -47,14 +47,14 @@ from tests.helpers import wait_until
 
 
 @pytest.fixture
-async def host(tmp_path: Path) -> AsyncIterator[Host]:
-    host = Host(machines=[Shell(tmp_path / "logs")], executors=executors(tmp_path / "runs"), kill_grace=10.0)
+async def host(tmp_path: Path) -> AsyncIterator[Node]:
+    host = Node(machines=[Shell(tmp_path / "logs")], executors=executors(tmp_path / "runs"), kill_grace=10.0)
     await host.start()
     yield host
     await host.shutdown(timeout=10)
 
 
-async def run(host: Host, settings: dict[str, Any], name: str | None = None, timeout: float = 20) -> Handle:
+async def run(host: Node, settings: dict[str, Any], name: str | None = None, timeout: float = 20) -> Handle:
     handle = await host.spawn("shell", settings, name=name)
     await handle.wait(timeout=timeout)
     return handle
@@ -103,7 +103,7 @@ async def command_pid(handle: Handle) -> int:
     return pid
 
 
-async def test_a_command_that_exits_zero_finishes_with_its_result(host: Host) -> None:
+async def test_a_command_that_exits_zero_finishes_with_its_result(host: Node) -> None:
     """Exit code 0 finishes the process; the result has the code, times and the output's tail."""
     handle = await run(host, {"argv": ["sh", "-c", "echo out; echo err >&2"]}, name="hello")
     snapshot = handle.state
@@ -118,7 +118,7 @@ async def test_a_command_that_exits_zero_finishes_with_its_result(host: Host) ->
     assert ["err"] == await handle.logs("stderr")
 
 
-async def test_a_path_name_logs_in_a_subdirectory_of_the_log_directory(host: Host, tmp_path: Path) -> None:
+async def test_a_path_name_logs_in_a_subdirectory_of_the_log_directory(host: Node, tmp_path: Path) -> None:
     """A name with '/' (a supervised child's path) puts its logs in a subdirectory of log_dir,
     made when missing; the runtime refuses names that would lead out of it."""
     handle = await run(host, {"argv": ["sh", "-c", "echo out; echo err >&2"]}, name="team/nightly")
@@ -132,7 +132,7 @@ async def test_a_path_name_logs_in_a_subdirectory_of_the_log_directory(host: Hos
         await host.spawn("shell", {"argv": ["true"]}, name="team/../../outside")
 
 
-async def test_exit_codes_decide_success_as_configured(host: Host) -> None:
+async def test_exit_codes_decide_success_as_configured(host: Node) -> None:
     """A non-zero exit fails the process (saying the code) unless success_codes lists it."""
     failed = await run(host, {"argv": ["sh", "-c", "exit 3"]})
     assert Lifecycle.FAILED == failed.state.lifecycle
@@ -142,14 +142,14 @@ async def test_exit_codes_decide_success_as_configured(host: Host) -> None:
     assert Lifecycle.FINISHED == accepted.state.lifecycle
 
 
-async def test_a_command_killed_by_a_signal_reports_the_signal(host: Host) -> None:
+async def test_a_command_killed_by_a_signal_reports_the_signal(host: Node) -> None:
     """A command that dies of a signal fails with that signal's name, not an exit code."""
     handle = await run(host, {"argv": ["sh", "-c", "kill -SEGV $$"]})
     assert "killed by SIGSEGV" == handle.state.error
     assert "SIGSEGV" == handle.state.state["result"]["signal"]
 
 
-async def test_argv_is_not_a_shell_unless_asked(host: Host) -> None:
+async def test_argv_is_not_a_shell_unless_asked(host: Node) -> None:
     """argv runs without a shell ($HOME stays literal); shell = true runs a command line."""
     plain = await run(host, {"argv": ["echo", "$HOME", ";", "true"]})
     assert ["$HOME ; true"] == plain.result()["stdout_tail"]
@@ -157,7 +157,7 @@ async def test_argv_is_not_a_shell_unless_asked(host: Host) -> None:
     assert ["42"] == shelled.result()["stdout_tail"]
 
 
-async def test_environment_cwd_stdin_and_umask_reach_the_command(host: Host, tmp_path: Path) -> None:
+async def test_environment_cwd_stdin_and_umask_reach_the_command(host: Node, tmp_path: Path) -> None:
     """env set/unset/inherit, cwd, stdin data and umask are applied in the child."""
     os.environ["STATEVISOR_TEST_INHERITED"] = "yes"
     os.environ["STATEVISOR_TEST_UNSET"] = "present"
@@ -184,7 +184,7 @@ async def test_environment_cwd_stdin_and_umask_reach_the_command(host: Host, tmp
     assert {"A": "***"} == handle.state.state["env"], "environment values never show in snapshots"
 
 
-async def test_env_files_give_a_command_secrets_that_no_state_or_checkpoint_holds(host: Host, tmp_path: Path) -> None:
+async def test_env_files_give_a_command_secrets_that_no_state_or_checkpoint_holds(host: Node, tmp_path: Path) -> None:
     """A variable from env_files is read from its owner-only file when the command starts: the
     command sees the value (its final newline dropped), while the state, the snapshot and the
     action's payload hold only the file's path."""
@@ -200,7 +200,7 @@ async def test_env_files_give_a_command_secrets_that_no_state_or_checkpoint_hold
     assert "s3cr3t-value" not in repr(handle.state)
 
 
-async def test_an_env_file_open_to_others_or_missing_fails_the_start_naming_it(host: Host, tmp_path: Path) -> None:
+async def test_an_env_file_open_to_others_or_missing_fails_the_start_naming_it(host: Node, tmp_path: Path) -> None:
     """A secret's file that others may read, or that does not exist, fails the process with
     SecretUnreadable naming the variable and the file (never a value); nothing is started."""
     secret = tmp_path / "token"
@@ -218,7 +218,7 @@ async def test_an_env_file_open_to_others_or_missing_fails_the_start_naming_it(h
     assert not (tmp_path / "runs" / JOURNAL).exists(), "nothing was claimed"
 
 
-async def test_a_variable_set_in_the_daemon_reaches_the_next_command(host: Host) -> None:
+async def test_a_variable_set_in_the_daemon_reaches_the_next_command(host: Node) -> None:
     """The inherited environment is the daemon's at each spawn: set, changed or removed after
     earlier commands ran (the executor keeps a decoded copy while the environment is unchanged)."""
     show = {"argv": ["sh", "-c", 'echo "${STATEVISOR_TEST_LATE-none}"']}
@@ -248,7 +248,7 @@ def test_the_inherited_environment_is_a_fresh_copy_that_follows_changes() -> Non
     assert dict(os.environ) == inherited_environment()
 
 
-async def test_resource_limits_apply_in_the_child(host: Host) -> None:
+async def test_resource_limits_apply_in_the_child(host: Node) -> None:
     """open_files, address_space and cpu_seconds become the child's rlimits."""
     handle = await run(
         host,
@@ -262,7 +262,7 @@ async def test_resource_limits_apply_in_the_child(host: Host) -> None:
     assert burner.state.state["result"]["signal"] in ("SIGXCPU", "SIGKILL")
 
 
-async def test_kill_takes_down_a_tree_that_ignores_sigterm(host: Host) -> None:
+async def test_kill_takes_down_a_tree_that_ignores_sigterm(host: Node) -> None:
     """kill: stop signal to the group, then SIGKILL after stop_grace; no process of the group
     is left, not even a zombie."""
     script = "trap '' TERM; (trap '' TERM; sleep 1000) & (sh -c 'trap \"\" TERM; sleep 1000') & sleep 1000"
@@ -277,7 +277,7 @@ async def test_kill_takes_down_a_tree_that_ignores_sigterm(host: Host) -> None:
     await wait_until(lambda: group_members(pgid) == [], timeout=5)
 
 
-async def test_pause_stops_the_group_and_resume_continues_it(host: Host) -> None:
+async def test_pause_stops_the_group_and_resume_continues_it(host: Node) -> None:
     """pause sends SIGSTOP to the group: a CPU burner's CPU time stops advancing; resume
     continues it."""
     handle = await host.spawn("shell", {"argv": ["sh", "-c", "while :; do :; done"]})
@@ -295,7 +295,7 @@ async def test_pause_stops_the_group_and_resume_continues_it(host: Host) -> None
     await handle.kill()
 
 
-async def test_a_result_tail_reaches_into_the_backup_when_the_run_was_rotated(host: Host, tmp_path: Path) -> None:
+async def test_a_result_tail_reaches_into_the_backup_when_the_run_was_rotated(host: Node, tmp_path: Path) -> None:
     """A run whose log was rotated while it ran, ending with fewer lines in the live file than
     its tail asks for: the result's tail goes on into <log>.1 (the executor skips that lookup
     only for runs it started and never rotated)."""
@@ -305,7 +305,7 @@ async def test_a_result_tail_reaches_into_the_backup_when_the_run_was_rotated(ho
     assert ["397", "398", "399", "400", "last"] == handle.result()["stdout_tail"]
 
 
-async def test_fast_output_is_rotated_and_the_daemon_does_not_buffer_it(host: Host, tmp_path: Path) -> None:
+async def test_fast_output_is_rotated_and_the_daemon_does_not_buffer_it(host: Node, tmp_path: Path) -> None:
     """100 MB written as fast as possible: the log and its backups stay within the cap, the
     newest output is kept, and the daemon's memory does not grow with the output. (`yes | head`
     ends only because the command gets SIGPIPE's default back, which Python ignores.)"""
@@ -328,7 +328,7 @@ async def test_fast_output_is_rotated_and_the_daemon_does_not_buffer_it(host: Ho
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB
 
 
-async def test_output_with_no_newline_stays_small_in_the_result_and_the_logs(host: Host) -> None:
+async def test_output_with_no_newline_stays_small_in_the_result_and_the_logs(host: Node) -> None:
     """5 MB written with no newline, then a progress bar redrawn with \\r: the result's tails
     hold at most tail_lines lines of at most LINE_MAX bytes each (the 5 MB never goes into the
     checkpoint), the redraws are lines as a terminal shows them, and logs() answers in pieces."""
@@ -343,7 +343,7 @@ async def test_output_with_no_newline_stays_small_in_the_result_and_the_logs(hos
     assert [LINE_MAX] * 20 == [len(line) for line in await handle.logs("stdout", 20)]
 
 
-async def test_a_remote_tail_longer_than_a_frame_arrives_whole(host: Host, tmp_path: Path) -> None:
+async def test_a_remote_tail_longer_than_a_frame_arrives_whole(host: Node, tmp_path: Path) -> None:
     """logs() through the control socket for 200,000 lines (about 4 MB, four frames' worth)
     returns every one of them in order, as the in-process handle does."""
     from supervisor.control import Client, ControlServer
@@ -362,7 +362,7 @@ async def test_a_remote_tail_longer_than_a_frame_arrives_whole(host: Host, tmp_p
         await server.close()
 
 
-async def test_a_pipe_as_log_target_is_never_rotated(host: Host, tmp_path: Path) -> None:
+async def test_a_pipe_as_log_target_is_never_rotated(host: Node, tmp_path: Path) -> None:
     """stdout into a FIFO (like /dev/stdout in a container): output beyond the cap flows on,
     no rotation is attempted and nothing breaks."""
     fifo = tmp_path / "pipe"
@@ -394,7 +394,7 @@ async def test_a_pipe_as_log_target_is_never_rotated(host: Host, tmp_path: Path)
     assert not Path(f"{fifo}.1").is_file()  # noqa: ASYNC240 - a test's quick look
 
 
-async def test_follow_yields_new_lines_as_they_are_written(host: Host) -> None:
+async def test_follow_yields_new_lines_as_they_are_written(host: Node) -> None:
     """handle.follow streams the log as it grows (what was written before it began included,
     no line lost or doubled at the seam); an unknown stream is a clear error."""
     handle = await host.spawn(
@@ -418,7 +418,7 @@ def lines_in(log: Path) -> int:
 
 
 async def test_a_remote_follow_resumes_after_a_disconnection_missing_and_repeating_nothing(
-    host: Host, tmp_path: Path
+    host: Node, tmp_path: Path
 ) -> None:
     """A remote follow cut off while the command keeps writing (the control server goes away
     and comes back on the same socket, as in a daemon restart) resumes after the last line it
@@ -458,14 +458,14 @@ async def test_a_remote_follow_resumes_after_a_disconnection_missing_and_repeati
     await handle.kill()
 
 
-async def test_a_timeout_kills_the_command_with_a_distinct_reason(host: Host) -> None:
+async def test_a_timeout_kills_the_command_with_a_distinct_reason(host: Node) -> None:
     """timeout: the command is stopped and the process fails saying it timed out."""
     handle = await run(host, {"argv": ["sleep", "30"], "timeout": 0.3})
     assert "timed out (killed by SIGTERM)" == handle.state.error
     assert "timeout" == handle.state.state["result"]["reason"]
 
 
-async def test_missing_or_non_executable_programs_fail_clearly(host: Host, tmp_path: Path) -> None:
+async def test_missing_or_non_executable_programs_fail_clearly(host: Node, tmp_path: Path) -> None:
     """A program not on PATH, a path that is no file, and a file without x bit: each fails with
     a CommandNotFound naming it; nothing is started."""
     missing = await run(host, {"argv": ["statevisor-no-such-program"]})
@@ -480,7 +480,7 @@ async def test_missing_or_non_executable_programs_fail_clearly(host: Host, tmp_p
     assert not (tmp_path / "runs" / JOURNAL).exists(), "nothing was claimed"
 
 
-async def test_invalid_settings_are_refused_at_spawn_naming_the_key(host: Host, tmp_path: Path) -> None:
+async def test_invalid_settings_are_refused_at_spawn_naming_the_key(host: Node, tmp_path: Path) -> None:
     """spawn checks the settings before anything runs: SettingsError names the key, in process
     and through the control socket alike, and nothing is spawned. A process that reaches its
     start with invalid settings anyway (spawned on the bare runtime) fails naming the key too;
@@ -515,7 +515,7 @@ async def test_a_failing_command_restarts_only_after_the_backoff(tmp_path: Path)
     clock = ManualClock()
     spec = ChildSpec("broken", machine=Shell, state={"argv": ["statevisor-no-such-program"]})
     root = SupervisorSpec("root", [spec], backoff=Backoff(initial=5.0, maximum=60.0, jitter=0.0))
-    host = Host(machines=[Shell(tmp_path)], executors=executors(tmp_path / "runs"), root=root, clock=clock)
+    host = Node(machines=[Shell(tmp_path)], executors=executors(tmp_path / "runs"), root=root, clock=clock)
     await host.start()
     try:
         await wait_until(lambda: host.root.statistics().pending_restarts == 1)
@@ -538,7 +538,7 @@ async def test_a_flapping_command_exhausts_its_restart_budget(tmp_path: Path) ->
     root = SupervisorSpec(
         "root", [spec], budget=Budget(max_restarts=3, period=60.0), backoff=Backoff(initial=0.01, jitter=0.0)
     )
-    host = Host(machines=[Shell(tmp_path)], executors=executors(tmp_path / "runs"), root=root)
+    host = Node(machines=[Shell(tmp_path)], executors=executors(tmp_path / "runs"), root=root)
     await host.start()
     try:
         await wait_until(lambda: host.root.state is SupervisorState.FAILED, timeout=20)
@@ -865,7 +865,7 @@ def test_a_keepers_ended_line_reaches_the_monitor_and_survives_its_rewrite(tmp_p
     reloaded.close()
 
 
-async def test_a_fifo_without_a_reader_fails_the_start_instead_of_stalling(host: Host, tmp_path: Path) -> None:
+async def test_a_fifo_without_a_reader_fails_the_start_instead_of_stalling(host: Node, tmp_path: Path) -> None:
     """stdout into a FIFO nobody reads: the start fails at once, saying so, and the monitor
     goes on starting other commands."""
     fifo = tmp_path / "lonely"
@@ -875,7 +875,7 @@ async def test_a_fifo_without_a_reader_fails_the_start_instead_of_stalling(host:
     assert 0 == (await run(host, {"argv": ["true"]})).result()["exit_code"]
 
 
-async def test_a_run_is_forgotten_once_the_result_is_durable(host: Host, tmp_path: Path) -> None:
+async def test_a_run_is_forgotten_once_the_result_is_durable(host: Node, tmp_path: Path) -> None:
     """After the result's transition is committed, the monitor forgets the run (its journal
     says so); the stdin file given to the command is gone too."""
     handle = await run(host, {"argv": ["cat"], "stdin": "hello\n"})
@@ -910,7 +910,7 @@ def test_simulated_shell_runs_each_command_once_across_crashes(seed: int) -> Non
 
 
 async def test_a_log_in_a_missing_directory_is_made_and_one_under_a_file_fails_clearly(
-    host: Host, tmp_path: Path
+    host: Node, tmp_path: Path
 ) -> None:
     """A log file whose directories do not exist yet gets them made; one whose parent is a
     regular file fails the start with the path and the reason, and nothing else is disturbed."""

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from processes.shell import Shell, executors
-from supervisor import Handle, Host, Lifecycle
+from supervisor import Handle, Lifecycle, Node
 
 
-async def ended(host: Host, settings: dict[str, Any], *, pid: str, name: str | None = None) -> Handle:
+async def ended(host: Node, settings: dict[str, Any], *, pid: str, name: str | None = None) -> Handle:
     handle = await host.spawn("shell", settings, pid=pid, name=name)
     await handle.wait(timeout=20)
     assert Lifecycle.FINISHED == handle.state.lifecycle, handle.state.error
@@ -24,7 +24,7 @@ async def test_pruning_deletes_an_unnamed_processs_logs_and_keeps_named_and_chos
     process's logs (the next process of that name writes on in them) and a file the settings
     chose stay; so do a live process's logs."""
     logs = tmp_path / "logs"
-    host = Host(
+    host = Node(
         machines=[Shell(logs)], executors=executors(tmp_path / "runs"), store=str(tmp_path / "s.db"), retention=0.0
     )
     await host.start()

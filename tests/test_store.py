@@ -17,10 +17,10 @@ from supervisor import (
     Cast,
     CheckpointRejected,
     Context,
-    Host,
     Input,
     Lifecycle,
     Machine,
+    Node,
     ProcessRecord,
     SQLiteStore,
     StoreError,
@@ -28,12 +28,12 @@ from supervisor import (
     decode_record,
     encode_record,
 )
-from tests.helpers import Gate, Recorder, file_size, wait_for_snapshot, wait_until
+from tests.helpers import Gate, Recorder, file_size, sqlite_store, wait_for_snapshot, wait_until
 from tests.machines import Counter, Worker
 
 
-def worker_host(path: Path, executor: Any, **options: Any) -> Host:
-    return Host(machines=[Worker, Counter], executors={"work": executor}, store=str(path), **options)
+def worker_host(path: Path, executor: Any, **options: Any) -> Node:
+    return Node(machines=[Worker, Counter], executors={"work": executor}, store=str(path), **options)
 
 
 async def leave_workers(path: Path, count: int) -> None:
@@ -149,7 +149,7 @@ async def test_unknown_kind_is_quarantined_with_a_clear_reason(tmp_path: Path) -
     await first.start()
     await first.spawn(Counter, pid="c")
     await first.shutdown()
-    second = Host(machines=[Worker], store=str(db))
+    second = Node(machines=[Worker], store=str(db))
     report = await second.start()
     assert "no process type registered for kind 'counter'" in report.quarantined[0].reason
     await second.shutdown()
@@ -166,13 +166,13 @@ async def test_full_disk_pauses_the_process_with_the_reason_and_loses_nothing(tm
     handle = await host.spawn(Worker, pid="w", state={"pad": ""})
     assert host.store is not None
     page_count = sqlite3.connect(db).execute("PRAGMA page_count").fetchone()[0]
-    host.store.max_page_count = page_count
+    sqlite_store(host).max_page_count = page_count
     await handle.cast(("work", "x" * 200_000))
     held = await wait_for_snapshot(handle, lambda s: s.paused)
     assert "checkpoint failed" in (held.pause_reason or "")
     assert "full" in (held.pause_reason or "")
     assert [] == recorder.executed  # write-ahead: not handed out before it is durable
-    host.store.max_page_count = 1_000_000
+    sqlite_store(host).max_page_count = 1_000_000
     await handle.resume()
     done = await wait_for_snapshot(handle, lambda s: "done" in s.state)
     assert 1 == len(recorder.executed)
@@ -200,7 +200,7 @@ async def test_a_foreign_writer_holding_the_lock_pauses_processes_until_released
     pauses with that reason and carries on after the lock is released and it is resumed."""
     db = tmp_path / "s.db"
     recorder = Recorder()
-    host = Host(machines=[Worker], executors={"work": recorder}, store=str(db), busy_timeout=0.05)
+    host = Node(machines=[Worker], executors={"work": recorder}, store=str(db), busy_timeout=0.05)
     host.runtime.store_retry_delays = ()
     await host.start()
     handle = await host.spawn(Worker, pid="w")
@@ -229,7 +229,7 @@ async def test_an_effect_free_commit_whose_group_commit_failed_is_written_once_t
 
     monkeypatch.setattr(sqlite_module, "DIRTY_RETRY_SECONDS", 0.05)
     db = tmp_path / "s.db"
-    host = Host(machines=[Counter], store=str(db), busy_timeout=0.05)
+    host = Node(machines=[Counter], store=str(db), busy_timeout=0.05)
     await host.start()
     assert host.store is not None
     handle = await host.spawn(Counter, pid="c", state={"n": 0})
@@ -397,7 +397,7 @@ async def test_a_raising_owned_logs_hook_stops_neither_pruning_nor_the_other_del
     """Pruning asks each pruned process's machine for its own logs: a hook that raises for one
     process is logged and skipped; that record is pruned all the same, and the other process's
     file is deleted."""
-    host = Host(machines=[FileOwner], store=str(tmp_path / "s.db"), retention=0.0)
+    host = Node(machines=[FileOwner], store=str(tmp_path / "s.db"), retention=0.0)
     await host.start()
     owned = tmp_path / "owned.log"
     owned.write_text("x")
@@ -418,7 +418,7 @@ async def test_a_prune_cut_short_leaves_records_without_files_never_files_withou
     """Pruning deletes a process's files before its record: when the record's deletion fails
     (as a crash between the two would leave it), the record is still there and the next prune
     takes it; no file is left that no record names."""
-    host = Host(machines=[FileOwner], store=str(tmp_path / "s.db"), retention=0.0)
+    host = Node(machines=[FileOwner], store=str(tmp_path / "s.db"), retention=0.0)
     await host.start()
     owned = tmp_path / "owned.log"
     owned.write_text("x")
@@ -479,7 +479,7 @@ async def test_a_failed_periodic_prune_is_retried_not_the_end_of_retention(
 async def test_group_commit_batches_concurrent_checkpoints(tmp_path: Path) -> None:
     """Checkpoints of many processes that commit together go into few transactions, and the
     checkpoints of one process's calls handled back to back coalesce into its latest one."""
-    host = Host(machines=[Counter], store=str(tmp_path / "s.db"))
+    host = Node(machines=[Counter], store=str(tmp_path / "s.db"))
     await host.start()
     handles = [await host.spawn(Counter, pid=f"c{i}") for i in range(200)]
     assert host.store is not None
@@ -495,7 +495,7 @@ async def test_group_commit_batches_concurrent_checkpoints(tmp_path: Path) -> No
 async def test_a_reply_is_sent_only_once_its_state_is_durable(tmp_path: Path) -> None:
     """A commit whose effects leave the process (here a reply) waits for its checkpoint: when the
     caller has the reply, the store already holds that version."""
-    host = Host(machines=[Counter], store=str(tmp_path / "s.db"))
+    host = Node(machines=[Counter], store=str(tmp_path / "s.db"))
     await host.start()
     handle = await host.spawn(Counter, pid="c")
     await handle.cast(5)
@@ -511,7 +511,7 @@ async def test_a_reply_is_sent_only_once_its_state_is_durable(tmp_path: Path) ->
 async def test_effect_free_commits_reach_the_store_without_waiting(tmp_path: Path) -> None:
     """A commit with no outside effect (a cast that only changes state) does not wait for the
     disk; the next group commit writes the process's latest state."""
-    host = Host(machines=[Counter], store=str(tmp_path / "s.db"))
+    host = Node(machines=[Counter], store=str(tmp_path / "s.db"))
     await host.start()
     handle = await host.spawn(Counter, pid="c")
     for _ in range(10):
@@ -531,7 +531,7 @@ async def test_effect_free_commits_reach_the_store_without_waiting(tmp_path: Pat
 
 
 async def test_listing_filters_by_kind_lifecycle_and_paused(tmp_path: Path) -> None:
-    """Host.list filters live processes by kind, lifecycle and the paused flag."""
+    """Node.list filters live processes by kind, lifecycle and the paused flag."""
     gate = Gate()
     host = worker_host(tmp_path / "s.db", gate)
     await host.start()
@@ -556,7 +556,7 @@ async def test_a_process_pipelines_checkpoints_but_no_effect_leaves_before_its_o
     already in the durable record, and the actions start in the order they were issued."""
     db = tmp_path / "s.db"
     seen: list[tuple[str, bool]] = []
-    host: Host
+    host: Node
 
     class Checking:
         idempotent = False
@@ -617,7 +617,7 @@ async def test_pauses_are_durable_and_a_self_pause_keeps_its_reason_across_a_res
     any transition; a host restarted on the store brings both back paused, the self-paused one
     with its reason, and resuming it delivers RESUMED to the machine; a resume is durable too."""
     db = tmp_path / "s.db"
-    first = Host(machines=[Worker, SelfPausing], executors={"work": Recorder()}, store=str(db))
+    first = Node(machines=[Worker, SelfPausing], executors={"work": Recorder()}, store=str(db))
     await first.start()
     operator = await first.spawn(Worker, pid="op")
     itself = await first.spawn(SelfPausing, pid="self")
@@ -629,7 +629,7 @@ async def test_pauses_are_durable_and_a_self_pause_keeps_its_reason_across_a_res
     )  # fmt: skip
     await first.shutdown()
 
-    second = Host(machines=[Worker, SelfPausing], executors={"work": Recorder()}, store=str(db))
+    second = Node(machines=[Worker, SelfPausing], executors={"work": Recorder()}, store=str(db))
     await second.start()
     op, me = second.find("op"), second.find("self")
     assert (True, None) == (op.state.paused, op.state.pause_reason)
@@ -669,9 +669,9 @@ async def test_the_write_ahead_log_is_cut_back_after_a_burst(tmp_path: Path, mon
     """SQLite keeps its write-ahead log file at its high-water mark; the store caps what stays
     on disk once a burst is checkpointed (WAL_SIZE_LIMIT, small here), so a burst of large
     checkpoints does not leave a log file that size for as long as the daemon runs."""
-    import supervisor._store.sqlite_file
+    import supervisor._store.sqlite
 
-    monkeypatch.setattr(supervisor._store.sqlite_file, "WAL_SIZE_LIMIT", 1 << 20)
+    monkeypatch.setattr(supervisor._store.sqlite, "WAL_SIZE_LIMIT", 1 << 20)
     path = tmp_path / "s.db"
     store = await SQLiteStore.open(str(path))
     try:
@@ -722,7 +722,7 @@ async def test_shutdown_keeps_to_its_own_timeout_when_a_task_will_not_stop(tmp_p
     process's tasks are waited for in one wait bounded by what is left of the timeout, where
     each process used to wait up to kill_grace on its own (here 1,000 s)."""
     stubborn = Stubborn()
-    host = Host(machines=[Worker], executors={"work": stubborn}, store=str(tmp_path / "s.db"), kill_grace=1000.0)
+    host = Node(machines=[Worker], executors={"work": stubborn}, store=str(tmp_path / "s.db"), kill_grace=1000.0)
     await host.start()
     handles = [await host.spawn(Worker, pid=f"w{i}") for i in range(3)]
     for handle in handles:
@@ -756,7 +756,7 @@ async def test_a_process_whose_checkpoints_grow_large_is_warned_about_each_time_
     has quadrupled (at 2 MB, not at 5 MB, again at 9 MB); the statistics keep the largest."""
     from structlog.testing import capture_logs
 
-    host = Host(machines=[Hoarder], store=str(tmp_path / "s.db"))
+    host = Node(machines=[Hoarder], store=str(tmp_path / "s.db"))
     await host.start()
     assert host.store is not None
     handle = await host.spawn(Hoarder, pid="grows")
@@ -771,7 +771,7 @@ async def test_a_process_whose_checkpoints_grow_large_is_warned_about_each_time_
         assert host.store.statistics().largest_record >= 9_000_000
         await handle.kill("enough")
         await handle._process.wait_persisted(5)
-        assert "grows" not in host.store._large  # nothing kept for an ended process
+        assert "grows" not in sqlite_store(host)._large  # nothing kept for an ended process
     finally:
         await host.shutdown()
 
@@ -784,19 +784,19 @@ async def test_a_shutdown_is_bounded_when_the_store_writer_hangs_and_says_so(tmp
 
     from structlog.testing import capture_logs
 
-    host = Host(machines=[Counter], store=str(tmp_path / "s.db"), kill_grace=0.5)
+    host = Node(machines=[Counter], store=str(tmp_path / "s.db"), kill_grace=0.5)
     await host.start()
     assert host.store is not None
     handle = await host.spawn(Counter, {"n": 0})
     await handle.call("get")
     disk = threading.Event()
-    write = host.store._write
+    write = sqlite_store(host)._write
 
     def hung(*args: Any) -> None:
         disk.wait(timeout=60)  # released at the end of the test
         write(*args)
 
-    host.store._write = hung  # type: ignore[method-assign,assignment]
+    sqlite_store(host)._write = hung  # type: ignore[method-assign,assignment]
     await handle.cast(1)  # effect-free: its group commit is what hangs
     try:
         with capture_logs() as logged:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from supervisor import Host
+from supervisor import Node
 from tests.helpers import Gate, wait_until
 from tests.machines import Worker
 
@@ -23,7 +23,7 @@ async def test_inspect_shows_state_and_pending_actions_while_the_store_is_owned(
     saying why (its secrets are unknown)."""
     db = tmp_path / "s.db"
     gate = Gate()
-    host = Host(machines=[Worker], executors={"work": gate}, store=str(db))
+    host = Node(machines=[Worker], executors={"work": gate}, store=str(db))
     await host.start()
     handle = await host.spawn(Worker, pid="w")
     await handle.cast(("work", 3))
@@ -47,13 +47,13 @@ async def test_quarantined_lists_reasons_and_inspect_shows_them(tmp_path: Path) 
     """A corrupt checkpoint shows up in `store quarantined` with its reason; `inspect` on it
     says it is quarantined and why."""
     db = tmp_path / "s.db"
-    host = Host(machines=[Worker], store=str(db))
+    host = Node(machines=[Worker], store=str(db))
     await host.start()
     await host.spawn(Worker, pid="bad")
     await host.shutdown()
     with sqlite3.connect(db) as raw:
         raw.execute("UPDATE processes SET record = ? WHERE pid = 'bad'", (b"\xc1",))
-    host = Host(machines=[Worker], store=str(db))
+    host = Node(machines=[Worker], store=str(db))
     await host.start()
     await host.shutdown()
     listed = cli("store", "quarantined", "--store", str(db))
@@ -91,7 +91,7 @@ async def test_a_backup_made_while_the_host_writes_is_a_whole_store_that_loads(t
 
     db, copy = tmp_path / "s.db", tmp_path / "backups" / "s.backup.db"
     copy.parent.mkdir()
-    host = Host(machines=[Counter], store=str(db))
+    host = Node(machines=[Counter], store=str(db))
     await host.start()
     counters = [await host.spawn(Counter, {"n": 0}) for _ in range(50)]
     for handle in counters[:5]:
@@ -161,7 +161,7 @@ async def test_inspect_finds_a_process_by_name_and_masks_its_secret_values(tmp_p
     from processes.shell import Shell, executors
 
     db = tmp_path / "s.db"
-    host = Host(machines=[Shell(tmp_path / "logs")], executors=executors(tmp_path / "runs"), store=str(db))
+    host = Node(machines=[Shell(tmp_path / "logs")], executors=executors(tmp_path / "runs"), store=str(db))
     await host.start()
     try:
         settings = {"argv": ["sleep", "30"], "env": {"API_TOKEN": "hunter2-secret"}}

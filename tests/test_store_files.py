@@ -15,10 +15,10 @@ import pytest
 from structlog.testing import capture_logs
 
 import supervisor._store.sqlite
-from supervisor import Host, SQLiteStore, StoreLocked
-from supervisor._store.sqlite_file import take_ownership
+from supervisor import Node, SQLiteStore, StoreLocked
+from supervisor._store.sqlite import take_ownership
 from supervisor.daemon.metrics import registry_for
-from tests.helpers import file_size, wait_until
+from tests.helpers import file_size, sqlite_store, wait_until
 from tests.machines import Counter
 
 
@@ -36,8 +36,8 @@ def stored(path: Path) -> dict[str, int]:
     return {pid: int(decode_record(blob).state.get("n", 0)) for pid, blob in rows}
 
 
-async def running_host(db: Path, count: int = 5) -> Host:
-    host = Host(machines=[Counter], store=str(db))
+async def running_host(db: Path, count: int = 5) -> Node:
+    host = Node(machines=[Counter], store=str(db))
     await host.start()
     for i in range(count):
         handle = await host.spawn(Counter, pid=f"c{i}", state={"n": 0})
@@ -46,7 +46,7 @@ async def running_host(db: Path, count: int = 5) -> Host:
     return host
 
 
-def problem(host: Host) -> str:
+def problem(host: Node) -> str:
     assert host.store is not None
     return host.store.statistics().file_problem
 
@@ -88,7 +88,7 @@ async def test_a_deleted_store_file_is_written_back_and_nothing_is_lost(
     assert "" == host.store.statistics().file_problem
     await host.shutdown()
 
-    again = Host(machines=[Counter], store=str(db))
+    again = Node(machines=[Counter], store=str(db))
     report = await again.start()
     assert 5 == report.revived
     assert 101 == await again.get("c0").call("get")
@@ -112,7 +112,7 @@ async def test_a_replaced_store_file_is_left_alone_and_reported_once(tmp_path: P
         assert host.store is not None
         await wait_until(lambda: host.store is not None and host.store.statistics().file_problem != "")
         for _ in range(3):  # more checks: still one line
-            await host.store._watch()
+            await sqlite_store(host)._watch()
     assert "store_file_replaced" == host.store.statistics().file_problem
     replaced = [e for e in logs if e["event"] == "store_file_replaced"]
     assert 1 == len(replaced)
@@ -195,15 +195,15 @@ def test_a_daemon_whose_store_was_deleted_loses_nothing_to_a_sigkill(tmp_path: P
     assert daemon.ticks()["root/fast"] >= reached
 
 
-async def fill_and_prune(db: Path, count: int = 200) -> Host:
+async def fill_and_prune(db: Path, count: int = 200) -> Node:
     """A host whose store held ``count`` ended processes of ~20 KB each, pruned again."""
-    host = Host(machines=[Counter], store=str(db), retention=0.0)
+    host = Node(machines=[Counter], store=str(db), retention=0.0)
     await host.start()
     for i in range(count):
         handle = await host.spawn(Counter, pid=f"big{i}", state={"blob": "x" * 20_000})
         await handle.call("finish")
     assert host.store is not None
-    await host.store._watch()
+    await sqlite_store(host)._watch()
     assert host.store.statistics().size_bytes > count * 20_000
     await wait_until(lambda: all(h.done() for h in [host.get(f"big{i}") for i in range(count)]))
     await asyncio.sleep(0.01)  # retention 0: pruned once the clock has moved past their ends
@@ -220,7 +220,7 @@ async def test_pruned_space_goes_back_to_the_file_system(tmp_path: Path) -> None
     host = await fill_and_prune(db)
     assert host.store is not None
     peak = host.store.statistics().size_bytes
-    await host.store._watch()
+    await sqlite_store(host)._watch()
     stats = host.store.statistics()
     assert stats.free_bytes == 0
     assert stats.size_bytes < peak / 10
@@ -240,7 +240,7 @@ async def test_a_store_made_before_keeps_its_free_pages_and_says_how_many(tmp_pa
         old.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
     host = await fill_and_prune(db)
     assert host.store is not None
-    await host.store._watch()
+    await sqlite_store(host)._watch()
     stats = host.store.statistics()
     assert stats.free_bytes > 200 * 20_000 * 0.9
     assert stats.size_bytes >= stats.free_bytes

@@ -1,4 +1,4 @@
-"""A host in counts (Host.summary, the client's summary, ``statevisor status``): processes by
+"""A host in counts (Node.summary, the client's summary, ``statevisor status``): processes by
 kind and lifecycle, paused, queued inputs, ended since start, restarts, slots, quarantine."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import Host, ProcessFailed, TransitionError
-from supervisor._supervision.summary import HostSummary, KindCounts, SlotCounts
+from supervisor import Node, ProcessFailed, TransitionError
+from supervisor._supervision.summary import KindCounts, NodeSummary, SlotCounts
 from supervisor.cli.commands import _status_lines
 from supervisor.control import Client, ControlServer
 from tests.helpers import wait_until
@@ -18,11 +18,11 @@ from tests.machines import Counter, Slow, Worker
 from tests.test_slots import Counting
 
 
-async def busy_host(path: Path) -> tuple[Host, Counting, Slow]:
+async def busy_host(path: Path) -> tuple[Node, Counting, Slow]:
     """Three kinds: counters (one paused, one finished, one failed), workers of which one holds
     the only slot and two wait for it, and a slow one stuck mid-transition with inputs queued."""
     counting, slow = Counting(), Slow()
-    host = Host(machines=[Counter, Worker, slow], executors={"work": counting}, slots={"worker": 1}, store=str(path))
+    host = Node(machines=[Counter, Worker, slow], executors={"work": counting}, slots={"worker": 1}, store=str(path))
     await host.start()
     counters = [await host.spawn(Counter, {"n": 0}) for _ in range(4)]
     for handle in counters:
@@ -65,8 +65,8 @@ async def test_the_summary_counts_live_processes_by_kind_and_what_ended_since_st
         assert {"worker": SlotCounts(capacity=1, used=1, queued=2)} == summary.slots
         assert (str(tmp_path / "s.db"), 0, 0) == (summary.store, summary.restarts, summary.quarantined)
         assert summary.started is not None
-        assert "<HostSummary 6 live in 3 kinds, 2 ended>" == repr(summary)
-        assert summary == HostSummary.from_fields(summary.to_fields())
+        assert "<NodeSummary 6 live in 3 kinds, 2 ended>" == repr(summary)
+        assert summary == NodeSummary.from_fields(summary.to_fields())
     finally:
         counting.release.set()
         slow.gate.set()
@@ -100,14 +100,14 @@ async def test_a_start_that_quarantined_records_says_so_in_the_summary(tmp_path:
     """A checkpoint that cannot be revived is quarantined at start; the summary (and so status)
     counts it, so an operator sees it without reading the start's log."""
     path = tmp_path / "s.db"
-    first = Host(machines=[Counter], store=str(path))
+    first = Node(machines=[Counter], store=str(path))
     await first.start()
     for _ in range(3):
         await (await first.spawn(Counter, {"n": 0})).call("get")
     await first.shutdown()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE processes SET record = x'c1' WHERE pid = (SELECT MIN(pid) FROM processes)")
-    second = Host(machines=[Counter], store=str(path))
+    second = Node(machines=[Counter], store=str(path))
     await second.start()
     try:
         summary = second.summary()
@@ -136,10 +136,10 @@ async def test_a_failed_supervisor_is_in_the_summary_with_its_reason() -> None:
         await wait_until(lambda: host.root.state is SupervisorState.FAILED)
         summary = host.summary()
         assert {"root": "restart budget exceeded (1 in 60 s)"} == summary.failed_supervisors
-        assert HostSummary.from_fields(json.loads(json.dumps(summary.to_fields()))) == summary
+        assert NodeSummary.from_fields(json.loads(json.dumps(summary.to_fields()))) == summary
         fields = summary.to_fields()
         del fields["failed_supervisors"]
-        assert {} == HostSummary.from_fields(fields).failed_supervisors
+        assert {} == NodeSummary.from_fields(fields).failed_supervisors
         expected = "supervisor root FAILED: restart budget exceeded (1 in 60 s); what it supervised is not restarted"
         assert any(line.startswith(expected) for line in _status_lines(summary, "here", 0.0))
     finally:
@@ -149,7 +149,7 @@ async def test_a_failed_supervisor_is_in_the_summary_with_its_reason() -> None:
 def test_status_text_shows_the_daemon_then_a_row_per_kind() -> None:
     """statevisor status for a person: version, address and uptime; totals by lifecycle; a table
     with a row per kind (live, lifecycles, paused, queued inputs, slots); what ended since start."""
-    summary = HostSummary(
+    summary = NodeSummary(
         version="9.9", started=1000.0,
         kinds={"shell": KindCounts(running=5, waiting=2, paused=1, queued_inputs=4), "ticker": KindCounts(created=1)},
         ended={"finished": 7, "failed": 1, "killed": 0}, restarts=3, given_up=1,
@@ -176,7 +176,7 @@ async def test_status_of_a_daemon_from_before_summary_counts_a_listing_and_says_
     from supervisor.control._ops import OPS
 
     monkeypatch.delitem(OPS, "summary")
-    host = Host(machines=[Counter])
+    host = Node(machines=[Counter])
     await host.start()
     for _ in range(2):
         await (await host.spawn(Counter, {"n": 0})).call("get")

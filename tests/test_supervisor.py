@@ -16,10 +16,10 @@ from supervisor import (
     Context,
     Control,
     Handle,
-    Host,
     Input,
     Machine,
     ManualClock,
+    Node,
     ProcessNotFound,
     Restart,
     Strategy,
@@ -27,7 +27,7 @@ from supervisor import (
     SupervisorSpec,
     SupervisorState,
 )
-from tests.helpers import wait_until
+from tests.helpers import sqlite_store, wait_until
 
 EVENTS: list[str] = []
 
@@ -56,22 +56,22 @@ def spec(name: str, **options: Any) -> ChildSpec:
 NO_JITTER = Backoff(initial=1.0, maximum=8.0, multiplier=2.0, jitter=0.0, reset_after=1000.0)
 
 
-async def started(strategy: Strategy, children: list[ChildSpec], **options: Any) -> tuple[Host, ManualClock]:
+async def started(strategy: Strategy, children: list[ChildSpec], **options: Any) -> tuple[Node, ManualClock]:
     EVENTS.clear()
     clock = ManualClock()
     root = SupervisorSpec("root", children, strategy=strategy, backoff=NO_JITTER, **options)
-    host = Host(root=root, clock=clock, kill_grace=1.0)
+    host = Node(root=root, clock=clock, kill_grace=1.0)
     await host.start()
     return host, clock
 
 
-def pid_of(host: Host, name: str) -> str:
+def pid_of(host: Node, name: str) -> str:
     child = host.root.child(name)
     assert isinstance(child, Handle)
     return child.pid
 
 
-async def crash(host: Host, name: str, *, supervisor: Supervisor | None = None, restarts: bool = True) -> None:
+async def crash(host: Node, name: str, *, supervisor: Supervisor | None = None, restarts: bool = True) -> None:
     """Crash a child and wait until its supervisor has decided (a restart is scheduled)."""
     owner = supervisor or host.root
     child = owner.child(name)
@@ -83,7 +83,7 @@ async def crash(host: Host, name: str, *, supervisor: Supervisor | None = None, 
         await wait_until(lambda: owner.statistics().pending_restarts > before)
 
 
-async def restarted(host: Host, name: str, old_pid: str) -> None:
+async def restarted(host: Node, name: str, old_pid: str) -> None:
     """Wait until `name` runs under a new pid and has handled its start input (which is what
     appends to EVENTS): a new handle alone does not mean the start transition has run."""
 
@@ -332,13 +332,13 @@ async def test_a_restart_whose_start_fails_is_retried_with_backoff_until_it_succ
     clock = ManualClock()
     db = tmp_path / "s.db"
     child = ChildSpec("a", machine=Service, state={"name": "a", "pad": "x" * 200_000})
-    host = Host(root=SupervisorSpec("root", [child], backoff=NO_JITTER), clock=clock, kill_grace=1.0, store=str(db))
+    host = Node(root=SupervisorSpec("root", [child], backoff=NO_JITTER), clock=clock, kill_grace=1.0, store=str(db))
     await host.start()
     assert host.store is not None
     old = pid_of(host, "a")
     with capture_logs() as logged:
         await crash(host, "a")
-        host.store.max_page_count = sqlite3.connect(db).execute("PRAGMA page_count").fetchone()[0]
+        sqlite_store(host).max_page_count = sqlite3.connect(db).execute("PRAGMA page_count").fetchone()[0]
         clock.advance(1.0)  # the first restart: its spawn cannot be written
         await wait_until(lambda: any(e["event"] == "child_start_failed" for e in logged))
         await wait_until(lambda: host.root.statistics().pending_restarts == 1)
@@ -346,7 +346,7 @@ async def test_a_restart_whose_start_fails_is_retried_with_backoff_until_it_succ
     assert "a" == failed["child"]
     assert "full" in failed["error"]
     assert old == pid_of(host, "a")  # not replaced by a process that was never written
-    host.store.max_page_count = 1_000_000
+    sqlite_store(host).max_page_count = 1_000_000
     clock.advance(2.0)  # the second try, after a doubled backoff
     await restarted(host, "a", old)
     assert ["start a", "start a"] == EVENTS

@@ -1,7 +1,7 @@
 """The local shell process kind: commands in their own process groups, detached so that they
 outlive a daemon crash, with rotated log files and exit status collected across restarts.
 
-Use :func:`executors` for a Host's executors and :class:`Shell` as the process type.
+Use :func:`executors` for a Node's executors and :class:`Shell` as the process type.
 """
 
 from pathlib import Path

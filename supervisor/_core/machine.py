@@ -13,17 +13,14 @@ import random as _random
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .._errors import ConfigurationError, IllegalPhaseChange
-from .actions import TrackedAction, UntrackedAction
+from .actions import ExecutorRegistry, TrackedAction, UntrackedAction
 from .inputs import STATE_TIMEOUT, Call, Input
 from .lifecycle import ErrorPolicy
 from .secrets import redact
 from .state import check_value
-
-if TYPE_CHECKING:
-    from .process import Process
 
 S = TypeVar("S", bound=Mapping[str, Any])
 
@@ -165,6 +162,22 @@ class Machine(Generic[S]):
         return f"<{type(self).__name__} kind={self.kind!r}>"
 
 
+class ContextOwner(Protocol):
+    """What a :class:`Context` reads of the process whose transition it serves."""
+
+    pid: str
+    name: str
+    phase: str
+    version: int
+    machine: Machine[Any]
+
+    @property
+    def pending_view(self) -> Mapping[str, TrackedAction]: ...
+
+    @property
+    def executors(self) -> ExecutorRegistry: ...
+
+
 class Context:
     """What a transition may read (``now``, ``random``, ``phase``, ``pending``) and do (effects)."""
 
@@ -187,7 +200,7 @@ class Context:
         "version",
     )
 
-    def __init__(self, process: Process, now: float) -> None:
+    def __init__(self, process: ContextOwner, now: float) -> None:
         self._process = process
         self.pid: str = process.pid
         self.name: str | None = process.name
@@ -229,7 +242,7 @@ class Context:
         The id defaults to ``"<pid>:<version>:<n>"``, deterministic across re-runs; pass
         ``key`` to choose one (it must be unique among this process's pending actions).
         """
-        self._process.runtime.executors.get(action_type)
+        self._process.executors.get(action_type)
         check_value(payload, f"payload of action {action_type!r}")
         action_id = key if key is not None else f"{self.pid}:{self.version + 1}:{self._seq}"
         self._seq += 1
@@ -250,7 +263,7 @@ class Context:
 
     def emit(self, action_type: str, payload: Any = None) -> None:
         """Describe an untracked (fire-and-forget) action."""
-        self._process.runtime.executors.get(action_type)
+        self._process.executors.get(action_type)
         if self.untracked is None:
             self.untracked = []
         self.untracked.append(UntrackedAction(action_type, payload, self.pid))

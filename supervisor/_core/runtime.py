@@ -12,31 +12,18 @@ import structlog
 
 from .._errors import ConfigurationError, ProcessNotFound
 from .actions import ExecuteFunction, Executor, ExecutorRegistry, TrackedAction, UntrackedAction
+from .checkpointer import Checkpointer
 from .clock import Clock, SystemClock
-from .codec import Checkpoint
 from .handle import Handle
 from .identifiers import check_identifier
 from .lifecycle import DriveMode, Lifecycle
 from .machine import Machine
 from .process import Process
-from .process_base import ProcessBase
 from .slots import SlotPool
 from .snapshot import ProcessRecord
 from .state import Journal, new_state
 
 log = structlog.get_logger("statevisor.runtime")
-
-
-class Checkpointer(Protocol):
-    """Makes processes' committed states durable (e.g. :class:`SQLiteStore`).
-
-    ``save`` returns once the checkpoint is durable. ``mark_dirty`` asks for the process's
-    latest checkpoint to go into the next group commit, without waiting for it.
-    """
-
-    async def save(self, checkpoint: Checkpoint) -> None: ...
-
-    def mark_dirty(self, process: Process) -> None: ...
 
 
 class RuntimeObserver(Protocol):
@@ -230,14 +217,13 @@ class Runtime:
 
     # --- shared services for processes (the simulator overrides these) ---------------
 
-    def launch(self, process: Process, restore: ProcessRecord | None) -> asyncio.Task[None] | None:
+    def drive(self, process: Process, restore: ProcessRecord | None) -> asyncio.Task[None] | None:
         """Start driving ``process``: one asyncio task per process."""
-        return asyncio.get_running_loop().create_task(process._main(restore), name=f"statevisor:{process.pid}")
+        return asyncio.get_running_loop().create_task(process.run(restore), name=f"statevisor:{process.pid}")
 
-    def dispatch(self, process: Process, action: TrackedAction) -> None:
+    def execute(self, process: Process, action: TrackedAction) -> None:
         """Hand a tracked action to its executor (after its checkpoint is durable)."""
-        task = asyncio.get_running_loop().create_task(process._run_action(action))
-        process._action_tasks[action.id] = task
+        process.running_action(action.id, asyncio.get_running_loop().create_task(process.run_action(action)))
 
     def background(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run housekeeping (e.g. a terminal checkpoint) without blocking the caller."""
@@ -257,7 +243,7 @@ class Runtime:
         except Exception as exc:
             log.warning("untracked_action_failed", pid=action.pid, action_type=action.type, error=repr(exc))
 
-    def abandon(self, task: asyncio.Future[Any], process: ProcessBase) -> None:
+    def abandon(self, task: asyncio.Future[Any], process: Process) -> None:
         log.warning("task_abandoned", pid=process.pid, kind=process.kind, task=repr(task))
         self._abandoned.add(task)
         task.add_done_callback(self._abandoned.discard)
@@ -271,7 +257,7 @@ class Runtime:
         for observer in self.observers:
             observer.action_done(process, action, seconds, ok)
 
-    def forget(self, process: ProcessBase) -> None:
+    def forget(self, process: Process) -> None:
         """Drop a process from the live registry (it ended, or it was detached)."""
         if self._live.get(process.pid) is process:
             del self._live[process.pid]

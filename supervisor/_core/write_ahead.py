@@ -7,7 +7,7 @@ still never sees an effect whose state a crash could lose, but one process can h
 transitions in one group commit instead of one fsync each.
 
 If a checkpoint fails, the effects behind it stay held while the owner retries with its current
-state (which covers every held transition, since states only move forward), and are released
+state (which covers every held transition, since states only move forward), and are let out
 when that lands. The queue is bounded: a process that gets ``limit`` checkpoints ahead of the
 store waits for the oldest, which is also where it yields the loop.
 """
@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 
-class Held:
+class HeldEffects:
     """One transition's effects, waiting for ``durable``."""
 
     __slots__ = ("durable", "replies", "tracked", "untracked")
@@ -32,18 +32,27 @@ class Held:
         self.replies = replies
 
 
-class ReleaseQueue:
-    """Releases held effects in order, each once its checkpoint (or a later one) is durable."""
+class WriteAheadQueue:
+    """Lets held effects out in order, each once its checkpoint (or a later one) is durable.
 
-    __slots__ = ("_held", "_limit", "_progress", "_release", "_retry", "_retrying")
+    ``let_out`` sends one transition's effects on their way; ``make_durable`` makes the owner's
+    current state durable after a failed checkpoint (retrying, pausing): both are the owning
+    process's, which alone knows its effects and its state.
+    """
+
+    __slots__ = ("_held", "_let_out", "_limit", "_make_durable", "_progress", "_retrying")
 
     def __init__(
-        self, release: Callable[[Held], None], retry: Callable[[], Awaitable[None]], *, limit: int = 128
+        self,
+        let_out: Callable[[HeldEffects], None],
+        make_durable: Callable[[], Awaitable[None]],
+        *,
+        limit: int = 128,
     ) -> None:
-        self._release = release
-        self._retry = retry  # makes the owner's current state durable (retrying, pausing)
+        self._let_out = let_out
+        self._make_durable = make_durable
         self._limit = limit
-        self._held: deque[Held] = deque()
+        self._held: deque[HeldEffects] = deque()
         self._retrying: asyncio.Task[None] | None = None
         self._progress: asyncio.Future[None] | None = None
 
@@ -51,36 +60,36 @@ class ReleaseQueue:
         return len(self._held)
 
     def hold(self, durable: asyncio.Future[None], tracked: Any, untracked: Any, replies: Any) -> None:
-        self._held.append(Held(durable, tracked, untracked, replies))
+        self._held.append(HeldEffects(durable, tracked, untracked, replies))
         durable.add_done_callback(self._landed)
 
     def _landed(self, future: asyncio.Future[None]) -> None:
         if not future.cancelled():
             future.exception()  # retrieved here; a failure is handled in order, below
-        self._release_ready()
+        self._let_out_ready()
 
-    def _release_ready(self) -> None:
+    def _let_out_ready(self) -> None:
         if self._retrying is not None:
-            return  # the retry releases what it covers, then hands back to here
+            return  # the retry lets out what it covers, then hands back to here
         held = self._held
         while held and held[0].durable.done():
             head = held[0]
             if head.durable.cancelled() or head.durable.exception() is not None:
-                self._retrying = asyncio.get_running_loop().create_task(self._retry_then_release())
+                self._retrying = asyncio.get_running_loop().create_task(self._retry_then_let_out())
                 return
             held.popleft()
-            self._release(head)
+            self._let_out(head)
         self._wake()
 
-    async def _retry_then_release(self) -> None:
+    async def _retry_then_let_out(self) -> None:
         try:
             covered = len(self._held)
-            await self._retry()
+            await self._make_durable()
             for _ in range(min(covered, len(self._held))):
-                self._release(self._held.popleft())
+                self._let_out(self._held.popleft())
         finally:
             self._retrying = None
-        self._release_ready()
+        self._let_out_ready()
 
     def _wake(self) -> None:
         progress = self._progress
@@ -93,7 +102,7 @@ class ReleaseQueue:
             await self._next_progress()
 
     async def until_empty(self) -> None:
-        """Wait until every held effect is released (or dropped)."""
+        """Wait until every held effect is let out (or dropped)."""
         while self._held:
             await self._next_progress()
 
@@ -110,4 +119,4 @@ class ReleaseQueue:
         self._wake()
 
     def __repr__(self) -> str:
-        return f"<ReleaseQueue {len(self._held)} held{' retrying' if self._retrying else ''}>"
+        return f"<WriteAheadQueue {len(self._held)} held{' retrying' if self._retrying else ''}>"

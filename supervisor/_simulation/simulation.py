@@ -13,26 +13,195 @@ the next (simulated) group commit, so a crash can lose them, as it can for real.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import itertools
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .._core.actions import TrackedAction, UntrackedAction
+from .._core.checkpointer import Checkpointable
 from .._core.clock import TimerHandle
-from .._core.codec import decode_record
+from .._core.codec import Checkpoint, decode_record
 from .._core.handle import Handle
 from .._core.inputs import ActionFailed, ActionSucceeded, Call, Cast, Input
 from .._core.lifecycle import Lifecycle
 from .._core.machine import Machine
 from .._core.process import Process
+from .._core.runtime import Runtime
+from .._core.snapshot import ProcessRecord
 from .._core.state import pack
 from .._errors import ConfigurationError, InvariantViolation, ProcessKilled, SimulationError
-from .simparts import SimCall, SimExecutor, SimRuntime, SimStore, drive
 
 Invariant = Callable[["Simulation"], Any]
+
+
+# --- the simulated backends, calls, store and runtime ----------------------------------------
+
+Respond = Callable[[TrackedAction | UntrackedAction, random.Random], Any]
+
+
+def _echo(action: TrackedAction | UntrackedAction, rng: random.Random) -> Any:
+    return action.payload
+
+
+@dataclass(frozen=True)
+class SimExecutor:
+    """A simulated backend for one action type.
+
+    ``respond(action, rng)`` performs the effect and returns the result (or raises: the action
+    fails). It runs once per action id when ``idempotent`` (the executor contract: a re-issued
+    id gets the first outcome back), once per dispatch otherwise. The result arrives after a
+    latency drawn from ``latency``; ``failure_rate`` of actions fail without an effect and
+    ``hang_rate`` never answer (the machine's own timeouts must cope).
+    """
+
+    respond: Respond = _echo
+    latency: tuple[float, float] = (0.001, 0.01)
+    failure_rate: float = 0.0
+    hang_rate: float = 0.0
+    idempotent: bool = True
+
+    def __post_init__(self) -> None:
+        low, high = self.latency
+        if not 0 <= low <= high:
+            raise ConfigurationError(f"latency must be (low, high) with 0 <= low <= high, got {self.latency}")
+        for name in ("failure_rate", "hang_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigurationError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+
+
+class SimCall:
+    """The outcome of ``Simulation.call``: filled in when the process replies (or fails)."""
+
+    __slots__ = ("_done", "error", "message", "value")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._done = False
+
+    # The duck-typed future the process resolves.
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self.value, self._done = value, True
+
+    def set_exception(self, error: BaseException) -> None:
+        self.error, self._done = error, True
+
+    def __repr__(self) -> str:
+        if not self._done:
+            return f"<SimCall {self.message!r} pending>"
+        return f"<SimCall {self.message!r} -> {self.error or self.value!r}>"
+
+
+class _Inert:
+    """Stands in the executor registry so ``ctx.track`` accepts the simulated action types."""
+
+    idempotent = True
+
+    async def execute(self, action: TrackedAction | UntrackedAction) -> Any:
+        raise SimulationError("simulated actions are executed by the simulation, not by this executor")
+
+    async def cancel(self, action: TrackedAction) -> None:
+        return None
+
+
+class Wake:
+    """Set as a simulated process's wake-up: poking it makes the process runnable."""
+
+    __slots__ = ("pid", "sim")
+
+    def __init__(self, sim: Simulation, pid: str) -> None:
+        self.sim = sim
+        self.pid = pid
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, value: Any) -> None:
+        self.sim.runnable(self.pid)
+
+
+def run_at_once(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine that must not suspend (simulated transitions never wait on real I/O)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coroutine.close()
+    raise SimulationError("a transition awaited real I/O; in a simulation every await must complete at once")
+
+
+class SimStore:
+    """Durable checkpoints of a simulation: what survives a simulated crash.
+
+    It does not pipeline: a process waits for each effectful checkpoint, and an effect-free
+    one is written at the next simulated group commit (``flush``), so a crash can lose it.
+    """
+
+    pipelined = False
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.durable: dict[str, bytes] = {}
+        self.dirty: dict[str, Checkpointable] = {}
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        self.durable[checkpoint.pid] = checkpoint.blob
+
+    def submit(self, checkpoint: Checkpoint) -> asyncio.Future[None]:
+        raise SimulationError("the simulated store does not pipeline checkpoints (pipelined is False)")
+
+    def mark_dirty(self, process: Checkpointable) -> None:
+        self.dirty[process.pid] = process
+        self.sim.flush_soon()
+
+    def flush(self) -> None:
+        for process in self.dirty.values():
+            if process.dirty and not (isinstance(process, Process) and process.done):
+                self.durable[process.pid] = process.checkpoint().blob
+        self.dirty.clear()
+
+
+class SimRuntime(Runtime):
+    """The real runtime, with launching, dispatching and background work routed to the simulation."""
+
+    def __init__(self, sim: Simulation, action_types: list[str], check_determinism: bool) -> None:
+        super().__init__(
+            executors={t: _Inert() for t in action_types},
+            clock=sim.clock,
+            check_determinism=check_determinism,
+            ids=iter(()),
+        )
+        self.sim = sim
+        self.checkpointer = sim.store
+        self.store_retry_delays = ()
+
+    def drive(self, process: Process, restore: ProcessRecord | None) -> None:
+        process.drive_with(Wake(self.sim, process.pid))
+        run_at_once(process.begin(restore))
+        self.sim.runnable(process.pid)
+        return None
+
+    def execute(self, process: Process, action: TrackedAction) -> None:
+        self.sim.execute(process, action)
+
+    def run_untracked(self, action: UntrackedAction) -> None:
+        self.sim.execute(None, action)
+
+    def background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        run_at_once(coroutine)
+        return None
+
+
+# --- the simulation ----------------------------------------------------------------------
 
 _STEP, _CALLBACK, _DELIVER, _COMPLETE, _FLUSH = range(5)
 _HANG = object()
@@ -230,14 +399,13 @@ class Simulation:
                     call.set_exception(SimulationError(f"process {pid} has ended"))
             else:
                 if call is not None:
-                    process._calls[input.ref] = call  # a duck-typed future (see SimCall)
+                    process.mailbox.expect_reply(input.ref, call)
                 process.enqueue(input)
         elif kind == _COMPLETE:
             pid, result = payload
             process = self.processes.get(pid)
             if process is not None:
-                process._mailbox.append(result)
-                self.runnable(pid)
+                process.mailbox.put(result)  # which makes it runnable
         else:
             self._flush_pending = False
             self.store.flush()
@@ -261,7 +429,7 @@ class Simulation:
         input = process.take_input()
         if input is None:
             return
-        drive(process.step(input))
+        run_at_once(process.step(input))
         self.transitions += 1
         self._hash.update(
             pack(
@@ -278,7 +446,7 @@ class Simulation:
         if process.done:
             self.processes.pop(process.pid, None)
             self.ended[process.pid] = process
-        elif process._mailbox or process._redeliver:
+        elif process.mailbox:
             self.runnable(process.pid)
         for invariant in self.invariants:
             try:
@@ -342,7 +510,7 @@ class Simulation:
         self._flush_pending = False
         self.store.dirty.clear()
         for process in self.processes.values():
-            for call in process._calls.values():
+            for call in process.mailbox.calls():
                 if not call.done():
                     call.set_exception(lost)
         self.runtime = self._new_runtime()
@@ -355,8 +523,7 @@ class Simulation:
             if record.lifecycle.terminal:
                 ended = self.runtime.spawn(machine, record.state, pid=pid, start=False)._process
                 self.runtime.forget(ended)
-                ended._terminal = record.lifecycle
-                ended._result, ended._error = record.result, record.error
+                ended.ended_before(record)
                 self.ended[pid] = ended
                 self._states[pid] = ended._state
             else:

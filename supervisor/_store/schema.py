@@ -1,7 +1,7 @@
 """The checkpoint store's SQL: its schema, the multi-row upserts its group commit writes, and
 retention's statements.
 
-Kept apart from :mod:`._sqlite` (the store's ownership, writer thread and reads) because the
+Kept apart from :mod:`.sqlite` (the store's ownership, writer thread and reads) because the
 benchmark's raw-SQLite baseline must write with exactly these statements.
 """
 

@@ -1,7 +1,7 @@
 """Retention: the checkpoints of processes that ended long enough ago, and the log files that
 belonged to them alone, are deleted a batch at a time.
 
-Apart from the host because it is the one job of the host that runs on its own clock, for as
+Apart from the node because it is the one job of the node that runs on its own clock, for as
 long as the daemon runs, and the one that deletes files.
 """
 
@@ -18,14 +18,14 @@ from .._core.machine import Machine
 from .._core.snapshot import ProcessRecord
 from .._errors import StatevisorError
 from .._files.logrotation import remove_log
-from .._store.sqlite import SQLiteStore
+from .._store.protocol import Store
 
-log = structlog.get_logger("statevisor.host")
+log = structlog.get_logger("statevisor.node")
 
 PRUNE_BATCH = 1000  # records deleted (and decoded, for their owned logs) per store call
 
 
-async def prune_ended(store: SQLiteStore, machines: Mapping[str, Machine[Any]], ended_before: float) -> int:
+async def prune_ended(store: Store, machines: Mapping[str, Machine[Any]], ended_before: float) -> int:
     """Delete the checkpoints of processes that ended before ``ended_before`` and the log files
     that belonged to them alone (their machines' ``owned_logs``); the number of checkpoints
     deleted. A batch at a time, so a backlog never sits in memory at once."""

@@ -1,19 +1,12 @@
-"""A host in counts: what ``statevisor status`` prints and the metrics export.
-
-One pass over the live processes, in plain synchronous code, so that a status of a daemon with
-100,000 processes is one small answer, not 100,000 snapshots shipped to be counted by the
-client (which is what ``status`` did before it existed).
-"""
+"""A node in counts: what ``statevisor status`` prints, the control API sends and the metrics
+export (:meth:`Node.summary` counts them in one pass)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._core.lifecycle import Lifecycle
-
-if TYPE_CHECKING:
-    from .node import Host
 
 LIVE_LIFECYCLES = (Lifecycle.RUNNING, Lifecycle.WAITING, Lifecycle.CREATED)  # KindCounts's order
 
@@ -43,8 +36,8 @@ class SlotCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class HostSummary:
-    """A host in counts. ``ended`` and ``restarts`` count since this host started;
+class NodeSummary:
+    """A node in counts. ``ended`` and ``restarts`` count since this node started;
     ``quarantined`` is what its start moved to the quarantine."""
 
     version: str
@@ -83,7 +76,7 @@ class HostSummary:
         }  # fmt: skip
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> HostSummary:
+    def from_fields(cls, fields: dict[str, Any]) -> NodeSummary:
         kinds = {kind: KindCounts(**{k: v for k, v in c.items() if k != "live"}) for kind, c in fields["kinds"].items()}
         return cls(
             version=fields["version"], started=fields["started"], kinds=kinds, ended=dict(fields["ended"]),
@@ -95,42 +88,8 @@ class HostSummary:
         )  # fmt: skip
 
     def __repr__(self) -> str:
-        return f"<HostSummary {self.live} live in {len(self.kinds)} kinds, {sum(self.ended.values())} ended>"
+        return f"<NodeSummary {self.live} live in {len(self.kinds)} kinds, {sum(self.ended.values())} ended>"
 
 
 def _counts(record: Any) -> dict[str, int]:
     return {name: getattr(record, name) for name in record.__slots__}
-
-
-def summarize(host: Host, *, started: float | None, quarantined: int) -> HostSummary:
-    """Count ``host``'s live processes by kind and lifecycle, in one pass."""
-    from .._version import __version__
-
-    counting: dict[str, list[int]] = {kind: [0, 0, 0, 0, 0] for kind in host.machines}
-    column = {lc: i for i, lc in enumerate(LIVE_LIFECYCLES)}
-    live_transitions = 0
-    for process in host.runtime.processes():
-        live_transitions += process.transitions
-        row = counting.setdefault(process.kind, [0, 0, 0, 0, 0])
-        lifecycle = process.lifecycle
-        if lifecycle in column:  # an ended process still in the live table for a moment
-            row[column[lifecycle]] += 1
-            row[3] += process.paused
-            row[4] += process.mailbox_depth
-    stats = host.runtime.statistics(live_transitions=live_transitions)  # this pass counted them
-    supervisors = list(host.root.tree())
-    return HostSummary(
-        version=__version__,
-        started=started,
-        kinds={kind: KindCounts(*row) for kind, row in sorted(counting.items())},
-        ended={"finished": stats.finished, "failed": stats.failed, "killed": stats.killed},
-        transitions=stats.transitions,
-        transition_errors=stats.transition_errors,
-        restarts=host.restarts,
-        given_up=sum(s.statistics().given_up for s in supervisors),
-        quarantined=quarantined,
-        slots={s.kind: SlotCounts(s.capacity, s.used, s.queued) for s in host.runtime.slots.statistics()},
-        store=host.store_path,
-        failed_supervisors={s.path: s.failure for s in supervisors if s.failure is not None},
-        store_problem=host.store.statistics().file_problem if host.store is not None else "",
-    )

@@ -1,31 +1,134 @@
 """Supervisors: a tree of children (processes or other supervisors) restarted by policy.
 
-The decisions come from :mod:`._policy` (plain functions); this module watches children, applies
-the decisions and does the waiting. Restart delays run on the runtime clock, so a
-:class:`ManualClock` makes backoff tests take no real time.
+A supervisor is declared (:class:`SupervisorSpec`, its :class:`ChildSpec` children: plain,
+frozen declarations, checked when made, so a bad tree fails where it is written) and then run
+(:class:`Supervisor`). The decisions come from :mod:`.policy` (plain functions); this module
+watches children, applies the decisions and does the waiting. Restart delays run on the
+runtime clock, so a :class:`ManualClock` makes backoff tests take no real time. What a
+supervisor needs of the node it runs in is the :class:`Spawner` protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
 
 import structlog
 
-from .._core.clock import TimerHandle
+from .._core.clock import Clock, TimerHandle
 from .._core.handle import Handle
-from .._core.lifecycle import Lifecycle
+from .._core.identifiers import check_identifier, name_problem
+from .._core.lifecycle import DriveMode, Lifecycle
+from .._core.machine import Machine
 from .._core.snapshot import Snapshot
 from .._errors import ConfigurationError, ProcessNotFound, StatevisorError
-from .policy import RestartWindow, affected, should_restart, start_order
-from .spec import ChildSpec, SupervisorSpec, SupervisorState, SupervisorStatistics
-
-if TYPE_CHECKING:
-    from .node import Host
+from .policy import Backoff, Budget, Restart, RestartWindow, Strategy, affected, should_restart, start_order
 
 log = structlog.get_logger("statevisor.supervisor")
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A declared child: a process of ``machine`` (with ``state``), or a child ``supervisor``.
+
+    ``backoff``: this child's delays between restarts (default: its supervisor's).
+    ``budget``: this child's own restart budget; past it the child is *given up* (left down,
+    logged, counted in ``statistics().given_up``; ``start_child`` brings it back) while its
+    siblings go on, as supervisord does for a program past ``startretries``. The supervisor's
+    budget counts the child's restarts as well and escalates as usual.
+    """
+
+    name: str
+    machine: Machine[Any] | type[Machine[Any]] | None = None
+    state: Mapping[str, Any] | None = None
+    restart: Restart = Restart.PERMANENT
+    depends_on: tuple[str, ...] = ()
+    mode: DriveMode = DriveMode.AUTO
+    supervisor: SupervisorSpec | None = None
+    backoff: Backoff | None = None
+    budget: Budget | None = None
+
+    def __post_init__(self) -> None:
+        _check_part(self.name, "child")
+        if (self.machine is None) == (self.supervisor is None):
+            raise ConfigurationError(f"child {self.name!r} needs exactly one of machine= or supervisor=")
+        if self.machine is not None and self.state is not None:
+            # Checked here, once: Node.spawn checks again at every (re)start, and a restart
+            # that raised there would leave the child down with nobody told.
+            self.machine.check_settings(self.state)
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    name: str
+    children: Sequence[ChildSpec] = ()
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    budget: Budget = field(default_factory=Budget)
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def __post_init__(self) -> None:
+        _check_part(self.name, "supervisor")
+
+
+def _check_part(name: str, what: str) -> None:
+    """A child's or supervisor's name is one part of a path (``root/web``): refused when it is
+    declared, not when the supervisor first starts the child."""
+    check_identifier(name, "name")
+    problem = name_problem(name)
+    if problem is not None:
+        raise ConfigurationError(f"{what} name {name!r} {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStatistics:
+    children: int
+    alive: int
+    restarts: int
+    pending_restarts: int
+    given_up: int = 0
+
+
+class SupervisorState(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"  # the restart budget was exceeded (or a bug); the parent decides what next
+
+
+class Spawner(Protocol):
+    """What a supervisor needs of the node it runs in (:class:`~supervisor.Node`)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    async def spawn(
+        self,
+        machine: Machine[Any] | type[Machine[Any]],
+        state: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        mode: DriveMode = DriveMode.AUTO,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Handle:
+        """Spawn a process, checkpointed before it starts."""
+        ...
+
+    def adopt(self, supervisor: str, child: str) -> Handle | None:
+        """The process that was ``child`` of ``supervisor`` before a restart, revived, if any."""
+        ...
+
+    def register(self, machine: Machine[Any] | type[Machine[Any]]) -> Machine[Any]:
+        """Make a process type known (a child added at run time)."""
+        ...
+
+    def restarted(self) -> None:
+        """Count one restart (the node's count outlives any one supervisor)."""
+        ...
 
 
 def _how_it_ended(handle: Handle, ended: Snapshot) -> dict[str, Any]:
@@ -74,8 +177,8 @@ class _Child:
 class Supervisor:
     """Starts children in dependency order, restarts them by policy, stops them in reverse."""
 
-    def __init__(self, host: Host, spec: SupervisorSpec, *, parent: Supervisor | None = None) -> None:
-        self.host = host
+    def __init__(self, node: Spawner, spec: SupervisorSpec, *, parent: Supervisor | None = None) -> None:
+        self.node = node
         self.spec = spec
         self.parent = parent
         self.path: str = f"{parent.path}/{spec.name}" if parent else spec.name
@@ -108,17 +211,17 @@ class Supervisor:
             return
         spec = child.spec
         child.on_purpose = False
-        child.since = self.host.runtime.clock.now()
+        child.since = self.node.clock.now()
         if spec.supervisor is not None:
-            child.sub = Supervisor(self.host, spec.supervisor, parent=self)
+            child.sub = Supervisor(self.node, spec.supervisor, parent=self)
             await child.sub.start()
         else:
             assert spec.machine is not None
-            adopted = self.host.adopt(self.path, spec.name)
+            adopted = self.node.adopt(self.path, spec.name)
             if adopted is not None:
                 child.handle = adopted
             else:
-                child.handle = await self.host.spawn(
+                child.handle = await self.node.spawn(
                     spec.machine,
                     spec.state,
                     name=f"{self.path}/{spec.name}",
@@ -158,7 +261,7 @@ class Supervisor:
         if not should_restart(child.spec.restart, outcome, child.on_purpose):
             log.info("child_ended", supervisor=self.path, child=name, outcome=str(outcome), **how)
             return
-        now = self.host.runtime.clock.now()
+        now = self.node.clock.now()
         if child.window is not None and not child.window.allow(now):
             child.given_up = True
             log.error(
@@ -190,7 +293,7 @@ class Supervisor:
             budget=f"{len(window)} of {budget}",
         )
         when = now + delay
-        child.pending_restart = self.host.runtime.clock.call_at(when, lambda: self._spawn_task(self._restart(names)))
+        child.pending_restart = self.node.clock.call_at(when, lambda: self._spawn_task(self._restart(names)))
 
     def _spawn_task(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -231,7 +334,7 @@ class Supervisor:
             # Counted before the start, which the child may finish (new pid, first transition)
             # before this coroutine resumes: an observer must not see it restarted, uncounted.
             self.restarts += 1
-            self.host.restarts += 1  # the tree's count survives this supervisor's replacement
+            self.node.restarted()  # the tree's count survives this supervisor's replacement
             try:
                 await self._start_child(child)
             except StatevisorError as exc:
@@ -294,7 +397,7 @@ class Supervisor:
         specs[spec.name] = spec.depends_on
         order = start_order(specs)  # raises on unknown dependencies or cycles, before any change
         if spec.machine is not None:
-            self.host.register(spec.machine)
+            self.node.register(spec.machine)
         child = _Child(spec)
         self._children[spec.name] = child
         self.order = order

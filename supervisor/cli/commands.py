@@ -43,7 +43,7 @@ from .._errors import (
     ProtocolError,
     StatevisorError,
 )
-from .._supervision.summary import LIVE_LIFECYCLES, HostSummary
+from .._supervision.summary import LIVE_LIFECYCLES, NodeSummary
 
 if TYPE_CHECKING:
     from ..control import Client
@@ -187,7 +187,7 @@ def _row(snapshot: Snapshot) -> list[str]:
             str(snapshot.version), age, waiting]  # fmt: skip
 
 
-def _status_lines(summary: HostSummary, where: str, now: float) -> list[str]:
+def _status_lines(summary: NodeSummary, where: str, now: float) -> list[str]:
     """``statevisor status`` for a person: the daemon, then its processes by kind."""
     up = f", up {_duration(now - summary.started)}" if summary.started is not None else ""
     by_lifecycle = ", ".join(f"{n} {lc}" for lc, n in summary.by_lifecycle().items())

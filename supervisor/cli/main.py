@@ -3,27 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+
+def _benchmarks() -> ModuleType | None:
+    """The benchmarks of the checkout this statevisor runs from: they measure the code against
+    raw baselines with the test services, and are not part of the installed package."""
+    try:
+        return importlib.import_module("benchmarks")
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parents[2]
+        if not (checkout / "benchmarks" / "__init__.py").is_file():
+            return None
+        sys.path.insert(0, str(checkout))  # an editable install runs from its checkout
+        return importlib.import_module("benchmarks")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from benchmarks import SCENARIOS, run_scenario
-    from benchmarks._harness import BenchOptions, print_result
-
-    if args.scenario not in SCENARIOS:
+    benchmarks = _benchmarks()
+    if benchmarks is None:
+        print("statevisor bench: the benchmarks come with the source checkout, not the installed package; "
+              "run it from a checkout (bash .ci/install)", file=sys.stderr)  # fmt: skip
+        return 2
+    scenarios: tuple[str, ...] = benchmarks.SCENARIOS
+    if args.scenario == "list":
+        print("\n".join(scenarios))
+        return 0
+    if args.scenario not in scenarios:
         print(
-            f"statevisor bench: unknown scenario {args.scenario!r}; choose one of: {', '.join(SCENARIOS)}",
+            f"statevisor bench: unknown scenario {args.scenario!r}; choose one of: {', '.join(scenarios)}",
             file=sys.stderr,
         )
         return 2
-    options = BenchOptions(loop=args.loop, scale=args.scale, repeats=args.repeats)
-    result = run_scenario(args.scenario, options)
+    options = benchmarks.BenchOptions(loop=args.loop, scale=args.scale, repeats=args.repeats)
+    result = benchmarks.run_scenario(args.scenario, options)
     if args.json:
         print(json.dumps(result.to_json(), sort_keys=True))
     else:
-        print_result(result)
+        benchmarks.print_result(result)
+    if args.markdown:
+        benchmarks.write_table(Path(args.markdown), result)
     return 0
 
 
@@ -141,11 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--loop", choices=("uvloop", "asyncio"), help="override the configured event loop")
     daemon.set_defaults(func=_daemon)
 
-    bench = commands.add_parser("bench", help="run a benchmark scenario with its same-run baseline")
-    from benchmarks._harness import SCENARIOS
-
-    bench.add_argument("scenario", help=", ".join(SCENARIOS))
+    bench = commands.add_parser("bench", help="run a benchmark scenario with its same-run baseline (from a checkout)")
+    bench.add_argument("scenario", help="a scenario's name; `statevisor bench list` lists them")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--markdown", metavar="FILE", help="also put the figures in FILE's table (docs/benchmarks.md)")
     bench.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)")
     bench.add_argument("--scale", type=float, default=1.0, help="shrink or grow the workloads (default 1)")
     bench.add_argument("--repeats", type=int, default=5, help="repeats; medians are reported (default 5)")

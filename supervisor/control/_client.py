@@ -24,7 +24,7 @@ from .. import _errors as errors
 from .._core.lifecycle import Lifecycle
 from .._core.snapshot import Snapshot
 from .._errors import ConnectionDenied, DaemonNotAnswering, ProtocolError, RemoteError
-from .._supervision.summary import HostSummary
+from .._supervision.summary import NodeSummary
 from ._protocol import PROTOCOL_VERSION, encode, read_frame
 from ._remote import RemoteHandle, snapshot_of
 
@@ -337,10 +337,10 @@ class Client:
         found = await self.collect("list", kind=kind, lifecycle=lifecycle_name, paused=paused, chunked=True)
         return [snapshot_of(f) for f in found]
 
-    async def summary(self) -> HostSummary:
-        """The daemon's host in counts (as ``Host.summary()``): live processes by kind and
+    async def summary(self) -> NodeSummary:
+        """The daemon's host in counts (as ``Node.summary()``): live processes by kind and
         lifecycle, ended since start, restarts, slots; one small answer however many processes."""
-        return HostSummary.from_fields(await self.request("summary"))
+        return NodeSummary.from_fields(await self.request("summary"))
 
     def __repr__(self) -> str:
         state = "connected" if self._pump is not None and not self._pump.done() else "closed"

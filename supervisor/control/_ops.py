@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -19,18 +19,16 @@ from .._core.lifecycle import DriveMode, Lifecycle
 from .._core.snapshot import Snapshot
 from .._core.state import pack
 from .._errors import ProtocolError
-from .._supervision.node import Host
+from .._supervision.node import Node
+from ._fanout import WatchFanout
 from ._protocol import MAX_FRAME, encode_item
-
-if TYPE_CHECKING:
-    from ._server import ControlServer
 
 
 class Requester(Protocol):
     """What an operation uses of the connection its request came on."""
 
-    host: Host
-    server: ControlServer
+    node: Node
+    fanout: WatchFanout
     tasks: dict[int, asyncio.Task[None]]
 
     def handle(self, args: dict[str, Any]) -> Handle: ...
@@ -75,7 +73,7 @@ async def op_spawn(c: Requester, args: dict[str, Any], _: int) -> Any:
     kind = argument(args, "kind", str)
     state = argument(args, "state", dict, required=False)
     mode = DriveMode(argument(args, "mode", str, required=False) or "auto")
-    handle = await c.host.spawn(kind, state, name=argument(args, "name", str, required=False), mode=mode)
+    handle = await c.node.spawn(kind, state, name=argument(args, "name", str, required=False), mode=mode)
     return fitting_fields(handle.state)
 
 
@@ -88,7 +86,7 @@ async def op_list(c: Requester, args: dict[str, Any], request_id: int) -> Any:
     each a list of snapshots that fits a frame, however many processes there are (a client from
     before chunking gets them all in the response, which holds a few thousand at most)."""
     lifecycle = argument(args, "lifecycle", str, required=False)
-    handles = c.host.list(
+    handles = c.node.list(
         kind=argument(args, "kind", str, required=False),
         lifecycle=Lifecycle(lifecycle) if lifecycle else None,
         paused=argument(args, "paused", bool, required=False),
@@ -202,7 +200,7 @@ async def op_statistics(c: Requester, args: dict[str, Any], _: int) -> Any:
 
 async def op_summary(c: Requester, args: dict[str, Any], _: int) -> Any:
     """The host in counts: one small answer however many processes it runs."""
-    return c.host.summary().to_fields()
+    return c.node.summary().to_fields()
 
 
 async def op_watch(c: Requester, args: dict[str, Any], request_id: int) -> Any:
@@ -210,7 +208,7 @@ async def op_watch(c: Requester, args: dict[str, Any], request_id: int) -> Any:
     then at most one push per ``watch_interval``, always the latest version, the terminal one
     always sent (see ``_fanout``: one ticker serves every stream). Remote watchers count in the
     process's ``statistics().watchers``."""
-    await c.server.fanout.watch(c, request_id, c.handle(args)._process)
+    await c.fanout.watch(c, request_id, c.handle(args)._process)
     return None  # the response that ends the stream
 
 

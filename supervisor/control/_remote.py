@@ -6,14 +6,28 @@ Operations that cannot be synchronous over a socket (``try_nudge``, ``try_cast``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from .._core.lifecycle import Lifecycle
 from .._core.snapshot import ProcessStatistics, Snapshot
 
-if TYPE_CHECKING:
-    from ._client import Client
+
+class Requests(Protocol):
+    """What a remote handle needs of its connection (:class:`~supervisor.control.Client`)."""
+
+    @property
+    def path(self) -> str:
+        """Where the daemon is (its socket, or host:port)."""
+        ...
+
+    async def request(self, op: str, **args: Any) -> Any: ...
+
+    async def collect(self, op: str, **args: Any) -> list[Any]: ...
+
+    def stream(self, op: str, **args: Any) -> AsyncIterator[Any]: ...
+
+    def resumable_stream(self, op: str, args: Callable[[], dict[str, Any]]) -> AsyncIterator[Any]: ...
 
 
 def snapshot_of(fields: dict[str, Any]) -> Snapshot:
@@ -29,7 +43,7 @@ def snapshot_of(fields: dict[str, Any]) -> Snapshot:
 class RemoteHandle:
     """A handle to a process in a daemon; the same operations as :class:`Handle`."""
 
-    def __init__(self, client: Client, pid: str, name: str, kind: str) -> None:
+    def __init__(self, client: Requests, pid: str, name: str, kind: str) -> None:
         self.client = client
         self.pid = pid
         self.name = name

@@ -1,4 +1,4 @@
-"""The control server: the handle API of a host's processes, over a unix socket.
+"""The control server: the handle API of a node's processes, over a unix socket.
 
 The socket is created owner-only (mode 0600) and a connecting process of another uid is refused
 (``SO_PEERCRED``), even if the file's mode was widened. Bad frames get an error frame or, when the
@@ -22,7 +22,7 @@ import structlog
 
 from .._core.handle import Handle
 from .._errors import ConfigurationError, ProcessNotFound, ProtocolError, StatevisorError
-from .._supervision.node import Host
+from .._supervision.node import Node
 from ._fanout import WatchFanout
 from ._ops import OPS, Op, argument, encoded_snapshot
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_frame
@@ -44,11 +44,11 @@ HELLO_TIMEOUT = 10.0
 
 
 class ControlServer:
-    """Serves one host on a unix socket path."""
+    """Serves one node on a unix socket path."""
 
     def __init__(
         self,
-        host: Host,
+        node: Node,
         path: str,
         *,
         max_frame: int = MAX_FRAME,
@@ -63,7 +63,7 @@ class ControlServer:
         if not isinstance(max_connections, int) or max_connections < 1:
             raise ConfigurationError(f"max_connections must be a whole number >= 1; got {max_connections!r}")
         self.max_connections = max_connections
-        self.host = host
+        self.node = node
         self.path = path
         self.tcp = tcp
         self.token = token
@@ -216,7 +216,8 @@ class _Connection:
         self.token = token
         self.reader = reader
         self.writer = writer
-        self.host = server.host
+        self.node = server.node
+        self.fanout = server.fanout
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.greeted = False
         self.closed = False
@@ -366,6 +367,6 @@ class _Connection:
     def handle(self, args: dict[str, Any]) -> Handle:
         pid = argument(args, "pid", str)
         try:
-            return self.host.get(pid)
+            return self.node.get(pid)
         except ProcessNotFound:
-            return self.host.find(pid)
+            return self.node.find(pid)

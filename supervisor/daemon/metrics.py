@@ -1,4 +1,4 @@
-"""Prometheus metrics for a host, read from its counters at scrape time (no cost per transition).
+"""Prometheus metrics for a node, read from its counters at scrape time (no cost per transition).
 
 Conventions: one ``statevisor_`` prefix, base units (seconds), counters end in ``_total``,
 labels for dimensions (kind, lifecycle), never process ids.
@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from .._core.actions import TrackedAction
 from .._core.process import Process
-from .._supervision.node import Host
+from .._supervision.node import Node
 from .._supervision.summary import LIVE_LIFECYCLES
 from .log import current_sink
 from .metrics_http import MetricsServer, serve_metrics
@@ -51,15 +51,15 @@ class ActionObserver:
         return None
 
 
-class HostCollector(Collector):
-    """Everything a host counts, as metric families."""
+class NodeCollector(Collector):
+    """Everything a node counts, as metric families."""
 
-    def __init__(self, host: Host, connections: Any = None) -> None:
-        self.host = host
+    def __init__(self, node: Node, connections: Any = None) -> None:
+        self.node = node
         self.connections = connections  # a callable giving the control connections, if served
 
     def collect(self) -> Iterator[Any]:
-        summary = self.host.summary()
+        summary = self.node.summary()
         info = InfoMetricFamily("statevisor_build", "statevisor version")
         info.add_metric([], {"version": summary.version})
         yield info
@@ -106,7 +106,7 @@ class HostCollector(Collector):
             value=summary.given_up,
         )
 
-        store = self.host.store
+        store = self.node.store
         if store is not None:
             s = store.statistics()
             yield CounterMetricFamily("statevisor_checkpoint_batches", "Checkpoint transactions", value=s.batches)
@@ -160,18 +160,18 @@ class ExecutorCollector(Collector):
     """Metric families of executors that keep their own (``metric_families()``): process kinds
     add metrics without the runtime knowing them."""
 
-    def __init__(self, host: Host) -> None:
-        self.host = host
+    def __init__(self, node: Node) -> None:
+        self.node = node
 
     def collect(self) -> Iterator[Any]:
-        for executor in self.host.runtime.executors.unique():
+        for executor in self.node.runtime.executors.unique():
             families = getattr(executor, "metric_families", None)
             if families is not None:
                 yield from families()
 
 
 SCRAPE_TIMEOUT = 5.0
-"""Seconds a scrape waits for the event loop to read the host (Prometheus's default scrape
+"""Seconds a scrape waits for the event loop to read the node (Prometheus's default scrape
 timeout is 10 s); a loop that does not get to it in time fails the scrape, which says so."""
 
 
@@ -232,20 +232,20 @@ class WatchdogCollector(Collector):
         )
 
 
-def registry_for(host: Host, connections: Any = None, watchdog: LoopWatchdog | None = None) -> CollectorRegistry:
-    """The host's metrics; made on its event loop, they are read there at every scrape."""
+def registry_for(node: Node, connections: Any = None, watchdog: LoopWatchdog | None = None) -> CollectorRegistry:
+    """The node's metrics; made on its event loop, they are read there at every scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(OnLoop([HostCollector(host, connections), ExecutorCollector(host)], _running_loop()))
+    registry.register(OnLoop([NodeCollector(node, connections), ExecutorCollector(node)], _running_loop()))
     if watchdog is not None:
         registry.register(WatchdogCollector(watchdog))
-    host.runtime.observers.append(ActionObserver(registry))
+    node.runtime.observers.append(ActionObserver(registry))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
 
 
 def start_metrics(
-    host: Host,
+    node: Node,
     address: str,
     connections: Any = None,
     watchdog: LoopWatchdog | None = None,
@@ -257,7 +257,7 @@ def start_metrics(
     when given; returns the server (``.close()``)."""
     name, _, port = address.rpartition(":")
     try:
-        registry = registry_for(host, connections, watchdog)
+        registry = registry_for(node, connections, watchdog)
         return serve_metrics(registry, name.strip("[]"), int(port), token=token, tls=tls)
     except OSError as exc:  # the bare error ("Address already in use") does not say which address
         raise OSError(exc.errno, f"metrics on {address} (daemon.metrics): {exc.strerror or exc}") from None

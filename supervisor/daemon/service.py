@@ -1,4 +1,4 @@
-"""``statevisor daemon``: run a Host from a configuration file until told to stop.
+"""``statevisor daemon``: run a node from a configuration file until told to stop.
 
 What it runs: the configuration, the SQLite store and recovery, the supervised processes it
 declares, metrics on loopback, structured logs written off the loop, bounded graceful shutdown
@@ -25,8 +25,8 @@ from .._core.machine import Machine
 from .._errors import ConfigError, StatevisorError
 from .._files.open_files import raise_open_files_limit
 from .._files.private import private_directory
-from .._supervision.node import Host
-from .._supervision.spec import ChildSpec, SupervisorSpec
+from .._supervision.node import Node
+from .._supervision.supervisor import ChildSpec, SupervisorSpec
 from .config import Config, DaemonSettings, Kinds, ProcessSettings, load
 from .log import configure, set_level
 from .systemd import SystemdNotifier
@@ -94,10 +94,10 @@ def child_spec(process: ProcessSettings, kinds: Mapping[str, type[Machine[Any]]]
     )
 
 
-def build_host(config: Config, catalog: Catalog) -> Host:
+def build_node(config: Config, catalog: Catalog) -> Node:
     children = [child_spec(p, catalog.kinds) for p in config.processes]
     machines, executors = catalog.build(config)
-    return Host(
+    return Node(
         machines=machines,
         executors=executors,
         store=str(config.daemon.store),
@@ -122,7 +122,7 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
     private_directory(config.daemon.store.parent)  # the state directory: its owner's alone
     systemd = SystemdNotifier.from_environment()  # first: no command started may inherit it
     check_open_files(config.daemon.max_connections)
-    host = build_host(config, catalog)
+    node = build_node(config, catalog)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -131,7 +131,7 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hup() -> None:
-        task = loop.create_task(reload(host, current, catalog))
+        task = loop.create_task(reload(node, current, catalog))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -147,27 +147,27 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
         running.callback(_remove_handlers, loop)
         pinging = loop.create_task(systemd.keep_alive(), name="systemd-watchdog")
         running.callback(pinging.cancel)
-        watchdog = LoopWatchdog(loop, host.runtime)
+        watchdog = LoopWatchdog(loop, node.runtime)
         watchdog.start()
         running.callback(watchdog.stop)
         settings = config.daemon
         server = start_metrics(
-            host, settings.metrics, lambda: control.connections if control else 0, watchdog,
+            node, settings.metrics, lambda: control.connections if control else 0, watchdog,
             token=read_token(settings.metrics_token_file, "daemon.metrics_token_file")
             if settings.metrics_token_file else None,
             tls=tls_context(settings) if settings.metrics_tls else None,
         )  # fmt: skip
         running.callback(server.close)
-        report = await host.start()
+        report = await node.start()
         clean: list[bool] = []
 
         async def shut_down() -> None:
-            clean.append(await host.shutdown(timeout=config.daemon.shutdown_timeout))
+            clean.append(await node.shutdown(timeout=config.daemon.shutdown_timeout))
 
         running.push_async_callback(shut_down)
         private_directory(config.daemon.socket.parent)
         control = ControlServer(
-            host, str(config.daemon.socket), max_connections=config.daemon.max_connections, **tcp_options(config)
+            node, str(config.daemon.socket), max_connections=config.daemon.max_connections, **tcp_options(config)
         )
         await control.start()
         running.push_async_callback(control.close)
@@ -179,9 +179,9 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
             socket=str(config.daemon.socket),
             revived=report.revived,
             quarantined=len(report.quarantined),
-            processes=len(host.runtime),
+            processes=len(node.runtime),
         )
-        systemd.ready(f"{len(host.runtime)} processes, {report.revived} revived")
+        systemd.ready(f"{len(node.runtime)} processes, {report.revived} revived")
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -216,7 +216,7 @@ def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_signal_handler(signum)
 
 
-async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:
+async def reload(node: Node, current: list[Config], catalog: Catalog) -> None:
     """Apply a changed configuration: start new processes, stop removed ones, restart changed
     ones; leave the rest alone. An invalid file is refused and the running configuration kept."""
     old = current[0]
@@ -241,7 +241,7 @@ async def reload(host: Host, current: list[Config], catalog: Catalog) -> None:
         log.warning("reload_daemon_settings_need_restart", keys=differ, note=note)
     if new.supervisor != old.supervisor:
         log.warning("reload_supervisor_settings_need_restart", note="[supervisor] changes apply at the next start")
-    root = host.root
+    root = node.root
     for name in reversed(removed + changed):
         await root.remove_child(name, "removed or changed by a configuration reload")
     failed: list[str] = []
