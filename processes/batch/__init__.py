@@ -12,8 +12,7 @@ from ._executor import CANCEL, SUBMIT, WAIT, BatchExecutor
 from ._hosts import SCHEDULERS, HostSpec, parse_host, parse_hosts
 from ._machine import BatchJob, Phase
 from ._poller import HostPoller, JobReport
-from ._schedulers import Scheduler, Slurm, job_name
-from ._schedulers_more import LSF, PBS, SGE
+from ._schedulers import LSF, PBS, SGE, Scheduler, Slurm, job_name
 from ._script import job_script
 from ._settings import JobSpec, parse
 from ._sim import SimulatedBatch

@@ -35,8 +35,7 @@ from ._claim import (
 )
 from ._hosts import HostSpec
 from ._poller import HostPoller
-from ._schedulers import Scheduler, Slurm, check_job_id
-from ._schedulers_more import LSF, PBS, SGE
+from ._schedulers import LSF, PBS, SGE, Scheduler, Slurm, check_job_id
 from ._transport import SSHTransport
 
 log = structlog.get_logger("statevisor.batch")

@@ -20,10 +20,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .._core.identifiers import name_problem
-from .._errors import ConfigError, SettingsError
-from .._supervision.policy import Backoff, Budget, Restart, dependency_cycle
-from .config_check import REQUIRED, Checker
-from .config_policy import RootSettings, process_policy, root_settings
+from .._errors import ConfigError, ConfigurationError, SettingsError
+from .._supervision.policy import Backoff, Budget, Restart, Strategy, dependency_cycle
+
+REQUIRED = object()
+"""In a table's spec: the key has no default."""
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true/false",
+    list: "an array",
+    dict: "a table",
+}
 
 LOOPS = ("uvloop", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -62,6 +71,15 @@ class ProcessSettings:
     settings: Mapping[str, Any] = field(default_factory=dict)
     backoff: Backoff | None = None  # None: the [supervisor] backoff
     budget: Budget | None = None  # None: only the [supervisor] budget applies
+
+
+@dataclass(frozen=True)
+class RootSettings:
+    """``[supervisor]``: how the declared processes are restarted (the root supervisor)."""
+
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    budget: Budget = field(default_factory=Budget)
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 @dataclass(frozen=True)
@@ -171,6 +189,222 @@ class Kinds(Protocol):
     def check_hosts(self, hosts: Mapping[str, Mapping[str, Any]], base: Path) -> None: ...
 
     def resolve_paths(self, kind: str, settings: Mapping[str, Any], base: Path) -> dict[str, Any]: ...
+
+
+# --- finding lines and collecting mistakes -----------------------------------------------
+
+
+class Lines:
+    """Finds the line of a key (tomllib reports none): the first ``key =`` after its table header."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def find(self, table: str, key: str | None, occurrence: int = 0) -> int | None:
+        header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$")
+        seen, start = -1, None
+        for number, line in enumerate(self.lines, start=1):
+            if header.match(line):
+                seen += 1
+                if seen == occurrence:
+                    start = number
+                    break
+        if start is None:
+            return None
+        if key is None:
+            return start
+        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for number in range(start, len(self.lines) + 1):
+            line = self.lines[number - 1]
+            if number > start and re.match(r"^\s*\[", line):
+                break
+            if pattern.match(line):
+                return number
+        return start
+
+    def find_in_entry(self, table: str, occurrence: int, key: str) -> int | None:
+        """The line of a dotted ``key`` (``limits.stack``, ``argv[0]``) in the ``occurrence``-th
+        ``[[table]]`` entry, sub-tables included: its last part, else its first, else the entry."""
+        start = self.find(table, None, occurrence)
+        if start is None:
+            return None
+        entry = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+        end = next(
+            (n for n in range(start + 1, len(self.lines) + 1) if entry.match(self.lines[n - 1])), len(self.lines) + 1
+        )
+        parts = [p.split("[")[0] for p in key.split(".")]
+        for part in dict.fromkeys((parts[-1], parts[0])):
+            pattern = re.compile(rf"^\s*({re.escape(part)}\s*=|\[[^\]]*\b{re.escape(part)}\s*\])")
+            for number in range(start + 1, end):
+                if pattern.match(self.lines[number - 1]):
+                    return number
+        return start
+
+
+class Checker:
+    """Checks a configuration and collects every mistake it finds, so that a file with several
+    is reported whole (:meth:`finish` raises them together), not one per attempt to start."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.file = str(path)
+        self.lines = Lines(text)
+        self.errors: list[ConfigError] = []
+
+    def fail(self, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> ConfigError:
+        return ConfigError(self.file, key, self.lines.find(table, name, occurrence), message)
+
+    def report(self, error: ConfigError) -> None:
+        self.errors.append(error)
+
+    def section(
+        self,
+        data: Mapping[str, Any],
+        table: str,
+        prefix: str,
+        spec: Mapping[str, tuple[Any, Any]],
+        occurrence: int = 0,
+    ) -> dict[str, Any]:
+        """Check one table against ``spec``: key -> (expected type(s), default or REQUIRED).
+
+        Each mistake is reported; a key that is wrong or missing gets its default (None for a
+        required one), so that the checks after this one can go on.
+        """
+        for key in data:
+            if key not in spec:
+                self.report(
+                    self.fail(
+                        f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(spec))}", table, key,
+                        occurrence,
+                    )
+                )  # fmt: skip
+        out: dict[str, Any] = {}
+        for key, (kind, default) in spec.items():
+            fallback = None if default is REQUIRED else default
+            if key not in data:
+                if default is REQUIRED:
+                    self.report(self.fail(f"{prefix}{key}", "missing (required)", table, None, occurrence))
+                out[key] = fallback
+                continue
+            value = data[key]
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            # bool is an int in Python, never in a configuration.
+            if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+                names = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+                got = _TYPE_NAMES.get(type(value), type(value).__name__)
+                self.report(
+                    self.fail(f"{prefix}{key}", f"expected {names}; got {got} {value!r}", table, key, occurrence)
+                )
+                out[key] = fallback
+                continue
+            out[key] = value
+        return out
+
+    def check(self, ok: bool, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> bool:
+        """Report ``message`` unless ``ok``; returns ``ok``."""
+        if not ok:
+            self.report(self.fail(key, message, table, name, occurrence))
+        return ok
+
+    def finish(self) -> None:
+        """Raise every mistake reported, as one :class:`ConfigError`."""
+        if self.errors:
+            raise ConfigError.several(self.errors)
+
+
+# --- restart policies: [supervisor] and a [[process]]'s own ------------------------------
+
+
+_DEFAULT_BACKOFF = Backoff()
+_BACKOFF = {
+    "initial": ((int, float), _DEFAULT_BACKOFF.initial),
+    "maximum": ((int, float), _DEFAULT_BACKOFF.maximum),
+    "multiplier": ((int, float), _DEFAULT_BACKOFF.multiplier),
+    "jitter": ((int, float), _DEFAULT_BACKOFF.jitter),
+    "reset_after": ((int, float), _DEFAULT_BACKOFF.reset_after),
+}
+_SUPERVISOR = {
+    "strategy": (str, Strategy.ONE_FOR_ONE.value),
+    "max_restarts": (int, Budget().max_restarts),
+    "period": ((int, float), Budget().period),
+    "backoff": (dict, {}),
+}
+CHILD_BUDGET_PERIOD = 60.0
+"""A process's own budget counts restarts within this many seconds unless it sets ``period``."""
+
+
+def _backoff(
+    checker: Checker, data: Mapping[str, Any], prefix: str, table: str, index: int = 0, *, line: int | None = None
+) -> Backoff:
+    """A backoff from its table; ``line`` is where a mistake in it is reported when the table
+    has no header of its own (``backoff = { ... }`` inline)."""
+    reported = len(checker.errors)
+    values = checker.section(data, table, prefix, _BACKOFF, index)
+    if line is not None:
+        checker.errors[reported:] = [ConfigError(e.file, e.key, line, e.problem) for e in checker.errors[reported:]]
+    try:
+        return Backoff(**{k: float(v) for k, v in values.items()})
+    except ConfigurationError as exc:
+        checker.report(
+            ConfigError(checker.file, prefix.rstrip("."), line or checker.lines.find(table, "backoff", index), str(exc))
+        )
+        return _DEFAULT_BACKOFF
+
+
+def _budget(checker: Checker, max_restarts: int, period: float, prefix: str, table: str, index: int = 0) -> Budget:
+    try:
+        return Budget(max_restarts, float(period))
+    except ConfigurationError as exc:
+        wrong = "max_restarts" if max_restarts < 0 else "period"
+        checker.report(checker.fail(f"{prefix}{wrong}", str(exc), table, wrong, index))
+        return Budget()
+
+
+def root_settings(checker: Checker, data: Mapping[str, Any]) -> RootSettings:
+    raw = checker.section(data, "supervisor", "supervisor.", _SUPERVISOR)
+    strategies = [s.value for s in Strategy]
+    known = checker.check(
+        raw["strategy"] in strategies,
+        "supervisor.strategy",
+        f"expected one of {', '.join(strategies)}; got {raw['strategy']!r}",
+        "supervisor",
+        "strategy",
+    )
+    # backoff = { ... } inline in [supervisor] has no [supervisor.backoff] header to point at
+    inline = None if checker.lines.find("supervisor.backoff", None) else checker.lines.find("supervisor", "backoff")
+    backoff = _backoff(checker, raw["backoff"], "supervisor.backoff.", "supervisor.backoff", line=inline)
+    return RootSettings(
+        strategy=Strategy(raw["strategy"]) if known else Strategy.ONE_FOR_ONE,
+        budget=_budget(checker, raw["max_restarts"], raw["period"], "supervisor.", "supervisor"),
+        backoff=backoff,
+    )
+
+
+def process_policy(checker: Checker, item: Mapping[str, Any], index: int) -> tuple[Backoff | None, Budget | None]:
+    prefix = f"process[{index}]."
+    backoff = None
+    if item["backoff"] is not None:
+        # The keys are inside the entry: a mistake points at its own line there.
+        reported = len(checker.errors)
+        backoff = _backoff(checker, item["backoff"], f"{prefix}backoff.", "process", index)
+        checker.errors[reported:] = [
+            ConfigError(
+                e.file, e.key, checker.lines.find_in_entry("process", index, e.key.removeprefix(prefix)), e.problem
+            )
+            for e in checker.errors[reported:]
+        ]
+    budget = None
+    if item["max_restarts"] is not None:
+        period = item["period"] if item["period"] is not None else CHILD_BUDGET_PERIOD
+        budget = _budget(checker, item["max_restarts"], period, prefix, "process", index)
+    else:
+        checker.check(
+            item["period"] is None, f"{prefix}period", "period needs max_restarts (the budget it counts)",
+            "process", "period", index,
+        )  # fmt: skip
+    return backoff, budget
+
+
+# --- the whole file ----------------------------------------------------------------------
 
 
 def load(path: str | Path, kinds: Kinds | None = None) -> Config:
