@@ -263,7 +263,7 @@ async def _nudge_latencies(n: int) -> list[float]:
     await arrived[0]
     latencies = []
     for _ in range(n):
-        target[0] = handle.state.version + 1
+        target[0] = handle.snapshot().version + 1
         arrived[0] = loop.create_future()
         started = time.perf_counter()
         await handle.nudge()

@@ -65,10 +65,10 @@ def _skip_log_writes(log: Any) -> None:
 
 async def _proposed(directory: Path, total: int, *, write: bool = True) -> tuple[float, int]:
     """Entries/s of ``total`` kv entries proposed 1,000 in flight, and the mean group-commit size."""
-    from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteLog
+    from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteEntryLog
 
     gc.collect()  # not the collector's work on the garbage an earlier run left behind
-    log = SQLiteLog(directory / "log.db")
+    log = SQLiteEntryLog(directory / "log.db")
     replica = Replica("bench", KeyValue(), log, SnapshotStore(directory / "snapshots"), snapshot_every=100_000)
     await replica.start()
     if not write:
@@ -175,9 +175,9 @@ async def _jetstream_raw(servers: list[str], stream: str, total: int) -> float:
 
 async def _jetstream_ours(servers: list[str], stream: str, total: int) -> float:
     """Proposed through a replica (8 lanes: fenced, deduplicated appends), until all applied."""
-    from processes.logapply import JetStreamLog, KeyValue, Replica
+    from processes.logapply import JetStreamEntryLog, KeyValue, Replica
 
-    replica = Replica("bench", KeyValue(), JetStreamLog(servers, stream, writer="bench", lanes=_LANES))
+    replica = Replica("bench", KeyValue(), JetStreamEntryLog(servers, stream, writer="bench", lanes=_LANES))
     await replica.start()
     started = time.perf_counter()
     await _pipelined(replica, total, 1000)
@@ -188,11 +188,11 @@ async def _jetstream_ours(servers: list[str], stream: str, total: int) -> float:
 
 
 async def _recovery(directory: Path, total: int, every: int) -> tuple[float, float]:
-    from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteLog
+    from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteEntryLog
 
     def make() -> Replica:
         return Replica(
-            "recover", KeyValue(), SQLiteLog(directory / "log.db", synchronous="NORMAL"),
+            "recover", KeyValue(), SQLiteEntryLog(directory / "log.db", synchronous="NORMAL"),
             SnapshotStore(directory / "snapshots"), snapshot_every=every,
         )  # fmt: skip
 

@@ -1,6 +1,9 @@
-"""Every error statevisor raises, in one place.
+"""The core's errors, and the bases every layer and process kind derives its own from.
 
-The hierarchy, split by meaning (whose fault it is and what to do about it)::
+The core's hierarchy, split by meaning (whose fault it is and what to do about it). Each layer
+and each process kind adds its own errors on these bases, drawn at the top of the module that
+defines them (``supervisor._store.errors``, ``supervisor.control``, the simulation, the
+configuration, ``processes.shell.errors`` and the other kinds)::
 
     StatevisorError
     ├── WouldBlock                   a try_* operation found no room; the await form would wait
@@ -8,9 +11,7 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   ├── StateTypeError           a state value that does not round-trip through msgpack
     │   ├── UnknownActionType        an action names a type no executor is registered for
     │   ├── DiagramError             a process type declares no phases to draw
-    │   ├── SettingsError            a process's settings are invalid; ``key`` names which
-    │   ├── EntryRejected            a log entry that is neither bytes nor a msgpack value
-    │   └── ConfigError              an invalid configuration file; ``file``, ``key``, ``line`` say where
+    │   └── SettingsError            a process's settings are invalid; ``key`` names which
     ├── LifecycleError               an operation that the process's lifecycle does not allow
     │   ├── IllegalLifecycleMove     e.g. finished -> running; a runtime bug if ever seen
     │   ├── ProcessPaused            the process is paused: a call would only wait until it is resumed
@@ -26,32 +27,10 @@ The hierarchy, split by meaning (whose fault it is and what to do about it)::
     │   ├── StateMutationError       state mutated outside a transition
     │   └── NondeterminismError      check mode re-ran a transition and got a different outcome
     ├── CallTimeout (also TimeoutError)  call() got no reply in time
-    ├── DaemonNotAnswering (also TimeoutError)  a daemon took the connection but did not answer in time
-    ├── ProtocolError                a control frame or message that does not follow the protocol
-    │   └── ConnectionDenied         the daemon refused the connection (token, protocol version)
-    ├── RemoteError                  a daemon's error that has no class of its own on the client's side
-    ├── ApplyFailed                  a proposed log entry was committed, but apply raised on it; ``index`` names it
-    ├── SimulationError              a simulation cannot go on (e.g. a transition awaited real I/O)
-    │   └── InvariantViolation       an invariant failed; carries seed, step and how to replay
     ├── StoreError                   the checkpoint store failed; ``path`` names it
-    │   ├── StoreLocked              another statevisor (or writer) holds the store
-    │   ├── StoreFull                the disk or the database is full
-    │   ├── CheckpointRejected       a record would not load back, so it was not written
     │   └── CorruptCheckpoint        a stored record cannot be decoded (it is quarantined)
     └── BackendError                 an executor's backend failed (reaches the process as ActionFailed)
-        ├── CommandNotFound          the executable does not exist or is not executable
-        ├── CommandLost              a detached command ended without recording its exit status
-        ├── SecretUnreadable         a secret's file (env_files) is missing, unreadable or open to others
-        ├── RunMonitorError          the run monitor (which starts local commands) cannot be started or reached
-        ├── TransportError           a remote host could not be reached or talked to; ``host`` names it
-        │   ├── HostUnreachable      connecting failed (refused, timed out, auth); retried with backoff
-        │   └── HostKeyMismatch      the host's key is not the one known_hosts holds; never retried
-        ├── SchedulerError           a batch scheduler refused a command (sbatch, qsub...); ``command`` names it
-        └── LogError                 a log-apply machine's log failed or cannot be trusted; ``log`` names it
-            ├── LogGap               entries the machine needs were compacted away with no snapshot covering them
-            ├── StaleWriter          an append was fenced off: another writer appended under this writer's id
-            ├── AckLost              an append landed but its acknowledgement was lost; retry with the same id
-            └── SnapshotError        no snapshot could be loaded and the log does not start at index 1
+        └── TransportError           a remote end could not be reached or talked to; ``host`` names it
 
 Errors raised *by user transitions* reach callers as :class:`TransitionError` whose
 ``error_type`` and ``message`` name the original; in-process the original is also its
@@ -99,41 +78,6 @@ class SettingsError(ConfigurationError, ValueError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.problem = message
-
-
-class EntryRejected(ConfigurationError, ValueError):
-    """A log entry that cannot go on a log: neither bytes nor a msgpack value, or larger than the
-    log takes. ``where`` says which."""
-
-    def __init__(self, where: str, message: str) -> None:
-        super().__init__(f"{where}: {message}")
-        self.where = where
-
-
-class ConfigError(ConfigurationError):
-    """An invalid configuration file; ``file``, ``key``, ``line`` say where, the message what.
-
-    A file with several mistakes is reported whole: ``errors`` holds every one (this error
-    first, in the order of the file's checks), and the message has a line for each.
-    """
-
-    def __init__(self, file: str, key: str, line: int | None, message: str) -> None:
-        where = f"{file}:{line}" if line else file
-        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
-        self.file = file
-        self.key = key
-        self.line = line
-        self.problem = message
-        self.errors: list[ConfigError] = [self]
-
-    @classmethod
-    def several(cls, errors: list[ConfigError]) -> ConfigError:
-        """One error that reports all of ``errors`` (at least one)."""
-        first = errors[0]
-        combined = cls(first.file, first.key, first.line, first.problem)
-        combined.errors = list(errors)
-        combined.args = ("\n".join(str(error.args[0]) for error in errors),)
-        return combined
 
 
 class LifecycleError(StatevisorError):
@@ -233,29 +177,12 @@ class CallTimeout(StatevisorError, TimeoutError):
     """``call()`` received no reply within its timeout (the input may still be processed)."""
 
 
-class DaemonNotAnswering(StatevisorError, TimeoutError):
-    """A daemon accepted the connection (the kernel does, for a stopped or stuck daemon too) but
-    did not answer within the client's time: its event loop may be blocked."""
-
-
 class StoreError(StatevisorError):
     """The checkpoint store failed. Nothing half-written: the batch's transaction rolled back."""
 
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"checkpoint store {path}: {message}")
         self.path = path
-
-
-class StoreLocked(StoreError):
-    """Another process holds the store (a second daemon, or a writer keeping a lock too long)."""
-
-
-class StoreFull(StoreError):
-    """The disk or the database is full; the state in memory is kept and the write retried."""
-
-
-class CheckpointRejected(StoreError):
-    """A record failed the round-trip check and was not written."""
 
 
 class CorruptCheckpoint(StoreError):
@@ -267,132 +194,15 @@ class CorruptCheckpoint(StoreError):
         self.reason = reason
 
 
-class SimulationError(StatevisorError):
-    """A simulation cannot go on (a transition awaited real I/O, an unknown process...)."""
-
-
-class InvariantViolation(SimulationError, AssertionError):
-    """An invariant failed after a transition. Everything needed to replay it exactly is here."""
-
-    def __init__(
-        self, *, invariant: str, message: str, seed: int, step: int, pid: str, input: str, replay: str
-    ) -> None:
-        super().__init__(
-            f"invariant {invariant!r} violated at step {step} (seed {seed}) after {pid} handled {input}: "
-            f"{message}\nreplay: {replay}"
-        )
-        self.invariant = invariant
-        self.seed = seed
-        self.step = step
-        self.pid = pid
-        self.input = input
-        self.replay = replay
-
-
 class BackendError(StatevisorError):
     """An executor's backend failed; the process receives it as ``ActionFailed``."""
 
 
-class CommandNotFound(BackendError):
-    """A command's executable does not exist, or is not an executable file."""
-
-
-class SecretUnreadable(BackendError):
-    """A secret a command needs could not be read from its file (missing, not owner-only, not
-    text); the message names the setting and the file, never the value."""
-
-
-class CommandLost(BackendError):
-    """A detached command ended while nobody watched it and left no exit status behind."""
-
-
-class RunMonitorError(BackendError):
-    """The run monitor, the process that starts local commands and outlives the daemon, could
-    not be started or reached; its log (``<run_dir>/.monitor.log``) says why."""
-
-
 class TransportError(BackendError):
-    """A remote host could not be reached or talked to; ``host`` names it."""
+    """A remote end (an SSH host, an API server, a message broker) could not be reached or
+    talked to; ``host`` names it."""
 
     def __init__(self, host: str, problem: str) -> None:
         super().__init__(f"host {host!r}: {problem}")
         self.host = host
         self.problem = problem
-
-
-class HostUnreachable(TransportError):
-    """Connecting to a host failed (refused, timed out, authentication); retried with backoff."""
-
-
-class HostKeyMismatch(TransportError):
-    """The host presented a key that known_hosts does not hold for it. Never retried: fix
-    known_hosts (or the address), then resume the process."""
-
-
-class SchedulerError(BackendError):
-    """A batch scheduler's command failed; ``command`` is what ran, ``output`` what it said."""
-
-    def __init__(self, command: str, exit_status: int | None, output: str) -> None:
-        super().__init__(f"{command!r} failed (exit status {exit_status}): {output.strip()[:500]}")
-        self.command = command
-        self.exit_status = exit_status
-        self.output = output
-
-
-class ProtocolError(StatevisorError):
-    """A frame or message that does not follow the control protocol."""
-
-
-class ConnectionDenied(ProtocolError):
-    """The daemon refused the connection: a missing or wrong token, or a protocol version it
-    does not speak. Retrying with the same credentials cannot help."""
-
-
-class RemoteError(StatevisorError):
-    """An error from the daemon that has no class of its own on this side."""
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
-        self.message = message
-
-
-class ApplyFailed(StatevisorError):
-    """A proposed entry is in the log at ``index``, but the machine's apply raised on it.
-
-    The state is unchanged by that entry, on every replica alike; the entry stays in the log.
-    """
-
-    def __init__(self, index: int, error: str) -> None:
-        super().__init__(f"entry {index} was committed but apply raised {error}")
-        self.index = index
-        self.error = error
-
-
-class LogError(BackendError):
-    """A log-apply machine's log failed or cannot be trusted; ``log`` names it."""
-
-    def __init__(self, log: str, message: str) -> None:
-        super().__init__(f"log {log}: {message}")
-        self.log = log
-
-
-class LogGap(LogError):
-    """Entries the machine needs are gone from the log and no snapshot covers them.
-
-    Applying on from the next available entry would silently diverge from every other replica,
-    so the machine stops instead.
-    """
-
-
-class StaleWriter(LogError):
-    """An append was fenced off: the log holds a newer append under this writer's id."""
-
-
-class AckLost(LogError):
-    """An append landed but its acknowledgement was lost (the simulated log injects this):
-    retry with the same message id, and deduplication keeps the entry single."""
-
-
-class SnapshotError(LogError):
-    """No snapshot could be loaded, and the log no longer starts at index 1."""

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import uvloop
 
-from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteLog
+from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteEntryLog
 
 
 async def main(directory: Path, first: int, total: int) -> None:
     replica = Replica(
-        "crash", KeyValue(), SQLiteLog(directory / "log.db"), SnapshotStore(directory / "snapshots"),
+        "crash", KeyValue(), SQLiteEntryLog(directory / "log.db"), SnapshotStore(directory / "snapshots"),
         snapshot_every=700,
     )  # fmt: skip
     await replica.start()

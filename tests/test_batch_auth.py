@@ -16,7 +16,8 @@ import pytest
 
 from processes.batch import BatchExecutor, parse_hosts
 from processes.batch._transport import SSHTransport
-from supervisor import HostUnreachable, Lifecycle, Node
+from processes.batch.errors import HostUnreachable
+from supervisor import Lifecycle, Node
 from tests.helpers import wait_until
 from tests.hpc import Cluster, Sshd, batch_host, spawn_job, wait_for
 
@@ -157,8 +158,8 @@ async def test_a_jump_host_that_refuses_forwarding_stops_the_route(cluster: Clus
         await host.start()
         try:
             handle = await spawn_job(host, ["true"])
-            await wait_until(lambda: handle.state.paused, timeout=60)
-            reason = handle.state.pause_reason or ""
+            await wait_until(lambda: handle.snapshot().paused, timeout=60)
+            reason = handle.snapshot().pause_reason or ""
             assert "cannot connect" in reason, reason
             assert executor.transport("gateway").connections == 1
             assert executor.transport("cluster").connections == 0

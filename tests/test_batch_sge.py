@@ -43,7 +43,7 @@ async def test_an_sge_job_runs_to_completion_with_its_exit_code(
     assert done.lifecycle is Lifecycle.FINISHED, done
     assert done.result["state"] == "completed"
     assert done.result["exit_code"] == 0
-    out = Path(cluster.work_dir) / f"{handle.state.state['job_name']}.out"
+    out = Path(cluster.work_dir) / f"{handle.snapshot().state['job_name']}.out"
     assert out.read_text().strip() == "hello from sge"
     assert executor.transport("grid").commands["qsub"] == 1
 
@@ -67,8 +67,8 @@ async def test_pause_holds_a_pending_sge_job_and_resume_releases_it(
 
     later = (datetime.now() + timedelta(minutes=10)).strftime("%Y%m%d%H%M")
     handle = await spawn_job(host, ["true"], on="grid", options=["-a", later])
-    await wait_until(lambda: handle.state.phase == "queued", timeout=60)
-    job_id = handle.state.state["job_id"]
+    await wait_until(lambda: handle.snapshot().phase == "queued", timeout=60)
+    job_id = handle.snapshot().state["job_id"]
 
     def state() -> str:
         return {number: native for number, native, _ in grid_engine.jobs()}.get(job_id, "")
@@ -88,8 +88,8 @@ async def test_killing_processes_deletes_their_sge_jobs(
     of them afterwards."""
     host, _ = sge_host
     handles = [await spawn_job(host, ["sleep", "300"], on="grid") for _ in range(5)]
-    await wait_until(lambda: all(h.state.phase == "active" for h in handles), timeout=90)
-    ids = {h.state.state["job_id"] for h in handles}
+    await wait_until(lambda: all(h.snapshot().phase == "active" for h in handles), timeout=90)
+    ids = {h.snapshot().state["job_id"] for h in handles}
     for handle in handles:
         await handle.kill()
     await wait_until(lambda: not ids & {number for number, _, _ in grid_engine.jobs()}, timeout=60)

@@ -42,7 +42,7 @@ async def test_a_job_runs_to_completion_with_its_exit_code(
     assert done.lifecycle is Lifecycle.FINISHED
     assert done.result["state"] == "completed"
     assert done.result["exit_code"] == 0
-    out = Path(cluster.work_dir) / f"{handle.state.state['job_name']}.out"
+    out = Path(cluster.work_dir) / f"{handle.snapshot().state['job_name']}.out"
     assert out.read_text().strip() == "hello"
     assert executor.transport("cluster").connections == 1
 
@@ -94,9 +94,9 @@ async def test_killing_50_processes_cancels_their_jobs(
     """Kill cancels each process's job in Slurm (scancel), whether it is pending or running."""
     host, _ = slurm_host
     handles = [await spawn_job(host, ["sleep", "300"]) for _ in range(50)]
-    await wait_until(lambda: all("job_id" in h.state.state for h in handles), timeout=60)
+    await wait_until(lambda: all("job_id" in h.snapshot().state for h in handles), timeout=60)
     await asyncio.gather(*(h.kill() for h in handles))
-    ids = {h.state.state["job_id"] for h in handles}
+    ids = {h.snapshot().state["job_id"] for h in handles}
 
     def all_cancelled() -> bool:
         states = {job_id: state for job_id, state, _ in cluster.slurm.jobs()}
@@ -111,8 +111,8 @@ async def test_pause_holds_a_pending_job_and_resume_releases_it(
     """Pausing a process whose job is pending holds the job (JobHeldUser); resuming releases it."""
     host, _ = slurm_host
     handle = await spawn_job(host, ["true"], options=["--begin=now+600"])
-    await wait_until(lambda: handle.state.phase == "queued", timeout=60)
-    job_id = handle.state.state["job_id"]
+    await wait_until(lambda: handle.snapshot().phase == "queued", timeout=60)
+    job_id = handle.snapshot().state["job_id"]
 
     def reason() -> str:
         return cluster.slurm.run("squeue", "-h", "-j", job_id, "-o", "%r").stdout.strip()
@@ -131,8 +131,8 @@ async def test_a_wrong_host_key_is_refused_with_a_clear_reason(cluster: Cluster,
     await host.start()
     try:
         handle = await spawn_job(host, ["true"])
-        await wait_until(lambda: handle.state.paused, timeout=30)
-        reason = handle.state.pause_reason or ""
+        await wait_until(lambda: handle.snapshot().paused, timeout=30)
+        reason = handle.snapshot().pause_reason or ""
         assert "known_hosts" in reason, reason
         assert "not the one known" in reason, reason
         assert executor.transport("cluster").connections == 0
@@ -157,8 +157,8 @@ async def test_a_host_that_does_not_answer_is_bounded_and_attempts_do_not_pile_u
     await host.start()
     try:
         handles = [await spawn_job(host, ["true"]) for _ in range(30)]
-        await wait_until(lambda: all(h.state.paused for h in handles), timeout=60)
-        assert "cannot connect" in (handles[0].state.pause_reason or "")
+        await wait_until(lambda: all(h.snapshot().paused for h in handles), timeout=60)
+        assert "cannot connect" in (handles[0].snapshot().pause_reason or "")
         transport = executor.transport("cluster")
         # Shared and spaced: fewer attempts than processes (each has a budget of 3), however
         # many processes wait on the host.
@@ -182,11 +182,11 @@ async def test_jobs_survive_a_30_second_sshd_outage(cluster: Cluster, tmp_path: 
     await host.start()
     try:
         handles = [await spawn_job(host, ["sleep", "5"]) for _ in range(20)]
-        await wait_until(lambda: all("job_id" in h.state.state for h in handles), timeout=60)
+        await wait_until(lambda: all("job_id" in h.snapshot().state for h in handles), timeout=60)
         cluster.sshd.stop()
         try:
             await asyncio.sleep(30)  # the outage itself: its length is the point of the test
-            troubled = [h.state for h in handles if h.state.done or h.state.paused]
+            troubled = [h.state for h in handles if h.snapshot().done or h.snapshot().paused]
             assert not troubled, troubled[:2]
         finally:
             cluster.sshd.start()
@@ -217,7 +217,7 @@ async def test_a_frozen_sshd_mid_submission_submits_every_job_exactly_once(clust
         results = await asyncio.gather(*(h.wait(timeout=120) for h in handles))
         assert all(r.lifecycle is Lifecycle.FINISHED for r in results), [r.error for r in results]
         names = Counter(name for _, _, name in cluster.slurm.jobs())
-        ours = [h.state.state["job_name"] for h in handles]
+        ours = [h.snapshot().state["job_name"] for h in handles]
         assert {name: 1 for name in ours} == {name: names[name] for name in ours}
         assert 20 == executor.submitted + executor.found_existing
         assert executor.transport("cluster").connections >= 2
@@ -230,7 +230,7 @@ async def test_jobs_survive_a_slurmctld_restart(slurm_host: tuple[Node, BatchExe
     completes; none is submitted twice."""
     host, executor = slurm_host
     handles = [await spawn_job(host, ["sleep", "3"]) for _ in range(20)]
-    await wait_until(lambda: all("job_id" in h.state.state for h in handles), timeout=60)
+    await wait_until(lambda: all("job_id" in h.snapshot().state for h in handles), timeout=60)
     cluster.slurm.stop_controller()
     await wait_until(lambda: executor.poller("cluster").failures > 0, timeout=30)
     cluster.slurm.start_controller()

@@ -242,17 +242,17 @@ async def test_a_machine_can_pause_itself_with_a_reason_and_hears_of_the_resume(
     try:
         handle = await host.spawn("selfpausing", {})
         await handle.cast("stop")
-        await wait_until(lambda: handle.state.paused)
-        assert handle.state.pause_reason == "the host is gone"
+        await wait_until(lambda: handle.snapshot().paused)
+        assert handle.snapshot().pause_reason == "the host is gone"
         await handle.resume()
-        await wait_until(lambda: handle.state.state.get("resumed") == 1)
-        assert handle.state.pause_reason is None
+        await wait_until(lambda: handle.snapshot().state.get("resumed") == 1)
+        assert handle.snapshot().pause_reason is None
         await handle.pause()
         await handle.resume()
-        before = handle.state.version
+        before = handle.snapshot().version
         await handle.cast("noop")
-        await wait_until(lambda: handle.state.version > before)
-        assert handle.state.state["resumed"] == 1
+        await wait_until(lambda: handle.snapshot().version > before)
+        assert handle.snapshot().state["resumed"] == 1
     finally:
         await host.shutdown(timeout=5)
 

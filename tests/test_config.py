@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from processes import CATALOG
-from supervisor import ConfigError, Restart
-from supervisor.daemon.config import load
+from supervisor import Restart
+from supervisor.daemon.config import ConfigFileError, load
 
 GOOD = """\
 [daemon]
@@ -209,10 +209,10 @@ BROKEN = [
 def test_broken_configurations_name_the_file_key_line_and_expectation(
     tmp_path: Path, text: str, line: int | None, key: str, fragment: str
 ) -> None:
-    """Each broken file raises ConfigError naming the file, the key path, the line and what was
+    """Each broken file raises ConfigFileError naming the file, the key path, the line and what was
     expected (the line is where the offending key or table is)."""
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigFileError) as caught:
         load(path, CATALOG)
     error = caught.value
     assert str(path) == error.file
@@ -225,16 +225,16 @@ def test_broken_configurations_name_the_file_key_line_and_expectation(
 
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     """A path that cannot be read is reported as such, naming it."""
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigFileError, match="cannot read"):
         load(tmp_path / "absent.toml")
 
 
 def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_line(tmp_path: Path) -> None:
-    """A configuration saved in another encoding is refused as a ConfigError (a daemon's reload
+    """A configuration saved in another encoding is refused as a ConfigFileError (a daemon's reload
     keeps its running configuration) that names the file, the line and the byte."""
     path = tmp_path / "latin1.toml"
     path.write_bytes(b'[daemon]\nstore = "var/s.db"\n# caf\xe9\n')
-    with pytest.raises(ConfigError, match="not UTF-8 text") as caught:
+    with pytest.raises(ConfigFileError, match="not UTF-8 text") as caught:
         load(path)
     assert 3 == caught.value.line
     assert str(caught.value).startswith(f"{path}:3: ")
@@ -265,7 +265,7 @@ def test_a_kinds_settings_are_checked_at_load_naming_file_line_and_key(tmp_path:
         '[[process]]\nname = "bad"\nkind = "shell"\n[process.settings]\nargv = ["true"]\n'
         "[process.settings.limits]\nstack = 5\n"
     )
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigFileError) as caught:
         load(path, CATALOG)
     assert f"{path}:13: process[1].settings.limits.stack: unknown limit" in str(caught.value)
 
@@ -274,10 +274,12 @@ def test_every_kinds_settings_are_checked_before_anything_starts(tmp_path: Path)
     """A ticker whose interval is not a number, or a misspelled setting, refuses the file at
     load (it used to start and fail at the first tick, or be accepted silently)."""
     path = write(tmp_path, "[[process]]\nname = 'a'\nkind = 'ticker'\n[process.settings]\ninterval = 'fast'\n")
-    with pytest.raises(ConfigError, match=r":5: process\[0\]\.settings\.interval: expected a number of seconds > 0"):
+    with pytest.raises(
+        ConfigFileError, match=r":5: process\[0\]\.settings\.interval: expected a number of seconds > 0"
+    ):
         load(path, CATALOG)
     path = write(tmp_path, "[[process]]\nname = 'a'\nkind = 'ticker'\n[process.settings]\nintervall = 3\n")
-    with pytest.raises(ConfigError, match=r":5: process\[0\]\.settings\.intervall: unknown setting"):
+    with pytest.raises(ConfigFileError, match=r":5: process\[0\]\.settings\.intervall: unknown setting"):
         load(path, CATALOG)
 
 
@@ -292,7 +294,7 @@ def test_a_file_with_several_mistakes_reports_all_of_them_at_once(tmp_path: Path
         "[[process]]\nname = 'c'\nkind = 'ticker'\ndepends_on = ['ghost']\n\n"
         "[supervisor]\nstrategy = 'all_for_none'\n",
     )
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigFileError) as caught:
         load(path, CATALOG)
     found = [(error.line, error.key) for error in caught.value.errors]
     assert [
@@ -315,7 +317,7 @@ def test_a_start_order_cycle_is_a_configuration_error_naming_the_lines(tmp_path:
         "[[process]]\nname = 'b'\nkind = 'ticker'\ndepends_on = ['c']\n\n"
         "[[process]]\nname = 'c'\nkind = 'ticker'\ndepends_on = ['a']\n",
     )
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigFileError) as caught:
         load(path, CATALOG)
     assert (4, "process[0].depends_on") == (caught.value.line, caught.value.key)
     assert "cycle: a -> b -> c -> a; declared at 'a' (line 4), 'b' (line 9), 'c' (line 14)" in str(caught.value)
@@ -351,7 +353,7 @@ def test_a_declared_name_follows_the_same_rule_as_a_spawned_one(tmp_path: Path, 
     """A [[process]] name is checked by the rule spawn() applies (and the one part of a
     supervisor path a supervised child's name is); names spawn() takes are valid here too."""
     path = write(tmp_path, f"[[process]]\nname = {name!r}\nkind = 'ticker'\n".replace("'", '"'))
-    with pytest.raises(ConfigError, match=re.escape(problem)):
+    with pytest.raises(ConfigFileError, match=re.escape(problem)):
         load(path, CATALOG)
     for good in ("nightly backup", "données", "v1.2"):
         assert (

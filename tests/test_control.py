@@ -64,9 +64,9 @@ async def test_remote_handles_drive_processes_like_local_ones(served: tuple[Node
             await handle.call("boom")
         assert ("ValueError", "boom after emitting") == (caught.value.error_type, caught.value.message)
         await handle.pause()
-        assert (await handle.state()).paused
+        assert (await handle.snapshot()).paused
         await handle.resume()
-        assert 5 == host.find("remote-counter").state.state["n"]
+        assert 5 == host.find("remote-counter").snapshot().state["n"]
         final = await handle.kill("done remotely")
         assert (Lifecycle.KILLED, "done remotely") == (final.lifecycle, final.error)
         assert Lifecycle.KILLED == (await handle.wait(timeout=5)).lifecycle
@@ -90,7 +90,7 @@ async def test_a_remote_spawn_with_a_bad_name_is_refused_and_the_connection_goes
             await client.spawn("counter", name="../escape")
         assert [] == host.list()
         handle = await client.spawn("counter", name="fine")
-        assert "fine" == (await handle.state()).name
+        assert "fine" == (await handle.snapshot()).name
         await handle.kill()
 
 
@@ -453,7 +453,7 @@ async def test_a_listing_larger_than_a_frame_arrives_whole_in_chunks(tmp_path: P
             await handle.cast(("grow", 2000))
         await handles[7].cast(("grow", 2 * MAX_FRAME))
         for handle in handles:
-            await wait_until(lambda handle=handle: "blob" in handle.state.state)  # type: ignore[misc]
+            await wait_until(lambda handle=handle: "blob" in handle.snapshot().state)  # type: ignore[misc]
         async with Client.connect(str(tmp_path / "control.sock")) as client:
             listed = await client.list()
             assert [h.pid for h in handles] == [s.pid for s in listed]
@@ -461,7 +461,7 @@ async def test_a_listing_larger_than_a_frame_arrives_whole_in_chunks(tmp_path: P
             assert str(listed[7].state).startswith("(state left out: the snapshot is 2097")
             assert "over a frame; see Machine.view()" in str(listed[7].state)
             huge = await client.get("g0007")  # a single snapshot in a response is trimmed alike
-            assert str((await huge.state()).state).startswith("(state left out: the snapshot is 2097")
+            assert str((await huge.snapshot()).state).startswith("(state left out: the snapshot is 2097")
             final = await huge.kill("too big")
             assert (Lifecycle.KILLED, True) == (final.lifecycle, str(final.state).startswith("(state left out"))
             small = [h for i, h in enumerate(handles) if i < 10 and i != 7]
@@ -498,4 +498,4 @@ async def test_a_watch_given_up_leaves_nothing_behind_in_the_server(served: tupl
         assert 10 == server.fanout.cached
     await wait_until(lambda: server.fanout.cached == 0)  # the connection went away with its streams
     assert all(h.statistics().watchers == 0 for h in handles)
-    assert all(not h.state.lifecycle.terminal for h in handles)
+    assert all(not h.snapshot().lifecycle.terminal for h in handles)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import ConfigurationError, ConnectionDenied, DaemonNotAnswering, Node, ProtocolError
+from supervisor import ConfigurationError, Node
 from supervisor.control import Client, ControlServer
 from supervisor.control import _server as server_module
+from supervisor.control._errors import ConnectionDenied, DaemonNotAnswering, ProtocolError
 from tests.helpers import wait_until
 from tests.machines import Counter
 

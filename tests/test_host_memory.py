@@ -97,7 +97,7 @@ async def test_ended_processes_past_ended_kept_leave_memory_not_the_store(tmp_pa
     try:
         pids = await run_to_the_end(host, 5)
         for pid in pids[-2:]:
-            assert Lifecycle.FINISHED == host.get(pid).state.lifecycle
+            assert Lifecycle.FINISHED == host.get(pid).snapshot().lifecycle
         with pytest.raises(ProcessNotFound):
             host.get(pids[0])
         assert host.store is not None
@@ -151,7 +151,7 @@ async def test_a_revived_process_keeps_neither_its_checkpoint_nor_wait_queues_no
         assert count(deque) - deques < 200 + 10  # its mailbox; nothing postponed, no redelivery queue
         # What lazily made queues serve still works: a caller waits for a change and sees it.
         handle = second.list()[0]
-        seen = handle.state.version
+        seen = handle.snapshot().version
         waiting = asyncio.ensure_future(handle._process.wait_changed(seen))
         await handle.cast(2)
         await asyncio.wait_for(waiting, 10)
@@ -184,7 +184,7 @@ async def test_ended_processes_kept_for_lookups_keep_neither_their_task_nor_thei
         assert count(asyncio.Task) - tasks < 10
         assert count(deque) - queues < 10
         found = host.get(handles[7].pid)
-        assert (Lifecycle.FINISHED, 7) == (found.state.lifecycle, found.state.result)
+        assert (Lifecycle.FINISHED, 7) == (found.snapshot().lifecycle, found.snapshot().result)
         with pytest.raises(ProcessFinished):
             await found.cast(1)
     finally:

@@ -1,11 +1,11 @@
-"""processes.logapply._log.bounded: how a log's close waits on tasks that may not end."""
+"""processes.logapply._entry_log.bounded: how a log's close waits on tasks that may not end."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 
-from processes.logapply._log import _abandoned, bounded
+from processes.logapply._entry_log import _abandoned, bounded
 
 
 async def test_a_task_that_swallows_its_cancellation_is_left_behind_not_waited_on() -> None:

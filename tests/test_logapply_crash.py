@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteLog
+from processes.logapply import KeyValue, Replica, SnapshotStore, SQLiteEntryLog
 
 ROOT = Path(__file__).resolve().parent.parent
 TOTAL = 60_000
@@ -76,7 +76,9 @@ def test_sigkill_of_the_embedded_log_loses_and_doubles_nothing(tmp_path: Path) -
     assert set(range(TOTAL)) == acked
 
     async def check() -> None:
-        replica = Replica("crash", KeyValue(), SQLiteLog(tmp_path / "log.db"), SnapshotStore(tmp_path / "snapshots"))
+        replica = Replica(
+            "crash", KeyValue(), SQLiteEntryLog(tmp_path / "log.db"), SnapshotStore(tmp_path / "snapshots")
+        )
         await replica.start()
         state = replica.value.root
         assert TOTAL == replica.applied, "the log holds a doubled (or lost) entry"

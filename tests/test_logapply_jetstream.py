@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from processes.logapply import JetStreamLog, KeyValue, LogApplyClient, Replica, SnapshotStore
-from processes.logapply._log import CLOSE_GRACE
-from supervisor import EntryRejected, LogError, StaleWriter
+from processes.logapply import JetStreamEntryLog, KeyValue, LogApplyClient, Replica, SnapshotStore
+from processes.logapply._entry_log import CLOSE_GRACE
+from processes.logapply.errors import EntryLogError, EntryRejected, StaleWriter
 from supervisor.control import Client
 from tests.helpers import wait_for_snapshot, wait_until
 from tests.services.nats import NatsCluster
@@ -34,12 +34,12 @@ async def test_retried_appends_land_once_and_a_stale_writer_is_fenced(nats_clust
     a second incarnation of the same writer appends fine, after which the first incarnation's
     next append is refused as a stale writer."""
     stream = stream_name()
-    first = JetStreamLog(nats_cluster.urls, stream, writer="w1")
+    first = JetStreamEntryLog(nats_cluster.urls, stream, writer="w1")
     await first.open()
     index = await first.append(b"a", "id-1")
     assert index == await first.append(b"a", "id-1")
     assert (1, 1) == await first.bounds()
-    second = JetStreamLog(nats_cluster.urls, stream, writer="w1")  # the same daemon, restarted
+    second = JetStreamEntryLog(nats_cluster.urls, stream, writer="w1")  # the same daemon, restarted
     await second.open()
     assert 2 == await second.append(b"b", "id-2")
     with pytest.raises(StaleWriter, match="another daemon running with the same writer name"):
@@ -52,7 +52,7 @@ async def test_retried_appends_land_once_and_a_stale_writer_is_fenced(nats_clust
 async def test_an_entry_larger_than_the_servers_take_is_refused_at_once(nats_cluster: NatsCluster) -> None:
     """An entry over the servers' max_payload is refused at once with the sizes, not retried
     until the append timeout (it would fail the same way each time); the log goes on."""
-    log = JetStreamLog(nats_cluster.urls, stream_name(), writer="w1", append_timeout=30.0)
+    log = JetStreamEntryLog(nats_cluster.urls, stream_name(), writer="w1", append_timeout=30.0)
     await log.open()
     with pytest.raises(EntryRejected, match="does not fit the servers' max_payload"):
         await asyncio.wait_for(log.append(b"x" * (2 << 20), "big"), 5)
@@ -68,7 +68,7 @@ async def test_an_append_given_up_on_that_lands_later_is_not_taken_for_a_stale_w
     finds that entry (its own message id) at the end of its lane and goes on after it, instead
     of stopping the log as if another daemon wrote with its name."""
     stream = stream_name()
-    log = JetStreamLog(nats_cluster.urls, stream, writer="w1", lanes=1)
+    log = JetStreamEntryLog(nats_cluster.urls, stream, writer="w1", lanes=1)
     await log.open()
     log.append_timeout = 1.0  # after open: opening waits for the cluster as long as it takes
     try:
@@ -77,7 +77,7 @@ async def test_an_append_given_up_on_that_lands_later_is_not_taken_for_a_stale_w
         for server in servers:
             server.send_signal(signal.SIGSTOP)
         try:
-            with pytest.raises(LogError, match=r"append gave up after 1\.0 s"):
+            with pytest.raises(EntryLogError, match=r"append gave up after 1\.0 s"):
                 await log.append(b"b", "id-b")
         finally:
             for server in servers:
@@ -95,7 +95,7 @@ async def test_close_is_bounded_while_every_server_is_frozen_mid_append(nats_clu
     """Every NATS server is frozen (SIGSTOP) while an append is in flight: close() still returns
     within its bound (two grace periods and a margin), and the append fails as closed instead of
     hanging. (A close that waited on nats-py forever held one CI run for 90 minutes.)"""
-    log = JetStreamLog(nats_cluster.urls, stream_name(), writer="w1", lanes=2)
+    log = JetStreamEntryLog(nats_cluster.urls, stream_name(), writer="w1", lanes=2)
     await log.open()
     assert 1 == await log.append(b"a", "id-a")
     servers = [child for child in nats_cluster.children if child is not None]
@@ -106,7 +106,7 @@ async def test_close_is_bounded_while_every_server_is_frozen_mid_append(nats_clu
         await wait_until(lambda: ("queued=0" in repr(log) and log.retries > 0) or in_flight.done(), timeout=30)
         async with asyncio.timeout(2 * CLOSE_GRACE + 5):
             await log.close()
-        with pytest.raises(LogError, match="closed before the append was acknowledged"):
+        with pytest.raises(EntryLogError, match="closed before the append was acknowledged"):
             await in_flight
     finally:
         for server in servers:
@@ -123,7 +123,7 @@ async def test_replicas_resume_from_their_applied_index_across_nats_restarts(
     stream = stream_name()
 
     def replica(name: str) -> Replica:
-        log = JetStreamLog(nats_cluster.urls, stream, writer=name)
+        log = JetStreamEntryLog(nats_cluster.urls, stream, writer=name)
         return Replica(name, KeyValue(), log, SnapshotStore(tmp_path / name), snapshot_every=300, compact=False)
 
     one, two = replica("r1"), replica("r2")
@@ -257,7 +257,7 @@ async def test_three_daemons_converge_under_nats_and_daemon_sigkills(nats_cluste
             if daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
                 daemon.communicate(timeout=30)
-    checker = Replica("checker", KeyValue(), JetStreamLog(nats_cluster.urls, stream, writer="checker"))
+    checker = Replica("checker", KeyValue(), JetStreamEntryLog(nats_cluster.urls, stream, writer="checker"))
     await checker.start()
     state = dict(checker.value.root)
     last = checker.applied

@@ -22,36 +22,28 @@ from processes.logapply import (
     SimulatedLog,
     SimulatedLogApply,
     SnapshotStore,
-    SQLiteLog,
+    SQLiteEntryLog,
     decode_entry,
     encode_entry,
     executors,
     state_hash,
 )
 from processes.logapply._settings import parse
-from supervisor import (
-    ApplyFailed,
-    AtomicValue,
-    EntryRejected,
-    LogError,
-    LogGap,
-    Node,
-    SettingsError,
-    Simulation,
-    SnapshotError,
-    StateMutationError,
-)
+from processes.logapply.errors import ApplyFailed, EntryLogError, EntryRejected, LogGap, SnapshotError
+from supervisor import AtomicValue, Node, SettingsError, Simulation, StateMutationError
 from tests.helpers import file_size
 
 
 def kv_replica(directory: Path, **options: Any) -> Replica:
-    return Replica("m", KeyValue(), SQLiteLog(directory / "log.db"), SnapshotStore(directory / "snapshots"), **options)
+    return Replica(
+        "m", KeyValue(), SQLiteEntryLog(directory / "log.db"), SnapshotStore(directory / "snapshots"), **options
+    )
 
 
 async def test_sqlite_log_appends_in_order_and_deduplicates_message_ids(tmp_path: Path) -> None:
     """Indexes start at 1 without holes; an id appended again returns its first index and adds
     nothing; bounds and follow agree with what was appended."""
-    log = SQLiteLog(tmp_path / "log.db")
+    log = SQLiteEntryLog(tmp_path / "log.db")
     await log.open()
     first = await asyncio.gather(*(log.append(f"e{i}".encode(), f"id{i}") for i in range(100)))
     assert list(range(1, 101)) == first
@@ -71,7 +63,7 @@ async def test_sqlite_log_cuts_its_write_ahead_log_back_after_a_burst(
     from processes.logapply import _sqlite_log
 
     monkeypatch.setattr(_sqlite_log, "WAL_SIZE_LIMIT", 1 << 20)
-    log = SQLiteLog(tmp_path / "log.db")
+    log = SQLiteEntryLog(tmp_path / "log.db")
     await log.open()
     try:
         await asyncio.gather(*(log.append(b"x" * 50_000) for _ in range(120)))
@@ -91,7 +83,7 @@ async def test_sqlite_log_batches_with_and_without_message_ids_share_one_index_s
     """A batch of plain appends and a batch mixing ids (one repeated inside the batch) and plain
     appends are written by different paths; indexes continue across them without holes, the
     repeated id answers with its first index, and the rows read back after a reopen are exact."""
-    log = SQLiteLog(tmp_path / "log.db")
+    log = SQLiteEntryLog(tmp_path / "log.db")
     await log.open()
     plain = await asyncio.gather(*(log.append(f"p{i}".encode()) for i in range(5)))
     mixed = await asyncio.gather(
@@ -108,7 +100,7 @@ async def test_sqlite_log_batches_with_and_without_message_ids_share_one_index_s
     assert list(range(612, 912)) == large_ids
     assert log.appended == 911
     await log.close()
-    again = SQLiteLog(tmp_path / "log.db")
+    again = SQLiteEntryLog(tmp_path / "log.db")
     await again.open()
     async for batch in again.follow(0):
         expected = [f"p{i}".encode() for i in range(5)] + [b"a", b"b", b"c"] + [f"q{i}".encode() for i in range(3)]
@@ -122,16 +114,16 @@ async def test_sqlite_log_batches_with_and_without_message_ids_share_one_index_s
 async def test_sqlite_log_is_one_writer_and_survives_reopen_with_compaction(tmp_path: Path) -> None:
     """A second open of the same file is refused with a clear error; after compaction and a
     reopen, bounds say which entries remain and follow starts at the first of them."""
-    log = SQLiteLog(tmp_path / "log.db")
+    log = SQLiteEntryLog(tmp_path / "log.db")
     await log.open()
     for i in range(10):
         await log.append(bytes([i]))
-    other = SQLiteLog(tmp_path / "log.db")
-    with pytest.raises(LogError, match="another process has this log open"):
+    other = SQLiteEntryLog(tmp_path / "log.db")
+    with pytest.raises(EntryLogError, match="another process has this log open"):
         await other.open()
     await log.compact(6)
     await log.close()
-    again = SQLiteLog(tmp_path / "log.db")
+    again = SQLiteEntryLog(tmp_path / "log.db")
     await again.open()
     assert (7, 10) == await again.bounds()
     async for batch in again.follow(0):
@@ -218,10 +210,10 @@ class Strict(Applier):
 async def test_on_error_stop_halts_the_replica_at_that_entry(tmp_path: Path) -> None:
     """on_error = stop: the replica stops at the raising entry (state without it) and every
     waiting proposer hears why; later entries are not applied."""
-    replica = Replica("m", Strict(), SQLiteLog(tmp_path / "log.db"), on_error="stop")
+    replica = Replica("m", Strict(), SQLiteEntryLog(tmp_path / "log.db"), on_error="stop")
     await replica.start()
     assert (1, (True, 1)) == await replica.propose("ok")
-    with pytest.raises(LogError, match="stopped at entry 2: apply raised ValueError: poison entry"):
+    with pytest.raises(EntryLogError, match="stopped at entry 2: apply raised ValueError: poison entry"):
         await replica.propose("poison")
     assert 1 == replica.applied
     assert 1 == replica.value.root["seen"]
@@ -272,7 +264,7 @@ async def test_a_corrupt_snapshot_falls_back_to_the_previous_one(tmp_path: Path)
 async def test_a_gap_in_the_log_is_a_clear_error(tmp_path: Path) -> None:
     """Entries compacted away with no snapshot covering them: the replica refuses to start,
     naming the missing indexes (never applying on from a later entry)."""
-    log = SQLiteLog(tmp_path / "log.db")
+    log = SQLiteEntryLog(tmp_path / "log.db")
     await log.open()
     for i in range(20):
         await log.append(encode_entry({"op": "set", "key": "a", "value": i}))

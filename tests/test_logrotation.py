@@ -6,7 +6,6 @@ import json
 import os
 from pathlib import Path
 
-from supervisor import rotate_log, tail_lines
 from supervisor._files.logrotation import (
     LINE_MAX,
     PATIENCE,
@@ -16,6 +15,7 @@ from supervisor._files.logrotation import (
     record_path,
     remove_log,
 )
+from supervisor.lowlevel import rotate_log, tail_lines
 
 
 def write(log: Path, *lines: str) -> None:

@@ -42,7 +42,7 @@ async def test_raising_transition_leaves_state_actions_and_timers_unchanged() ->
     assert "ValueError" == caught.value.error_type
     assert "boom after emitting" == caught.value.message
     assert isinstance(caught.value.__cause__, ValueError)
-    after = handle.state
+    after = handle.snapshot()
     assert before.state == after.state
     assert "main" == after.phase
     assert () == after.waiting_on
@@ -133,7 +133,7 @@ async def test_check_mode_reports_nondeterministic_transitions() -> None:
     with pytest.raises(TransitionError) as caught:
         await handle.call("anything")
     assert isinstance(caught.value, NondeterminismError)
-    assert {"t": 0} == handle.state.state
+    assert {"t": 0} == handle.snapshot().state
     await handle.kill()
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import OpenFilesLimit, open_files_for_children, raise_open_files_limit
 from supervisor._files import open_files
+from supervisor.lowlevel import OpenFilesLimit, open_files_for_children, raise_open_files_limit
 from tests.test_daemon import ROOT, free_port, kill_if_running, start_daemon, wait_for
 
 _PROBE = """

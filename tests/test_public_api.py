@@ -5,33 +5,42 @@ from __future__ import annotations
 import ast
 import pathlib
 
+import pytest
+
 import supervisor
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 EXPECTED_EXPORTS = {
-    "STATE_TIMEOUT", "ApplyFailed", "AtomicValue", "EntryRejected", "LogError", "LogGap", "SnapshotError",
-    "StaleWriter", "ActionFailed", "ActionResult", "ActionSucceeded", "Call", "CallTimeout", "Cast",
-    "Checkpointer", "Clock", "ConfigurationError", "Context", "Control", "ControlEvent", "DiagramError",
-    "DriveMode", "ErrorPolicy", "Executor", "ExecutorRegistry", "FunctionExecutor", "Handle", "HandleAPI",
-    "IllegalLifecycleMove", "IllegalPhaseChange", "Input", "Lifecycle", "LifecycleError", "Machine",
-    "ManualClock", "NondeterminismError", "NotFinished", "ProcessFailed", "ProcessFinished", "ProcessKilled",
-    "ProcessNotFound", "ProcessPaused", "ProcessRecord", "ProcessStatistics",
-    "NodeSummary", "KindCounts", "SlotCounts", "ProcessTerminated", "Runtime", "RuntimeObserver",
-    "RuntimeStatistics", "Snapshot", "StateMutationError", "StateTypeError", "StatevisorError", "SystemClock",
-    "TimerFired", "TimerHandle", "TimerRecord", "TrackedAction", "TransitionError", "UnknownActionType",
-    "UntrackedAction", "WouldBlock", "__version__", "mermaid",
-    "Backoff", "Budget", "CheckpointRejected", "ChildSpec", "CorruptCheckpoint", "FORMAT_VERSION", "Node",
-    "Quarantined", "Recovery", "Restart", "SQLiteStore", "SlotPool", "SlotStatistics", "StartReport", "StoreError",
-    "StoreFull", "StoreLocked", "StoreStatistics", "Strategy", "Supervisor", "SupervisorSpec", "SupervisorState",
-    "SupervisorStatistics", "decode_record", "Invariant", "Simulation", "SimCall", "SimExecutor",
-    "SimulationError", "InvariantViolation", "encode_record",
-    "SettingsError", "BackendError", "CommandNotFound", "CommandLost", "SecretUnreadable", "RunMonitorError",
-    "tail_lines",
-    "ConfigError", "ConnectionDenied", "ProtocolError", "RemoteError", "AckLost",
-    "follow_lines", "LogNotFound", "rotate_log", "DaemonNotAnswering", "OpenFilesLimit", "open_files_for_children",
-    "LoopWatchdog", "raise_open_files_limit",
-    "TransportError", "HostUnreachable", "HostKeyMismatch", "SchedulerError", "pack", "unpack",
+    # writing a process type
+    "Machine", "Context", "Input", "Control", "ControlEvent", "Cast", "Call", "ActionResult", "ActionSucceeded",
+    "ActionFailed", "TimerFired", "STATE_TIMEOUT", "ErrorPolicy", "AtomicValue", "mermaid",
+    # actions and executors
+    "TrackedAction", "UntrackedAction", "Executor", "FunctionExecutor", "ExecutorRegistry",
+    # running processes
+    "Runtime", "RuntimeObserver", "RuntimeStatistics", "Handle", "HandleAPI", "Snapshot", "ProcessStatistics",
+    "Lifecycle", "DriveMode", "Clock", "SystemClock", "ManualClock", "TimerHandle", "SlotPool", "SlotStatistics",
+    # a node
+    "Node", "StartReport", "NodeSummary", "KindCounts", "SlotCounts", "Supervisor", "SupervisorSpec", "ChildSpec",
+    "SupervisorState", "SupervisorStatistics", "Restart", "Strategy", "Backoff", "Budget",
+    # checkpoints and stores
+    "Checkpointer", "Store", "SQLiteStore", "StoreStatistics", "Recovery", "Quarantined", "ProcessRecord",
+    "TimerRecord", "encode_record", "decode_record", "FORMAT_VERSION",
+    # simulation testing
+    "Simulation", "SimExecutor", "SimCall", "Invariant",
+    # errors
+    "StatevisorError", "WouldBlock", "ConfigurationError", "StateTypeError", "UnknownActionType", "DiagramError",
+    "SettingsError", "LifecycleError", "IllegalLifecycleMove", "ProcessPaused", "ProcessTerminated",
+    "ProcessFinished", "ProcessFailed", "ProcessKilled", "ProcessNotFound", "LogNotFound", "NotFinished",
+    "TransitionError", "IllegalPhaseChange", "StateMutationError", "NondeterminismError", "CallTimeout",
+    "StoreError", "StoreLocked", "StoreFull", "CheckpointRejected", "CorruptCheckpoint", "BackendError",
+    "TransportError", "SimulationError", "InvariantViolation", "ProtocolError", "ConnectionDenied", "RemoteError",
+    "DaemonNotAnswering",
+    "__version__",
+}  # fmt: skip
+EXPECTED_LOWLEVEL = {
+    "pack", "unpack", "private_directory", "private_file", "tighten", "rotate_log", "tail_lines", "follow_lines",
+    "OpenFilesLimit", "open_files_for_children", "raise_open_files_limit",
 }  # fmt: skip
 
 
@@ -40,6 +49,41 @@ def test_export_list_is_pinned() -> None:
     assert EXPECTED_EXPORTS == set(supervisor.__all__)
     for name in supervisor.__all__:
         assert hasattr(supervisor, name), name
+
+
+def test_the_extension_api_is_pinned() -> None:
+    """supervisor.lowlevel.__all__, what process kinds build on, is pinned as well."""
+    import supervisor.lowlevel
+
+    assert EXPECTED_LOWLEVEL == set(supervisor.lowlevel.__all__)
+    for name in supervisor.lowlevel.__all__:
+        assert hasattr(supervisor.lowlevel, name), name
+
+
+def test_old_names_still_work_and_say_where_they_went() -> None:
+    """Names users may hold from before (Host, ConfigError, the kinds' errors, the tools that
+    moved to supervisor.lowlevel) still resolve, each with a DeprecationWarning naming its new
+    home; an unknown name is an AttributeError as usual."""
+    import warnings
+
+    import processes.shell
+    import supervisor.daemon
+    import supervisor.lowlevel
+
+    for old, new in [
+        ("Host", supervisor.Node),
+        ("HostSummary", supervisor.NodeSummary),
+        ("ConfigError", supervisor.daemon.ConfigFileError),
+        ("CommandNotFound", processes.shell.CommandNotFound),
+        ("pack", supervisor.lowlevel.pack),
+    ]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert new is getattr(supervisor, old)
+        assert [DeprecationWarning] == [w.category for w in caught], old
+        assert f"supervisor.{old} is deprecated: use " in str(caught[0].message)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        supervisor.NoSuchName  # noqa: B018 - the lookup is the test
 
 
 def test_public_classes_do_not_leak_private_module_names_in_errors() -> None:
@@ -163,39 +207,67 @@ def test_in_process_and_remote_handles_share_the_handle_api() -> None:
     assert set() == methods - set(dir(RemoteHandle))
 
 
-def test_the_drawn_hierarchy_is_the_real_one() -> None:
-    """The tree at the top of supervisor/_exceptions.py names every error class in the module,
-    each under its real parent; and no module of supervisor/ or processes/ derives an error
-    class of its own from that hierarchy elsewhere (one exceptions module; private control-flow
-    exceptions of the standalone run monitor derive from Exception and never reach users)."""
+def _error_classes() -> dict[str, list[type]]:
+    """Every error class of supervisor/ and processes/, by the module that defines it."""
+    import importlib
+
+    import supervisor as root
+
+    found: dict[str, list[type]] = {}
+    for path in [*(ROOT / "supervisor").rglob("*.py"), *(ROOT / "processes").rglob("*.py")]:
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if name.endswith("__main__"):
+            continue
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, root.StatevisorError) and value.__module__ == name:
+                found.setdefault(name, []).append(value)
+    return found
+
+
+def test_each_layer_and_kind_draws_the_errors_it_defines() -> None:
+    """Each module that defines errors (the core's bases, each layer's, each kind's) draws its
+    hierarchy at its top, every class it defines under its real parent; the parents it extends
+    from elsewhere stand at the roots of its drawing. Every error derives from StatevisorError."""
+    import importlib
     import re
 
-    from supervisor import _errors as _exceptions
-
-    drawn: dict[str, str] = {}
-    parents: list[str] = []
-    for line in (_exceptions.__doc__ or "").splitlines():
-        found = re.match(
-            r"^    ((?:[│ ]   )*)(?:├── |└── )([A-Z]\w+)(?: \(also \w+\))?\s{2,}|^    (StatevisorError)$", line
+    root_line = re.compile(r"^( *)([A-Z]\w+)$")
+    branch_line = re.compile(r"^([ │]*)(?:├── |└── )([A-Z]\w+)(?: \(also \w+\))?(?:\s{2,}|$)")
+    modules = _error_classes()
+    assert {"supervisor._errors", "processes.shell.errors", "processes.batch.errors"} <= set(modules)
+    for name, classes in modules.items():
+        drawn: dict[str, str] = {}
+        parents: list[str] = []
+        base = 0
+        for line in (importlib.import_module(name).__doc__ or "").splitlines():
+            root = root_line.match(line)
+            if root:  # StatevisorError, or a base from another module
+                parents, base = [root.group(2)], len(root.group(1))
+                continue
+            branch = branch_line.match(line)
+            if not branch:
+                continue
+            assert parents, f"{name}: {line.strip()!r} has no root above it"
+            depth = (len(branch.group(1)) - base) // 4 + 1
+            del parents[depth:]
+            drawn[branch.group(2)] = parents[-1]
+            parents.append(branch.group(2))
+        defined = {cls.__name__: cls for cls in classes}
+        assert set(defined) - {"StatevisorError"} <= set(drawn), (
+            f"{name} draws {sorted(drawn)}, defines {sorted(defined)}"
         )
-        if not found:
-            continue
-        name = found.group(2) or found.group(3)
-        depth = len(found.group(1) or "") // 4 + (0 if found.group(3) else 1)
-        del parents[depth:]
-        if parents:
-            drawn[name] = parents[-1]
-        parents.append(name)
-    classes = {
-        name: cls
-        for name, cls in vars(_exceptions).items()
-        if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == _exceptions.__name__
-    }
-    assert set(classes) - {"StatevisorError"} == set(drawn)
-    for name, parent in drawn.items():
-        assert classes[name].__mro__[1].__name__ == parent, name
-    for path in [*(ROOT / "supervisor").rglob("*.py"), *(ROOT / "processes").rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and path.name != "_errors.py":
-                bases = {ast.unparse(b).rpartition(".")[2] for b in node.bases}
-                assert set() == bases & set(classes), f"{path.relative_to(ROOT)}: {node.name} derives from {bases}"
+        for cls_name, cls in defined.items():
+            if cls_name != "StatevisorError":
+                assert drawn[cls_name] == cls.__mro__[1].__name__, f"{name}.{cls_name}"
+
+
+def test_the_core_defines_no_kinds_errors() -> None:
+    """Adding a kind never means editing the core: the core's errors module defines no error
+    of a process kind (a command, a scheduler, a log), and the kinds define theirs."""
+    modules = _error_classes()
+    core = {cls.__name__ for cls in modules["supervisor._errors"]}
+    kinds = {cls.__name__ for name, classes in modules.items() if name.startswith("processes.") for cls in classes}
+    assert {"CommandNotFound", "SchedulerError", "HostKeyMismatch", "LogGap", "ApplyFailed"} <= kinds
+    assert set() == core & kinds

@@ -58,7 +58,7 @@ async def test_restore_may_replace_pending_actions() -> None:
     revived = second.revive(Careful(), record)
     await wait_until(lambda: len(query.executed) == 1)
     assert [] == work.executed
-    assert [gate.started[0].id] == revived.state.state["queried"]
+    assert [gate.started[0].id] == revived.snapshot().state["queried"]
     await revived.kill()
 
 
@@ -92,8 +92,8 @@ async def test_revived_process_keeps_its_pause() -> None:
     second = Runtime()
     revived = second.revive(Worker(), record)
     await asyncio.sleep(0)
-    assert revived.state.paused
-    assert Lifecycle.RUNNING == revived.state.lifecycle
+    assert revived.snapshot().paused
+    assert Lifecycle.RUNNING == revived.snapshot().lifecycle
     await revived.kill()
     assert isinstance(record.pending, tuple)
     assert all(isinstance(a, TrackedAction) for a in record.pending)
@@ -109,7 +109,7 @@ async def test_a_revived_process_keeps_when_its_lifecycle_began() -> None:
     handle = first.spawn(Worker, pid="w")
     await handle.cast(("work", "a"))
     await wait_until(lambda: len(gate.started) == 1)
-    assert (Lifecycle.WAITING, 1000.0) == (handle.state.lifecycle, handle.state.since)
+    assert (Lifecycle.WAITING, 1000.0) == (handle.snapshot().lifecycle, handle.snapshot().since)
     record = handle._process.record()
     await handle.kill()
     assert 1000.0 == record.since
@@ -119,7 +119,7 @@ async def test_a_revived_process_keeps_when_its_lifecycle_began() -> None:
     second = Runtime(executors={"work": recorder}, clock=clock)
     revived = second.revive(Worker(), record)
     await wait_until(lambda: len(recorder.started) == 1)
-    assert (Lifecycle.WAITING, 1000.0) == (revived.state.lifecycle, revived.state.since)
+    assert (Lifecycle.WAITING, 1000.0) == (revived.snapshot().lifecycle, revived.snapshot().since)
     clock.advance(10.0)
     recorder.release.set()
     done = await wait_for_snapshot(revived, lambda s: s.lifecycle is Lifecycle.RUNNING)
@@ -130,8 +130,9 @@ async def test_a_revived_process_keeps_when_its_lifecycle_began() -> None:
 def test_a_checkpoint_of_the_first_format_still_loads() -> None:
     """A record written in format 1 (14 fields, before `since` and `schema`) decodes: its since
     is unknown and its schema is 1; a record of an unknown format is refused, naming it."""
-    from supervisor import CorruptCheckpoint, decode_record, encode_record, pack, unpack
+    from supervisor import CorruptCheckpoint, decode_record, encode_record
     from supervisor._core.snapshot import ProcessRecord
+    from supervisor.lowlevel import pack, unpack
 
     record = ProcessRecord(pid="p", name="p", kind="worker", version=3, phase="main", state={"n": 1}, since=7.0)
     fields = unpack(encode_record(record).blob)

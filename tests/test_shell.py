@@ -25,11 +25,11 @@ from processes.shell._launch import inherited_environment, is_our_child, start_t
 from processes.shell._link import MonitorLink, MonitorLost
 from processes.shell._monitor import JOURNAL, MARKER
 from processes.shell._proc import stat_fields
+from processes.shell.errors import CommandLost
 from supervisor import (
     Backoff,
     Budget,
     ChildSpec,
-    CommandLost,
     ConfigurationError,
     Handle,
     Lifecycle,
@@ -41,8 +41,8 @@ from supervisor import (
     SupervisorSpec,
     SupervisorState,
     TrackedAction,
-    rotate_log,
 )
+from supervisor.lowlevel import rotate_log
 from tests.helpers import wait_until
 
 
@@ -84,9 +84,9 @@ def cpu_ticks(pid: int) -> int:
 async def command_pid(handle: Handle) -> int:
     """The command's pid, which is also its process group's id (it leads its own session),
     once the run monitor has noted it."""
-    await wait_until(lambda: "_run" in handle.state.state)
-    journal = Path(handle.state.state["_stdout"]).parent.parent / "runs" / JOURNAL
-    action_id = handle.state.state["_run"]
+    await wait_until(lambda: "_run" in handle.snapshot().state)
+    journal = Path(handle.snapshot().state["_stdout"]).parent.parent / "runs" / JOURNAL
+    action_id = handle.snapshot().state["_run"]
 
     def started() -> int | None:
         if not journal.exists():
@@ -106,7 +106,7 @@ async def command_pid(handle: Handle) -> int:
 async def test_a_command_that_exits_zero_finishes_with_its_result(host: Node) -> None:
     """Exit code 0 finishes the process; the result has the code, times and the output's tail."""
     handle = await run(host, {"argv": ["sh", "-c", "echo out; echo err >&2"]}, name="hello")
-    snapshot = handle.state
+    snapshot = handle.snapshot()
     assert Lifecycle.FINISHED == snapshot.lifecycle
     result = handle.result()
     assert 0 == result["exit_code"]
@@ -124,8 +124,8 @@ async def test_a_path_name_logs_in_a_subdirectory_of_the_log_directory(host: Nod
     handle = await run(host, {"argv": ["sh", "-c", "echo out; echo err >&2"]}, name="team/nightly")
     logs = tmp_path / "logs" / "team"
     assert (str(logs / "nightly.out.log"), str(logs / "nightly.err.log")) == (
-        handle.state.state["_stdout"],
-        handle.state.state["_stderr"],
+        handle.snapshot().state["_stdout"],
+        handle.snapshot().state["_stderr"],
     )
     assert ["out"] == (logs / "nightly.out.log").read_text().splitlines()
     with pytest.raises(ConfigurationError, match=r"path part '\.\.'"):
@@ -135,18 +135,18 @@ async def test_a_path_name_logs_in_a_subdirectory_of_the_log_directory(host: Nod
 async def test_exit_codes_decide_success_as_configured(host: Node) -> None:
     """A non-zero exit fails the process (saying the code) unless success_codes lists it."""
     failed = await run(host, {"argv": ["sh", "-c", "exit 3"]})
-    assert Lifecycle.FAILED == failed.state.lifecycle
-    assert "exited with code 3" == failed.state.error
-    assert 3 == failed.state.state["result"]["exit_code"]
+    assert Lifecycle.FAILED == failed.snapshot().lifecycle
+    assert "exited with code 3" == failed.snapshot().error
+    assert 3 == failed.snapshot().state["result"]["exit_code"]
     accepted = await run(host, {"argv": ["sh", "-c", "exit 3"], "success_codes": [0, 3]})
-    assert Lifecycle.FINISHED == accepted.state.lifecycle
+    assert Lifecycle.FINISHED == accepted.snapshot().lifecycle
 
 
 async def test_a_command_killed_by_a_signal_reports_the_signal(host: Node) -> None:
     """A command that dies of a signal fails with that signal's name, not an exit code."""
     handle = await run(host, {"argv": ["sh", "-c", "kill -SEGV $$"]})
-    assert "killed by SIGSEGV" == handle.state.error
-    assert "SIGSEGV" == handle.state.state["result"]["signal"]
+    assert "killed by SIGSEGV" == handle.snapshot().error
+    assert "SIGSEGV" == handle.snapshot().state["result"]["signal"]
 
 
 async def test_argv_is_not_a_shell_unless_asked(host: Node) -> None:
@@ -181,7 +181,7 @@ async def test_environment_cwd_stdin_and_umask_reach_the_command(host: Node, tmp
         del os.environ["STATEVISOR_TEST_INHERITED"], os.environ["STATEVISOR_TEST_UNSET"]
     assert ["set|yes|unset", str(tmp_path), "from stdin", "0027"] == handle.result()["stdout_tail"]
     assert ["none"] == clean.result()["stdout_tail"]
-    assert {"A": "***"} == handle.state.state["env"], "environment values never show in snapshots"
+    assert {"A": "***"} == handle.snapshot().state["env"], "environment values never show in snapshots"
 
 
 async def test_env_files_give_a_command_secrets_that_no_state_or_checkpoint_holds(host: Node, tmp_path: Path) -> None:
@@ -197,7 +197,7 @@ async def test_env_files_give_a_command_secrets_that_no_state_or_checkpoint_hold
     record = handle._process.record()
     assert {"API_TOKEN": str(secret)} == record.state["env_files"]
     assert "s3cr3t-value" not in repr(record)
-    assert "s3cr3t-value" not in repr(handle.state)
+    assert "s3cr3t-value" not in repr(handle.snapshot())
 
 
 async def test_an_env_file_open_to_others_or_missing_fails_the_start_naming_it(host: Node, tmp_path: Path) -> None:
@@ -208,13 +208,13 @@ async def test_an_env_file_open_to_others_or_missing_fails_the_start_naming_it(h
     secret.chmod(0o644)
     shared = await run(host, {"argv": ["true"], "env_files": {"API_TOKEN": str(secret)}})
     assert f"SecretUnreadable: env_files.API_TOKEN: {secret} must be readable by its owner only (mode 644)" == (
-        shared.state.error
+        shared.snapshot().error
     )
     missing = await run(host, {"argv": ["true"], "env_files": {"API_TOKEN": str(tmp_path / "nope")}})
     assert f"SecretUnreadable: env_files.API_TOKEN: cannot read {tmp_path / 'nope'}: No such file or directory" == (
-        missing.state.error
+        missing.snapshot().error
     )
-    assert "s3cr3t-value" not in f"{shared.state} {missing.state}"
+    assert "s3cr3t-value" not in f"{shared.snapshot()} {missing.snapshot()}"
     assert not (tmp_path / "runs" / JOURNAL).exists(), "nothing was claimed"
 
 
@@ -259,7 +259,7 @@ async def test_resource_limits_apply_in_the_child(host: Node) -> None:
     )
     assert ["64", str(2**30 // 1024), "7"] == handle.result()["stdout_tail"]
     burner = await run(host, {"argv": ["sh", "-c", "while :; do :; done"], "limits": {"cpu_seconds": 1}})
-    assert burner.state.state["result"]["signal"] in ("SIGXCPU", "SIGKILL")
+    assert burner.snapshot().state["result"]["signal"] in ("SIGXCPU", "SIGKILL")
 
 
 async def test_kill_takes_down_a_tree_that_ignores_sigterm(host: Node) -> None:
@@ -267,7 +267,7 @@ async def test_kill_takes_down_a_tree_that_ignores_sigterm(host: Node) -> None:
     is left, not even a zombie."""
     script = "trap '' TERM; (trap '' TERM; sleep 1000) & (sh -c 'trap \"\" TERM; sleep 1000') & sleep 1000"
     handle = await host.spawn("shell", {"argv": ["sh", "-c", script], "stop_grace": 0.5})
-    await wait_until(lambda: "_run" in handle.state.state)
+    await wait_until(lambda: "_run" in handle.snapshot().state)
     pgid = await command_pid(handle)
     await wait_until(lambda: len(group_members(pgid)) >= 5)
     began = time.monotonic()
@@ -281,7 +281,7 @@ async def test_pause_stops_the_group_and_resume_continues_it(host: Node) -> None
     """pause sends SIGSTOP to the group: a CPU burner's CPU time stops advancing; resume
     continues it."""
     handle = await host.spawn("shell", {"argv": ["sh", "-c", "while :; do :; done"]})
-    await wait_until(lambda: "_run" in handle.state.state)
+    await wait_until(lambda: "_run" in handle.snapshot().state)
     pgid = await command_pid(handle)
     burner = pgid  # the shell runs the loop itself
     await wait_until(lambda: cpu_ticks(burner) > 0)
@@ -316,7 +316,7 @@ async def test_fast_output_is_rotated_and_the_daemon_does_not_buffer_it(host: No
         name="flood",
         timeout=60,
     )
-    assert Lifecycle.FINISHED == handle.state.lifecycle
+    assert Lifecycle.FINISHED == handle.snapshot().lifecycle
     log = tmp_path / "logs" / "flood.out.log"
     files = sorted(tmp_path.joinpath("logs").glob("flood.out.log*"))
     assert Path(f"{log}.1") in files, "rotated at least once"
@@ -388,7 +388,7 @@ async def test_a_pipe_as_log_target_is_never_rotated(host: Node, tmp_path: Path)
     finally:
         os.close(holder)
     reader.join(timeout=10)
-    assert Lifecycle.FINISHED == handle.state.lifecycle
+    assert Lifecycle.FINISHED == handle.snapshot().lifecycle
     assert 3_000_000 == len(received)
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert not Path(f"{fifo}.1").is_file()  # noqa: ASYNC240 - a test's quick look
@@ -400,7 +400,7 @@ async def test_follow_yields_new_lines_as_they_are_written(host: Node) -> None:
     handle = await host.spawn(
         "shell", {"argv": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.1; done; sleep 30"]}
     )
-    await wait_until(lambda: "_run" in handle.state.state)
+    await wait_until(lambda: "_run" in handle.snapshot().state)
     seen: list[str] = []
     async with asyncio.timeout(10):
         async for line in handle.follow("stdout", lines=10):
@@ -430,7 +430,7 @@ async def test_a_remote_follow_resumes_after_a_disconnection_missing_and_repeati
         "shell",
         {"argv": ["sh", "-c", "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo n$i; sleep 0.01; done; sleep 30"]},
     )
-    await wait_until(lambda: "_run" in handle.state.state)
+    await wait_until(lambda: "_run" in handle.snapshot().state)
     path = str(tmp_path / "control.sock")
     server = ControlServer(host, path)
     await server.start()
@@ -461,22 +461,22 @@ async def test_a_remote_follow_resumes_after_a_disconnection_missing_and_repeati
 async def test_a_timeout_kills_the_command_with_a_distinct_reason(host: Node) -> None:
     """timeout: the command is stopped and the process fails saying it timed out."""
     handle = await run(host, {"argv": ["sleep", "30"], "timeout": 0.3})
-    assert "timed out (killed by SIGTERM)" == handle.state.error
-    assert "timeout" == handle.state.state["result"]["reason"]
+    assert "timed out (killed by SIGTERM)" == handle.snapshot().error
+    assert "timeout" == handle.snapshot().state["result"]["reason"]
 
 
 async def test_missing_or_non_executable_programs_fail_clearly(host: Node, tmp_path: Path) -> None:
     """A program not on PATH, a path that is no file, and a file without x bit: each fails with
     a CommandNotFound naming it; nothing is started."""
     missing = await run(host, {"argv": ["statevisor-no-such-program"]})
-    assert str(missing.state.error).startswith("CommandNotFound: 'statevisor-no-such-program': not found on PATH")
+    assert str(missing.snapshot().error).startswith("CommandNotFound: 'statevisor-no-such-program': not found on PATH")
     script = tmp_path / "script.sh"
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o644)
     plain = await run(host, {"argv": [str(script)]})
-    assert f"CommandNotFound: '{script}': not executable (mode 644)" == plain.state.error
+    assert f"CommandNotFound: '{script}': not executable (mode 644)" == plain.snapshot().error
     nowhere = await run(host, {"argv": ["/nonexistent/bin/x"]})
-    assert "CommandNotFound: '/nonexistent/bin/x': no such file" == nowhere.state.error
+    assert "CommandNotFound: '/nonexistent/bin/x': no such file" == nowhere.snapshot().error
     assert not (tmp_path / "runs" / JOURNAL).exists(), "nothing was claimed"
 
 
@@ -504,7 +504,7 @@ async def test_invalid_settings_are_refused_at_spawn_naming_the_key(host: Node, 
     assert [] == host.list()
     handle = host.runtime.spawn(host.machines["shell"], {"argv": "echo hi"})
     await handle.wait(timeout=20)
-    assert str(handle.state.error).startswith("invalid settings: argv: expected a non-empty list")
+    assert str(handle.snapshot().error).startswith("invalid settings: argv: expected a non-empty list")
     with pytest.raises(SettingsError, match="argv: expected a non-empty list"):
         ChildSpec("bad", machine=Shell, state={"argv": "echo hi"})  # a supervisor's child: when declared
 
@@ -871,7 +871,7 @@ async def test_a_fifo_without_a_reader_fails_the_start_instead_of_stalling(host:
     fifo = tmp_path / "lonely"
     os.mkfifo(fifo)
     handle = await run(host, {"argv": ["true"], "stdout": str(fifo)})
-    assert "setup failed: stdout" == handle.state.error
+    assert "setup failed: stdout" == handle.snapshot().error
     assert 0 == (await run(host, {"argv": ["true"]})).result()["exit_code"]
 
 
@@ -881,7 +881,7 @@ async def test_a_run_is_forgotten_once_the_result_is_durable(host: Node, tmp_pat
     handle = await run(host, {"argv": ["cat"], "stdin": "hello\n"})
     assert ["hello"] == handle.result()["stdout_tail"]
     journal = tmp_path / "runs" / JOURNAL
-    await wait_until(lambda: f'["forget","{handle.state.state["_run"]}"]' in journal.read_text())
+    await wait_until(lambda: f'["forget","{handle.snapshot().state["_run"]}"]' in journal.read_text())
     assert [] == list((tmp_path / "runs").glob(".stdin-*"))
 
 
@@ -920,5 +920,5 @@ async def test_a_log_in_a_missing_directory_is_made_and_one_under_a_file_fails_c
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     failed = await run(host, {"argv": ["true"], "stdout": str(blocker / "out.log")})
-    assert "setup failed: stdout" == failed.state.error
+    assert "setup failed: stdout" == failed.snapshot().error
     assert 0 == (await run(host, {"argv": ["true"]})).result()["exit_code"]

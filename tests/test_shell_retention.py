@@ -13,7 +13,7 @@ from supervisor import Handle, Lifecycle, Node
 async def ended(host: Node, settings: dict[str, Any], *, pid: str, name: str | None = None) -> Handle:
     handle = await host.spawn("shell", settings, pid=pid, name=name)
     await handle.wait(timeout=20)
-    assert Lifecycle.FINISHED == handle.state.lifecycle, handle.state.error
+    assert Lifecycle.FINISHED == handle.snapshot().lifecycle, handle.snapshot().error
     await handle._process.wait_persisted(5)  # prune sees only what the store holds
     return handle
 

@@ -25,18 +25,8 @@ from benchmarks.models import (
     every_request_resolved,
     ledger_operation,
 )
-from supervisor import (
-    Cast,
-    ConfigurationError,
-    Context,
-    Input,
-    InvariantViolation,
-    Lifecycle,
-    Machine,
-    SimExecutor,
-    Simulation,
-    SimulationError,
-)
+from supervisor import Cast, ConfigurationError, Context, Input, Lifecycle, Machine, SimExecutor, Simulation
+from supervisor._simulation.errors import InvariantViolation, SimulationError
 from supervisor.testing import SimulationStateMachine
 
 

@@ -49,7 +49,7 @@ async def test_at_most_the_limit_of_actions_run_and_the_rest_wait_in_order() -> 
     await asyncio.sleep(0.01)
     assert 2 == counting.peak
     assert [0, 1] == counting.order
-    assert all(h.state.lifecycle is Lifecycle.WAITING for h in handles)
+    assert all(h.snapshot().lifecycle is Lifecycle.WAITING for h in handles)
     (stats,) = runtime.slots.statistics()
     assert (2, 2, 4) == (stats.capacity, stats.used, stats.queued)
     counting.release.set()

@@ -10,8 +10,9 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from supervisor import Cast, Context, Input, LoopWatchdog, Machine, Runtime
+from supervisor import Cast, Context, Input, Machine, Runtime
 from supervisor.daemon.metrics import WatchdogCollector
+from supervisor.daemon.watchdog import LoopWatchdog
 from tests.helpers import wait_until
 
 

@@ -15,7 +15,6 @@ import supervisor._supervision.retention
 from supervisor import (
     Call,
     Cast,
-    CheckpointRejected,
     Context,
     Input,
     Lifecycle,
@@ -24,10 +23,10 @@ from supervisor import (
     ProcessRecord,
     SQLiteStore,
     StoreError,
-    StoreLocked,
     decode_record,
     encode_record,
 )
+from supervisor._store.errors import CheckpointRejected, StoreLocked
 from tests.helpers import Gate, Recorder, file_size, sqlite_store, wait_for_snapshot, wait_until
 from tests.machines import Counter, Worker
 
@@ -72,7 +71,7 @@ async def test_spawned_processes_come_back_after_a_restart_with_their_state(tmp_
     assert 1 == report.revived
     revived = second.find("one")
     assert "w1" == revived.pid
-    assert {"w1:2:0": 7} == revived.state.state["done"]
+    assert {"w1:2:0": 7} == revived.snapshot().state["done"]
     await second.shutdown()
 
 
@@ -94,7 +93,7 @@ async def test_graceful_shutdown_leaves_work_running_for_the_next_start(tmp_path
     second = worker_host(db, recorder)
     await second.start()
     revived = second.get("w")
-    assert not revived.state.paused  # shutdown drains; it must not checkpoint a pause
+    assert not revived.snapshot().paused  # shutdown drains; it must not checkpoint a pause
     snapshot = await wait_for_snapshot(revived, lambda s: "done" in s.state)
     assert [gate.started[0].id] == [a.id for a in recorder.executed]
     assert {gate.started[0].id: 1} == snapshot.state["done"]
@@ -503,7 +502,7 @@ async def test_a_reply_is_sent_only_once_its_state_is_durable(tmp_path: Path) ->
     assert host.store is not None
     stored = await host.store.get("c")
     assert stored is not None
-    assert handle.state.version == stored.version
+    assert handle.snapshot().version == stored.version
     assert {"n": 5} == stored.state
     await host.shutdown()
 
@@ -632,8 +631,8 @@ async def test_pauses_are_durable_and_a_self_pause_keeps_its_reason_across_a_res
     second = Node(machines=[Worker, SelfPausing], executors={"work": Recorder()}, store=str(db))
     await second.start()
     op, me = second.find("op"), second.find("self")
-    assert (True, None) == (op.state.paused, op.state.pause_reason)
-    assert (True, "waiting for the operator (resume to retry)") == (me.state.paused, me.state.pause_reason)
+    assert (True, None) == (op.snapshot().paused, op.snapshot().pause_reason)
+    assert (True, "waiting for the operator (resume to retry)") == (me.snapshot().paused, me.snapshot().pause_reason)
     await me.resume()
     await wait_for_snapshot(me, lambda s: s.state.get("resumed") == 1)
     await op.resume()

@@ -166,7 +166,7 @@ async def test_inspect_finds_a_process_by_name_and_masks_its_secret_values(tmp_p
     try:
         settings = {"argv": ["sleep", "30"], "env": {"API_TOKEN": "hunter2-secret"}}
         handle = await host.spawn(Shell, settings, name="job")
-        await wait_until(lambda: handle.state.phase == "running", timeout=30)
+        await wait_until(lambda: handle.snapshot().phase == "running", timeout=30)
         shown = json.loads(cli("store", "inspect", "job", "--store", str(db), "--json").stdout)
         assert (handle.pid, "shell") == (shown["pid"], shown["kind"])
         assert {"API_TOKEN": "***"} == shown["record"]["state"]["env"]

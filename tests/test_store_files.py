@@ -15,7 +15,8 @@ import pytest
 from structlog.testing import capture_logs
 
 import supervisor._store.sqlite
-from supervisor import Node, SQLiteStore, StoreLocked
+from supervisor import Node, SQLiteStore
+from supervisor._store.errors import StoreLocked
 from supervisor._store.sqlite import take_ownership
 from supervisor.daemon.metrics import registry_for
 from tests.helpers import file_size, sqlite_store, wait_until

@@ -19,7 +19,7 @@ async def test_state_timeout_fires_in_its_phase() -> None:
     await handle.cast("open")
     await wait_for_snapshot(handle, lambda s: s.phase == "open" and handle.statistics().armed_timers == 1)
     clock.advance(4.9)
-    assert "open" == handle.state.phase
+    assert "open" == handle.snapshot().phase
     clock.advance(0.2)
     snapshot = await wait_for_snapshot(handle, lambda s: s.phase == "closed")
     assert ["opened", "state timeout: auto-close"] == snapshot.state["log"]
@@ -58,7 +58,7 @@ async def test_named_timeouts_fire_rearm_and_cancel() -> None:
     clock.advance(100)
     await handle.cast(("alarm", 2.0))
     await wait_until(lambda: handle.statistics().transitions == 6)
-    assert ("timer alarm at 1000117.000",) == handle.state.waiting_on
+    assert ("timer alarm at 1000117.000",) == handle.snapshot().waiting_on
     clock.advance(2)
     snapshot = await wait_for_snapshot(handle, lambda s: bool(s.state.get("log")))
     assert ["timer alarm: ring"] == snapshot.state["log"]

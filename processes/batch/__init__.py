@@ -18,6 +18,7 @@ from ._settings import JobSpec, parse
 from ._sim import SimulatedBatch
 from ._states import JobState, JobStatus, advance
 from ._transport import Completed, SSHTransport
+from .errors import HostKeyMismatch, HostUnreachable, SchedulerError
 
 
 def executors(hosts: dict[str, HostSpec], state_dir: Path) -> dict[str, Executor]:
@@ -27,6 +28,7 @@ def executors(hosts: dict[str, HostSpec], state_dir: Path) -> dict[str, Executor
 
 
 __all__ = [
+    "HostKeyMismatch", "HostUnreachable", "SchedulerError",
     "CANCEL", "LSF", "PBS", "SCHEDULERS", "SGE", "SUBMIT", "WAIT", "BatchExecutor", "BatchJob", "Completed",
     "HostPoller", "HostSpec", "JobReport", "JobSpec", "JobState", "JobStatus", "Phase", "SSHTransport",
     "Scheduler", "SimulatedBatch", "Slurm", "advance", "executors", "job_name", "job_script", "parse",

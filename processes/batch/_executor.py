@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from supervisor import SchedulerError, TrackedAction, TransportError, UntrackedAction
+from supervisor import TrackedAction, TransportError, UntrackedAction
 
 from ._hosts import HostSpec
 from ._owed import OwedCancels
@@ -30,6 +30,7 @@ from ._poller import HostPoller
 from ._states import JobState
 from ._submit import BatchHost, Submitter
 from ._transport import SSHTransport
+from .errors import SchedulerError
 
 log = structlog.get_logger("statevisor.batch")
 

@@ -20,13 +20,14 @@ from typing import Any
 
 import structlog
 
-from supervisor import SchedulerError, TransportError
+from supervisor import TransportError
 
 from ._hosts import HostSpec
 from ._schedulers import Scheduler, Slurm
 from ._script import STATUS_READER, parse_status_files
 from ._states import JobState, JobStatus, advance
 from ._transport import SSHTransport
+from .errors import SchedulerError
 
 log = structlog.get_logger("statevisor.batch")
 

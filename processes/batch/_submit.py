@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from supervisor import HostKeyMismatch, SchedulerError, TransportError
+from supervisor import TransportError
 
 from ._claim import (
     PROBE_INTERVAL,
@@ -37,6 +37,7 @@ from ._hosts import HostSpec
 from ._poller import HostPoller
 from ._schedulers import LSF, PBS, SGE, Scheduler, Slurm, check_job_id
 from ._transport import SSHTransport
+from .errors import HostKeyMismatch, SchedulerError
 
 log = structlog.get_logger("statevisor.batch")
 

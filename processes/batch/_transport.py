@@ -25,9 +25,10 @@ from typing import Any
 import asyncssh
 import structlog
 
-from supervisor import HostKeyMismatch, HostUnreachable, SchedulerError, TransportError
+from supervisor import TransportError
 
 from ._hosts import HostSpec
+from .errors import HostKeyMismatch, HostUnreachable, SchedulerError
 
 log = structlog.get_logger("statevisor.ssh")
 

@@ -1,24 +1,36 @@
 """The log-apply kind: deterministic ``apply(state, entry)`` over a committed, ordered log.
 
-statevisor owns the log (embedded SQLite, or NATS JetStream replicated with Raft), the order,
-the applied index, the snapshots and recovery; the user owns a deterministic :class:`Applier`.
+statevisor owns the entry log (embedded SQLite, or NATS JetStream replicated with Raft), the
+order, the applied index, the snapshots and recovery; the user owns a deterministic
+:class:`Applier`. ("Entry log" is this kind's word for its replicated log, apart from the
+daemon's own log and a process's output logs.)
 """
 
-from supervisor import AckLost
+import warnings
+from typing import Any
 
 from ._apply import APPLIERS, Applier, KeyValue, decode_entry, encode_entry, register, state_hash
+from ._entry_log import Entry, EntryLog
 from ._executor import ACTION_TYPES, LogApplyExecutor, executors
-from ._jetstream import JetStreamLog
-from ._log import Entry, Log
+from ._jetstream import JetStreamEntryLog
 from ._machine import LogApply, LogApplyClient
 from ._replica import OnError, Replica, ReplicaPhase
 from ._sim import SimulatedLog, SimulatedLogApply
 from ._snapshots import SnapshotStore
-from ._sqlite_log import SQLiteLog
+from ._sqlite_log import SQLiteEntryLog
+from .errors import AckLost, ApplyFailed, EntryLogError, EntryRejected, LogGap, SnapshotError, StaleWriter
 
 __all__ = [
+    # errors
+    "AckLost",
+    "ApplyFailed",
+    "EntryLogError",
+    "EntryRejected",
+    "LogGap",
+    "SnapshotError",
+    "StaleWriter",
     "ACTION_TYPES",
-    "JetStreamLog",
+    "JetStreamEntryLog",
     "LogApply",
     "LogApplyClient",
     "LogApplyExecutor",
@@ -27,17 +39,32 @@ __all__ = [
     "Applier",
     "Entry",
     "KeyValue",
-    "Log",
+    "EntryLog",
     "OnError",
     "Replica",
     "ReplicaPhase",
-    "SQLiteLog",
+    "SQLiteEntryLog",
     "SimulatedLog",
     "SimulatedLogApply",
-    "AckLost",
     "SnapshotStore",
     "decode_entry",
     "encode_entry",
     "register",
     "state_hash",
 ]
+
+_RENAMED = {
+    "Log": "EntryLog",
+    "SQLiteLog": "SQLiteEntryLog",
+    "JetStreamLog": "JetStreamEntryLog",
+    "LogError": "EntryLogError",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The old names of the entry log's classes, with a DeprecationWarning."""
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module 'processes.logapply' has no attribute {name!r}")
+    warnings.warn(f"processes.logapply.{name} is deprecated: use {new}", DeprecationWarning, stacklevel=2)
+    return globals()[new]

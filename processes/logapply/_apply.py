@@ -12,7 +12,9 @@ import hashlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from supervisor import EntryRejected, pack, unpack
+from supervisor.lowlevel import pack, unpack
+
+from .errors import EntryRejected
 
 
 def encode_entry(entry: Any, where: str = "entry") -> bytes:

@@ -18,15 +18,16 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
-from supervisor import LogError, TrackedAction, UntrackedAction
+from supervisor import TrackedAction, UntrackedAction
 
 from ._apply import APPLIERS
-from ._jetstream import JetStreamLog
-from ._log import Log
+from ._entry_log import EntryLog
+from ._jetstream import JetStreamEntryLog
 from ._replica import Replica
 from ._settings import MachineSpec, parse
 from ._snapshots import SnapshotStore
-from ._sqlite_log import SQLiteLog
+from ._sqlite_log import SQLiteEntryLog
+from .errors import EntryLogError
 
 SERVE = "logapply.serve"
 PROPOSE = "logapply.propose"
@@ -52,12 +53,12 @@ class LogApplyExecutor:
 
     def build(self, name: str, spec: MachineSpec) -> Replica:
         home = self.directory / _directory_name(name)
-        log: Log
+        log: EntryLog
         if spec.log == "jetstream":
             stream = spec.stream or _directory_name(name).replace(".", "_")
-            log = JetStreamLog(spec.servers, stream, writer=spec.writer, replicas=spec.replicas, lanes=spec.lanes)
+            log = JetStreamEntryLog(spec.servers, stream, writer=spec.writer, replicas=spec.replicas, lanes=spec.lanes)
         else:
-            log = SQLiteLog(spec.path or home / "log.db", synchronous=spec.synchronous)
+            log = SQLiteEntryLog(spec.path or home / "log.db", synchronous=spec.synchronous)
         return Replica(
             name,
             APPLIERS[spec.app](),
@@ -87,7 +88,7 @@ class LogApplyExecutor:
             return await replica.read(payload.get("query"), sync=bool(payload.get("sync")))
         if action.type == STATUS:
             return replica.status()
-        raise LogError(action.type, "not a log-apply action")
+        raise EntryLogError(action.type, "not a log-apply action")
 
     async def _serve(self, action: TrackedAction | UntrackedAction) -> Any:
         pid = action.pid
@@ -99,10 +100,10 @@ class LogApplyExecutor:
             ready.set_result(replica)
             assert replica._task is not None
             await replica._task  # returns only by raising: the replica stopped
-            raise LogError(replica.log.name, "the replica stopped")
+            raise EntryLogError(replica.log.name, "the replica stopped")
         except BaseException as exc:
             if not ready.done():
-                ready.set_exception(exc if isinstance(exc, Exception) else LogError(replica.log.name, "stopped"))
+                ready.set_exception(exc if isinstance(exc, Exception) else EntryLogError(replica.log.name, "stopped"))
                 ready.exception()  # nobody may be waiting: mark it retrieved
             raise
         finally:

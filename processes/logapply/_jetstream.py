@@ -51,9 +51,8 @@ from typing import Any
 
 import structlog
 
-from supervisor import EntryRejected, LogError, StaleWriter
-
-from ._log import Entry, bounded
+from ._entry_log import Entry, bounded
+from .errors import EntryLogError, EntryRejected, StaleWriter
 
 log = structlog.get_logger("statevisor.logapply")
 
@@ -64,11 +63,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 def check_name(what: str, value: str) -> str:
     if not _NAME.match(value):
-        raise LogError(value, f"{what} {value!r} may hold only letters, digits, '-' and '_' (NATS names)")
+        raise EntryLogError(value, f"{what} {value!r} may hold only letters, digits, '-' and '_' (NATS names)")
     return value
 
 
-class JetStreamLog:
+class JetStreamEntryLog:
     """A log on a JetStream stream; ``servers`` are NATS URLs (any node of the cluster)."""
 
     def __init__(
@@ -84,7 +83,7 @@ class JetStreamLog:
         lanes: int = 8,
     ) -> None:
         if not 1 <= lanes <= 64:
-            raise LogError(stream, f"lanes must be 1 to 64; got {lanes}")
+            raise EntryLogError(stream, f"lanes must be 1 to 64; got {lanes}")
         self.servers = list(servers)
         self.stream = check_name("stream", stream)
         self.writer = check_name("writer", writer or socket.gethostname().split(".")[0])
@@ -137,7 +136,7 @@ class JetStreamLog:
                 if "already in use" in str(exc):
                     break
                 if time.monotonic() > deadline:
-                    raise LogError(self.name, f"cannot create or find the stream: {exc}") from None
+                    raise EntryLogError(self.name, f"cannot create or find the stream: {exc}") from None
                 await asyncio.sleep(0.25)
         self._lane_last = list(await asyncio.gather(*(self._last_on_lane(lane) for lane in range(self.lanes))))
         loop = asyncio.get_running_loop()
@@ -187,7 +186,7 @@ class JetStreamLog:
             seq = await self._send(lane, data, msg_id)
         except asyncio.CancelledError:  # the log is closing
             if not future.done():
-                future.set_exception(LogError(self.name, "the log was closed before the append was acknowledged"))
+                future.set_exception(EntryLogError(self.name, "the log was closed before the append was acknowledged"))
             raise
         except StaleWriter as exc:
             self._stale = exc
@@ -200,7 +199,7 @@ class JetStreamLog:
             return
         except Exception as exc:
             if not future.done():
-                future.set_exception(exc if isinstance(exc, LogError) else LogError(self.name, str(exc)))
+                future.set_exception(exc if isinstance(exc, EntryLogError) else EntryLogError(self.name, str(exc)))
         else:
             if not future.done():
                 future.set_result(seq)
@@ -219,7 +218,7 @@ class JetStreamLog:
                 ack = await self._js.publish(subject, data, headers=headers, timeout=2.0)
             except APIError as exc:
                 if exc.err_code != _WRONG_LAST_SEQUENCE:
-                    raise LogError(self.name, f"append refused: {exc.description}") from None
+                    raise EntryLogError(self.name, f"append refused: {exc.description}") from None
                 last = await self._last_message(subject)
                 if last is not None and msg_id is not None and last[1] == msg_id:
                     seq = last[0]  # an earlier attempt of this very append landed
@@ -237,11 +236,11 @@ class JetStreamLog:
                     ) from None
             except Exception as exc:
                 if self._closing:
-                    raise LogError(self.name, "the log was closed before the append was acknowledged") from None
+                    raise EntryLogError(self.name, "the log was closed before the append was acknowledged") from None
                 if time.monotonic() > deadline:
                     if msg_id is not None:
                         self._unsure[lane].add(msg_id)  # it may land yet: see above
-                    raise LogError(self.name, f"append gave up after {self.append_timeout} s: {exc}") from None
+                    raise EntryLogError(self.name, f"append gave up after {self.append_timeout} s: {exc}") from None
                 self.retries += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -288,7 +287,7 @@ class JetStreamLog:
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise LogError(self.name, f"cannot make a consumer from index {after + 1}: {exc}") from None
+                    raise EntryLogError(self.name, f"cannot make a consumer from index {after + 1}: {exc}") from None
                 await asyncio.sleep(0.25)
         delivered = after
         try:
@@ -321,7 +320,7 @@ class JetStreamLog:
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise LogError(self.name, f"stream info unavailable: {exc}") from None
+                    raise EntryLogError(self.name, f"stream info unavailable: {exc}") from None
                 await asyncio.sleep(0.2)
         state = info.state
         last = int(state.last_seq)
@@ -343,13 +342,13 @@ class JetStreamLog:
             await bounded("lanes", asyncio.gather(*lanes, return_exceptions=True))
         for _, _, future in self._queue:
             if not future.done():
-                future.set_exception(LogError(self.name, "the log was closed before the entry was appended"))
+                future.set_exception(EntryLogError(self.name, "the log was closed before the entry was appended"))
         self._queue.clear()
         if self._nc is not None:
             await bounded("connection close", self._nc.close())
 
     def __repr__(self) -> str:
         return (
-            f"<JetStreamLog {self.stream} writer={self.writer} lanes={self.lanes - len(self._idle)}/{self.lanes} "
+            f"<JetStreamEntryLog {self.stream} writer={self.writer} lanes={self.lanes - len(self._idle)}/{self.lanes} "
             f"busy queued={len(self._queue)} appended={self.appended} retries={self.retries}>"
         )

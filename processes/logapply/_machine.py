@@ -14,7 +14,6 @@ from typing import Any
 from supervisor import (
     ActionFailed,
     ActionSucceeded,
-    ApplyFailed,
     Call,
     Context,
     Control,
@@ -26,6 +25,7 @@ from supervisor import (
 
 from ._executor import PROPOSE, READ, SERVE, STATUS
 from ._settings import KEYS, parse
+from .errors import ApplyFailed
 
 _OPS = {"propose": PROPOSE, "read": READ, "status": STATUS}
 
@@ -88,9 +88,9 @@ class LogApplyClient:
     async def _ask(self, message: dict[str, Any]) -> Any:
         reply = await self.handle.call(message, timeout=self.timeout)
         if not reply["ok"]:
-            from supervisor import LogError
+            from .errors import EntryLogError
 
-            raise LogError(str(getattr(self.handle, "name", "?")), reply["error"])
+            raise EntryLogError(str(getattr(self.handle, "name", "?")), reply["error"])
         return reply["value"]
 
     async def propose_indexed(self, entry: Any) -> tuple[int, Any]:

@@ -18,11 +18,13 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import structlog
 
-from supervisor import AtomicValue, LogError, LogGap, SnapshotError, pack, unpack
+from supervisor import AtomicValue
+from supervisor.lowlevel import pack, unpack
 
 from ._apply import Applier, decode_entry, encode_entry, state_hash
-from ._log import CLOSE_GRACE, Entry, Log, bounded
+from ._entry_log import CLOSE_GRACE, Entry, EntryLog, bounded
 from ._snapshots import SnapshotStore
+from .errors import EntryLogError, LogGap, SnapshotError
 
 log = structlog.get_logger("statevisor.logapply")
 
@@ -80,7 +82,7 @@ class Replica:
         self,
         name: str,
         applier: Applier,
-        log_: Log,
+        log_: EntryLog,
         snapshots: SnapshotStore | None = None,
         *,
         snapshot_every: int = 100_000,
@@ -210,7 +212,7 @@ class Replica:
             outcome = (False, f"{type(exc).__name__}: {exc}")
             self.apply_errors += 1
             if self.on_error is OnError.STOP:
-                raise LogError(
+                raise EntryLogError(
                     self.log.name, f"stopped at entry {index}: apply raised {outcome[1]} (on_error = stop)"
                 ) from exc
         self.applied = index
@@ -314,7 +316,7 @@ class Replica:
             follower = asyncio.gather(self._task, return_exceptions=True)
             await bounded(f"replica {self.name} follower", follower, seconds=2 * CLOSE_GRACE + 1)
         if self.failure is None:
-            self._fail(LogError(self.log.name, "the replica was closed"))
+            self._fail(EntryLogError(self.log.name, "the replica was closed"))
         self.phase = ReplicaPhase.STOPPED
         await self.log.close()
 

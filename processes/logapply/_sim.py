@@ -21,12 +21,13 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from supervisor import AckLost, AtomicValue, SimExecutor, TrackedAction, UntrackedAction
+from supervisor import AtomicValue, SimExecutor, TrackedAction, UntrackedAction
 
 from ._apply import APPLIERS, Applier
+from ._entry_log import Entry
 from ._executor import PROPOSE, READ, SERVE, STATUS
-from ._log import Entry
 from ._replica import ReplicaPhase, describe_status, plain
+from .errors import AckLost
 
 
 class SimulatedLog:

@@ -20,10 +20,10 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from supervisor import LogError
 from supervisor.lowlevel import private_directory, private_file, tighten
 
-from ._log import Entry
+from ._entry_log import Entry
+from .errors import EntryLogError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, msg_id TEXT, data BLOB NOT NULL);
@@ -50,7 +50,7 @@ _PLAIN = _inserts("idx, data", 2)
 _WITH_IDS = _inserts("idx, msg_id, data", 3)
 
 
-class SQLiteLog:
+class SQLiteEntryLog:
     """A log in one SQLite file (WAL). ``synchronous``: FULL survives power loss, NORMAL a crash."""
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
@@ -90,7 +90,7 @@ class SQLiteLog:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(lock)
-            raise LogError(self.name, "another process has this log open (one writer per log file)") from None
+            raise EntryLogError(self.name, "another process has this log open (one writer per log file)") from None
         self._lock = lock
         try:
             # The log holds every entry the machine applies: owner-only, whatever the umask.
@@ -104,7 +104,7 @@ class SQLiteLog:
             row = writer.execute("SELECT MAX(idx), MIN(idx) FROM entries").fetchone()
             kept = writer.execute("SELECT value FROM meta WHERE key = 'first'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise LogError(self.name, f"cannot open the log: {exc}") from None
+            raise EntryLogError(self.name, f"cannot open the log: {exc}") from None
         compacted_through = kept[0] - 1 if kept else 0
         self._last = row[0] if row[0] is not None else compacted_through
         self._first = row[1] if row[1] is not None else self._last + 1
@@ -114,7 +114,7 @@ class SQLiteLog:
 
     async def append(self, data: bytes, msg_id: str | None = None) -> int:
         if self._closed:
-            raise LogError(self.name, "the log is closed")
+            raise EntryLogError(self.name, "the log is closed")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._datas.append(data)
         self._msg_ids.append(msg_id)
@@ -140,7 +140,7 @@ class SQLiteLog:
                     else:
                         indexes, rows = await asyncio.to_thread(self._write, datas)
             except Exception as exc:
-                error = exc if isinstance(exc, LogError) else LogError(self.name, f"append failed: {exc}")
+                error = exc if isinstance(exc, EntryLogError) else EntryLogError(self.name, f"append failed: {exc}")
                 for future in futures:
                     if not future.done():
                         future.set_exception(error)
@@ -279,4 +279,4 @@ class SQLiteLog:
             self._lock = None
 
     def __repr__(self) -> str:
-        return f"<SQLiteLog {self.name} first={self._first} last={self._last} commits={self.commits}>"
+        return f"<SQLiteEntryLog {self.name} first={self._first} last={self._last} commits={self.commits}>"

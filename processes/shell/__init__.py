@@ -10,6 +10,7 @@ from ._executor import CLEANUP, RUN, ShellExecutor
 from ._machine import Phase, Shell, describe
 from ._settings import CommandSpec, parse
 from ._sim import SimulatedShell
+from .errors import CommandLost, CommandNotFound, RunMonitorError, SecretUnreadable
 
 
 def executors(runs: str | Path) -> dict[str, ShellExecutor]:
@@ -19,6 +20,11 @@ def executors(runs: str | Path) -> dict[str, ShellExecutor]:
 
 
 __all__ = [
+    # errors
+    "CommandLost",
+    "CommandNotFound",
+    "RunMonitorError",
+    "SecretUnreadable",
     "CLEANUP",
     "RUN",
     "CommandSpec",

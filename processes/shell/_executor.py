@@ -22,7 +22,8 @@ from typing import Any
 
 import structlog
 
-from supervisor import CommandLost, TrackedAction, UntrackedAction, rotate_log, tail_lines
+from supervisor import TrackedAction, UntrackedAction
+from supervisor.lowlevel import rotate_log, tail_lines
 
 from ._journal import ended_entry, marker
 from ._launch import (
@@ -39,6 +40,7 @@ from ._link import MonitorLink, MonitorLost
 from ._outcome import Outcome, Started
 from ._request import run_request
 from ._settings import CommandSpec
+from .errors import CommandLost
 
 log = structlog.get_logger("statevisor.shell")
 

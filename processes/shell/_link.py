@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 
 import msgpack  # type: ignore[import-untyped]
 
-from supervisor import RunMonitorError, open_files_for_children
+from supervisor.lowlevel import open_files_for_children
 
 from . import _monitor
 from ._launch import is_our_child, wait_exit
+from .errors import RunMonitorError
 
 _SCRIPT = str(Path(_monitor.__file__).resolve())
 _HEADER = _monitor.HEADER

@@ -9,10 +9,9 @@ import os
 import shutil
 from typing import Any
 
-from supervisor import CommandNotFound, SecretUnreadable
-
 from ._launch import inherited_environment
 from ._settings import CommandSpec
+from .errors import CommandNotFound, SecretUnreadable
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 """PATH for a command that does not inherit the daemon's environment."""

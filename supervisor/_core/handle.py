@@ -11,6 +11,7 @@ can (``try_cast``, ``try_nudge``, ``statistics``), and what those return may sti
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Generator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +41,7 @@ class HandleAPI(Protocol):
     async def cast(self, message: Any) -> None: ...
     def try_cast(self, message: Any) -> Awaitable[None]: ...
     async def call(self, message: Any, timeout: float | None = None) -> Any: ...
-    async def snapshot(self) -> Snapshot: ...
+    def snapshot(self) -> Awaitable[Snapshot]: ...
     def statistics(self) -> Awaitable[ProcessStatistics]: ...
     async def wait(self, timeout: float | None = None) -> Snapshot: ...
     def watch(self) -> AsyncIterator[Snapshot]: ...
@@ -192,11 +193,16 @@ class Handle:
 
     @property
     def state(self) -> Snapshot:
-        """The latest snapshot: lifecycle, paused, phase, a copy of the state view, version."""
+        """Deprecated: :meth:`snapshot` (a snapshot, not the state: ``snapshot().state`` is)."""
+        warnings.warn("Handle.state is deprecated: use Handle.snapshot()", DeprecationWarning, stacklevel=2)
         return self._process.snapshot()
 
-    async def snapshot(self) -> Snapshot:
-        """The latest snapshot (the portable spelling of :attr:`state`, as on remote handles)."""
+    def snapshot(self) -> Snapshot:
+        """The latest snapshot: lifecycle, paused, phase, a copy of the state view, version.
+
+        At once, in process; it may also be awaited (``await handle.snapshot()``), as on a
+        remote handle, where it is a round trip.
+        """
         return self._process.snapshot()
 
     def log_files(self) -> Mapping[str, str]:

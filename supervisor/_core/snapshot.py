@@ -21,6 +21,10 @@ class Snapshot:
     readers of the same version share it, so treat it as read-only. ``waiting_on`` says what the
     process waits for (tracked actions in flight, armed timers) and ``since`` when the current
     lifecycle began, so a stuck process always says why.
+
+    A snapshot in hand may be awaited, and gives itself: an in-process handle's ``snapshot()``
+    returns one at once, a remote handle's is a coroutine, and ``await handle.snapshot()``
+    reads the same on both.
     """
 
     pid: str
@@ -40,6 +44,9 @@ class Snapshot:
     @property
     def done(self) -> bool:
         return self.lifecycle.terminal
+
+    def __await__(self) -> Generator[Any, None, Snapshot]:
+        return immediately(self).__await__()
 
     def outcome(self) -> Any:
         """The finished process's result; raises how it ended otherwise: :class:`NotFinished`

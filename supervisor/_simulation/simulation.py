@@ -34,7 +34,8 @@ from .._core.process import Process
 from .._core.runtime import Runtime
 from .._core.snapshot import ProcessRecord
 from .._core.state import pack
-from .._errors import ConfigurationError, InvariantViolation, ProcessKilled, SimulationError
+from .._errors import ConfigurationError, ProcessKilled
+from .errors import InvariantViolation, SimulationError
 
 Invariant = Callable[["Simulation"], Any]
 

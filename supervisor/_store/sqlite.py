@@ -40,9 +40,10 @@ import structlog
 from .._core.checkpointer import Checkpointable
 from .._core.codec import Checkpoint, decode_record, encode_record
 from .._core.snapshot import ProcessRecord
-from .._errors import CheckpointRejected, CorruptCheckpoint, StoreError, StoreFull, StoreLocked
+from .._errors import CorruptCheckpoint, StoreError
 from .._files.identity import FileFate, FileIdentity, fate, identity_at
 from .._files.private import FILE_MODE, private_directory, private_file, tighten
+from .errors import CheckpointRejected, StoreFull, StoreLocked
 from .protocol import Expired, Quarantined, Recovery, StoreStatistics
 from .schema import EXPIRED, SCHEMA, SCHEMA_VERSION, WAL_SIZE_LIMIT, chunk_parameters, delete_ended
 

@@ -34,16 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._core.snapshot import Snapshot
-from .._errors import (
-    ConfigurationError,
-    ConnectionDenied,
-    DaemonNotAnswering,
-    ProcessNotFound,
-    ProcessPaused,
-    ProtocolError,
-    StatevisorError,
-)
+from .._errors import ConfigurationError, ProcessNotFound, ProcessPaused, StatevisorError
 from .._supervision.summary import LIVE_LIFECYCLES, NodeSummary
+from ..control._errors import ConnectionDenied, DaemonNotAnswering, ProtocolError
 
 if TYPE_CHECKING:
     from ..control import Client
@@ -290,7 +283,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
         if command == "spawn":
             state = json.loads(args.state) if args.state else None
             handle = await client.spawn(args.kind, state, name=args.name)
-            snapshot = await handle.state()
+            snapshot = await handle.snapshot()
             emit(_json(asdict(snapshot)) if args.json else snapshot.pid)
             return OK
         handle = await client.get(args.pid)
@@ -299,7 +292,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
         elif command == "kill":
             await handle.kill(args.reason)
         elif command == "inspect":
-            snapshot = await handle.state()
+            snapshot = await handle.snapshot()
             emit(_json(asdict(snapshot)) if args.json else json.dumps(asdict(snapshot), indent=2, default=str))
         elif command == "logs":
             stream = "stderr" if args.stderr else "stdout"
@@ -314,7 +307,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             if command == "cast":
                 await handle.cast(message)
             else:
-                snapshot = await handle.state()
+                snapshot = await handle.snapshot()
                 if snapshot.paused:  # a call would only wait for its timeout: say why at once
                     why = snapshot.pause_reason or "by an operator"
                     raise ProcessPaused(

@@ -125,13 +125,13 @@ def _secret_keys() -> dict[str, frozenset[str]]:
 def _daemon(args: argparse.Namespace) -> int:
     from processes import CATALOG
 
-    from .._errors import ConfigError, StatevisorError
-    from ..daemon.config import load
+    from .._errors import StatevisorError
+    from ..daemon.config import ConfigFileError, load
     from ..daemon.service import run
 
     try:
         config = load(args.config, CATALOG)
-    except ConfigError as exc:
+    except ConfigFileError as exc:
         for error in exc.errors:  # every mistake in the file, one line each
             print(f"statevisor daemon: invalid configuration: {error}", file=sys.stderr)
         return 2
@@ -143,7 +143,7 @@ def _daemon(args: argparse.Namespace) -> int:
 
     try:
         check_tokens(config.daemon)
-    except (ConfigError, OSError) as exc:
+    except (ConfigFileError, OSError) as exc:
         print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
         return 2
     try:

@@ -1,7 +1,7 @@
 """The control API: a versioned msgpack protocol over a unix socket, its server and client."""
 
-from .._errors import ConnectionDenied, ProtocolError, RemoteError
 from ._client import Client
+from ._errors import ConnectionDenied, DaemonNotAnswering, ProtocolError, RemoteError
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION
 from ._remote import RemoteHandle
 from ._server import ControlServer
@@ -12,6 +12,7 @@ __all__ = [
     "Client",
     "ConnectionDenied",
     "ControlServer",
+    "DaemonNotAnswering",
     "ProtocolError",
     "RemoteError",
     "RemoteHandle",

@@ -23,8 +23,8 @@ from typing import Any
 from .. import _errors as errors
 from .._core.lifecycle import Lifecycle
 from .._core.snapshot import Snapshot
-from .._errors import ConnectionDenied, DaemonNotAnswering, ProtocolError, RemoteError
 from .._supervision.summary import NodeSummary
+from ._errors import ConnectionDenied, DaemonNotAnswering, ProtocolError, RemoteError
 from ._protocol import PROTOCOL_VERSION, encode, read_frame
 from ._remote import RemoteHandle, snapshot_of
 

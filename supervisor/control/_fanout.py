@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .._core.snapshot import Snapshot
-from .._errors import ProtocolError
+from ._errors import ProtocolError
 from ._protocol import encode_item
 
 if TYPE_CHECKING:

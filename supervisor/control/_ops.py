@@ -18,8 +18,8 @@ from .._core.handle import Handle
 from .._core.lifecycle import DriveMode, Lifecycle
 from .._core.snapshot import Snapshot
 from .._core.state import pack
-from .._errors import ProtocolError
 from .._supervision.node import Node
+from ._errors import ProtocolError
 from ._fanout import WatchFanout
 from ._protocol import MAX_FRAME, encode_item
 
@@ -74,11 +74,11 @@ async def op_spawn(c: Requester, args: dict[str, Any], _: int) -> Any:
     state = argument(args, "state", dict, required=False)
     mode = DriveMode(argument(args, "mode", str, required=False) or "auto")
     handle = await c.node.spawn(kind, state, name=argument(args, "name", str, required=False), mode=mode)
-    return fitting_fields(handle.state)
+    return fitting_fields(handle.snapshot())
 
 
 async def op_state(c: Requester, args: dict[str, Any], _: int) -> Any:
-    return fitting_fields(c.handle(args).state)
+    return fitting_fields(c.handle(args).snapshot())
 
 
 async def op_list(c: Requester, args: dict[str, Any], request_id: int) -> Any:
@@ -92,7 +92,7 @@ async def op_list(c: Requester, args: dict[str, Any], request_id: int) -> Any:
         paused=argument(args, "paused", bool, required=False),
     )
     if not argument(args, "chunked", bool, required=False):
-        return [snapshot_fields(h.state) for h in handles]
+        return [snapshot_fields(h.snapshot()) for h in handles]
     for chunk in snapshot_chunks(handles):
         await c.send_frame(encode_item(request_id, chunk))
         await asyncio.sleep(0)  # a long listing lets the processes run between its frames
@@ -105,7 +105,7 @@ def snapshot_chunks(handles: Iterable[Handle]) -> Iterator[bytes]:
     A snapshot that alone is too large goes with its state (and, if need be, its result and
     error) left out and a note saying so, rather than failing the whole listing.
     """
-    return array_chunks(_snapshot_body(handle.state) for handle in handles)
+    return array_chunks(_snapshot_body(handle.snapshot()) for handle in handles)
 
 
 def array_chunks(bodies: Iterable[bytes]) -> Iterator[bytes]:

@@ -23,7 +23,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 
 from .._core.state import pack, unpack
-from .._errors import ProtocolError
+from ._errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20

@@ -6,6 +6,7 @@ Operations that cannot be synchronous over a socket (``try_nudge``, ``try_cast``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -73,12 +74,14 @@ class RemoteHandle:
     async def call(self, message: Any, timeout: float | None = None) -> Any:
         return await self.client.request("call", pid=self.pid, message=message, timeout=timeout)
 
-    async def state(self) -> Snapshot:
-        return snapshot_of(await self.client.request("state", pid=self.pid))
-
     async def snapshot(self) -> Snapshot:
         """The latest snapshot (as ``Handle.snapshot()``)."""
-        return await self.state()
+        return snapshot_of(await self.client.request("state", pid=self.pid))
+
+    async def state(self) -> Snapshot:
+        """Deprecated: :meth:`snapshot`."""
+        warnings.warn("RemoteHandle.state() is deprecated: use snapshot()", DeprecationWarning, stacklevel=2)
+        return await self.snapshot()
 
     async def statistics(self) -> ProcessStatistics:
         """The process's counters (as ``Handle.statistics()``)."""
@@ -89,12 +92,12 @@ class RemoteHandle:
 
     async def done(self) -> bool:
         """Whether the process has ended (a round trip; in-process ``done()`` is immediate)."""
-        return (await self.state()).done
+        return (await self.snapshot()).done
 
     async def result(self) -> Any:
         """The finished process's result; raises how it ended otherwise (as ``Handle.result()``:
         :class:`NotFinished` while alive, :class:`ProcessFailed` or :class:`ProcessKilled`)."""
-        return (await self.state()).outcome()
+        return (await self.snapshot()).outcome()
 
     async def watch(self) -> AsyncIterator[Snapshot]:
         """Snapshots until the terminal one; survives daemon restarts (resumes from the current

@@ -21,8 +21,9 @@ from typing import Any
 import structlog
 
 from .._core.handle import Handle
-from .._errors import ConfigurationError, ProcessNotFound, ProtocolError, StatevisorError
+from .._errors import ConfigurationError, ProcessNotFound, StatevisorError
 from .._supervision.node import Node
+from ._errors import ProtocolError
 from ._fanout import WatchFanout
 from ._ops import OPS, Op, argument, encoded_snapshot
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_frame

@@ -5,8 +5,12 @@ Every error names the file, the key path, the line and what was expected::
     config/bad.toml:14: process[1].restart: expected one of permanent, transient, temporary; got 'sometimes'
 
 A configuration is validated whole before anything starts: an invalid file never starts a
-half-configured daemon. Relative paths, in ``[daemon]`` and in a process's settings (the kind says
-which settings are paths), are relative to the configuration file.
+half-configured daemon, and every mistake of a file is reported at once. Relative paths, in
+``[daemon]`` and in a process's settings (the kind says which settings are paths), are relative
+to the configuration file. Its error::
+
+    ConfigurationError
+    └── ConfigFileError          an invalid configuration file; ``file``, ``key``, ``line`` say where
 """
 
 from __future__ import annotations
@@ -20,8 +24,35 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .._core.identifiers import name_problem
-from .._errors import ConfigError, ConfigurationError, SettingsError
+from .._errors import ConfigurationError, SettingsError
 from .._supervision.policy import Backoff, Budget, Restart, Strategy, dependency_cycle
+
+
+class ConfigFileError(ConfigurationError):
+    """An invalid configuration file; ``file``, ``key``, ``line`` say where, the message what.
+
+    A file with several mistakes is reported whole: ``errors`` holds every one (this error
+    first, in the order of the file's checks), and the message has a line for each.
+    """
+
+    def __init__(self, file: str, key: str, line: int | None, message: str) -> None:
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        self.file = file
+        self.key = key
+        self.line = line
+        self.problem = message
+        self.errors: list[ConfigFileError] = [self]
+
+    @classmethod
+    def several(cls, errors: list[ConfigFileError]) -> ConfigFileError:
+        """One error that reports all of ``errors`` (at least one)."""
+        first = errors[0]
+        combined = cls(first.file, first.key, first.line, first.problem)
+        combined.errors = list(errors)
+        combined.args = ("\n".join(str(error.args[0]) for error in errors),)
+        return combined
+
 
 REQUIRED = object()
 """In a table's spec: the key has no default."""
@@ -248,12 +279,12 @@ class Checker:
     def __init__(self, path: Path, text: str) -> None:
         self.file = str(path)
         self.lines = Lines(text)
-        self.errors: list[ConfigError] = []
+        self.errors: list[ConfigFileError] = []
 
-    def fail(self, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> ConfigError:
-        return ConfigError(self.file, key, self.lines.find(table, name, occurrence), message)
+    def fail(self, key: str, message: str, table: str, name: str | None, occurrence: int = 0) -> ConfigFileError:
+        return ConfigFileError(self.file, key, self.lines.find(table, name, occurrence), message)
 
-    def report(self, error: ConfigError) -> None:
+    def report(self, error: ConfigFileError) -> None:
         self.errors.append(error)
 
     def section(
@@ -306,9 +337,9 @@ class Checker:
         return ok
 
     def finish(self) -> None:
-        """Raise every mistake reported, as one :class:`ConfigError`."""
+        """Raise every mistake reported, as one :class:`ConfigFileError`."""
         if self.errors:
-            raise ConfigError.several(self.errors)
+            raise ConfigFileError.several(self.errors)
 
 
 # --- restart policies: [supervisor] and a [[process]]'s own ------------------------------
@@ -340,12 +371,14 @@ def _backoff(
     reported = len(checker.errors)
     values = checker.section(data, table, prefix, _BACKOFF, index)
     if line is not None:
-        checker.errors[reported:] = [ConfigError(e.file, e.key, line, e.problem) for e in checker.errors[reported:]]
+        checker.errors[reported:] = [ConfigFileError(e.file, e.key, line, e.problem) for e in checker.errors[reported:]]
     try:
         return Backoff(**{k: float(v) for k, v in values.items()})
     except ConfigurationError as exc:
         checker.report(
-            ConfigError(checker.file, prefix.rstrip("."), line or checker.lines.find(table, "backoff", index), str(exc))
+            ConfigFileError(
+                checker.file, prefix.rstrip("."), line or checker.lines.find(table, "backoff", index), str(exc)
+            )
         )
         return _DEFAULT_BACKOFF
 
@@ -387,7 +420,7 @@ def process_policy(checker: Checker, item: Mapping[str, Any], index: int) -> tup
         reported = len(checker.errors)
         backoff = _backoff(checker, item["backoff"], f"{prefix}backoff.", "process", index)
         checker.errors[reported:] = [
-            ConfigError(
+            ConfigFileError(
                 e.file, e.key, checker.lines.find_in_entry("process", index, e.key.removeprefix(prefix)), e.problem
             )
             for e in checker.errors[reported:]
@@ -408,17 +441,17 @@ def process_policy(checker: Checker, item: Mapping[str, Any], index: int) -> tup
 
 
 def load(path: str | Path, kinds: Kinds | None = None) -> Config:
-    """Read and validate a configuration file; raises :class:`ConfigError` naming what is wrong.
+    """Read and validate a configuration file; raises :class:`ConfigFileError` naming what is wrong.
 
     Without ``kinds``, process kinds, their settings and hosts are taken as written."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(str(path), "", None, f"cannot read: {exc.strerror or exc}") from None
+        raise ConfigFileError(str(path), "", None, f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         line = _line_of(path.read_bytes(), exc.start)
-        raise ConfigError(str(path), "", line, f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise ConfigFileError(str(path), "", line, f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     return parse(text, path, kinds)
 
 
@@ -433,7 +466,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"at line (\d+)", str(exc))
-        raise ConfigError(str(path), "", int(found.group(1)) if found else None, f"not valid TOML: {exc}") from None
+        raise ConfigFileError(str(path), "", int(found.group(1)) if found else None, f"not valid TOML: {exc}") from None
     top: dict[str, tuple[Any, Any]] = {
         "daemon": (dict, {}), "supervisor": (dict, {}), "process": (list, []), "host": (dict, {}),
     }  # fmt: skip
@@ -559,7 +592,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
                     kinds.check_settings(kind, item["settings"])
                 except SettingsError as exc:
                     line = checker.lines.find_in_entry("process", index, exc.key)
-                    checker.report(ConfigError(checker.file, f"{prefix}settings.{exc.key}", line, exc.problem))
+                    checker.report(ConfigFileError(checker.file, f"{prefix}settings.{exc.key}", line, exc.problem))
                 else:
                     item["settings"] = kinds.resolve_paths(kind, item["settings"], base)
         depends = item["depends_on"]
@@ -593,7 +626,7 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
         lines = [checker.lines.find_in_entry("process", names[n], "depends_on") for n in cycle[:-1]]
         where = ", ".join(f"{n!r} (line {line})" for n, line in zip(cycle, lines, strict=False))
         checker.report(
-            ConfigError(
+            ConfigFileError(
                 checker.file,
                 f"process[{names[cycle[0]]}].depends_on",
                 lines[0],

@@ -22,12 +22,12 @@ import structlog
 
 from .._core.actions import Executor
 from .._core.machine import Machine
-from .._errors import ConfigError, StatevisorError
+from .._errors import StatevisorError
 from .._files.open_files import raise_open_files_limit
 from .._files.private import private_directory
 from .._supervision.node import Node
 from .._supervision.supervisor import ChildSpec, SupervisorSpec
-from .config import Config, DaemonSettings, Kinds, ProcessSettings, load
+from .config import Config, ConfigFileError, DaemonSettings, Kinds, ProcessSettings, load
 from .log import configure, set_level
 from .systemd import SystemdNotifier
 from .watchdog import LoopWatchdog
@@ -49,17 +49,17 @@ def read_token(path: Path, key: str = "daemon.token_file") -> str:
     token at least 16 characters (secrets never logged)."""
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise ConfigError(str(path), key, None, f"must be readable by its owner only (mode {mode:o})")
+        raise ConfigFileError(str(path), key, None, f"must be readable by its owner only (mode {mode:o})")
     token = path.read_text().strip()
     if len(token) < 16:
-        raise ConfigError(str(path), key, None, "the token must be at least 16 characters")
+        raise ConfigFileError(str(path), key, None, "the token must be at least 16 characters")
     return token
 
 
 def tls_context(settings: DaemonSettings) -> ssl.SSLContext:
     """The server side of TLS for the daemon's TCP listeners (control and metrics)."""
     if settings.tls_cert is None or settings.tls_key is None:
-        raise ConfigError("", "daemon.tls_cert", None, "tls_cert and tls_key are both needed for TLS")
+        raise ConfigFileError("", "daemon.tls_cert", None, "tls_cert and tls_key are both needed for TLS")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.tls_cert, settings.tls_key)
     return context
@@ -222,7 +222,7 @@ async def reload(node: Node, current: list[Config], catalog: Catalog) -> None:
     old = current[0]
     try:
         new = load(old.path, catalog)
-    except ConfigError as exc:
+    except ConfigFileError as exc:
         log.error("reload_refused", error=str(exc))
         return
     before = {p.name: p for p in old.processes}

@@ -60,7 +60,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class Log(Protocol):
+class EntryLog(Protocol):
     name: str
 
     async def open(self) -> None: ...
