@@ -15,6 +15,10 @@ that, kept here so that the public :mod:`supervisor` namespace stays what users 
 * **open files**: the limit a kind gives the programs it starts, the one the daemon was started
   with rather than the one it raised for itself (:func:`open_files_for_children`).
 
+A kind reaches a daemon as an entry point of group ``statevisor.kinds`` (or a configuration's
+``[kinds]`` table): a :class:`~supervisor.Machine` subclass, or a :class:`Kind` when its machine
+or executors need the daemon's settings (built from a :class:`KindSetup`).
+
 A kind's errors derive from the core's bases (:class:`~supervisor.BackendError`,
 :class:`~supervisor.TransportError`, :class:`~supervisor.ConfigurationError`) in a module of
 its own, with its hierarchy drawn at the top.
@@ -25,8 +29,13 @@ from ._files.logrotation import rotate_log
 from ._files.logtail import follow_lines, tail_lines
 from ._files.open_files import OpenFilesLimit, open_files_for_children, raise_open_files_limit
 from ._files.private import private_directory, private_file, tighten
+from ._supervision.kind import Kind, KindSetup, MachineKind
 
 __all__ = [
+    # a kind as a daemon loads it
+    "Kind",
+    "KindSetup",
+    "MachineKind",
     # values as checkpoints carry them
     "pack",
     "unpack",

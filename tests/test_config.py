@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from processes import CATALOG
 from supervisor import Restart
 from supervisor.daemon.config import ConfigFileError, load
 
@@ -43,7 +42,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_a_good_configuration_loads_with_paths_relative_to_the_file(tmp_path: Path) -> None:
     """Every key lands in typed settings; relative paths resolve against the file's directory."""
-    config = load(write(tmp_path, GOOD), CATALOG)
+    config = load(write(tmp_path, GOOD))
     assert tmp_path / "var" / "s.db" == config.daemon.store
     assert {"ticker": 2} == dict(config.daemon.slots)
     assert ["a", "b"] == [p.name for p in config.processes]
@@ -94,14 +93,14 @@ address = "login.example.org"
 """
     base = tmp_path / "nested"
     base.mkdir()
-    config = load(write(base, text), CATALOG)
+    config = load(write(base, text))
     shell, kv, absolute, job = (dict(p.settings) for p in config.processes)
     assert (str(base / "work"), "sh.log") == (shell["cwd"], shell["stdout"])
     assert str(base / "data" / "kv.db") == kv["path"]
     assert "/srv/kv.db" == absolute["path"]
     assert [[str(base / "in" / "a.dat"), "run/a.dat"]] == job["stage_in"]
     assert [["run/b.dat", str(base / "out" / "b.dat")]] == job["stage_out"]
-    assert "work" == load(write(tmp_path, text)).processes[0].settings["cwd"], "without kinds: as written"
+    assert "work" == load(write(tmp_path, text), kinds=False).processes[0].settings["cwd"], "without kinds: as written"
 
 
 def test_restart_policy_loads_for_the_root_and_per_process(tmp_path: Path) -> None:
@@ -116,7 +115,7 @@ def test_restart_policy_loads_for_the_root_and_per_process(tmp_path: Path) -> No
         "[supervisor]\nstrategy = 'rest_for_one'\nmax_restarts = 7\nperiod = 9.5\n"
         "[supervisor.backoff]\ninitial = 0.5\njitter = 0\n"
     )
-    config = load(write(tmp_path, text), CATALOG)
+    config = load(write(tmp_path, text))
     root = config.supervisor
     assert (Strategy.REST_FOR_ONE, Budget(7, 9.5)) == (root.strategy, root.budget)
     assert Backoff(initial=0.5, jitter=0.0) == root.backoff
@@ -124,24 +123,23 @@ def test_restart_policy_loads_for_the_root_and_per_process(tmp_path: Path) -> No
     assert (None, None) == (a.backoff, a.budget)
     assert (Backoff(initial=2.0, maximum=20.0), Budget(4, 60.0)) == (c.backoff, c.budget)
     assert (None, Budget(1, 30.0)) == (d.backoff, d.budget)
-    defaults = load(write(tmp_path, GOOD), CATALOG).supervisor
+    defaults = load(write(tmp_path, GOOD)).supervisor
     assert (Strategy.ONE_FOR_ONE, Budget(), Backoff()) == (defaults.strategy, defaults.budget, defaults.backoff)
 
 
 def test_the_shipped_example_configuration_is_valid() -> None:
     """config/statevisor.toml (what the README's first command runs) validates, the kinds'
     own settings checks included."""
-    from processes import CATALOG
 
     path = Path(__file__).parent.parent / "config" / "statevisor.toml"
-    config = load(path, CATALOG)
+    config = load(path)
     assert ["ticker", "ticker", "shell"] == [p.kind for p in config.processes]
 
 
 BROKEN = [
     ("[daemon\nstore = 1", 1, "", "not valid TOML"),
     ("x = = 1", 1, "", "not valid TOML"),
-    ("extra = 1", None, "extra", "unknown key; expected one of daemon, host, process, supervisor"),
+    ("extra = 1", None, "extra", "unknown key; expected one of daemon, executors, host, kinds, process, supervisor"),
     ("[daemon]\nstores = 'x'", 2, "daemon.stores", "unknown key"),
     ("[daemon]\nstore = 5", 2, "daemon.store", "expected a string; got an integer 5"),
     ("[daemon]\nkill_grace = 'soon'", 2, "daemon.kill_grace", "expected an integer or a number; got a string"),
@@ -213,7 +211,7 @@ def test_broken_configurations_name_the_file_key_line_and_expectation(
     expected (the line is where the offending key or table is)."""
     path = write(tmp_path, text)
     with pytest.raises(ConfigFileError) as caught:
-        load(path, CATALOG)
+        load(path)
     error = caught.value
     assert str(path) == error.file
     assert key == error.key
@@ -257,7 +255,6 @@ def test_the_daemon_refuses_a_broken_configuration_with_exit_code_2(tmp_path: Pa
 
 def test_a_kinds_settings_are_checked_at_load_naming_file_line_and_key(tmp_path: Path) -> None:
     """A shell process's invalid settings refuse the whole file with where and what."""
-    from processes import CATALOG
 
     path = tmp_path / "bad.toml"
     path.write_text(
@@ -266,7 +263,7 @@ def test_a_kinds_settings_are_checked_at_load_naming_file_line_and_key(tmp_path:
         "[process.settings.limits]\nstack = 5\n"
     )
     with pytest.raises(ConfigFileError) as caught:
-        load(path, CATALOG)
+        load(path)
     assert f"{path}:13: process[1].settings.limits.stack: unknown limit" in str(caught.value)
 
 
@@ -277,10 +274,10 @@ def test_every_kinds_settings_are_checked_before_anything_starts(tmp_path: Path)
     with pytest.raises(
         ConfigFileError, match=r":5: process\[0\]\.settings\.interval: expected a number of seconds > 0"
     ):
-        load(path, CATALOG)
+        load(path)
     path = write(tmp_path, "[[process]]\nname = 'a'\nkind = 'ticker'\n[process.settings]\nintervall = 3\n")
     with pytest.raises(ConfigFileError, match=r":5: process\[0\]\.settings\.intervall: unknown setting"):
-        load(path, CATALOG)
+        load(path)
 
 
 def test_a_file_with_several_mistakes_reports_all_of_them_at_once(tmp_path: Path) -> None:
@@ -295,7 +292,7 @@ def test_a_file_with_several_mistakes_reports_all_of_them_at_once(tmp_path: Path
         "[supervisor]\nstrategy = 'all_for_none'\n",
     )
     with pytest.raises(ConfigFileError) as caught:
-        load(path, CATALOG)
+        load(path)
     found = [(error.line, error.key) for error in caught.value.errors]
     assert [
         (3, "daemon.kill_grace"),
@@ -318,7 +315,7 @@ def test_a_start_order_cycle_is_a_configuration_error_naming_the_lines(tmp_path:
         "[[process]]\nname = 'c'\nkind = 'ticker'\ndepends_on = ['a']\n",
     )
     with pytest.raises(ConfigFileError) as caught:
-        load(path, CATALOG)
+        load(path)
     assert (4, "process[0].depends_on") == (caught.value.line, caught.value.key)
     assert "cycle: a -> b -> c -> a; declared at 'a' (line 4), 'b' (line 9), 'c' (line 14)" in str(caught.value)
 
@@ -354,8 +351,6 @@ def test_a_declared_name_follows_the_same_rule_as_a_spawned_one(tmp_path: Path, 
     supervisor path a supervised child's name is); names spawn() takes are valid here too."""
     path = write(tmp_path, f"[[process]]\nname = {name!r}\nkind = 'ticker'\n".replace("'", '"'))
     with pytest.raises(ConfigFileError, match=re.escape(problem)):
-        load(path, CATALOG)
+        load(path)
     for good in ("nightly backup", "données", "v1.2"):
-        assert (
-            good == load(write(tmp_path, f"[[process]]\nname = '{good}'\nkind = 'ticker'\n"), CATALOG).processes[0].name
-        )
+        assert good == load(write(tmp_path, f"[[process]]\nname = '{good}'\nkind = 'ticker'\n")).processes[0].name

@@ -174,7 +174,8 @@ def test_daemon_runs_declared_processes_serves_metrics_and_stops_on_sigterm(daem
     assert all(isinstance(line.get("timestamp"), str) for line in logs)
     # Whatever warnings the kinds' libraries print when imported here (asyncssh's about
     # cryptography's DSA, with the locked versions) reach the log as JSON events, not raw text.
-    raw = subprocess.run([sys.executable, "-c", "import processes"], capture_output=True, text=True, check=True)
+    load_kinds = "from supervisor.daemon.plugins import load_catalog; load_catalog({}, {}, lambda table, name: '')"
+    raw = subprocess.run([sys.executable, "-c", load_kinds], capture_output=True, text=True, check=True)
     printed = sorted({line.split(": ")[1] for line in raw.stderr.splitlines() if "Warning: " in line})
     logged = sorted({line["category"].rpartition(".")[2] for line in logs if line["event"] == "python_warning"})
     assert printed == logged

@@ -39,6 +39,7 @@ EXPECTED_EXPORTS = {
     "__version__",
 }  # fmt: skip
 EXPECTED_LOWLEVEL = {
+    "Kind", "KindSetup", "MachineKind",
     "pack", "unpack", "private_directory", "private_file", "tighten", "rotate_log", "tail_lines", "follow_lines",
     "OpenFilesLimit", "open_files_for_children", "raise_open_files_limit",
 }  # fmt: skip

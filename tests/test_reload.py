@@ -7,17 +7,16 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from processes import CATALOG
-from supervisor import Handle, Node, SupervisorSpec
+from supervisor import Handle
 from supervisor.daemon.config import Config, load
-from supervisor.daemon.service import child_spec, reload
+from supervisor.daemon.service import build_node, reload
 
 TICKER = '[[process]]\nname = "{name}"\nkind = "ticker"\n[process.settings]\ninterval = 60.0\n\n'
 
 
 def write(path: Path, names: list[str], daemon: str = "") -> Config:
     path.write_text(f'[daemon]\nstore = "s.db"\n{daemon}\n' + "".join(TICKER.format(name=n) for n in names))
-    return load(path, CATALOG)
+    return load(path)
 
 
 async def test_a_process_a_reload_cannot_start_is_reported_and_tried_again_by_the_next(tmp_path: Path) -> None:
@@ -26,9 +25,8 @@ async def test_a_process_a_reload_cannot_start_is_reported_and_tried_again_by_th
     leaves them out of the running configuration; the next reload, with the store free, starts
     both. The process already running is not touched."""
     config = write(tmp_path / "statevisor.toml", ["a"])
-    root = SupervisorSpec("root", [child_spec(p, CATALOG.kinds) for p in config.processes])
-    machines, executors = CATALOG.build(config)
-    host = Node(machines=machines, executors=executors, store=str(config.daemon.store), root=root, busy_timeout=0.05)
+    host = build_node(config)
+    host.busy_timeout = 0.05  # a locked store is found out at once
     await host.start()
     current = [config]
     before = host.root.child("a")
@@ -39,7 +37,7 @@ async def test_a_process_a_reload_cannot_start_is_reported_and_tried_again_by_th
         foreign.execute("BEGIN EXCLUSIVE")
         try:
             with capture_logs() as logged:
-                await reload(host, current, CATALOG)
+                await reload(host, current)
         finally:
             foreign.execute("COMMIT")
             foreign.close()
@@ -50,7 +48,7 @@ async def test_a_process_a_reload_cannot_start_is_reported_and_tried_again_by_th
         assert ["a"] == [p.name for p in current[0].processes]
         assert ["a"] == list(host.root.children())
         with capture_logs() as logged:
-            await reload(host, current, CATALOG)
+            await reload(host, current)
         reloaded = next(e for e in logged if e["event"] == "reloaded")
         assert (["b", "c"], []) == (reloaded["added"], reloaded["failed"])
         assert ["a", "b", "c"] == [p.name for p in current[0].processes]
@@ -74,16 +72,14 @@ async def test_a_reload_changes_the_log_level_at_once_and_names_the_daemon_keys_
 
     configure("info", json=True, stream=io.StringIO())
     config = write(tmp_path / "statevisor.toml", ["a"])
-    root = SupervisorSpec("root", [child_spec(p, CATALOG.kinds) for p in config.processes])
-    machines, executors = CATALOG.build(config)
-    host = Node(machines=machines, executors=executors, store=str(config.daemon.store), root=root)
+    host = build_node(config)
     await host.start()
     probe = structlog.get_logger("probe")
     try:
         with capture_logs() as logged:
             probe.debug("before")
             write(config.path, ["a"], daemon='log_level = "debug"\nmetrics = "127.0.0.1:1"\n')
-            await reload(host, [config], CATALOG)
+            await reload(host, [config])
             probe.debug("after")
         events = [e["event"] for e in logged]
         assert "before" not in events

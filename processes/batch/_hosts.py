@@ -137,6 +137,8 @@ def parse_hosts(tables: Mapping[str, Mapping[str, Any]], base: Path | None = Non
     """Every declared host; a ``jump`` must name another declared host, without cycles."""
     hosts: dict[str, HostSpec] = {}
     for name, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise SettingsError(f"host.{name}", "expected a table ([host.NAME])")
         try:
             hosts[name] = parse_host(name, table, base)
         except SettingsError as exc:

@@ -39,6 +39,7 @@ class BatchJob(Machine[dict[str, Any]]):
     """One batch job on a declared host (``hosts`` are the configuration's ``[host.NAME]``)."""
 
     kind = "batch"
+    action_types = (SUBMIT, WAIT, CANCEL)
     secret_keys = frozenset({"env"})
     phases = Phase
     edges: ClassVar[Mapping[str, Mapping[str, str]]] = {

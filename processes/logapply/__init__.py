@@ -7,7 +7,12 @@ daemon's own log and a process's output logs.)
 """
 
 import warnings
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from supervisor import Executor
+from supervisor.lowlevel import KindSetup
 
 from ._apply import APPLIERS, Applier, KeyValue, decode_entry, encode_entry, register, state_hash
 from ._entry_log import Entry, EntryLog
@@ -21,6 +26,8 @@ from ._sqlite_log import SQLiteEntryLog
 from .errors import AckLost, ApplyFailed, EntryLogError, EntryRejected, LogGap, SnapshotError, StaleWriter
 
 __all__ = [
+    "KIND",
+    "LogApplyKind",
     # errors
     "AckLost",
     "ApplyFailed",
@@ -52,6 +59,25 @@ __all__ = [
     "register",
     "state_hash",
 ]
+
+
+class LogApplyKind:
+    """The log-apply kind as a daemon builds it: embedded entry logs and snapshots under
+    ``<run_dir>/logapply`` unless a process's settings name its own ``path``."""
+
+    machine = LogApply
+    tables: tuple[str, ...] = ()
+    action_types = ACTION_TYPES
+
+    def check_tables(self, tables: Mapping[str, Any], base: Path) -> None:
+        return None
+
+    def build(self, setup: KindSetup) -> tuple[LogApply, Mapping[str, Executor]]:
+        return LogApply(), executors(setup.run_dir / "logapply")
+
+
+KIND = LogApplyKind()
+"""The entry point of group ``statevisor.kinds`` named ``logapply``."""
 
 _RENAMED = {
     "Log": "EntryLog",

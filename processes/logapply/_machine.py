@@ -34,6 +34,7 @@ class LogApply(Machine[dict[str, Any]]):
     """A log-apply machine: settings in state (``app``, ``log``, ...), see ``_settings``."""
 
     kind = "logapply"
+    action_types = (SERVE, PROPOSE, READ, STATUS)
     local_paths = ("path",)
 
     @classmethod

@@ -35,6 +35,7 @@ class Shell(Machine[dict[str, Any]]):
     """
 
     kind = "shell"
+    action_types = (RUN, CLEANUP)
     local_paths = ("cwd",)  # stdout/stderr are relative to log_dir instead
     secret_keys = frozenset({"env"})  # snapshots show which variables are set, not their values
     phases = Phase

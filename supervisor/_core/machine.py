@@ -40,6 +40,8 @@ class Machine(Generic[S]):
     * ``error_policy``: what a raising transition does to the process (continue or fail).
     * ``local_paths``: the settings that are local file paths; in a configuration file a
       relative one is relative to that file (see :meth:`resolve_paths`).
+    * ``action_types``: the action types its transitions describe: a daemon checks before
+      anything starts that each has an executor (others are found out at ``ctx.track``).
     * ``schema``: the version of this kind's state schema (a whole number from 1); checkpoints
       record it, so that state written by an older version of the machine can be told apart.
     * ``secret_keys``: keys whose values are secret wherever they appear in the state, an
@@ -54,6 +56,7 @@ class Machine(Generic[S]):
     local_paths: ClassVar[tuple[str, ...]] = ()
     secret_keys: ClassVar[frozenset[str]] = frozenset()
     schema: ClassVar[int] = 1
+    action_types: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

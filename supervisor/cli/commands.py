@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._core.snapshot import Snapshot
 from .._errors import ConfigurationError, ProcessNotFound, ProcessPaused, StatevisorError
@@ -39,7 +39,7 @@ from .._supervision.summary import LIVE_LIFECYCLES, NodeSummary
 from ..control._errors import ConnectionDenied, DaemonNotAnswering, ProtocolError
 
 if TYPE_CHECKING:
-    from ..control import Client
+    from ..control import Client, RemoteHandle
 
 OK, FAILED, USAGE, UNREACHABLE, NOT_FOUND = 0, 1, 2, 3, 4
 OUTPUT_CLOSED = 128 + 13  # as a shell reports a command that SIGPIPE ended
@@ -125,7 +125,7 @@ def target(args: argparse.Namespace) -> Target:
             return Target(str(socket), socket=str(socket))
         from ..daemon.config import load
 
-        socket = str(load(args.config).daemon.socket)
+        socket = str(load(args.config, kinds=False).daemon.socket)
         return Target(socket, socket=socket)
     host, _, port = str(args.tcp).rpartition(":")
     host = host.strip("[]")
@@ -137,7 +137,7 @@ def target(args: argparse.Namespace) -> Target:
         # the arguments and the environment must.
         from ..daemon.config import load
 
-        daemon = load(args.config).daemon
+        daemon = load(args.config, kinds=False).daemon
     tls = None
     ca = Path(args.tls_ca) if args.tls_ca else daemon.tls_cert if daemon is not None else None
     if ca is not None or host not in LOOPBACK:
@@ -151,7 +151,8 @@ def target(args: argparse.Namespace) -> Target:
     return Target(f"{host}:{port}", tcp=(host, int(port)), token=token, tls=tls)
 
 
-def _json(value: Any) -> str:
+def json_line(value: Any) -> str:
+    """``value`` as one line of JSON (bytes as hex), keys sorted: what --json prints."""
     return json.dumps(value, default=lambda v: v.hex() if isinstance(v, bytes) else str(v), sort_keys=True)
 
 
@@ -264,7 +265,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
 
             lifecycle = Lifecycle(args.lifecycle) if args.lifecycle else None
             found = await client.list(kind=args.kind, lifecycle=lifecycle, paused=True if args.paused else None)
-            emit(_json([asdict(s) for s in found]) if args.json else _table([_row(s) for s in found], HEADER))
+            emit(json_line([asdict(s) for s in found]) if args.json else _table([_row(s) for s in found], HEADER))
             return OK
         if command == "status":
             try:
@@ -276,7 +277,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             if args.json:
                 where = {"daemon": client.server_version, "address": daemon.where, "socket": daemon.socket}
                 counts = {"processes": summary.live, "by_lifecycle": summary.by_lifecycle()}
-                emit(_json({**where, **counts, **summary.to_fields()}))
+                emit(json_line({**where, **counts, **summary.to_fields()}))
             else:
                 emit("\n".join(_status_lines(summary, daemon.where, time.time())))
             return OK
@@ -284,7 +285,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             state = json.loads(args.state) if args.state else None
             handle = await client.spawn(args.kind, state, name=args.name)
             snapshot = await handle.snapshot()
-            emit(_json(asdict(snapshot)) if args.json else snapshot.pid)
+            emit(json_line(asdict(snapshot)) if args.json else snapshot.pid)
             return OK
         handle = await client.get(args.pid)
         if command in ("pause", "resume", "nudge"):
@@ -293,7 +294,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             await handle.kill(args.reason)
         elif command == "inspect":
             snapshot = await handle.snapshot()
-            emit(_json(asdict(snapshot)) if args.json else json.dumps(asdict(snapshot), indent=2, default=str))
+            emit(json_line(asdict(snapshot)) if args.json else json.dumps(asdict(snapshot), indent=2, default=str))
         elif command == "logs":
             stream = "stderr" if args.stderr else "stdout"
             if args.follow:
@@ -303,7 +304,7 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
                 for line in await handle.logs(stream, args.lines):
                     emit(line)
         elif command in ("call", "cast"):
-            message = _argument(args.message)
+            message = argument(args.message)
             if command == "cast":
                 await handle.cast(message)
             else:
@@ -314,19 +315,12 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
                         f"process {snapshot.name} is paused ({why}): it handles no call until it is resumed "
                         f"(statevisor resume {snapshot.name})"
                     )
-                emit(_json(await handle.call(message, timeout=args.timeout)))
-        elif command in ("propose", "read"):
-            from processes.logapply import LogApplyClient
-
-            machine = LogApplyClient(handle, timeout=args.timeout)
-            if command == "propose":
-                index, result = await machine.propose_indexed(_argument(args.entry))
-                emit(_json({"index": index, "result": result}) if args.json else f"{index}\t{_json(result)}")
-            else:
-                emit(_json(await machine.read(_argument(args.query), sync=args.sync)))
+                emit(json_line(await handle.call(message, timeout=args.timeout)))
+        elif command in KIND_COMMANDS:
+            return await KIND_COMMANDS[command].run(args, handle)
         elif command == "watch":
             async for snapshot in handle.watch():
-                emit(_json(asdict(snapshot)) if args.json else "  ".join(_row(snapshot)))
+                emit(json_line(asdict(snapshot)) if args.json else "  ".join(_row(snapshot)))
         return OK
 
 
@@ -341,13 +335,46 @@ async def _older_status(client: Client, daemon: Target, as_json: bool) -> int:
         "daemon": client.server_version, "address": daemon.where, "socket": daemon.socket,
         "processes": len(found), "by_lifecycle": counts,
     }  # fmt: skip
-    emit(_json(status) if as_json else "\n".join(f"{k}: {v}" for k, v in status.items()))
+    emit(json_line(status) if as_json else "\n".join(f"{k}: {v}" for k, v in status.items()))
     print(f"statevisor status: the daemon ({client.server_version}) predates status counts; "
           "restart it for the full summary", file=sys.stderr)  # fmt: skip
     return OK
 
 
-def _argument(text: str) -> Any:
+class KindCommand(Protocol):
+    """A command a process kind adds to ``statevisor`` (entry point group
+    ``statevisor.commands``): it acts on one process, reached like every other command's."""
+
+    @property
+    def help(self) -> str: ...
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Its own arguments, after the process's id or name."""
+        ...
+
+    async def run(self, args: argparse.Namespace, handle: RemoteHandle) -> int:
+        """Do it through ``handle``; print with :func:`emit`; the exit status (:data:`OK`...)."""
+        ...
+
+
+KIND_COMMANDS: dict[str, KindCommand] = {}
+"""The kinds' commands by name, as added to the parser."""
+
+
+def _kind_commands() -> dict[str, KindCommand]:
+    """The commands process kinds add (a broken one is left out: the others still work)."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, KindCommand] = {}
+    for entry in entry_points(group="statevisor.commands"):
+        try:
+            found[entry.name] = entry.load()
+        except Exception as exc:  # an installed package's bug must not take the command line down
+            print(f"statevisor: the command {entry.name!r} ({entry.value}) cannot be loaded: {exc!r}", file=sys.stderr)
+    return found
+
+
+def argument(text: str) -> Any:
     """A message from the command line: its JSON value if it is JSON, else the text itself."""
     try:
         return json.loads(text)
@@ -435,15 +462,11 @@ def add_commands(commands: Any) -> None:
         message.add_argument("pid", help="process id or name")
         message.add_argument("message", help='the message: JSON, or else a plain string (ticks = "ticks")')
         message.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply (default 60)")
-    propose = command("propose", "log-apply: append an entry; print its index and apply result once applied")
-    propose.add_argument("pid", help="process id or name")
-    propose.add_argument("entry", help="the entry: JSON, or else a plain string")
-    propose.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
-    read = command("read", "log-apply: answer a query from the applied state")
-    read.add_argument("pid", help="process id or name")
-    read.add_argument("query", help="the query: JSON, or else a plain string")
-    read.add_argument("--sync", action="store_true", help="first catch up with the log's current end")
-    read.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    for name, extra in _kind_commands().items():
+        parser = command(name, extra.help)
+        parser.add_argument("pid", help="process id or name")
+        extra.add_arguments(parser)
+        KIND_COMMANDS[name] = extra
     kill = command("kill", "kill a process (never restarted by a policy)")
     kill.add_argument("pid", help="process id or name")
     kill.add_argument("--reason", default="killed from the command line")

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 
 def _benchmarks() -> ModuleType | None:
@@ -92,7 +93,7 @@ def _store(args: argparse.Namespace) -> int:
                 if not entries:
                     print("no quarantined processes")
             return 0
-        found = inspect(args.store, args.process, None if args.raw else _secret_keys())
+        found = inspect(args.store, args.process, None if args.raw else _secret_keys(args.config))
     except ProcessNotFound as exc:
         print(f"statevisor store: {exc}", file=sys.stderr)
         return 4
@@ -115,22 +116,64 @@ def _store(args: argparse.Namespace) -> int:
     return 0
 
 
-def _secret_keys() -> dict[str, frozenset[str]]:
-    """Each installed kind's secret keys, for masking what ``store inspect`` shows."""
-    from processes import KINDS
+def _catalog(config: str) -> Any:
+    """The kinds and executors of the configuration at ``config`` if there is one (its [kinds]
+    included), else those the installed packages provide."""
+    from ..daemon.config import load
+    from ..daemon.plugins import load_catalog
 
-    return {kind: machine.secret_keys for kind, machine in KINDS.items()}
+    if Path(config).is_file():
+        return load(config).catalog
+    catalog, _ = load_catalog({}, {}, lambda table, name: "")
+    return catalog
+
+
+def _secret_keys(config: str) -> dict[str, frozenset[str]]:
+    """Each installed kind's secret keys, for masking what ``store inspect`` shows."""
+    return {kind: machine.secret_keys for kind, machine in _catalog(config).machines.items()}
+
+
+def _kinds(args: argparse.Namespace) -> int:
+    """``statevisor kinds``: every kind and executor a daemon of this configuration runs, and
+    where each came from."""
+    from ..daemon.config import ConfigFileError
+
+    try:
+        catalog = _catalog(args.config)
+    except ConfigFileError as exc:
+        for error in exc.errors:
+            print(f"statevisor kinds: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    kinds = [
+        {"kind": name, "target": loaded.target, "origin": loaded.origin,
+         "actions": list(loaded.value.action_types) or list(loaded.value.machine.action_types)}
+        for name, loaded in catalog.kinds.items()
+    ]  # fmt: skip
+    executors = [
+        {"action_type": name, "target": loaded.target, "origin": loaded.origin}
+        for name, loaded in catalog.executors.items()
+    ]
+    if args.json:
+        print(json.dumps({"kinds": kinds, "executors": executors}, sort_keys=True))
+        return 0
+    print("KIND        FROM")
+    for kind in kinds:
+        actions = f"  actions: {', '.join(kind['actions'])}" if kind["actions"] else ""
+        print(f"{kind['kind']:<11} {kind['target']} ({kind['origin']}){actions}")
+    if executors:
+        print("\nACTION TYPE  FROM")
+        for executor in executors:
+            print(f"{executor['action_type']:<12} {executor['target']} ({executor['origin']})")
+    return 0
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from processes import CATALOG
-
     from .._errors import StatevisorError
     from ..daemon.config import ConfigFileError, load
     from ..daemon.service import run
 
     try:
-        config = load(args.config, CATALOG)
+        config = load(args.config)
     except ConfigFileError as exc:
         for error in exc.errors:  # every mistake in the file, one line each
             print(f"statevisor daemon: invalid configuration: {error}", file=sys.stderr)
@@ -147,7 +190,7 @@ def _daemon(args: argparse.Namespace) -> int:
         print(f"statevisor daemon: invalid configuration: {exc}", file=sys.stderr)
         return 2
     try:
-        return run(config, CATALOG)
+        return run(config)
     except (StatevisorError, OSError) as exc:  # it could not start: the store is locked, a port taken
         print(f"statevisor daemon: {exc or type(exc).__name__}", file=sys.stderr)  # never an empty message
         return 1
@@ -166,13 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.set_defaults(func=_daemon)
 
     bench = commands.add_parser("bench", help="run a benchmark scenario with its same-run baseline (from a checkout)")
-    bench.add_argument("scenario", help="a scenario's name; `statevisor bench list` lists them")
+    benchmarks = _benchmarks()
+    scenarios = (
+        ", ".join(benchmarks.SCENARIOS) if benchmarks is not None else "none: the benchmarks come with a checkout"
+    )
+    bench.add_argument("scenario", help=f"one of: {scenarios} (`statevisor bench list` lists them)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--markdown", metavar="FILE", help="also put the figures in FILE's table (docs/benchmarks.md)")
     bench.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)")
     bench.add_argument("--scale", type=float, default=1.0, help="shrink or grow the workloads (default 1)")
     bench.add_argument("--repeats", type=int, default=5, help="repeats; medians are reported (default 5)")
     bench.set_defaults(func=_bench)
+
+    kinds = commands.add_parser("kinds", help="the kinds and executors a daemon runs, and where each comes from")
+    kinds.add_argument(
+        "--config", default=default_config(), help="its [kinds] and [executors] too (default: as daemon)"
+    )
+    kinds.add_argument("--json", action="store_true", help="print one JSON object")
+    kinds.set_defaults(func=_kinds)
 
     from .commands import add_commands
 
@@ -188,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--store", required=True, help="path of the SQLite store")
     inspect.add_argument("--json", action="store_true")
     inspect.add_argument("--raw", action="store_true", help="show secret values as stored (masked by default)")
+    inspect.add_argument(
+        "--config", default=default_config(), help="its [kinds] tell which values are secret (default: as daemon)"
+    )
     copy = store_commands.add_parser("backup", help="a consistent copy of the store, made while a daemon runs")
     copy.add_argument("--store", required=True, help="path of the SQLite store")
     copy.add_argument("--to", required=True, help="the backup's path (replaced if it exists)")

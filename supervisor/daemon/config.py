@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .._core.identifiers import name_problem
 from .._errors import ConfigurationError, SettingsError
 from .._supervision.policy import Backoff, Budget, Restart, Strategy, dependency_cycle
+from .plugins import Catalog, load_catalog
 
 
 class ConfigFileError(ConfigurationError):
@@ -53,6 +56,11 @@ class ConfigFileError(ConfigurationError):
         combined.args = ("\n".join(str(error.args[0]) for error in errors),)
         return combined
 
+
+_TOP: dict[str, tuple[Any, Any]] = {
+    "daemon": (dict, {}), "supervisor": (dict, {}), "process": (list, []), "kinds": (dict, {}), "executors": (dict, {}),
+}  # fmt: skip
+"""The top-level tables every configuration may have; the kinds add their own (``host``)."""
 
 REQUIRED = object()
 """In a table's spec: the key has no default."""
@@ -118,7 +126,8 @@ class Config:
     path: Path
     daemon: DaemonSettings
     processes: tuple[ProcessSettings, ...]
-    hosts: Mapping[str, Mapping[str, Any]]
+    catalog: Catalog  # the kinds and executors it runs (statevisor's, installed packages', its [kinds])
+    tables: Mapping[str, Any] = field(default_factory=dict)  # top-level tables the kinds own, as written
     supervisor: RootSettings = field(default_factory=RootSettings)
 
 
@@ -204,24 +213,6 @@ def _check_metrics_listener(checker: Checker, raw: Mapping[str, Any]) -> None:
     )
 
 
-class Kinds(Protocol):
-    """What the loader asks of the process kinds (``processes.CATALOG``); it knows none itself.
-
-    ``check_settings`` and ``check_hosts`` raise :class:`SettingsError` naming the key;
-    ``resolve_paths`` returns a process's settings with its relative local paths made absolute
-    against ``base``, the configuration file's directory.
-    """
-
-    @property
-    def kinds(self) -> Mapping[str, Any]: ...
-
-    def check_settings(self, kind: str, settings: Mapping[str, Any]) -> None: ...
-
-    def check_hosts(self, hosts: Mapping[str, Mapping[str, Any]], base: Path) -> None: ...
-
-    def resolve_paths(self, kind: str, settings: Mapping[str, Any], base: Path) -> dict[str, Any]: ...
-
-
 # --- finding lines and collecting mistakes -----------------------------------------------
 
 
@@ -244,7 +235,7 @@ class Lines:
             return None
         if key is None:
             return start
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        pattern = re.compile(rf"^\s*(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')\s*=")
         for number in range(start, len(self.lines) + 1):
             line = self.lines[number - 1]
             if number > start and re.match(r"^\s*\[", line):
@@ -440,10 +431,15 @@ def process_policy(checker: Checker, item: Mapping[str, Any], index: int) -> tup
 # --- the whole file ----------------------------------------------------------------------
 
 
-def load(path: str | Path, kinds: Kinds | None = None) -> Config:
-    """Read and validate a configuration file; raises :class:`ConfigFileError` naming what is wrong.
+def load(path: str | Path, *, kinds: bool = True, discover: Callable[[str], list[EntryPoint]] | None = None) -> Config:
+    """Read and validate a configuration file; raises :class:`ConfigFileError` naming every
+    mistake. The kinds and executors come from entry points (``discover`` lists a group's, for
+    tests) and from the file's ``[kinds]`` and ``[executors]``; modules they name are looked for
+    in the installed packages, then in the file's directory.
 
-    Without ``kinds``, process kinds, their settings and hosts are taken as written."""
+    ``kinds=False`` reads the daemon's settings without loading any kind (the command line
+    finding a daemon's socket): process kinds, their settings and their tables are then taken
+    as written, and the catalog is empty."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -452,7 +448,7 @@ def load(path: str | Path, kinds: Kinds | None = None) -> Config:
     except UnicodeDecodeError as exc:
         line = _line_of(path.read_bytes(), exc.start)
         raise ConfigFileError(str(path), "", line, f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    return parse(text, path, kinds)
+    return parse(text, path, kinds=kinds, discover=discover)
 
 
 def _line_of(data: bytes, offset: int) -> int:
@@ -460,16 +456,20 @@ def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
-def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
+def parse(
+    text: str, path: Path, *, kinds: bool = True, discover: Callable[[str], list[EntryPoint]] | None = None
+) -> Config:
     checker = Checker(path, text)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"at line (\d+)", str(exc))
         raise ConfigFileError(str(path), "", int(found.group(1)) if found else None, f"not valid TOML: {exc}") from None
-    top: dict[str, tuple[Any, Any]] = {
-        "daemon": (dict, {}), "supervisor": (dict, {}), "process": (list, []), "host": (dict, {}),
-    }  # fmt: skip
+    catalog = _catalog(checker, data, path.resolve().parent, discover) if kinds else Catalog()
+    owned = catalog.tables()  # e.g. [host.NAME], the batch kind's
+    if not kinds:  # every other table is taken as written
+        owned = {name: "" for name, value in data.items() if isinstance(value, dict) and name not in _TOP}
+    top: dict[str, tuple[Any, Any]] = {**_TOP, **dict.fromkeys(owned, (dict, {}))}
     data = checker.section(data, "", "", top)
 
     raw = checker.section(data["daemon"], "daemon", "daemon.", _DAEMON)
@@ -578,23 +578,24 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
             "restart",
             index,
         )
-        if kinds is not None and kind is not None:
+        machines = catalog.machines
+        if kind is not None and kinds:
             known = checker.check(
-                kind in kinds.kinds,
+                kind in machines,
                 f"{prefix}kind",
-                f"unknown process kind {kind!r} (known: {', '.join(sorted(kinds.kinds))})",
+                f"unknown process kind {kind!r} (known: {', '.join(sorted(machines))})",
                 "process",
                 "kind",
                 index,
             )
             if known:
                 try:
-                    kinds.check_settings(kind, item["settings"])
+                    machines[kind].check_settings(item["settings"])
                 except SettingsError as exc:
                     line = checker.lines.find_in_entry("process", index, exc.key)
                     checker.report(ConfigFileError(checker.file, f"{prefix}settings.{exc.key}", line, exc.problem))
                 else:
-                    item["settings"] = kinds.resolve_paths(kind, item["settings"], base)
+                    item["settings"] = machines[kind].resolve_paths(item["settings"], base)
         depends = item["depends_on"]
         if not checker.check(
             all(isinstance(d, str) for d in depends),
@@ -634,17 +635,50 @@ def parse(text: str, path: Path, kinds: Kinds | None = None) -> Config:
             )
         )
 
-    hosts: dict[str, Mapping[str, Any]] = {}
-    for name, host in data["host"].items():
-        if checker.check(isinstance(host, dict), f"host.{name}", "expected a table ([host.NAME])", "host", name):
-            hosts[name] = host
-    if kinds is not None:
+    tables: dict[str, Any] = {}
+    for table, kind in owned.items():
+        tables[table] = data[table]
+        if not kinds:
+            continue
         try:
-            kinds.check_hosts(hosts, base)
+            catalog.kind(kind).check_tables({table: data[table]}, base)
         except SettingsError as exc:
-            # exc.key is "host.NAME.key": the line is that key's in the [host.NAME] table.
+            # exc.key is "TABLE.NAME.key" (host.cluster.user): the line is that key's in [TABLE.NAME].
             _, name, key = [*exc.key.split(".", 2), "", ""][:3]
-            checker.report(checker.fail(exc.key, exc.problem, f"host.{name}", key or None))
+            if key:
+                checker.report(checker.fail(exc.key, exc.problem, f"{table}.{name}", key))
+            else:  # the entry itself (not a table): its line in [TABLE]
+                checker.report(checker.fail(exc.key, exc.problem, table, name or None))
     root = root_settings(checker, data["supervisor"])
     checker.finish()
-    return Config(path=path.resolve(), daemon=daemon, processes=tuple(processes), hosts=hosts, supervisor=root)
+    return Config(
+        path=path.resolve(), daemon=daemon, processes=tuple(processes), catalog=catalog, tables=tables, supervisor=root
+    )
+
+
+def _catalog(
+    checker: Checker, data: Mapping[str, Any], base: Path, discover: Callable[[str], list[EntryPoint]] | None
+) -> Catalog:
+    """The kinds and executors: the entry points', and the ``[kinds]`` and ``[executors]`` tables'
+    (modules they name are also looked for next to the file). Each problem is reported where its
+    entry is written, or as the entry point's."""
+    written = {}
+    for table in ("kinds", "executors"):
+        value = data.get(table, {})
+        written[table] = value if isinstance(value, dict) else {}  # a wrong type is reported with the rest
+    if (written["kinds"] or written["executors"]) and str(base) not in sys.path:
+        sys.path.append(str(base))  # after the installed packages: those win
+
+    def origin(table: str, name: str) -> str:
+        return f"{checker.file}:{checker.lines.find(table, name)}"
+
+    catalog, problems = load_catalog(written["kinds"], written["executors"], origin, discover=discover)
+    for problem in problems:
+        if problem.origin.startswith(checker.file + ":"):
+            checker.report(
+                checker.fail(f"{problem.table}.{problem.name}", problem.message, problem.table, problem.name)
+            )
+        else:
+            checker.report(ConfigFileError(checker.file, f"{problem.table}.{problem.name}", None,
+                                           f"{problem.message} ({problem.origin})"))  # fmt: skip
+    return catalog

@@ -16,32 +16,23 @@ import signal
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from .._core.actions import Executor
 from .._core.machine import Machine
 from .._errors import StatevisorError
 from .._files.open_files import raise_open_files_limit
 from .._files.private import private_directory
+from .._supervision.kind import KindSetup
 from .._supervision.node import Node
 from .._supervision.supervisor import ChildSpec, SupervisorSpec
-from .config import Config, ConfigFileError, DaemonSettings, Kinds, ProcessSettings, load
+from .config import Config, ConfigFileError, DaemonSettings, ProcessSettings, load
 from .log import configure, set_level
 from .systemd import SystemdNotifier
 from .watchdog import LoopWatchdog
 
 log = structlog.get_logger("statevisor.daemon")
-
-
-class Catalog(Kinds, Protocol):
-    """The process kinds a daemon runs (``processes.CATALOG``): the daemon knows none itself."""
-
-    @property
-    def kinds(self) -> Mapping[str, type[Machine[Any]]]: ...
-
-    def build(self, config: Config) -> tuple[list[Machine[Any]], dict[str, Executor]]: ...
 
 
 def read_token(path: Path, key: str = "daemon.token_file") -> str:
@@ -94,9 +85,13 @@ def child_spec(process: ProcessSettings, kinds: Mapping[str, type[Machine[Any]]]
     )
 
 
-def build_node(config: Config, catalog: Catalog) -> Node:
-    children = [child_spec(p, catalog.kinds) for p in config.processes]
-    machines, executors = catalog.build(config)
+def build_node(config: Config) -> Node:
+    """The node a configuration describes: its kinds built from the daemon's settings, its
+    declared processes under the root supervisor."""
+    kinds = config.catalog.machines
+    children = [child_spec(p, kinds) for p in config.processes]
+    setup = KindSetup(config.path.parent, config.daemon.log_dir, config.daemon.run_dir, config.tables)
+    machines, executors = config.catalog.build(setup)
     return Node(
         machines=machines,
         executors=executors,
@@ -115,14 +110,14 @@ def build_node(config: Config, catalog: Catalog) -> Node:
     )
 
 
-async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None = None) -> int:
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status."""
     from .metrics import start_metrics
 
     private_directory(config.daemon.store.parent)  # the state directory: its owner's alone
     systemd = SystemdNotifier.from_environment()  # first: no command started may inherit it
     check_open_files(config.daemon.max_connections)
-    node = build_node(config, catalog)
+    node = build_node(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -131,7 +126,7 @@ async def serve(config: Config, catalog: Catalog, *, ready: asyncio.Event | None
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hup() -> None:
-        task = loop.create_task(reload(node, current, catalog))
+        task = loop.create_task(reload(node, current))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -216,12 +211,12 @@ def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_signal_handler(signum)
 
 
-async def reload(node: Node, current: list[Config], catalog: Catalog) -> None:
+async def reload(node: Node, current: list[Config]) -> None:
     """Apply a changed configuration: start new processes, stop removed ones, restart changed
     ones; leave the rest alone. An invalid file is refused and the running configuration kept."""
     old = current[0]
     try:
-        new = load(old.path, catalog)
+        new = load(old.path)
     except ConfigFileError as exc:
         log.error("reload_refused", error=str(exc))
         return
@@ -247,7 +242,7 @@ async def reload(node: Node, current: list[Config], catalog: Catalog) -> None:
     failed: list[str] = []
     for name in [n for n in after if n in added or n in changed]:
         try:
-            await root.add_child(child_spec(after[name], catalog.kinds))
+            await root.add_child(child_spec(after[name], new.catalog.machines))
         except StatevisorError as exc:  # e.g. the store cannot take it now: the others still start
             failed.append(name)
             log.error("reload_start_failed", child=name, error=str(exc), note="the next SIGHUP tries it again")
@@ -271,14 +266,14 @@ def dump_stacks() -> None:
         log.info("task_stack", task=task.get_name(), stack=stack.getvalue())
 
 
-def run(config: Config, catalog: Catalog) -> int:
+def run(config: Config) -> int:
     sink = configure(config.daemon.log_level, background=True)
     try:
         if config.daemon.loop == "uvloop":
             import uvloop
 
-            return uvloop.run(serve(config, catalog))
-        return asyncio.run(serve(config, catalog))
+            return uvloop.run(serve(config))
+        return asyncio.run(serve(config))
     finally:
         if sink is not None:
             sink.close()
