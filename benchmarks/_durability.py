@@ -87,7 +87,7 @@ async def _no_runtime_rate(directory: str, processes: int, steps: int) -> float:
             state["n"] += 1
             await store.save(
                 encode_fields(pid, pid, _Counter.kind, version, "main", state, [], [], Lifecycle.RUNNING, None, None,
-                              False, {}, None, 1)
+                              False, {}, None, 1, [])
             )  # fmt: skip
 
     await asyncio.gather(*(counter(f"p{i}", 1) for i in range(processes)))  # as spawning writes each once

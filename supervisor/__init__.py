@@ -20,6 +20,7 @@ from ._core.codec import FORMAT_VERSION, decode_record, encode_record
 from ._core.diagram import mermaid
 from ._core.handle import Handle, HandleAPI
 from ._core.inputs import (
+    EVENT_TIMEOUT,
     STATE_TIMEOUT,
     ActionFailed,
     ActionResult,
@@ -29,6 +30,7 @@ from ._core.inputs import (
     Control,
     ControlEvent,
     Input,
+    Internal,
     TimerFired,
 )
 from ._core.lifecycle import DriveMode, ErrorPolicy, Lifecycle
@@ -89,7 +91,9 @@ __all__ = [
     "ActionSucceeded",
     "ActionFailed",
     "TimerFired",
+    "Internal",
     "STATE_TIMEOUT",
+    "EVENT_TIMEOUT",
     "ErrorPolicy",
     "AtomicValue",
     "mermaid",

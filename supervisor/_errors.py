@@ -23,7 +23,7 @@ configuration, ``processes.shell.errors`` and the other kinds)::
     ├── LogNotFound (also LookupError)  the process keeps no log of that stream
     ├── NotFinished                  result() asked of a process that is still alive
     ├── TransitionError              a transition raised; the process's state is as before the input
-    │   ├── IllegalPhaseChange       goto() to a phase the type does not declare an edge to
+    │   ├── IllegalPhaseChange       goto() to a phase without a declared edge to it, or in an enter call
     │   ├── StateMutationError       state mutated outside a transition
     │   └── NondeterminismError      check mode re-ran a transition and got a different outcome
     ├── CallTimeout (also TimeoutError)  call() got no reply in time
@@ -151,10 +151,11 @@ class TransitionError(StatevisorError):
 
 
 class IllegalPhaseChange(TransitionError):
-    """``ctx.goto`` named a phase with no declared edge from the current one."""
+    """``ctx.goto`` named a phase with no declared edge from the current one (or was called in
+    an enter call, which may not change the phase)."""
 
-    def __init__(self, source: str, target: str) -> None:
-        super().__init__("IllegalPhaseChange", f"no declared edge {source} -> {target}")
+    def __init__(self, source: str, target: str, why: str = "") -> None:
+        super().__init__("IllegalPhaseChange", why or f"no declared edge {source} -> {target}")
         self.source = source
         self.target = target
 

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from supervisor import (
+    EVENT_TIMEOUT,
     STATE_TIMEOUT,
     ActionFailed,
     ActionSucceeded,
@@ -17,6 +18,7 @@ from supervisor import (
     Control,
     ErrorPolicy,
     Input,
+    Internal,
     Machine,
     TimerFired,
 )
@@ -157,3 +159,65 @@ class Dicey(Machine[State]):
 
     async def transition(self, state: State, input: Input, ctx: Context) -> None:
         state.setdefault("rolls", []).append(ctx.random.randint(1, 1_000_000))
+
+
+class Gate(StrEnum):
+    LOCKED = "locked"
+    OPEN = "open"
+    ALARM = "alarm"
+
+
+class Turnstile(Machine[State]):
+    """gen_statem's enter calls, event timeouts and internal events: entering OPEN arms an event
+    timeout (idle: lock again), entering ALARM queues an internal "ring" ahead of the mailbox."""
+
+    phases = Gate
+    state_enter = True
+    edges: ClassVar = {
+        Gate.LOCKED: {Gate.OPEN: "coin", Gate.ALARM: "push"},
+        Gate.OPEN: {Gate.LOCKED: "pass / idle"},
+        Gate.ALARM: {Gate.LOCKED: "reset"},
+    }
+    entry_notes: ClassVar = {Gate.OPEN: "event timeout 10 s", Gate.ALARM: "ring (internal event)"}
+    timeout_notes: ClassVar = {Gate.OPEN: "idle for 10 s: lock again"}
+
+    def enter(self, state: State, ctx: Context) -> None:
+        state.setdefault("entered", []).append(f"{ctx.entered_from}->{ctx.phase}")
+        if ctx.phase == Gate.OPEN:
+            if state.get("refuse_open"):
+                raise RuntimeError("the gate is jammed")
+            if state.get("jump_in_enter"):
+                ctx.goto(Gate.ALARM)  # not allowed in an enter call
+            ctx.event_timeout(10.0, "idle")
+        elif ctx.phase == Gate.ALARM:
+            ctx.next_event("ring")
+
+    async def transition(self, state: State, input: Input, ctx: Context) -> None:
+        log = state.setdefault("log", [])
+        match input:
+            case Control():
+                return
+            case Call(("set", key)):
+                state[key] = True
+                ctx.reply(input, None)
+            case Cast("coin") | Call("coin"):
+                ctx.goto(Gate.OPEN)
+                if type(input) is Call:
+                    ctx.reply(input, "open")
+            case Cast("push") if ctx.phase == Gate.LOCKED:
+                ctx.goto(Gate.ALARM)
+            case Cast("pass") | Cast("reset"):
+                ctx.goto(Gate.LOCKED)
+            case Cast(("chain", n)):
+                ctx.next_event(["chain", n])
+            case Internal(("chain", n)):
+                log.append(f"chain {n}")
+                if n < 3:
+                    ctx.next_event(["chain", n + 1])
+            case Internal(message):
+                log.append(f"internal {message}")
+            case TimerFired(name, payload) if name == EVENT_TIMEOUT:
+                log.append(f"event timeout: {payload}")
+                ctx.goto(Gate.LOCKED)
+            case Cast(message):
+                log.append(f"cast {message}")

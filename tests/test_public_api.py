@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPECTED_EXPORTS = {
     # writing a process type
     "Machine", "Context", "Input", "Control", "ControlEvent", "Cast", "Call", "ActionResult", "ActionSucceeded",
-    "ActionFailed", "TimerFired", "STATE_TIMEOUT", "ErrorPolicy", "AtomicValue", "mermaid",
+    "ActionFailed", "TimerFired", "Internal", "STATE_TIMEOUT", "EVENT_TIMEOUT", "ErrorPolicy", "AtomicValue", "mermaid",
     # actions and executors
     "TrackedAction", "UntrackedAction", "Executor", "FunctionExecutor", "ExecutorRegistry",
     # running processes

@@ -141,3 +141,24 @@ def test_a_checkpoint_of_the_first_format_still_loads() -> None:
     assert (None, 1, {"n": 1}, 3) == (old.since, old.schema, old.state, old.version)
     with pytest.raises(CorruptCheckpoint, match="unknown checkpoint format 9"):
         decode_record(pack([9, *fields[1:]]))
+
+
+async def test_a_snapshot_read_before_a_restore_is_not_kept_after_it() -> None:
+    """A revived process's restore re-arms its timers without a new version; a snapshot read
+    before the restore ran (created, waiting on nothing) is not served afterwards: the next
+    read says what it waits on."""
+    clock = ManualClock()
+    first = Runtime(clock=clock)
+    handle = first.spawn(DoorMachine)
+    await handle.cast(("alarm", 30.0))
+    await wait_until(lambda: bool(handle.snapshot().waiting_on))
+    record = handle._process.record()
+    await handle.kill()
+    revived = Runtime(clock=clock).revive(DoorMachine(), record)
+    early = revived.snapshot()
+    assert (Lifecycle.CREATED, ()) == (early.lifecycle, early.waiting_on)
+    await wait_until(lambda: bool(revived.snapshot().waiting_on))
+    later = revived.snapshot()
+    assert (early.version, Lifecycle.WAITING) == (later.version, later.lifecycle)
+    assert later.waiting_on[0].startswith("timer alarm at ")
+    await revived.kill()

@@ -3,15 +3,16 @@
 Layout (format 2)::
 
     [2, pid, name, kind, version, phase, state, pending, timers, lifecycle, result, error,
-     paused, meta, since, schema]
+     paused, meta, since, schema, next_events]
 
 ``state`` is the state map itself (inline, so a checkpoint costs one msgpack pass); ``pending``
 is ``[[id, type, payload], ...]``; ``timers`` is ``[[name, deadline, payload], ...]``; ``paused``
 is false, true (an operator's pause) or the reason the process paused itself (``ctx.pause``);
 ``since`` is when the process's lifecycle last began (wall clock), so a revived process does not
 seem to have just started; ``schema`` is the version of the machine's state schema the state was
-written under (``Machine.schema``). Format 1 records (the first 14 fields) still load: their
-``since`` is unknown and their schema 1. Decoding validates every field and raises
+written under (``Machine.schema``); ``next_events`` are the internal events queued and not yet
+handled (``ctx.next_event``). Format 1 records (the first 14 fields) still load: their
+``since`` is unknown, their schema 1, and no internal event is queued. Decoding validates every field and raises
 :class:`CorruptCheckpoint` naming what is wrong, so a bad record is quarantined rather than
 half-loaded.
 """
@@ -28,7 +29,7 @@ from .snapshot import ProcessRecord, TimerRecord
 from .state import pack, unpack
 
 FORMAT_VERSION = 2
-_FIELDS = {1: 14, 2: 16}  # fields by format
+_FIELDS = {1: 14, 2: 17}  # fields by format
 _LIFECYCLES = {member.value: member for member in Lifecycle}  # Lifecycle(value) costs 1 µs a call
 
 
@@ -61,6 +62,7 @@ def encode_fields(
     meta: dict[str, Any],
     since: float | None,
     schema: int,
+    next_events: list[Any],
 ) -> Checkpoint:
     blob = pack(
         [
@@ -80,6 +82,7 @@ def encode_fields(
             meta,
             since,
             schema,
+            next_events,
         ]
     )
     return Checkpoint(pid, name, kind, lifecycle, version, blob)
@@ -91,7 +94,7 @@ def encode_record(record: ProcessRecord) -> Checkpoint:
         r.pid, r.name, r.kind, r.version, r.phase, r.state,
         [[a.id, a.type, a.payload] for a in r.pending], [[t.name, t.deadline, t.payload] for t in r.timers],
         r.lifecycle, r.result, r.error, r.pause_reason if r.paused and r.pause_reason else r.paused, r.meta,
-        r.since, r.schema,
+        r.since, r.schema, list(r.next_events),
     )  # fmt: skip
 
 
@@ -115,7 +118,7 @@ def decode_record(blob: bytes, *, path: str = "?", pid: str = "?") -> ProcessRec
     if len(fields) != expected:
         raise CorruptCheckpoint(path, pid, f"format {fields[0]} has {expected} fields, this record has {len(fields)}")
     (_, rpid, name, kind, version, phase, state, pending, timers, lifecycle, result, error, paused, meta) = fields[:14]
-    since, schema = fields[14:] if expected == 16 else (None, 1)
+    since, schema, next_events = fields[14:] if expected == 17 else (None, 1, [])
     pid = rpid if isinstance(rpid, str) else pid
     _expect(isinstance(rpid, str) and bool(rpid), "pid is not a string", pid, path)
     _expect(isinstance(name, str) and isinstance(kind, str) and isinstance(phase, str), "name/kind/phase", pid, path)
@@ -135,6 +138,7 @@ def decode_record(blob: bytes, *, path: str = "?", pid: str = "?") -> ProcessRec
         raise CorruptCheckpoint(path, pid, f"since is {type(since).__name__}, not a time")
     if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
         raise CorruptCheckpoint(path, pid, f"schema {schema!r} is not a version >= 1")
+    _expect(isinstance(next_events, list), "next_events is not a list", pid, path)
     return ProcessRecord(
         pid=rpid,
         name=name,
@@ -152,4 +156,5 @@ def decode_record(blob: bytes, *, path: str = "?", pid: str = "?") -> ProcessRec
         pause_reason=paused if isinstance(paused, str) else None,
         since=None if since is None else float(since),
         schema=schema,
+        next_events=tuple(next_events),
     )

@@ -9,6 +9,9 @@ from typing import Any
 STATE_TIMEOUT = "state_timeout"
 """The timer name a state timeout fires with (reserved: named timeouts may not use it)."""
 
+EVENT_TIMEOUT = "event_timeout"
+"""The timer name an event timeout fires with (reserved, as :data:`STATE_TIMEOUT` is)."""
+
 
 class ControlEvent(StrEnum):
     """Events the runtime itself delivers."""
@@ -65,13 +68,22 @@ class ActionFailed:
 
 @dataclass(frozen=True, slots=True)
 class TimerFired:
-    """A timer expired: a named timeout, or the state timeout (``name == STATE_TIMEOUT``)."""
+    """A timer expired: a named timeout, the state timeout (``name == STATE_TIMEOUT``) or the
+    event timeout (``name == EVENT_TIMEOUT``)."""
 
     name: str
     payload: Any
 
 
-Input = Control | Cast | Call | ActionSucceeded | ActionFailed | TimerFired
+@dataclass(frozen=True, slots=True)
+class Internal:
+    """An event a transition queued for its own process (``ctx.next_event(message)``, gen_statem's
+    internal events): handled next, before anything waiting in the mailbox."""
+
+    message: Any
+
+
+Input = Control | Cast | Call | ActionSucceeded | ActionFailed | TimerFired | Internal
 """Everything a transition can receive."""
 
 ActionResult = ActionSucceeded | ActionFailed

@@ -3,8 +3,15 @@
 A transition is a deterministic, atomic function of (state, input). It mutates ``state`` in
 place and *describes* effects through ``ctx``; nothing described takes effect unless the
 transition returns normally, and then all of it does, in this order: phase change (which
-cancels the state timeout and re-delivers postponed inputs), timers, postpone, tracked actions
-(after the checkpoint, when there is a store), untracked actions, replies, finish/fail.
+cancels the state timeout and re-delivers postponed inputs), timers, postpone, internal
+events, tracked actions (after the checkpoint, when there is a store), untracked actions,
+replies, finish/fail.
+
+Event handling follows Erlang's gen_statem: state timeouts (cancelled by a phase change), event
+timeouts (cancelled by any input), named timeouts, postpone (re-delivered after the next phase
+change), internal events (``ctx.next_event``, handled before anything in the mailbox) and, for
+a machine with ``state_enter = True``, an enter call whenever it enters a phase (:meth:`Machine.enter`),
+in the same atomic transition.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .._errors import ConfigurationError, IllegalPhaseChange
 from .actions import ExecutorRegistry, TrackedAction, UntrackedAction
-from .inputs import STATE_TIMEOUT, Call, Input
+from .inputs import EVENT_TIMEOUT, STATE_TIMEOUT, Call, Input
 from .lifecycle import ErrorPolicy
 from .secrets import redact
 from .state import check_value
@@ -40,6 +47,11 @@ class Machine(Generic[S]):
     * ``error_policy``: what a raising transition does to the process (continue or fail).
     * ``local_paths``: the settings that are local file paths; in a configuration file a
       relative one is relative to that file (see :meth:`resolve_paths`).
+    * ``state_enter``: call :meth:`enter` whenever the process enters a phase (gen_statem's
+      state enter calls), the initial one included.
+    * ``entry_notes`` and ``timeout_notes``: ``{phase: text}``, what entering a phase does and
+      which timeouts it arms, drawn by :func:`supervisor.mermaid` beside the phase (the code is
+      :meth:`enter` and the transitions; these say it for the diagram).
     * ``action_types``: the action types its transitions describe: a daemon checks before
       anything starts that each has an executor (others are found out at ``ctx.track``).
     * ``schema``: the version of this kind's state schema (a whole number from 1); checkpoints
@@ -57,6 +69,9 @@ class Machine(Generic[S]):
     secret_keys: ClassVar[frozenset[str]] = frozenset()
     schema: ClassVar[int] = 1
     action_types: ClassVar[tuple[str, ...]] = ()
+    state_enter: ClassVar[bool] = False
+    entry_notes: ClassVar[Mapping[str, str]] = {}
+    timeout_notes: ClassVar[Mapping[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -78,6 +93,13 @@ class Machine(Generic[S]):
                         raise ConfigurationError(
                             f"{cls.__name__}.edges names phase {str(phase)!r}, which is not one of {sorted(names)}"
                         )
+            for attribute in ("entry_notes", "timeout_notes"):
+                for phase in getattr(cls, attribute):
+                    if str(phase) not in names:
+                        known = sorted(names)
+                        raise ConfigurationError(
+                            f"{cls.__name__}.{attribute} names phase {str(phase)!r}, which is not one of {known}"
+                        )
         elif not cls.initial_phase:
             cls.initial_phase = DEFAULT_PHASE
 
@@ -88,6 +110,16 @@ class Machine(Generic[S]):
     async def transition(self, state: S, input: Input, ctx: Context) -> None:
         """Handle one input: mutate ``state``, describe effects through ``ctx``."""
         raise NotImplementedError(f"{type(self).__name__} must implement transition()")
+
+    def enter(self, state: S, ctx: Context) -> None:
+        """With ``state_enter = True``: the process has entered ``ctx.phase`` (from
+        ``ctx.entered_from``; the same phase for the initial one, before the first input).
+
+        It runs inside the transition that changed the phase (and, for the initial phase, the
+        one that handles the first input), so it commits or rolls back with it. It may arm
+        timeouts, describe actions, queue internal events, pause, finish or fail; it may not
+        change the phase again (:class:`IllegalPhaseChange`), as in gen_statem.
+        """
 
     def restore(self, state: S, ctx: Context) -> None:
         """Called once after a crash, before any input: re-emit the tracked actions to resume.
@@ -189,8 +221,10 @@ class Context:
         "_random",
         "_seq",
         "end",
+        "entered_from",
         "goto_phase",
         "name",
+        "next_events",
         "now",
         "pause_reason",
         "phase",
@@ -222,6 +256,9 @@ class Context:
         self.postponed = False
         self.end: tuple[str, Any] | None = None
         self.pause_reason: str | None = None
+        self.next_events: list[Any] | None = None
+        self.entered_from: str | None = None
+        """In :meth:`Machine.enter`: the phase the process left (the same one for the initial)."""
 
     # --- what a transition may read -------------------------------------------------
 
@@ -280,6 +317,8 @@ class Context:
     def goto(self, phase: str) -> None:
         """Move to another phase: cancels the state timeout and re-delivers postponed inputs."""
         phase = str(phase)
+        if self.entered_from is not None:
+            raise IllegalPhaseChange(self.phase, phase, "an enter call may not change the phase")
         machine = self._process.machine
         if machine.phases is not None:
             if phase not in machine.phases.__members__.values():
@@ -292,10 +331,15 @@ class Context:
         """Fire ``TimerFired(STATE_TIMEOUT, payload)`` after ``seconds`` unless the phase changes."""
         self._timer(STATE_TIMEOUT, seconds, payload)
 
+    def event_timeout(self, seconds: float, payload: Any = None) -> None:
+        """Fire ``TimerFired(EVENT_TIMEOUT, payload)`` after ``seconds`` unless an input comes
+        first: any input cancels it (gen_statem's event timeout: "nothing happened for a while")."""
+        self._timer(EVENT_TIMEOUT, seconds, payload)
+
     def timeout(self, name: str, seconds: float, payload: Any = None) -> None:
         """Arm (or re-arm) the named timeout ``name``."""
-        if name == STATE_TIMEOUT:
-            raise ConfigurationError(f"timer name {STATE_TIMEOUT!r} is reserved for the state timeout")
+        if name in (STATE_TIMEOUT, EVENT_TIMEOUT):
+            raise ConfigurationError(f"timer name {name!r} is reserved for the {name.replace('_', ' ')}")
         self._timer(name, seconds, payload)
 
     def cancel_timeout(self, name: str) -> None:
@@ -311,6 +355,15 @@ class Context:
         if self.timer_ops is None:
             self.timer_ops = []
         self.timer_ops.append((name, self.now + seconds, payload))
+
+    def next_event(self, message: Any) -> None:
+        """Handle ``Internal(message)`` next, before anything waiting in the mailbox (gen_statem's
+        internal events; several are handled in the order they were queued). Committed with
+        this transition: a crash after it keeps them, a rollback drops them."""
+        check_value(message, "internal event")
+        if self.next_events is None:
+            self.next_events = []
+        self.next_events.append(message)
 
     def postpone(self) -> None:
         """Re-deliver this input after the next phase change (gen_statem's postpone)."""
@@ -343,6 +396,7 @@ class Context:
             self.postponed,
             self.end,
             self.pause_reason,
+            self.next_events,
         )
 
     def __repr__(self) -> str:

@@ -7,6 +7,9 @@ dropping one would lose a result, and a process that cannot take its own results
 make room for its callers. Inputs a transition postponed (gen_statem's ``postpone``) wait beside
 the queue and are delivered again, before anything newer, after the next phase change.
 
+Internal events a transition queued for its own process (``ctx.next_event``) come first of all,
+before redelivered and queued items.
+
 The mailbox decides nothing about an item: the process admits or drops it when it takes it (a
 result for an action no longer pending, a timer re-armed since). It wakes the process's driver
 when something arrives: a future the process's task awaits, or, in a simulation, a waker that
@@ -20,7 +23,7 @@ import itertools
 from collections import deque
 from typing import Any, Protocol
 
-from .inputs import Call, Cast, Input
+from .inputs import Call, Cast, Input, Internal
 from .timers import TimerDue
 from .waiters import Condition, Conditions
 
@@ -62,6 +65,7 @@ class Mailbox:
         "_calls",
         "_capacity",
         "_conditions",
+        "_internal",
         "_nudge_capacity",
         "_nudges",
         "_postponed",
@@ -78,6 +82,7 @@ class Mailbox:
         self._user_queued = 0
         self._postponed: list[Input] = []
         self._redeliver: deque[Input] = EMPTY_QUEUE  # its own once something is postponed
+        self._internal: deque[Internal] = EMPTY_QUEUE  # its own once an internal event is queued
         self._nudges = 0
         self._nudge_capacity = nudge_capacity
         self._calls: dict[int, Reply] | None = None  # made at the first call
@@ -129,9 +134,25 @@ class Mailbox:
 
     # --- taking -----------------------------------------------------------------------------
 
+    def internal(self) -> Internal | None:
+        """The next internal event, if any: it comes before anything else."""
+        return self._internal.popleft() if self._internal else None
+
     def redelivered(self) -> Input | None:
         """The next postponed input to deliver again, if any: it comes before anything queued."""
         return self._redeliver.popleft() if self._redeliver else None
+
+    def push_internal(self, messages: list[Any]) -> None:
+        """Queue internal events (a committed transition's ``ctx.next_event``), after those
+        already queued, ahead of everything else."""
+        if not self._internal:
+            self._internal = deque()
+        self._internal.extend(Internal(message) for message in messages)
+        self._wake()
+
+    def internal_messages(self) -> list[Any]:
+        """The internal events not handled yet, as a checkpoint keeps them."""
+        return [event.message for event in self._internal]
 
     def pop(self) -> Input | TimerDue | None:
         """The oldest queued item, or None. Taking a cast or a call gives its room back."""
@@ -145,12 +166,12 @@ class Mailbox:
         return item
 
     def __bool__(self) -> bool:
-        return bool(self._queue) or bool(self._redeliver)
+        return bool(self._queue) or bool(self._redeliver) or bool(self._internal)
 
     @property
     def depth(self) -> int:
-        """Items waiting: queued and to be redelivered."""
-        return len(self._queue) + len(self._redeliver)
+        """Items waiting: queued, to be redelivered and internal."""
+        return len(self._queue) + len(self._redeliver) + len(self._internal)
 
     # --- postponing -------------------------------------------------------------------------
 
@@ -238,11 +259,12 @@ class Mailbox:
         self._calls = None
         self._conditions.fail_all(Condition.ROOM, error)
         self._conditions.fail_all(Condition.NUDGE_ROOM, error)
-        self._queue = self._redeliver = EMPTY_QUEUE
+        self._queue = self._redeliver = self._internal = EMPTY_QUEUE
         self._postponed.clear()
 
     def __repr__(self) -> str:
         return (
             f"<Mailbox {len(self._queue)} queued ({self._user_queued}/{self._capacity} from callers), "
-            f"{len(self._redeliver)} to redeliver, {len(self._postponed)} postponed, {self._nudges} nudges>"
+            f"{len(self._internal)} internal, {len(self._redeliver)} to redeliver, {len(self._postponed)} postponed, "
+            f"{self._nudges} nudges>"
         )

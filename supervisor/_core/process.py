@@ -44,7 +44,18 @@ from .actions import ExecutorRegistry, TrackedAction, UntrackedAction
 from .checkpointer import Checkpointer
 from .clock import Clock
 from .codec import Checkpoint, decode_record, encode_fields
-from .inputs import STATE_TIMEOUT, ActionFailed, ActionSucceeded, Call, Cast, Control, ControlEvent, Input
+from .inputs import (
+    EVENT_TIMEOUT,
+    STATE_TIMEOUT,
+    ActionFailed,
+    ActionSucceeded,
+    Call,
+    Cast,
+    Control,
+    ControlEvent,
+    Input,
+    TimerFired,
+)
 from .lifecycle import DriveMode, ErrorPolicy, Lifecycle, check_move
 from .machine import Context, Machine
 from .mailbox import Mailbox, Waker
@@ -341,6 +352,7 @@ class Process:
         paused = self._persisted_pause()
         pending = [[a.id, a.type, a.payload] for a in self._pending.values()] if self._pending else []
         timers = self.timers.records()
+        internal = self.mailbox.internal_messages()
         self._dirty = False
         if self._in_transition and self._journal.entries:
             self._journal.swap_to_before()  # a transition is suspended: save what was committed
@@ -348,12 +360,14 @@ class Process:
                 return encode_fields(
                     self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
                     pending, timers, lifecycle, result, error, paused, self.meta, self._since, self.machine.schema,
+                    internal,
                 )  # fmt: skip
             finally:
                 self._journal.swap_to_after()
         return encode_fields(
             self.pid, self.name, self.machine.kind, self.version, self.phase, self._state,
             pending, timers, lifecycle, result, error, paused, self.meta, self._since, self.machine.schema,
+            internal,
         )  # fmt: skip
 
     def _persisted_pause(self) -> bool | str:
@@ -385,6 +399,7 @@ class Process:
             check_move(self._lifecycle_seen, current)
             self._lifecycle_seen = current
             self._since = self.env.clock.now()
+            self._snapshot = None  # a start or a restore changes it without a new version
 
     # ========================================================================================
     # Starting, and the loop
@@ -401,6 +416,8 @@ class Process:
             self._paused_itself = restore.pause_reason is not None
             for action in restore.pending:
                 self._pending[action.id] = action
+            if restore.next_events:
+                self.mailbox.push_internal(list(restore.next_events))
             if restore.since is not None:
                 # The lifecycle goes on from where the checkpoint left it: a command that has
                 # run for an hour does not seem to have started at the daemon's restart.
@@ -428,6 +445,7 @@ class Process:
                 self.timers.arm(timer.name, timer.deadline, timer.payload)
             await self._run_restore()
             self._restored = True
+            self._snapshot = None  # what it waits on is re-armed, at the same version
             self._conditions.wake_all(Condition.CHANGED)
 
     async def run(self, restore: ProcessRecord | None) -> None:
@@ -501,7 +519,7 @@ class Process:
         mailbox = self.mailbox
         if self._paused or (self.mode is DriveMode.STEP and not mailbox.nudges):
             return None
-        input = mailbox.redelivered()  # admitted once already, when it was first taken
+        input: Input | None = mailbox.internal() or mailbox.redelivered()  # both admitted already
         while input is None:
             item = mailbox.pop()
             if item is None:
@@ -536,6 +554,9 @@ class Process:
 
     async def _step(self, input: Input) -> None:
         env = self.env
+        cancelled = EVENT_TIMEOUT in self.timers and not (type(input) is TimerFired and input.name == EVENT_TIMEOUT)
+        if cancelled:
+            self.timers.disarm(EVENT_TIMEOUT)  # any input cancels the event timeout, whatever it leads to
         ctx = Context(self, env.clock.now())
         journal = self._journal
         before = pack(self._state) if env.check_determinism else None
@@ -543,7 +564,7 @@ class Process:
         self._in_transition = True
         env.stepping = self
         try:
-            await self.machine.transition(self._state, input, ctx)
+            await self._handle(self._state, input, ctx)
             if before is not None:
                 await self._check_determinism(before, input, ctx)
         except asyncio.CancelledError:
@@ -554,10 +575,31 @@ class Process:
             journal.rollback()
             self._in_transition = False
             self._transition_failed(input, exc)
+            if cancelled:
+                self.mark_dirty()  # nothing of the input is kept, but it did cancel the event timeout
             return
         journal.commit()
         self._in_transition = False
         await self._commit(ctx, input)
+
+    async def _handle(self, state: TrackedDict, input: Input, ctx: Context) -> None:
+        """The machine's part of one atomic transition: the enter call of the initial phase
+        before a new process's first input, the transition, and the enter call of the phase it
+        moves to (gen_statem's state enter calls, for a machine with ``state_enter``)."""
+        machine = self.machine
+        if machine.state_enter and type(input) is Control and input.event is ControlEvent.STARTED:
+            self._enter(state, ctx, ctx.phase)
+        await machine.transition(state, input, ctx)
+        goto = ctx.goto_phase
+        if machine.state_enter and goto is not None and goto != ctx.phase:
+            self._enter(state, ctx, goto)
+
+    def _enter(self, state: TrackedDict, ctx: Context, phase: str) -> None:
+        left, ctx.entered_from, ctx.phase = ctx.phase, ctx.phase, phase
+        try:
+            self.machine.enter(state, ctx)
+        finally:
+            ctx.entered_from, ctx.phase = None, left
 
     async def _check_determinism(self, before: bytes, input: Input, first: Context) -> None:
         shadow_journal = Journal()
@@ -565,7 +607,7 @@ class Process:
         shadow = Context(self, first.now)
         shadow_journal.begin()
         try:
-            await self.machine.transition(shadow_state, input, shadow)
+            await self._handle(shadow_state, input, shadow)
         except Exception as exc:
             raise NondeterminismError(
                 f"re-run of {type(input).__name__} raised {exc!r}; the first run did not"
@@ -617,6 +659,8 @@ class Process:
                     timers.arm(name, deadline, payload)
         if ctx.postponed and input is not None:
             self.mailbox.postpone(input)
+        if ctx.next_events:
+            self.mailbox.push_internal(ctx.next_events)  # before the checkpoint below, which keeps them
         tracked = ctx.tracked
         if tracked:
             for action in tracked:

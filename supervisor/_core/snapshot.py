@@ -102,7 +102,7 @@ class ProcessRecord:
 
     ``state`` is a plain (untracked) copy of the machine's state at ``version``. Treat it as
     read-only. It is not frozen because a start decodes one per live process, and a frozen
-    dataclass's ``__init__`` sets each of its 16 fields through ``object.__setattr__``: measured
+    dataclass's ``__init__`` sets each of its 17 fields through ``object.__setattr__``: measured
     5.6 µs a record against 2.2, a third of a second at 100,000 processes.
     """
 
@@ -122,3 +122,4 @@ class ProcessRecord:
     pause_reason: str | None = None  # set when the process paused itself (ctx.pause)
     since: float | None = None  # when its lifecycle last began (None: a record of format 1)
     schema: int = 1  # the machine's state schema version the state was written under
+    next_events: tuple[Any, ...] = ()  # internal events queued and not handled yet
