@@ -33,6 +33,7 @@ class HandleAPI(Protocol):
     def name(self) -> str: ...
     @property
     def kind(self) -> str: ...
+    async def start(self) -> None: ...
     async def nudge(self) -> None: ...
     def try_nudge(self) -> Awaitable[None]: ...
     async def pause(self) -> None: ...
@@ -91,6 +92,17 @@ class Handle:
         return self._process.mode
 
     # --- driving -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start a process spawned with ``start=False`` (held); nothing if it has started.
+
+        With a store, the start is checkpointed before the process takes its first input: once
+        this returns, a crash does not bring it back held. A held process that was paused
+        starts paused.
+        """
+        process = self._process
+        process.check_accepting()
+        await process.launch()
 
     async def nudge(self) -> None:
         """Step mode: permit one more transition, waiting for room in the nudge buffer.

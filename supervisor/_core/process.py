@@ -68,6 +68,9 @@ from .write_ahead import HeldEffects, WriteAheadQueue
 
 log = structlog.get_logger("statevisor.process")
 
+HELD = "start: spawned held (start=False); handle.start() launches it"
+"""What a held process waits on, as its snapshot says."""
+
 
 class ProcessEnvironment(Protocol):
     """What a process needs of the runtime that drives it (:class:`~.runtime.Runtime`, or a
@@ -128,6 +131,7 @@ class Process:
         "_journal",
         "_kill_reason",
         "_killing",
+        "_launched",
         "_lifecycle_seen",
         "_pause_reason",
         "_pause_requested",
@@ -201,6 +205,7 @@ class Process:
         self._killing: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._in_transition = False
+        self._launched = False  # start() was called: a task drives it, or will
         self._started = False
         self._restored = False
         self._stepping = False
@@ -265,15 +270,23 @@ class Process:
         return self.env.executors
 
     @property
+    def held(self) -> bool:
+        """Spawned with ``start=False`` and not started yet: it takes no input until it is."""
+        return not self._launched and self._terminal is None
+
+    @property
     def ready(self) -> bool:
-        """Started and through its first transition (or its restore), or ended."""
+        """Started and through its first transition (or its restore), held, or ended."""
         return (
             self._terminal is not None
+            or self.held
             or (self._started and self._transitions + self._errors > 0)
             or (self._started and self._restored)
         )
 
     def waiting_on(self) -> tuple[str, ...]:
+        if self.held:
+            return (HELD,)
         actions = (f"action {a.type} {a.id}" for a in self._pending.values())
         return (*actions, *self.timers.descriptions())
 
@@ -406,6 +419,11 @@ class Process:
     # ========================================================================================
 
     def start(self, *, restore: ProcessRecord | None = None) -> None:
+        if self._launched:
+            return
+        self._launched = True
+        self._snapshot = None  # no longer held
+        self.meta.pop("held", None)
         if restore is not None and restore.version == 0:
             restore = None  # checkpointed at spawn but never started: start it now, as new
         if restore is None:
@@ -424,6 +442,25 @@ class Process:
                 self._since = restore.since
                 self._lifecycle_seen = restore.lifecycle
         self._task = self.env.drive(self, restore)
+
+    def held_as(self, record: ProcessRecord) -> None:
+        """This process, not started, is one that was spawned held and never started (as
+        ``record`` says, pause included): it waits for :meth:`launch`, as before the restart."""
+        self._paused = record.paused
+        self._pause_reason = record.pause_reason
+        if record.since is not None:
+            self._since = record.since
+
+    async def launch(self) -> None:
+        """Start a held process; its start is durable before it takes its first input, so a
+        crash cannot take it back. Nothing if it has started already."""
+        if not self.held:
+            return
+        self.meta.pop("held", None)
+        checkpointer = self.env.checkpointer
+        if checkpointer is not None:
+            await checkpointer.save(self.checkpoint())
+        self.start()
 
     def ended_before(self, record: ProcessRecord) -> None:
         """This process, not started, is one that ended as ``record`` says: kept for lookups,

@@ -123,6 +123,9 @@ class Runtime:
     ) -> Handle:
         """Start a new process of ``machine`` with ``state`` (default: ``machine.initial_state()``).
 
+        ``start=False`` spawns it held: it exists (it can be found, paused, killed) and takes no
+        input until ``await handle.start()``.
+
         A state msgpack cannot carry exactly raises :class:`StateTypeError` here, not later; so
         does an id or name with control characters, or an empty, ``.`` or ``..`` part between
         ``/`` (:class:`ConfigurationError`; ids and names become file paths).
@@ -140,10 +143,13 @@ class Runtime:
         process.meta.update(meta or {})
         if start:
             process.start()
+        else:
+            process.meta["held"] = True  # kept in its checkpoints until it starts
         return Handle(process)
 
     def start(self, handle: Handle) -> None:
-        """Start a process spawned with ``start=False`` (after its first checkpoint, say)."""
+        """Start a process spawned with ``start=False`` at once (``await handle.start()`` also
+        checkpoints the start first, where there is a store)."""
         handle._process.start()
 
     def revive(self, machine: Machine[Any], record: ProcessRecord, *, mode: DriveMode = DriveMode.AUTO) -> Handle:
@@ -154,7 +160,10 @@ class Runtime:
         tree = new_state(record.state, journal)
         process = self._create(machine, record.pid, record.name, tree, journal, record.phase, record.version, mode)
         process.meta.update(record.meta)
-        process.start(restore=record)
+        if record.meta.get("held"):
+            process.held_as(record)  # spawned held and never started: still held
+        else:
+            process.start(restore=record)
         return Handle(process)
 
     def _create(

@@ -309,6 +309,7 @@ class Simulation:
         pid = f"{instance.kind}-{next(self._pids)}"
         handle = self.runtime.spawn(instance, state, pid=pid, start=False)
         process = handle._process
+        process.meta.pop("held", None)  # started just below, once its first checkpoint is durable
         self.processes[pid] = process
         self._states[pid] = process._state
         self.store.durable[pid] = process.checkpoint().blob

@@ -243,11 +243,14 @@ class Node:
         mode: DriveMode = DriveMode.AUTO,
         pid: str | None = None,
         meta: Mapping[str, Any] | None = None,
+        start: bool = True,
     ) -> Handle:
         """Spawn a process; with a store, it is checkpointed before it starts (and survives a crash).
 
         ``state`` is checked with the kind's ``check_settings`` first: invalid settings raise
-        :class:`SettingsError` naming the key, and nothing is spawned.
+        :class:`SettingsError` naming the key, and nothing is spawned. ``start=False`` spawns it
+        held: checkpointed, listed, pausable and killable, and started by ``await handle.start()``
+        (a restart keeps it held).
         """
         if self._closing:
             raise ConfigurationError("the node is shutting down and spawns nothing new")
@@ -265,13 +268,16 @@ class Node:
             instance.check_settings(state)
         meta = {**(meta or {}), "mode": str(mode)}
         handle = self.runtime.spawn(instance, state, name=name, mode=mode, pid=pid, meta=meta, start=False)
+        if start:
+            handle._process.meta.pop("held", None)  # held only until the checkpoint below is durable
         if self.store is not None:
             try:
                 await self.store.save(handle._process.checkpoint())
             except BaseException:
                 self.runtime.forget(handle._process)
                 raise
-        self.runtime.start(handle)
+        if start:
+            self.runtime.start(handle)
         return handle
 
     def get(self, pid: str) -> Handle:

@@ -283,12 +283,12 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             return OK
         if command == "spawn":
             state = json.loads(args.state) if args.state else None
-            handle = await client.spawn(args.kind, state, name=args.name)
+            handle = await client.spawn(args.kind, state, name=args.name, start=not args.held)
             snapshot = await handle.snapshot()
             emit(json_line(asdict(snapshot)) if args.json else snapshot.pid)
             return OK
         handle = await client.get(args.pid)
-        if command in ("pause", "resume", "nudge"):
+        if command in ("pause", "resume", "nudge", "start"):
             await getattr(handle, command)()
         elif command == "kill":
             await handle.kill(args.reason)
@@ -447,7 +447,9 @@ def add_commands(commands: Any) -> None:
     spawn.add_argument("kind")
     spawn.add_argument("--state", help="initial state as JSON")
     spawn.add_argument("--name")
-    for name, text in (("pause", "pause a process"), ("resume", "resume a paused process"),
+    spawn.add_argument("--held", action="store_true", help="spawn it held: it starts on `statevisor start`")
+    for name, text in (("start", "start a process spawned held"), ("pause", "pause a process"),
+                       ("resume", "resume a paused process"),
                        ("nudge", "permit one transition (step mode)"), ("inspect", "a process's full snapshot"),
                        ("watch", "follow a process's snapshots until it ends")):  # fmt: skip
         command(name, text).add_argument("pid", help="process id or name")

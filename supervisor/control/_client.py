@@ -319,8 +319,14 @@ class Client:
         if self.connected and self._writer is not None and not self._writer.is_closing():
             self._writer.write(encode({"id": next(self._ids), "op": "cancel", "args": {"request": request}}))
 
-    async def spawn(self, kind: str, state: dict[str, Any] | None = None, *, name: str | None = None) -> RemoteHandle:
-        fields = await self.request("spawn", kind=kind, state=state, name=name)
+    async def spawn(
+        self, kind: str, state: dict[str, Any] | None = None, *, name: str | None = None, start: bool = True
+    ) -> RemoteHandle:
+        """Spawn a process of ``kind`` (``start=False``: held until ``await handle.start()``)."""
+        if start:  # a daemon from before held processes knows no "start" argument: send it only when needed
+            fields = await self.request("spawn", kind=kind, state=state, name=name)
+        else:
+            fields = await self.request("spawn", kind=kind, state=state, name=name, start=False)
         return RemoteHandle(self, fields["pid"], fields["name"], fields["kind"])
 
     async def get(self, pid: str) -> RemoteHandle:

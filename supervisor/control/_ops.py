@@ -73,8 +73,14 @@ async def op_spawn(c: Requester, args: dict[str, Any], _: int) -> Any:
     kind = argument(args, "kind", str)
     state = argument(args, "state", dict, required=False)
     mode = DriveMode(argument(args, "mode", str, required=False) or "auto")
-    handle = await c.node.spawn(kind, state, name=argument(args, "name", str, required=False), mode=mode)
+    start = argument(args, "start", bool, required=False)
+    name = argument(args, "name", str, required=False)
+    handle = await c.node.spawn(kind, state, name=name, mode=mode, start=start is not False)
     return fitting_fields(handle.snapshot())
+
+
+async def op_start(c: Requester, args: dict[str, Any], _: int) -> Any:
+    await c.handle(args).start()
 
 
 async def op_state(c: Requester, args: dict[str, Any], _: int) -> Any:
@@ -250,7 +256,7 @@ async def op_cancel(c: Requester, args: dict[str, Any], _: int) -> Any:
 
 
 OPS: dict[str, Op] = {
-    "spawn": op_spawn, "state": op_state, "list": op_list, "cast": op_cast, "try_cast": op_try_cast,
+    "spawn": op_spawn, "start": op_start, "state": op_state, "list": op_list, "cast": op_cast, "try_cast": op_try_cast,
     "call": op_call, "nudge": op_nudge, "try_nudge": op_try_nudge, "pause": op_pause, "resume": op_resume,
     "kill": op_kill, "wait": op_wait, "statistics": op_statistics, "summary": op_summary, "watch": op_watch,
     "cancel": op_cancel, "logs": op_logs, "follow": op_follow,

@@ -50,6 +50,10 @@ class RemoteHandle:
         self.name = name
         self.kind = kind
 
+    async def start(self) -> None:
+        """Start a process spawned held (as ``Handle.start()``)."""
+        await self.client.request("start", pid=self.pid)
+
     async def nudge(self) -> None:
         await self.client.request("nudge", pid=self.pid)
 
