@@ -55,7 +55,8 @@ class Machine(Generic[S]):
     * ``action_types``: the action types its transitions describe: a daemon checks before
       anything starts that each has an executor (others are found out at ``ctx.track``).
     * ``schema``: the version of this kind's state schema (a whole number from 1); checkpoints
-      record it, so that state written by an older version of the machine can be told apart.
+      record it. A checkpoint of an older schema is brought up to date by :meth:`migrate` when
+      it is loaded; one of a newer schema (written by newer code) is quarantined, not misread.
     * ``secret_keys``: keys whose values are secret wherever they appear in the state, an
       action's payload or a result: snapshots, listings and ``store inspect`` show them masked.
     """
@@ -130,6 +131,20 @@ class Machine(Generic[S]):
         """
         for action in ctx.pending.values():
             ctx.reissue(action)
+
+    def migrate(self, state: dict[str, Any], from_version: int) -> Mapping[str, Any]:
+        """The state of a checkpoint written under schema ``from_version`` (older than
+        :attr:`schema`), brought up to :attr:`schema`.
+
+        Called when a node loads the checkpoint, before :meth:`restore`; the migrated state is
+        written back (all migrated processes in one transaction) before the process runs again.
+        Migrate through each version in turn if you like (``if from_version < 2: ...``). Raise to
+        refuse a state: that process is quarantined with the error, the others run. Pending
+        actions and timers keep their payloads as written. The default refuses every state.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} is at schema {self.schema} and defines no migration from schema {from_version}"
+        )
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .._core.checkpointer import Checkpointer
+from .._core.codec import Checkpoint
 from .._core.snapshot import ProcessRecord
 
 
@@ -61,6 +62,10 @@ class Store(Checkpointer, Protocol):
     @property
     def path(self) -> str:
         """Where the store is, for logs and the status (a file, a cluster's address)."""
+        ...
+
+    async def save_batch(self, checkpoints: list[Checkpoint]) -> None:
+        """Make all of ``checkpoints`` durable together, in one transaction (migrated states)."""
         ...
 
     async def load(self) -> Recovery:

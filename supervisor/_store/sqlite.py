@@ -172,6 +172,11 @@ class SQLiteStore:
         self._kick()
         return future
 
+    async def save_batch(self, checkpoints: list[Checkpoint]) -> None:
+        """Make all of ``checkpoints`` durable together: queued at once, they go into one group
+        commit, which is one transaction."""
+        await asyncio.gather(*[self.submit(checkpoint) for checkpoint in checkpoints])
+
     async def save_record(self, record: ProcessRecord) -> None:
         await self.save(encode_record(record))
 

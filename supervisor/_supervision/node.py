@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import time
 from collections import OrderedDict
@@ -23,12 +24,14 @@ import structlog
 
 from .._core.actions import ExecuteFunction, Executor
 from .._core.clock import Clock
+from .._core.codec import encode_record
 from .._core.handle import Handle
 from .._core.lifecycle import DriveMode, Lifecycle
 from .._core.machine import Machine
 from .._core.process import Process
 from .._core.runtime import Runtime
 from .._core.snapshot import ProcessRecord
+from .._core.state import check_value
 from .._errors import ConfigurationError, ProcessNotFound, StatevisorError
 from .._store.protocol import Quarantined, Store
 from .._store.sqlite import SQLiteStore, Synchronous
@@ -103,6 +106,7 @@ class Node:
         self.restarts = 0  # by every supervisor of the tree since start (one counter for the metrics)
         self.started_at: float | None = None
         self.quarantined_at_start = 0
+        self.quarantined_why: dict[str, int] = {}  # why, counted: corrupt, unknown_kind, newer_schema...
 
     def register(self, machine: Machine[Any] | type[Machine[Any]]) -> Machine[Any]:
         """Make a process type known by its kind (revived checkpoints find their type this way).
@@ -160,11 +164,30 @@ class Node:
         with collector_paused():
             recovery = await store.load()
             quarantined = list(recovery.quarantined)
+            self.quarantined_why = {"corrupt": len(quarantined)} if quarantined else {}
+            usable: list[ProcessRecord] = []
+            migrated: list[ProcessRecord] = []
             for record in recovery.records:
+                why, problem, record = self._bring_up_to_date(record)
+                if problem:
+                    quarantined.append(await store.quarantine(record.pid, problem))
+                    self.quarantined_why[why] = self.quarantined_why.get(why, 0) + 1
+                    continue
+                usable.append(record)
+                if why == "migrated":
+                    migrated.append(record)
+            if migrated:
+                # Written back before any of them runs again, together: a crash now finds
+                # every one migrated, or none.
+                await store.save_batch([encode_record(record) for record in migrated])
+                kinds = sorted({record.kind for record in migrated})
+                log.info("checkpoints_migrated", processes=len(migrated), kinds=kinds, store=self.store_path)
+            for record in usable:
                 try:
                     handle = self._revive(record)
                 except StatevisorError as exc:
                     quarantined.append(await store.quarantine(record.pid, str(exc)))
+                    self.quarantined_why["revive_failed"] = self.quarantined_why.get("revive_failed", 0) + 1
                     continue
                 revived.append(handle)
                 owner = (record.meta.get("supervisor"), record.meta.get("child"))
@@ -177,6 +200,32 @@ class Node:
             log.error("checkpoint_quarantined", pid=entry.pid, reason=entry.reason, store=self.store_path)
         log.info("recovered", revived=len(revived), quarantined=len(quarantined), store=self.store_path)
         return StartReport(len(revived), quarantined)
+
+    def _bring_up_to_date(self, record: ProcessRecord) -> tuple[str, str, ProcessRecord]:
+        """A loaded record checked against its kind as installed now: (why, problem, record),
+        where a problem quarantines it, and ``why`` is ``migrated`` for a record whose state was
+        brought up to its machine's schema (the record returned carries the new state)."""
+        machine = self.machines.get(record.kind)
+        if machine is None:
+            known = ", ".join(sorted(self.machines))
+            return "unknown_kind", f"no process type registered for kind {record.kind!r} (known: {known})", record
+        if record.schema > machine.schema:
+            problem = (
+                f"its checkpoint is of schema {record.schema}, newer than kind {record.kind!r}'s {machine.schema}: "
+                "written by a newer version of the machine, it is kept rather than misread"
+            )
+            return "newer_schema", problem, record
+        if record.schema == machine.schema:
+            return "", "", record
+        try:
+            state = machine.migrate(record.state, record.schema)
+            if not isinstance(state, Mapping):
+                raise TypeError(f"migrate() returned {type(state).__name__}, not a mapping")
+            check_value(dict(state), "migrated state")
+        except Exception as exc:
+            problem = f"migrating its state from schema {record.schema} to {machine.schema} raised {exc!r}"
+            return "migration_failed", problem, record
+        return "migrated", "", dataclasses.replace(record, state=dict(state), schema=machine.schema)
 
     def _revive(self, record: ProcessRecord) -> Handle:
         machine = self.machines.get(record.kind)
@@ -213,6 +262,7 @@ class Node:
             restarts=self.restarts,
             given_up=sum(s.statistics().given_up for s in supervisors),
             quarantined=self.quarantined_at_start,
+            quarantined_why=dict(self.quarantined_why),
             slots={s.kind: SlotCounts(s.capacity, s.used, s.queued) for s in self.runtime.slots.statistics()},
             store=self.store_path,
             failed_supervisors={s.path: s.failure for s in supervisors if s.failure is not None},

@@ -38,7 +38,9 @@ class SlotCounts:
 @dataclass(frozen=True, slots=True)
 class NodeSummary:
     """A node in counts. ``ended`` and ``restarts`` count since this node started;
-    ``quarantined`` is what its start moved to the quarantine."""
+    ``quarantined`` is what its start moved to the quarantine, ``quarantined_why`` the same by
+    reason (``corrupt``, ``unknown_kind``, ``newer_schema``, ``migration_failed``,
+    ``revive_failed``)."""
 
     version: str
     started: float | None  # epoch seconds; None before start
@@ -53,6 +55,7 @@ class NodeSummary:
     store: str | None = None
     failed_supervisors: dict[str, str] = field(default_factory=dict)  # path -> why: nothing under it restarts
     store_problem: str = ""  # the store's files deleted or replaced and not mended (StoreStatistics.file_problem)
+    quarantined_why: dict[str, int] = field(default_factory=dict)
 
     @property
     def live(self) -> int:
@@ -73,6 +76,7 @@ class NodeSummary:
             "given_up": self.given_up, "quarantined": self.quarantined,
             "slots": {kind: _counts(s) for kind, s in self.slots.items()}, "store": self.store,
             "failed_supervisors": dict(self.failed_supervisors), "store_problem": self.store_problem,
+            "quarantined_why": dict(self.quarantined_why),
         }  # fmt: skip
 
     @classmethod
@@ -85,6 +89,7 @@ class NodeSummary:
             quarantined=fields["quarantined"], slots={k: SlotCounts(**s) for k, s in fields["slots"].items()},
             store=fields["store"], failed_supervisors=dict(fields.get("failed_supervisors", {})),
             store_problem=str(fields.get("store_problem", "")),
+            quarantined_why=dict(fields.get("quarantined_why", {})),
         )  # fmt: skip
 
     def __repr__(self) -> str:

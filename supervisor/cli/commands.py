@@ -207,7 +207,11 @@ def _status_lines(summary: NodeSummary, where: str, now: float) -> list[str]:
     for path, why in summary.failed_supervisors.items():
         lines.append(f"supervisor {path} FAILED: {why}; what it supervised is not restarted until the daemon restarts")
     if summary.quarantined:
-        lines.append(f"quarantined at start: {summary.quarantined} (statevisor store quarantined --store STORE)")
+        why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(summary.quarantined_why.items()))
+        lines.append(
+            f"quarantined at start: {summary.quarantined}" + (f" ({why})" if why else "")
+            + " (statevisor store quarantined --store STORE)"
+        )  # fmt: skip
     lines.append(f"store: {summary.store or 'none (checkpoints off)'}")
     if summary.store_problem:
         lines.append(f"store PROBLEM: {summary.store_problem} (see the daemon's log; the next start may lose state)")

@@ -100,6 +100,15 @@ class NodeCollector(Collector):
                 "Log lines lost: the log's reader did not keep up, or went away",
                 value=sink.dropped,
             )
+        quarantined = GaugeMetricFamily(
+            "statevisor_quarantined_at_start",
+            "Checkpoints this start moved to the quarantine, by why (corrupt, unknown_kind, newer_schema, "
+            "migration_failed, revive_failed)",
+            labels=["why"],
+        )
+        for why, count in sorted(summary.quarantined_why.items()):
+            quarantined.add_metric([why], count)
+        yield quarantined
         yield GaugeMetricFamily(
             "statevisor_children_given_up",
             "Declared processes left down after exceeding their own restart budget",
