@@ -78,6 +78,7 @@ def start_daemon(
     stdout: int = subprocess.DEVNULL,
     wrapper: tuple[str, ...] = (),
     metrics_answer: Callable[[int], bool] = reachable,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     """`statevisor daemon` on ``config`` (its socket at var/s.sock), once it serves: its metrics
     answer (they are bound first; ``metrics_answer`` asks them) and so does its socket (made
@@ -85,7 +86,7 @@ def start_daemon(
     (``prlimit ...``)."""
     child = subprocess.Popen(
         [*wrapper, sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
-        cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     sock = config.parent / "var" / "s.sock"
     wait_for(lambda: (metrics_answer(port) and answers(sock)) or child.poll() is not None)

@@ -106,7 +106,8 @@ class Node:
         self.restarts = 0  # by every supervisor of the tree since start (one counter for the metrics)
         self.started_at: float | None = None
         self.quarantined_at_start = 0
-        self.quarantined_why: dict[str, int] = {}  # why, counted: corrupt, unknown_kind, newer_schema...
+        self.quarantined_why: dict[str, int] = {}  # by why: corrupt, unknown_kind, newer_schema...
+        self._retired: list[Executor] = []  # replaced by install(): closed at shutdown
 
     def register(self, machine: Machine[Any] | type[Machine[Any]]) -> Machine[Any]:
         """Make a process type known by its kind (revived checkpoints find their type this way).
@@ -127,6 +128,21 @@ class Node:
             )
         self.machines.setdefault(instance.kind, instance)
         return self.machines[instance.kind]
+
+    def install(self, machine: Machine[Any], executors: Mapping[str, Executor | ExecuteFunction]) -> None:
+        """Make ``machine`` the process type of its kind from now on, with ``executors`` for its
+        actions (a configuration reload's new or changed kind). New processes of the kind, and
+        revived or restarted ones, use it; live ones go on with the machine they were started
+        with. Executors it replaces finish what they run and are closed at shutdown."""
+        self.machines[machine.kind] = machine
+        self.install_executors(executors)
+
+    def install_executors(self, executors: Mapping[str, Executor | ExecuteFunction]) -> None:
+        """Execute these action types with these executors from now on (see :meth:`install`)."""
+        for action_type, executor in executors.items():
+            if action_type in self.runtime.executors:
+                self._retired.append(self.runtime.executors.get(action_type))
+            self.runtime.executors.register(action_type, executor)
 
     # --- starting -------------------------------------------------------------------------
 
@@ -412,6 +428,12 @@ class Node:
             for task in late:
                 self.runtime.abandon(task, owners[task])
         await self.runtime.executors.close(max(0.1, deadline - loop.time()))
+        retired = [getattr(e, "close", None) for e in {id(e): e for e in self._retired}.values()]
+        closing = [asyncio.ensure_future(close()) for close in retired if close is not None]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=max(0.1, deadline - loop.time()))
+            for task in late:
+                task.cancel()
         if self.store is not None:
             self.runtime.checkpointer = None
             try:

@@ -24,7 +24,6 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from pathlib import Path
 from typing import Any
 
 from .._core.actions import ExecuteFunction, Executor
@@ -80,15 +79,34 @@ class Catalog:
         """Every kind's machine and executors, and the executors registered apart."""
         machines: list[Machine[Any]] = []
         executors: dict[str, Executor | ExecuteFunction] = {}
-        for loaded in self.kinds.values():
-            kind: Kind = loaded.value
-            owned = {table: setup.tables[table] for table in kind.tables if table in setup.tables}
-            machine, own = kind.build(KindSetup(setup.config_dir, setup.log_dir, setup.run_dir, owned))
+        for name in self.kinds:
+            machine, own = self.build_kind(name, setup)
             machines.append(machine)
             executors.update(own)
         for action_type, loaded in self.executors.items():
             executors[action_type] = loaded.value
         return machines, executors
+
+    def build_kind(self, name: str, setup: KindSetup) -> tuple[Machine[Any], Mapping[str, Executor | ExecuteFunction]]:
+        """One kind's machine and the executors it brings, given the tables it owns."""
+        kind = self.kind(name)
+        owned = {table: setup.tables[table] for table in kind.tables if table in setup.tables}
+        return kind.build(KindSetup(setup.config_dir, setup.log_dir, setup.run_dir, owned))
+
+    def changes(self, newer: Catalog) -> tuple[list[str], list[str], list[str]]:
+        """What ``newer`` adds or changes: its new kinds, its kinds loaded from elsewhere (another
+        ``module:object``), and its executors that are new or loaded from elsewhere."""
+        added = [name for name in newer.kinds if name not in self.kinds]
+        changed = [
+            name
+            for name, loaded in newer.kinds.items()
+            if name in self.kinds and loaded.target != self.kinds[name].target
+        ]
+        executors = [
+            name for name, loaded in newer.executors.items()
+            if name not in self.executors or loaded.target != self.executors[name].target
+        ]  # fmt: skip
+        return added, changed, executors
 
     def __repr__(self) -> str:
         return f"<Catalog kinds {', '.join(self.kinds)}; {len(self.executors)} executors registered apart>"
@@ -198,8 +216,3 @@ def _unexecuted(catalog: Catalog) -> list[Problem]:
             )
             problems.append(Problem("kinds", name, loaded.origin, message))
     return problems
-
-
-def setup_for(config_dir: Path, log_dir: Path, run_dir: Path, tables: Mapping[str, Any]) -> KindSetup:
-    """What the kinds are built with, from a configuration's settings."""
-    return KindSetup(config_dir=config_dir, log_dir=log_dir, run_dir=run_dir, tables=dict(tables))

@@ -211,6 +211,24 @@ def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_signal_handler(signum)
 
 
+def install_kinds(node: Node, old: Config, new: Config) -> None:
+    """Kinds and executors a reload brings (a new ``[kinds]`` entry, one pointing elsewhere, a
+    package installed since): installed in the node for new processes; live processes of a
+    changed kind go on with the machine they started with until they end or restart."""
+    added, changed, executors = old.catalog.changes(new.catalog)
+    if not (added or changed or executors):
+        return
+    setup = KindSetup(new.path.parent, new.daemon.log_dir, new.daemon.run_dir, new.tables)
+    for name in (*added, *changed):
+        machine, own = new.catalog.build_kind(name, setup)
+        node.install(machine, own)
+    node.install_executors({action_type: new.catalog.executors[action_type].value for action_type in executors})
+    log.info(
+        "kinds_reloaded", added=added, changed=changed, executors=executors,
+        note="live processes of a changed kind go on with the code they started with until they end or restart",
+    )  # fmt: skip
+
+
 async def reload(node: Node, current: list[Config]) -> None:
     """Apply a changed configuration: start new processes, stop removed ones, restart changed
     ones; leave the rest alone. An invalid file is refused and the running configuration kept."""
@@ -236,6 +254,7 @@ async def reload(node: Node, current: list[Config]) -> None:
         log.warning("reload_daemon_settings_need_restart", keys=differ, note=note)
     if new.supervisor != old.supervisor:
         log.warning("reload_supervisor_settings_need_restart", note="[supervisor] changes apply at the next start")
+    install_kinds(node, old, new)
     root = node.root
     for name in reversed(removed + changed):
         await root.remove_child(name, "removed or changed by a configuration reload")
