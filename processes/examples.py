@@ -1,5 +1,5 @@
-"""Example process kinds for the shipped configuration (real kinds: shell, Slurm, Kubernetes,
-log-apply, come in their own modules)."""
+"""An example process kind for the shipped configuration: the ticker (statevisor's real kinds,
+shell commands, batch jobs and log-apply machines, come in packages of their own)."""
 
 from __future__ import annotations
 

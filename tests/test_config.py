@@ -105,8 +105,9 @@ address = "login.example.org"
 
 def test_restart_policy_loads_for_the_root_and_per_process(tmp_path: Path) -> None:
     """[supervisor] sets the root's strategy, budget and backoff; a process's own backoff and
-    budget (max_restarts, period defaulting to 60 s) land in its settings; without them a process
-    has none (the root's apply)."""
+    budget (max_restarts, period defaulting to 60 s) land in its settings, the backoff keys it
+    leaves out taken from [supervisor.backoff] (here jitter = 0); without them a process has
+    none (the root's apply)."""
     from supervisor import Backoff, Budget, Strategy
 
     text = GOOD + (
@@ -121,7 +122,7 @@ def test_restart_policy_loads_for_the_root_and_per_process(tmp_path: Path) -> No
     assert Backoff(initial=0.5, jitter=0.0) == root.backoff
     a, _, c, d = config.processes
     assert (None, None) == (a.backoff, a.budget)
-    assert (Backoff(initial=2.0, maximum=20.0), Budget(4, 60.0)) == (c.backoff, c.budget)
+    assert (Backoff(initial=2.0, maximum=20.0, jitter=0.0), Budget(4, 60.0)) == (c.backoff, c.budget)
     assert (None, Budget(1, 30.0)) == (d.backoff, d.budget)
     defaults = load(write(tmp_path, GOOD)).supervisor
     assert (Strategy.ONE_FOR_ONE, Budget(), Backoff()) == (defaults.strategy, defaults.budget, defaults.backoff)

@@ -16,6 +16,8 @@ from supervisor._supervision.policy import RestartWindow, affected, should_resta
         (Restart.PERMANENT, Lifecycle.FINISHED, False, True),
         (Restart.PERMANENT, Lifecycle.FAILED, False, True),
         (Restart.PERMANENT, Lifecycle.KILLED, True, False),
+        (Restart.PERMANENT, Lifecycle.KILLED, False, False),
+        (Restart.TRANSIENT, Lifecycle.KILLED, False, False),
         (Restart.TRANSIENT, Lifecycle.FINISHED, False, False),
         (Restart.TRANSIENT, Lifecycle.FAILED, False, True),
         (Restart.TRANSIENT, Lifecycle.FAILED, True, False),
@@ -25,7 +27,7 @@ from supervisor._supervision.policy import RestartWindow, affected, should_resta
 )
 def test_restart_types(restart: Restart, outcome: Lifecycle, on_purpose: bool, expected: bool) -> None:
     """permanent restarts whenever it ends, transient only on failure, temporary never; a child
-    stopped on purpose is never restarted."""
+    stopped on purpose, or killed (by an operator: kill is always on purpose), is never restarted."""
     assert expected == should_restart(restart, outcome, on_purpose)
 
 

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from supervisor import (
     Backoff,
@@ -380,3 +381,21 @@ async def test_a_supervisor_whose_restart_breaks_unexpectedly_fails_and_says_so(
     assert isinstance(child, Handle)
     assert child.done()  # stopped with its failed supervisor
     await host.shutdown()
+
+
+async def test_a_supervised_process_killed_by_an_operator_stays_down() -> None:
+    """A kill is on purpose, whoever asks: a permanent child killed through its handle (as the
+    CLI's kill does) is not restarted, and its supervisor counts no restart; its siblings run."""
+    host, _ = await started(Strategy.ONE_FOR_ALL, [spec("a"), spec("b")])
+    victim = host.root.child("a")
+    assert isinstance(victim, Handle)
+    with capture_logs() as logged:
+        await victim.kill("an operator's kill")
+        await wait_until(lambda: any(e["event"] in ("child_ended", "child_restarting") for e in logged))
+    assert ["child_ended"] == [e["event"] for e in logged if e["event"] in ("child_ended", "child_restarting")]
+    stats = host.root.statistics()
+    assert (0, 0, 1) == (stats.restarts, stats.pending_restarts, stats.alive)
+    sibling = host.root.child("b")
+    assert isinstance(sibling, Handle)
+    assert not sibling.done()
+    await host.root.stop()

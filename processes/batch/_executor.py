@@ -207,7 +207,7 @@ class BatchExecutor:
 
     async def _hold(self, action: TrackedAction, *, hold: bool) -> None:
         if action.type != WAIT or action.payload.get("known") not in (JobState.QUEUED, JobState.NEW):
-            return  # only a pending job can be held; a running one runs on (see the README)
+            return  # only a pending job can be held; a running one runs on (see the batch page of the manual)
         host = self.hosts.get(action.payload["host"])
         job_id = action.payload["job_id"]
         if host is None or job_id.startswith("gone:"):

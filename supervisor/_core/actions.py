@@ -1,6 +1,6 @@
 """Actions (effects a transition describes) and the executors that perform them.
 
-The executor contract, also in the README:
+The executor contract, also in the manual (the model page):
 
 * ``execute(action)`` performs a tracked action and returns its result (any msgpack value) or
   raises. ``action.id`` is the idempotency key: after a crash the same action may be handed

@@ -386,7 +386,7 @@ class Context:
 
     def pause(self, reason: str) -> None:
         """Pause this process after the transition commits, with ``reason`` for everyone to see
-        (snapshots, ``statevisor list``). It takes no input until resumed; the resume arrives as
+        (snapshots, ``statevisor ps``). It takes no input until resumed; the resume arrives as
         ``Control(ControlEvent.RESUMED)``, so the machine can retry what made it stop (a host
         that was unreachable past its retry budget, say). In-flight actions go on."""
         self.pause_reason = str(reason)

@@ -33,12 +33,18 @@ class Restart(StrEnum):
 
 
 def should_restart(restart: Restart, outcome: Lifecycle, on_purpose: bool) -> bool:
-    """Whether a child that ended with ``outcome`` is restarted under ``restart``."""
-    if on_purpose or restart is Restart.TEMPORARY:
+    """Whether a child that ended with ``outcome`` is restarted under ``restart``.
+
+    A killed child is never restarted: a process ends killed only when someone asked (an
+    operator's ``kill``, its supervisor's own stop), and a supervisor that brought back what was
+    stopped on purpose would fight the operator. A failure (a command's timeout included) is
+    not a kill.
+    """
+    if on_purpose or restart is Restart.TEMPORARY or outcome is Lifecycle.KILLED:
         return False
     if restart is Restart.PERMANENT:
         return True
-    return outcome in (Lifecycle.FAILED, Lifecycle.KILLED)
+    return outcome is Lifecycle.FAILED
 
 
 @dataclass(frozen=True, slots=True)

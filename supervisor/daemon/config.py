@@ -355,12 +355,21 @@ CHILD_BUDGET_PERIOD = 60.0
 
 
 def _backoff(
-    checker: Checker, data: Mapping[str, Any], prefix: str, table: str, index: int = 0, *, line: int | None = None
+    checker: Checker,
+    data: Mapping[str, Any],
+    prefix: str,
+    table: str,
+    index: int = 0,
+    *,
+    line: int | None = None,
+    defaults: Backoff = _DEFAULT_BACKOFF,
 ) -> Backoff:
-    """A backoff from its table; ``line`` is where a mistake in it is reported when the table
-    has no header of its own (``backoff = { ... }`` inline)."""
+    """A backoff from its table, the keys it leaves out taken from ``defaults``; ``line`` is where
+    a mistake in it is reported when the table has no header of its own (``backoff = { ... }``
+    inline)."""
     reported = len(checker.errors)
-    values = checker.section(data, table, prefix, _BACKOFF, index)
+    spec = {key: (kind, getattr(defaults, key)) for key, (kind, _) in _BACKOFF.items()}
+    values = checker.section(data, table, prefix, spec, index)
     if line is not None:
         checker.errors[reported:] = [ConfigFileError(e.file, e.key, line, e.problem) for e in checker.errors[reported:]]
     try:
@@ -403,13 +412,17 @@ def root_settings(checker: Checker, data: Mapping[str, Any]) -> RootSettings:
     )
 
 
-def process_policy(checker: Checker, item: Mapping[str, Any], index: int) -> tuple[Backoff | None, Budget | None]:
+def process_policy(
+    checker: Checker, item: Mapping[str, Any], index: int, root: Backoff = _DEFAULT_BACKOFF
+) -> tuple[Backoff | None, Budget | None]:
+    """A process's own backoff (the keys it leaves out are ``root``'s, the [supervisor.backoff]
+    ones) and budget, if it sets them."""
     prefix = f"process[{index}]."
     backoff = None
     if item["backoff"] is not None:
         # The keys are inside the entry: a mistake points at its own line there.
         reported = len(checker.errors)
-        backoff = _backoff(checker, item["backoff"], f"{prefix}backoff.", "process", index)
+        backoff = _backoff(checker, item["backoff"], f"{prefix}backoff.", "process", index, defaults=root)
         checker.errors[reported:] = [
             ConfigFileError(
                 e.file, e.key, checker.lines.find_in_entry("process", index, e.key.removeprefix(prefix)), e.problem
@@ -552,6 +565,9 @@ def parse(
         run_dir=(base / raw["run_dir"]).resolve(),
     )
 
+    # A process's own backoff takes the keys it leaves out from [supervisor.backoff]. Read here
+    # quietly: that table's mistakes are reported once, in their turn, below.
+    root_backoff = root_settings(Checker(path, text), data["supervisor"]).backoff
     processes: list[ProcessSettings] = []
     names: dict[str, int] = {}
     for index, entry in enumerate(data["process"]):
@@ -606,7 +622,7 @@ def parse(
             index,
         ):
             depends = []
-        backoff, budget = process_policy(checker, item, index)
+        backoff, budget = process_policy(checker, item, index, root_backoff)
         if name is None or kind is None:
             continue  # reported above; nothing further can be checked of it
         restart = Restart(item["restart"]) if item["restart"] in restarts else Restart.PERMANENT
