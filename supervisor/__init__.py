@@ -63,6 +63,7 @@ from ._errors import (
     StoreError,
     TransitionError,
     TransportError,
+    Unavailable,
     UnknownActionType,
     WouldBlock,
 )
@@ -174,6 +175,7 @@ __all__ = [
     "StateMutationError",
     "NondeterminismError",
     "CallTimeout",
+    "Unavailable",
     "StoreError",
     "StoreLocked",
     "StoreFull",

@@ -27,6 +27,7 @@ configuration, ``processes.shell.errors`` and the other kinds)::
     │   ├── StateMutationError       state mutated outside a transition
     │   └── NondeterminismError      check mode re-ran a transition and got a different outcome
     ├── CallTimeout (also TimeoutError)  call() got no reply in time
+    ├── Unavailable                  the process cannot be reached just now (moving between daemons); retry
     ├── StoreError                   the checkpoint store failed; ``path`` names it
     │   └── CorruptCheckpoint        a stored record cannot be decoded (it is quarantined)
     └── BackendError                 an executor's backend failed (reaches the process as ActionFailed)
@@ -176,6 +177,20 @@ class NondeterminismError(TransitionError):
 
 class CallTimeout(StatevisorError, TimeoutError):
     """``call()`` received no reply within its timeout (the input may still be processed)."""
+
+
+class Unavailable(StatevisorError):
+    """The process cannot be reached just now, through no fault of the request: it is moving
+    from one daemon of a cluster to another, or its daemon does not answer. ``retryable`` is
+    true: the same request may succeed after ``retry_after`` seconds. The message says whether
+    the request reached the process (a call whose daemon died before answering may have been
+    handled; a request refused before it was sent was not)."""
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreError(StatevisorError):

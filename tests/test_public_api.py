@@ -32,7 +32,7 @@ EXPECTED_EXPORTS = {
     "StatevisorError", "WouldBlock", "ConfigurationError", "StateTypeError", "UnknownActionType", "DiagramError",
     "SettingsError", "LifecycleError", "IllegalLifecycleMove", "ProcessPaused", "ProcessTerminated",
     "ProcessFinished", "ProcessFailed", "ProcessKilled", "ProcessNotFound", "LogNotFound", "NotFinished",
-    "TransitionError", "IllegalPhaseChange", "StateMutationError", "NondeterminismError", "CallTimeout",
+    "TransitionError", "IllegalPhaseChange", "StateMutationError", "NondeterminismError", "CallTimeout", "Unavailable",
     "StoreError", "StoreLocked", "StoreFull", "CheckpointRejected", "CorruptCheckpoint", "BackendError",
     "TransportError", "SimulationError", "InvariantViolation", "ProtocolError", "ConnectionDenied", "RemoteError",
     "DaemonNotAnswering",
@@ -107,6 +107,7 @@ LAYERS = (
     "_supervision",
     "_simulation",
     "control",
+    "cluster",
     "daemon",
     "cli",
 )

@@ -9,7 +9,19 @@ import asyncio
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from supervisor import EVENT_TIMEOUT, Call, Cast, Context, Input, Internal, Machine, ManualClock, Runtime, TimerFired
+from supervisor import (
+    EVENT_TIMEOUT,
+    Call,
+    Cast,
+    Context,
+    Handle,
+    Input,
+    Internal,
+    Machine,
+    ManualClock,
+    Runtime,
+    TimerFired,
+)
 
 
 class Gate(StrEnum):
@@ -45,17 +57,21 @@ class Turnstile(Machine[dict[str, Any]]):
                 ctx.reply(input, state["log"])
 
 
+async def phase(gate: Handle, wanted: Gate) -> None:
+    async for snapshot in gate.watch():
+        if snapshot.phase == wanted:
+            return
+
+
 async def main() -> None:
     clock = ManualClock()
     runtime = Runtime(clock=clock)
     gate = runtime.spawn(Turnstile)
     await gate.cast("push")
     await gate.cast("coin")
-    while (await gate.snapshot()).phase != Gate.OPEN:  # a snapshot is no input: the timeout stands
-        await asyncio.sleep(0.001)
+    await phase(gate, Gate.OPEN)  # watching is no input: the event timeout stands
     clock.advance(10.0)  # nobody passes: no input at all for 10 s
-    while (await gate.snapshot()).phase != Gate.LOCKED:
-        await asyncio.sleep(0.001)
+    await phase(gate, Gate.LOCKED)
     print(await gate.call("log"))
     # ['entered locked', 'alarm!', 'entered open', 'nobody came: locking', 'entered locked']
     await gate.kill()

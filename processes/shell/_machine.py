@@ -38,6 +38,7 @@ class Shell(Machine[dict[str, Any]]):
     action_types = (RUN, CLEANUP)
     local_paths = ("cwd",)  # stdout/stderr are relative to log_dir instead
     secret_keys = frozenset({"env"})  # snapshots show which variables are set, not their values
+    movable = False  # its command runs on this machine, under this daemon's run monitor
     phases = Phase
     edges: ClassVar[Mapping[str, Mapping[str, str]]] = {
         Phase.STARTING: {Phase.RUNNING: "run", Phase.ENDED: "invalid"},

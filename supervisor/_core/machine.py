@@ -59,6 +59,10 @@ class Machine(Generic[S]):
       it is loaded; one of a newer schema (written by newer code) is quarantined, not misread.
     * ``secret_keys``: keys whose values are secret wherever they appear in the state, an
       action's payload or a result: snapshots, listings and ``store inspect`` show them masked.
+    * ``movable``: whether a process of this kind may continue on another daemon of a cluster
+      when its own is gone (its work is reached over the network: a batch job, a pod, a
+      replica of a log). False for kinds bound to their machine (a local command): such a
+      process waits, shown unreachable, for its daemon to come back.
     """
 
     kind: ClassVar[str] = ""
@@ -73,6 +77,7 @@ class Machine(Generic[S]):
     state_enter: ClassVar[bool] = False
     entry_notes: ClassVar[Mapping[str, str]] = {}
     timeout_notes: ClassVar[Mapping[str, str]] = {}
+    movable: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

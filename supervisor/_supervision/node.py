@@ -176,45 +176,73 @@ class Node:
         return report
 
     async def _recover(self, store: Store) -> StartReport:
-        revived: list[Handle] = []
         with collector_paused():
             recovery = await store.load()
-            quarantined = list(recovery.quarantined)
-            self.quarantined_why = {"corrupt": len(quarantined)} if quarantined else {}
-            usable: list[ProcessRecord] = []
-            migrated: list[ProcessRecord] = []
-            for record in recovery.records:
-                why, problem, record = self._bring_up_to_date(record)
-                if problem:
-                    quarantined.append(await store.quarantine(record.pid, problem))
-                    self.quarantined_why[why] = self.quarantined_why.get(why, 0) + 1
-                    continue
-                usable.append(record)
-                if why == "migrated":
-                    migrated.append(record)
-            if migrated:
-                # Written back before any of them runs again, together: a crash now finds
-                # every one migrated, or none.
-                await store.save_batch([encode_record(record) for record in migrated])
-                kinds = sorted({record.kind for record in migrated})
-                log.info("checkpoints_migrated", processes=len(migrated), kinds=kinds, store=self.store_path)
-            for record in usable:
-                try:
-                    handle = self._revive(record)
-                except StatevisorError as exc:
-                    quarantined.append(await store.quarantine(record.pid, str(exc)))
-                    self.quarantined_why["revive_failed"] = self.quarantined_why.get("revive_failed", 0) + 1
-                    continue
-                revived.append(handle)
-                owner = (record.meta.get("supervisor"), record.meta.get("child"))
-                if isinstance(owner[0], str) and isinstance(owner[1], str):
-                    self._adoptable[(owner[0], owner[1])] = handle
-            # start() returns with every revived process through its restore.
-            for handle in revived:
-                await handle._process.wait_ready()
+            self.quarantined_why = {"corrupt": len(recovery.quarantined)} if recovery.quarantined else {}
+            report = await self._bring_in(store, recovery.records, list(recovery.quarantined), adopt=True)
+        log.info("recovered", revived=report.revived, quarantined=len(report.quarantined), store=self.store_path)
+        return report
+
+    async def take(self, records: list[ProcessRecord]) -> StartReport:
+        """Revive processes whose records this node's store has just taken over (a cluster's
+        failover): brought up to date, restored (their pending actions re-issued under the same
+        ids) and running when this returns. They run unsupervised: a supervisor's children
+        stay with their daemon."""
+        if self.store is None or self._closing:
+            raise ConfigurationError("only a started node with a store takes processes over")
+        with collector_paused():
+            report = await self._bring_in(self.store, records, [], adopt=False)
+        self.quarantined_at_start += len(report.quarantined)
+        return report
+
+    def drop(self, pid: str, why: str) -> bool:
+        """Stop running ``pid`` here without ending it (its record is another daemon's now):
+        its task and actions are cancelled, nothing it held is let out. Whether it was here."""
+        try:
+            process = self.runtime.get(pid)._process
+        except ProcessNotFound:
+            return False
+        process.detach()
+        log.warning("process_dropped", pid=pid, name=process.name, kind=process.kind, why=why)
+        return True
+
+    async def _bring_in(
+        self, store: Store, records: list[ProcessRecord], quarantined: list[Quarantined], *, adopt: bool
+    ) -> StartReport:
+        revived: list[Handle] = []
+        usable: list[ProcessRecord] = []
+        migrated: list[ProcessRecord] = []
+        for record in records:
+            why, problem, record = self._bring_up_to_date(record)
+            if problem:
+                quarantined.append(await store.quarantine(record.pid, problem))
+                self.quarantined_why[why] = self.quarantined_why.get(why, 0) + 1
+                continue
+            usable.append(record)
+            if why == "migrated":
+                migrated.append(record)
+        if migrated:
+            # Written back before any of them runs again, together: a crash now finds
+            # every one migrated, or none.
+            await store.save_batch([encode_record(record) for record in migrated])
+            kinds = sorted({record.kind for record in migrated})
+            log.info("checkpoints_migrated", processes=len(migrated), kinds=kinds, store=self.store_path)
+        for record in usable:
+            try:
+                handle = self._revive(record)
+            except StatevisorError as exc:
+                quarantined.append(await store.quarantine(record.pid, str(exc)))
+                self.quarantined_why["revive_failed"] = self.quarantined_why.get("revive_failed", 0) + 1
+                continue
+            revived.append(handle)
+            owner = (record.meta.get("supervisor"), record.meta.get("child"))
+            if adopt and isinstance(owner[0], str) and isinstance(owner[1], str):
+                self._adoptable[(owner[0], owner[1])] = handle
+        # Returns with every revived process through its restore.
+        for handle in revived:
+            await handle._process.wait_ready()
         for entry in quarantined:
             log.error("checkpoint_quarantined", pid=entry.pid, reason=entry.reason, store=self.store_path)
-        log.info("recovered", revived=len(revived), quarantined=len(quarantined), store=self.store_path)
         return StartReport(len(revived), quarantined)
 
     def _bring_up_to_date(self, record: ProcessRecord) -> tuple[str, str, ProcessRecord]:

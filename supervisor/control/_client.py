@@ -50,6 +50,9 @@ def _rebuild(fields: dict[str, Any]) -> BaseException:
     }  # fmt: skip
     if kind in simple:
         return simple[kind](message)
+    if fields.get("retryable"):  # a cluster's ProcessMoving, OwnerLost...: the same request may succeed later
+        retry_after = fields.get("retry_after")
+        return errors.Unavailable(message, float(retry_after) if isinstance(retry_after, int | float) else 1.0)
     return RemoteError(kind, message)
 
 

@@ -156,6 +156,15 @@ class WatchFanout:
                 else:
                     watcher.done.set_exception(error)
 
+    def end_watching(self, pid: str, error: BaseException) -> int:
+        """End every stream watching ``pid`` with ``error`` (its process left this daemon: a
+        cluster's member dropped it); how many."""
+        for process, watchers in list(self._watchers.items()):
+            if process.pid == pid:
+                self._end(process, watchers, error)
+                return len(watchers)
+        return 0
+
     def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()

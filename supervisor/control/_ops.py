@@ -13,15 +13,19 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import msgpack  # type: ignore[import-untyped]
+import structlog
 
 from .._core.handle import Handle
 from .._core.lifecycle import DriveMode, Lifecycle
 from .._core.snapshot import Snapshot
 from .._core.state import pack
+from .._errors import StatevisorError
 from .._supervision.node import Node
 from ._errors import ProtocolError
 from ._fanout import WatchFanout
-from ._protocol import MAX_FRAME, encode_item
+from ._protocol import MAX_FRAME, encode_item, error_fields
+
+log = structlog.get_logger("statevisor.control")
 
 
 class Requester(Protocol):
@@ -43,6 +47,38 @@ class Requester(Protocol):
 
 
 Op = Callable[[Requester, dict[str, Any], int], Awaitable[Any]]
+
+
+class Router(Protocol):
+    """Sends requests elsewhere: a cluster's daemon routes a request for a process another
+    daemon owns to that daemon (and lists, spawns and sums up across the cluster)."""
+
+    def routes(self, op: str, args: dict[str, Any]) -> bool:
+        """Whether this request is the router's to answer rather than this node's."""
+        ...
+
+    async def route(self, c: Requester, op: str, args: dict[str, Any], request_id: int) -> None:
+        """Answer the request: its stream items, if any, then its response, sent on ``c``."""
+        ...
+
+
+async def answer(
+    c: Requester, handler: Op, args: dict[str, Any], request_id: int, on_bug: Callable[[], None] = lambda: None
+) -> dict[str, Any] | None:
+    """Run one request's operation: its response message, or None when it was cancelled
+    (a stream the client stopped: the cancel answered it). A bug in an operation costs that
+    request (``InternalError``, logged, ``on_bug`` told), never the daemon."""
+    try:
+        result = await handler(c, args, request_id)
+    except asyncio.CancelledError:
+        return None
+    except (StatevisorError, TimeoutError) as exc:
+        return {"id": request_id, "ok": False, "error": error_fields(exc)}
+    except Exception as exc:
+        on_bug()
+        log.exception("control_request_failed", op=getattr(handler, "__name__", repr(handler)))
+        return {"id": request_id, "ok": False, "error": {"type": "InternalError", "message": repr(exc)}}
+    return {"id": request_id, "ok": True, "result": result}
 
 
 def snapshot_fields(snapshot: Snapshot) -> dict[str, Any]:
@@ -75,7 +111,8 @@ async def op_spawn(c: Requester, args: dict[str, Any], _: int) -> Any:
     mode = DriveMode(argument(args, "mode", str, required=False) or "auto")
     start = argument(args, "start", bool, required=False)
     name = argument(args, "name", str, required=False)
-    handle = await c.node.spawn(kind, state, name=name, mode=mode, start=start is not False)
+    pid = argument(args, "pid", str, required=False)
+    handle = await c.node.spawn(kind, state, name=name, mode=mode, start=start is not False, pid=pid)
     return fitting_fields(handle.snapshot())
 
 

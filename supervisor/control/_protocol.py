@@ -67,6 +67,9 @@ def error_fields(error: BaseException) -> dict[str, Any]:
         value = getattr(error, name, None)
         if isinstance(value, str):
             fields[name] = value
+    if getattr(error, "retryable", False):  # Unavailable and its kin: the client may try again
+        fields["retryable"] = True
+        fields["retry_after"] = float(getattr(error, "retry_after", 1.0))
     if hasattr(error, "error_type"):  # TransitionError and its kin: the bare message, not the prefixed str()
         fields["message"] = getattr(error, "message", str(error))
     return fields

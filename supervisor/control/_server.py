@@ -25,7 +25,7 @@ from .._errors import ConfigurationError, ProcessNotFound, StatevisorError
 from .._supervision.node import Node
 from ._errors import ProtocolError
 from ._fanout import WatchFanout
-from ._ops import OPS, Op, argument, encoded_snapshot
+from ._ops import OPS, Op, Router, answer, argument, encoded_snapshot
 from ._protocol import MAX_FRAME, PROTOCOL_VERSION, encode, error_fields, read_frame
 from ._socket_file import SocketKeeper, claim_socket
 
@@ -58,12 +58,14 @@ class ControlServer:
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        router: Router | None = None,
     ) -> None:
         if tcp is not None and not token:
             raise ConfigurationError("a control API on TCP needs a token")
         if not isinstance(max_connections, int) or max_connections < 1:
             raise ConfigurationError(f"max_connections must be a whole number >= 1; got {max_connections!r}")
         self.max_connections = max_connections
+        self.router = router  # a cluster's: requests for processes elsewhere go there
         self.node = node
         self.path = path
         self.tcp = tcp
@@ -143,6 +145,10 @@ class ControlServer:
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    def count_bug(self) -> None:
+        """One more request that hit a bug (answered InternalError, logged)."""
+        self.internal_errors += 1
 
     def refuse(self, reason: str, **fields: Any) -> None:
         """Count a refused connection, and log it at most once per REFUSAL_LOG_INTERVAL for
@@ -346,22 +352,32 @@ class _Connection:
                 ),
             )
             return
-        task = asyncio.get_running_loop().create_task(self._run(handler, args, request_id))
-        self.tasks[request_id] = task
+        router = self.server.router
+        if router is not None and isinstance(op, str) and router.routes(op, args):
+            work = self._route(router, op, args, request_id)
+        else:
+            work = self._run(handler, args, request_id)
+        self.tasks[request_id] = asyncio.get_running_loop().create_task(work)
 
     async def _run(self, handler: Op, args: dict[str, Any], request_id: int) -> None:
         try:
-            result = await handler(self, args, request_id)
+            message = await answer(self, handler, args, request_id, self.server.count_bug)
+            if message is not None:
+                await self.send(message)
+        finally:
+            self.tasks.pop(request_id, None)
+
+    async def _route(self, router: Router, op: str, args: dict[str, Any], request_id: int) -> None:
+        try:
+            await router.route(self, op, args, request_id)
         except asyncio.CancelledError:
             return
         except (StatevisorError, TimeoutError) as exc:
             await self.fail(request_id, exc)
-        except Exception as exc:  # a bug here must cost one request, never the daemon
-            self.server.internal_errors += 1
-            log.exception("control_request_failed", op=handler.__name__)
+        except Exception as exc:  # a bug in routing costs one request, never the daemon
+            self.server.count_bug()
+            log.exception("control_route_failed", op=op)
             await self.send({"id": request_id, "ok": False, "error": {"type": "InternalError", "message": repr(exc)}})
-        else:
-            await self.send({"id": request_id, "ok": True, "result": result})
         finally:
             self.tasks.pop(request_id, None)
 

@@ -28,6 +28,8 @@ from typing import Any
 from .._core.identifiers import name_problem
 from .._errors import ConfigurationError, SettingsError
 from .._supervision.policy import Backoff, Budget, Restart, Strategy, dependency_cycle
+from ..cluster.settings import NAME as CLUSTER_NAME
+from ..cluster.settings import ClusterSettings
 from .plugins import Catalog, load_catalog
 
 
@@ -59,6 +61,7 @@ class ConfigFileError(ConfigurationError):
 
 _TOP: dict[str, tuple[Any, Any]] = {
     "daemon": (dict, {}), "supervisor": (dict, {}), "process": (list, []), "kinds": (dict, {}), "executors": (dict, {}),
+    "cluster": (dict, None),
 }  # fmt: skip
 """The top-level tables every configuration may have; the kinds add their own (``host``)."""
 
@@ -129,6 +132,7 @@ class Config:
     catalog: Catalog  # the kinds and executors it runs (statevisor's, installed packages', its [kinds])
     tables: Mapping[str, Any] = field(default_factory=dict)  # top-level tables the kinds own, as written
     supervisor: RootSettings = field(default_factory=RootSettings)
+    cluster: ClusterSettings | None = None  # [cluster]: a member of a cluster of daemons on NATS
 
 
 _DAEMON = {
@@ -162,6 +166,92 @@ _PROCESS = {
     "max_restarts": (int, None),
     "period": ((int, float), None),
 }
+
+
+_CLUSTER = {
+    "servers": (list, REQUIRED),
+    "name": (str, REQUIRED),
+    "node": (str, REQUIRED),
+    "lease": ((int, float), 10.0),
+    "replicas": (int, 3),
+    "window": (int, 256),
+    "request_timeout": ((int, float), 5.0),
+    "connect_timeout": ((int, float), 10.0),
+    "credentials": (str, None),
+    "token_file": (str, None),
+    "tls_ca": (str, None),
+    "tls_cert": (str, None),
+    "tls_key": (str, None),
+}
+
+
+def cluster_settings(checker: Checker, data: Mapping[str, Any], base: Path) -> ClusterSettings | None:
+    """``[cluster]``, checked: NATS URLs (TLS beyond loopback, with credentials), names fit for
+    NATS subjects, a lease of a second or more, owner-only secret files."""
+    raw = checker.section(data, "cluster", "cluster.", _CLUSTER)
+    servers = raw["servers"] or []
+    for index, server in enumerate(servers):
+        if not checker.check(
+            isinstance(server, str) and server.startswith(("nats://", "tls://")),
+            f"cluster.servers[{index}]", f"expected a nats:// or tls:// URL; got {server!r}", "cluster", "servers",
+        ):  # fmt: skip
+            continue
+        host = server.split("://", 1)[1].split("@")[-1].rsplit(":", 1)[0].strip("[]")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            checker.check(
+                server.startswith("tls://"), f"cluster.servers[{index}]",
+                f"{server} is beyond loopback: use tls:// (the servers' certificates verified against cluster.tls_ca)",
+                "cluster", "servers",
+            )  # fmt: skip
+            checker.check(
+                raw["credentials"] is not None or raw["token_file"] is not None, "cluster.credentials",
+                f"{server} is beyond loopback: a NATS credentials file (or token_file) is required",
+                "cluster", "servers",
+            )  # fmt: skip
+    checker.check(bool(servers), "cluster.servers", "expected at least one NATS server URL", "cluster", "servers")
+    for key in ("name", "node"):
+        value = raw[key]
+        if value is not None:
+            checker.check(
+                bool(CLUSTER_NAME.match(value)), f"cluster.{key}",
+                f"may hold only letters, digits, '-' and '_' (it is part of NATS subjects), 1 to 64; got {value!r}",
+                "cluster", key,
+            )  # fmt: skip
+    lease = raw["lease"]
+    checker.check(lease >= 1, "cluster.lease", f"expected seconds >= 1; got {lease!r}", "cluster", "lease")
+    for key in ("request_timeout", "connect_timeout"):
+        _positive(checker, raw[key], f"cluster.{key}", "cluster", key)
+    _whole_at_least(checker, raw["window"], 1, "cluster.window", "cluster", "window")
+    checker.check(
+        raw["replicas"] in (1, 3, 5), "cluster.replicas", f"expected 1, 3 or 5; got {raw['replicas']!r}",
+        "cluster", "replicas",
+    )  # fmt: skip
+    checker.check(
+        (raw["tls_cert"] is None) == (raw["tls_key"] is None), "cluster.tls_cert",
+        "tls_cert and tls_key go together (this daemon's client certificate)", "cluster", "tls_cert",
+    )  # fmt: skip
+    paths: dict[str, Path | None] = {}
+    for key in ("credentials", "token_file", "tls_ca", "tls_cert", "tls_key"):
+        paths[key] = (base / raw[key]).resolve() if raw[key] else None
+        found = paths[key]
+        if found is None:
+            continue
+        if not checker.check(found.is_file(), f"cluster.{key}", f"{found} is not a readable file", "cluster", key):
+            continue
+        if key in ("credentials", "token_file", "tls_key"):
+            mode = found.stat().st_mode & 0o777
+            checker.check(
+                not mode & 0o077, f"cluster.{key}", f"{found} must be readable by its owner only (mode {mode:o})",
+                "cluster", key,
+            )  # fmt: skip
+    if any(raw[key] is None for key in ("name", "node")) or not servers:
+        return None
+    return ClusterSettings(
+        servers=tuple(str(s) for s in servers), name=raw["name"], node=raw["node"], lease=float(raw["lease"]),
+        replicas=raw["replicas"], window=raw["window"], request_timeout=float(raw["request_timeout"]),
+        connect_timeout=float(raw["connect_timeout"]), credentials=paths["credentials"],
+        token_file=paths["token_file"], tls_ca=paths["tls_ca"], tls_cert=paths["tls_cert"], tls_key=paths["tls_key"],
+    )  # fmt: skip
 
 
 def _positive(checker: Checker, value: float, key: str, table: str, name: str) -> None:
@@ -666,10 +756,12 @@ def parse(
             else:  # the entry itself (not a table): its line in [TABLE]
                 checker.report(checker.fail(exc.key, exc.problem, table, name or None))
     root = root_settings(checker, data["supervisor"])
+    cluster = cluster_settings(checker, data["cluster"], base) if data["cluster"] is not None else None
     checker.finish()
     return Config(
-        path=path.resolve(), daemon=daemon, processes=tuple(processes), catalog=catalog, tables=tables, supervisor=root
-    )
+        path=path.resolve(), daemon=daemon, processes=tuple(processes), catalog=catalog, tables=tables, supervisor=root,
+        cluster=cluster,
+    )  # fmt: skip
 
 
 def _catalog(

@@ -241,10 +241,14 @@ class WatchdogCollector(Collector):
         )
 
 
-def registry_for(node: Node, connections: Any = None, watchdog: LoopWatchdog | None = None) -> CollectorRegistry:
-    """The node's metrics; made on its event loop, they are read there at every scrape."""
+def registry_for(
+    node: Node, connections: Any = None, watchdog: LoopWatchdog | None = None, extra: Sequence[Collector] = ()
+) -> CollectorRegistry:
+    """The node's metrics (and ``extra`` collectors': a cluster member's); made on its event
+    loop, they are read there at every scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(OnLoop([NodeCollector(node, connections), ExecutorCollector(node)], _running_loop()))
+    collectors = [NodeCollector(node, connections), ExecutorCollector(node), *extra]
+    registry.register(OnLoop(collectors, _running_loop()))
     if watchdog is not None:
         registry.register(WatchdogCollector(watchdog))
     node.runtime.observers.append(ActionObserver(registry))
@@ -261,12 +265,13 @@ def start_metrics(
     *,
     token: str | None = None,
     tls: ssl.SSLContext | None = None,
+    extra: Sequence[Collector] = (),
 ) -> MetricsServer:
     """Serve ``/metrics`` on ``host:port`` (loopback by default), behind ``token`` and ``tls``
     when given; returns the server (``.close()``)."""
     name, _, port = address.rpartition(":")
     try:
-        registry = registry_for(node, connections, watchdog)
+        registry = registry_for(node, connections, watchdog, extra)
         return serve_metrics(registry, name.strip("[]"), int(port), token=token, tls=tls)
     except OSError as exc:  # the bare error ("Address already in use") does not say which address
         raise OSError(exc.errno, f"metrics on {address} (daemon.metrics): {exc.strerror or exc}") from None

@@ -24,6 +24,7 @@ from .._core.machine import Machine
 from .._errors import StatevisorError
 from .._files.open_files import raise_open_files_limit
 from .._files.private import private_directory
+from .._store.protocol import Store
 from .._supervision.kind import KindSetup
 from .._supervision.node import Node
 from .._supervision.supervisor import ChildSpec, SupervisorSpec
@@ -85,9 +86,10 @@ def child_spec(process: ProcessSettings, kinds: Mapping[str, type[Machine[Any]]]
     )
 
 
-def build_node(config: Config) -> Node:
+def build_node(config: Config, store: Store | None = None) -> Node:
     """The node a configuration describes: its kinds built from the daemon's settings, its
-    declared processes under the root supervisor."""
+    declared processes under the root supervisor; on ``store`` when given (a cluster's), else
+    on the configured SQLite file."""
     kinds = config.catalog.machines
     children = [child_spec(p, kinds) for p in config.processes]
     setup = KindSetup(config.path.parent, config.daemon.log_dir, config.daemon.run_dir, config.tables)
@@ -95,7 +97,7 @@ def build_node(config: Config) -> Node:
     return Node(
         machines=machines,
         executors=executors,
-        store=str(config.daemon.store),
+        store=store if store is not None else str(config.daemon.store),
         slots=dict(config.daemon.slots),
         kill_grace=config.daemon.kill_grace,
         retention=config.daemon.retention_days * 86_400,
@@ -110,36 +112,83 @@ def build_node(config: Config) -> Node:
     )
 
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit status."""
-    from .metrics import start_metrics
+class _Run:
+    """What one run of the daemon's node holds, for the signal handlers and the metrics: the
+    node (replaced when a cluster member joins again) and how often it joined again."""
 
+    def __init__(self, config: Config) -> None:
+        self.current = [config]
+        self.node: Node | None = None
+        self.rejoins = 0
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status.
+
+    A cluster member that loses its lease stops everything it runs (its processes are someone
+    else's now), and runs again as a fresh member, taking back what is still its node's.
+    """
     private_directory(config.daemon.store.parent)  # the state directory: its owner's alone
     systemd = SystemdNotifier.from_environment()  # first: no command started may inherit it
     check_open_files(config.daemon.max_connections)
-    node = build_node(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    current = [config]
+    run = _Run(config)
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hup() -> None:
-        task = loop.create_task(reload(node, current))
+        if run.node is None:
+            log.warning("reload_ignored", note="the daemon is between two runs of its node; send SIGHUP again")
+            return
+        task = loop.create_task(reload(run.node, run.current))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGUSR1, dump_stacks)
-    from ..control import ControlServer
+    try:
+        while True:
+            status = await _run_once(run, stop, systemd, ready)
+            if status is not None:
+                return status
+            run.rejoins += 1
+            log.warning("cluster_rejoining", rejoins=run.rejoins)
+    finally:
+        _remove_handlers(loop)
 
+
+async def _run_once(
+    run: _Run, stop: asyncio.Event, systemd: SystemdNotifier, ready: asyncio.Event | None
+) -> int | None:
+    """Run the node until ``stop`` (the exit status) or, for a cluster member, until its lease
+    is lost (None: run again)."""
+    from ..control import ControlServer
+    from .metrics import start_metrics
+
+    config = run.current[0]
+    loop = asyncio.get_running_loop()
+    member: Any = None
+    store: Store | None = None
+    router: Any = None
+    extra: list[Any] = []
+    if config.cluster is not None:
+        from ..cluster.member import ClusterMember
+        from ..cluster.metrics import ClusterCollector
+
+        member = ClusterMember(config.cluster)
+        store = await member.open()
+        extra.append(ClusterCollector(member, lambda: router, lambda: run.rejoins))
+    node = build_node(config, store)
     control: ControlServer | None = None
+    lost = False
     async with contextlib.AsyncExitStack() as running:
         # Whatever started is stopped again, last first, also when a later step fails to start:
         # the daemon never exits with its processes half up. The metrics port is taken before
         # any process starts, since it is the likeliest to be in use already.
-        running.callback(_remove_handlers, loop)
+        if member is not None:
+            running.push_async_callback(lambda: member.close(leave=not lost))
         pinging = loop.create_task(systemd.keep_alive(), name="systemd-watchdog")
         running.callback(pinging.cancel)
         watchdog = LoopWatchdog(loop, node.runtime)
@@ -150,38 +199,64 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> int:
             node, settings.metrics, lambda: control.connections if control else 0, watchdog,
             token=read_token(settings.metrics_token_file, "daemon.metrics_token_file")
             if settings.metrics_token_file else None,
-            tls=tls_context(settings) if settings.metrics_tls else None,
+            tls=tls_context(settings) if settings.metrics_tls else None, extra=extra,
         )  # fmt: skip
         running.callback(server.close)
         report = await node.start()
+        run.node = node
+        running.callback(lambda: setattr(run, "node", None))
         clean: list[bool] = []
 
         async def shut_down() -> None:
             clean.append(await node.shutdown(timeout=config.daemon.shutdown_timeout))
 
         running.push_async_callback(shut_down)
+        if member is not None:
+            member.attach(node)
         private_directory(config.daemon.socket.parent)
         control = ControlServer(
             node, str(config.daemon.socket), max_connections=config.daemon.max_connections, **tcp_options(config)
         )
+        if member is not None:
+            from ..cluster.routing import Router
+
+            router = Router(member, control)
+            control.router = router
+            await router.start()
+            running.push_async_callback(router.stop)
         await control.start()
         running.push_async_callback(control.close)
         log.info(
             "daemon_started",
             config=str(config.path),
-            store=str(config.daemon.store),
+            store=node.store_path,
             metrics=config.daemon.metrics,
             socket=str(config.daemon.socket),
             revived=report.revived,
             quarantined=len(report.quarantined),
             processes=len(node.runtime),
+            cluster=config.cluster.name if config.cluster else None,
+            node=config.cluster.node if config.cluster else None,
         )
         systemd.ready(f"{len(node.runtime)} processes, {report.revived} revived")
         if ready is not None:
             ready.set()
-        await stop.wait()
-        systemd.stopping()
-        log.info("daemon_stopping", timeout=config.daemon.shutdown_timeout)
+        waits = [asyncio.ensure_future(stop.wait())]
+        if member is not None:
+            waits.append(asyncio.ensure_future(member.lost.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        lost = member is not None and member.lost.is_set() and not stop.is_set()
+        if lost:
+            log.error("daemon_lease_lost", why=member.lost_why, note="stopping every copy here, then joining again")
+        else:
+            systemd.stopping()
+            log.info("daemon_stopping", timeout=config.daemon.shutdown_timeout)
+    if lost:
+        return None
     if clean == [False]:
         log.error("daemon_stopped", clean=False, note="the store was not closed in time; see store_not_closed")
         return 1
