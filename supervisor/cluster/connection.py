@@ -1,7 +1,9 @@
 """A member's NATS connection and the cluster's key-value buckets on it.
 
 Buckets (``sv_<cluster>_<role>``, JetStream KV, one value per key, file storage, ``replicas``
-copies, direct gets):
+copies). Reads go to each bucket's stream leader, not to any replica ("direct gets", which a
+lagging follower may answer with a value already overwritten): a member taking a process over,
+or looking up its owner, must see the latest record.
 
 * ``checkpoints``: a process's checkpoint under its key (see :func:`record_key`), with its
   owner's node and incarnation in front (:mod:`.store`);
@@ -41,6 +43,11 @@ from .errors import ClusterError
 from .settings import ClusterSettings
 
 log = structlog.get_logger("statevisor.cluster")
+
+MINIMUM_SERVER = (2, 9, 21)
+"""The oldest nats-server whose compare-and-set holds on a replicated stream: before it, two
+concurrent writes on the same expected revision could both be accepted (nats-server issue
+4320), and a fenced member's write could land."""
 
 ROLES = ("checkpoints", "owners", "ended", "quarantine", "members", "roster")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -116,6 +123,7 @@ class ClusterConnection:
             servers = ", ".join(settings.servers)
             raise ClusterError(f"cluster {settings.name}: no NATS server answered ({servers}): {exc!r}") from exc
         try:
+            check_server(nc, settings)
             js = nc.jetstream(timeout=settings.request_timeout)
             buckets = {role: await cls._settled(js, settings, role) for role in ROLES}
         except BaseException:
@@ -151,6 +159,20 @@ class ClusterConnection:
         return f"<ClusterConnection {self.settings.node} of {self.settings.name} {state}>"
 
 
+def check_server(nc: NATS, settings: ClusterSettings) -> None:
+    """Refuse a NATS server too old for compare-and-set to fence (see :data:`MINIMUM_SERVER`)."""
+    version = nc.connected_server_version
+    found = (version.major, version.minor, version.patch)
+    if found < MINIMUM_SERVER:
+        wanted = ".".join(map(str, MINIMUM_SERVER))
+        where = nc.connected_url.netloc if nc.connected_url else "?"
+        raise ClusterError(
+            f"cluster {settings.name}: nats-server {'.'.join(map(str, found))} at {where} is older than {wanted}: "
+            "its compare-and-set is not atomic on a replicated stream (nats-server issue 4320), so a member "
+            f"paused past its lease could still write; upgrade every server to {wanted} or later"
+        )
+
+
 async def _bucket(js: JetStreamContext, settings: ClusterSettings, role: str) -> KeyValue:
     """The bucket of ``role``, made when it does not exist yet; a members bucket made with
     another lease is refused (members must agree on when one of them is gone)."""
@@ -162,7 +184,7 @@ async def _bucket(js: JetStreamContext, settings: ClusterSettings, role: str) ->
         try:
             return await js.create_key_value(
                 KeyValueConfig(
-                    bucket=name, history=1, ttl=ttl, storage=StorageType.FILE, replicas=settings.replicas, direct=True
+                    bucket=name, history=1, ttl=ttl, storage=StorageType.FILE, replicas=settings.replicas, direct=False
                 )
             )
         except nats.js.errors.APIError as exc:

@@ -9,6 +9,8 @@ which needs an elected meta leader), never fixed sleeps.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,9 +20,23 @@ from pathlib import Path
 
 from tests.services.loopback import free_ports, port_open, wait_for
 
+MINIMUM = (2, 9, 21)
+"""The oldest nats-server whose compare-and-set holds on a replicated stream (issue 4320)."""
+
+PINNED = Path(__file__).resolve().parents[2] / ".ci" / "nats" / "usr" / "sbin" / "nats-server"
+
 
 def nats_server() -> str | None:
-    return shutil.which("nats-server") or ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
+    """The nats-server the tests run: ``STATEVISOR_NATS_SERVER``, else the one the test command
+    unpacked into .ci/nats/, else one on the PATH, if it is recent enough (an older one is
+    refused by name: the cluster's fencing would not hold on it)."""
+    for candidate in (os.environ.get("STATEVISOR_NATS_SERVER"), str(PINNED), shutil.which("nats-server")):
+        if candidate and Path(candidate).is_file():
+            version = subprocess.run([candidate, "--version"], capture_output=True, text=True, check=False).stdout
+            found = re.search(r"v(\d+)\.(\d+)\.(\d+)", version)
+            if found and tuple(map(int, found.groups())) >= MINIMUM:
+                return candidate
+    return None
 
 
 class NatsCluster:
