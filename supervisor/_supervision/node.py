@@ -370,6 +370,11 @@ class Node:
                 return Handle(process)
         raise ProcessNotFound(f"no live or recently ended process named {name!r}")
 
+    def recently_ended(self) -> Iterator[Process]:
+        """The ended processes kept for lookups (the last ``ended_kept``), oldest first: for
+        reading on the loop, without a handle made for each."""
+        return iter(self._ended.values())
+
     def list(
         self, *, kind: str | None = None, lifecycle: Lifecycle | None = None, paused: bool | None = None
     ) -> list[Handle]:
