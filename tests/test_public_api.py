@@ -107,6 +107,7 @@ LAYERS = (
     "_supervision",
     "_simulation",
     "control",
+    "web",
     "daemon",
     "cli",
 )
