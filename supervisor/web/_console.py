@@ -76,6 +76,8 @@ MAX_FORM_BYTES = 64 * 1024
 WATCH_INTERVAL = 0.05
 """Seconds between two pushes to one page at most (a quiet process's change goes out at once)."""
 ACTIONS = ("pause", "resume", "kill", "nudge")
+SESSION = web.RequestKey("session", Session)
+"""Who asked (None: nobody logged in), as the guard found it."""
 
 
 class ReadAccess(StrEnum):
@@ -254,21 +256,26 @@ class WebConsole:
         """Who is asking, whether they may read, and the headers every answer carries."""
         started = time.perf_counter()
         self.requests += 1
-        request["session"] = self._session(request)
+        request[SESSION] = self._session(request)
         open_paths = request.path.startswith("/static/") or request.path in ("/login", "/logout")
         try:
-            if not open_paths and self.read is ReadAccess.TOKEN and request["session"] is None:
+            if not open_paths and self.read is ReadAccess.TOKEN and request[SESSION] is None:
                 self.refuse("not logged in", request)
                 if request.method == "GET" and not request.path.endswith("/events"):
                     raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
                 raise web.HTTPUnauthorized(text="log in with the daemon's token first (/login)\n")
             response = await handler(request)
-        except web.HTTPException as exc:
-            response = exc
+        except web.HTTPException as exc:  # an answer too (a redirect, a refusal): raised on, as aiohttp wants
+            self._finish(exc, started)
+            raise
+        self._finish(response, started)
+        return response
+
+    def _finish(self, response: web.StreamResponse, started: float) -> None:
+        """The headers every answer carries, and how long the server took (Server-Timing)."""
         _secure(response, self.tls is not None)
         if not response.prepared:
             response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1e3:.2f}"
-        return response
 
     def _session(self, request: web.Request) -> Session | None:
         if self.sessions is None:
@@ -296,7 +303,7 @@ class WebConsole:
 
     async def _may_act(self, request: web.Request, form: Mapping[str, Any]) -> Session:
         """The session of a request that acts, or the refusal to send (HTTP 403, saying why)."""
-        session: Session | None = request["session"]
+        session: Session | None = request[SESSION]
         if not self.control:
             self.refuse("control is off", request)
             raise self._denied(
@@ -333,7 +340,7 @@ class WebConsole:
     # --- rendering --------------------------------------------------------------------------
 
     def _render(self, template: str, request: web.Request, **context: Any) -> str:
-        session: Session | None = request["session"]
+        session: Session | None = request[SESSION]
         return self._templates.get_template(template).render(
             asset=self.assets.url,
             version=__version__,
@@ -718,7 +725,7 @@ class WebConsole:
         raise response
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:
-        session: Session | None = request["session"]
+        session: Session | None = request[SESSION]
         form = await request.post()
         if session is not None and self.sessions is not None and not session.bearer:
             if not self._same_origin(request) or not self.sessions.csrf_matches(session, str(form.get("csrf", ""))):
