@@ -263,6 +263,12 @@ class WebConsole:
                 self.refuse("not logged in", request)
                 if request.method == "GET" and not request.path.endswith("/events"):
                     raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
+                if request.headers.get("HX-Request"):  # a page whose session ended: say so where it acted
+                    raise web.HTTPUnauthorized(
+                        text='<p class="error-text" role="alert">Refused: log in with the daemon\'s token first '
+                        '(<a href="/login">log in</a>).</p>',
+                        content_type="text/html",
+                    )
                 raise web.HTTPUnauthorized(text="log in with the daemon's token first (/login)\n")
             response = await handler(request)
         except web.HTTPException as exc:  # an answer too (a redirect, a refusal): raised on, as aiohttp wants
