@@ -45,26 +45,55 @@ class TransitionRecord:
 
 
 class History:
-    """The last :data:`HISTORY_SIZE` transitions of one process, and how many observers want them."""
+    """The last :data:`HISTORY_SIZE` transitions of one process, and how many observers want them.
 
-    __slots__ = ("_records", "keepers")
+    What is kept per transition is what the process has at hand (the input, the transition's
+    context, the phases): recording costs an append, and the lines a person reads are written
+    only when someone reads them (:meth:`records`), at most as often as a page is updated.
+    """
+
+    __slots__ = ("_entries", "keepers")
 
     def __init__(self, size: int = HISTORY_SIZE) -> None:
-        self._records: deque[TransitionRecord] = deque(maxlen=size)
+        self._entries: deque[_Entry] = deque(maxlen=size)
         self.keepers = 0
 
-    def add(self, record: TransitionRecord) -> None:
-        self._records.append(record)
+    def add(
+        self,
+        version: int,
+        at: float,
+        input: Input | str | None,
+        phase: str,
+        moved_from: str | None = None,
+        ctx: Context | None = None,
+        error: str | None = None,
+    ) -> None:
+        """One transition (``input`` its input; None for a restore), or a change that is none
+        (``input`` a description: a pause, a kill)."""
+        self._entries.append((version, at, input, phase, moved_from, ctx, error))
 
-    def records(self) -> list[TransitionRecord]:
-        """Oldest first."""
-        return list(self._records)
+    def records(self, mask: Callable[[Any], Any]) -> list[TransitionRecord]:
+        """Oldest first, values masked by ``mask`` (the kind's secret keys)."""
+        found = []
+        for version, at, input, phase, moved_from, ctx, error in self._entries:
+            if input is None:
+                text = "restore"
+            elif isinstance(input, str):
+                text = input
+            else:
+                text = describe_input(input, mask)
+            effects = describe_effects(ctx) if ctx is not None and error is None else ""
+            found.append(TransitionRecord(version, at, text, phase, moved_from, effects, error))
+        return found
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._entries)
 
     def __repr__(self) -> str:
-        return f"<History {len(self._records)} transitions, {self.keepers} keepers>"
+        return f"<History {len(self._entries)} transitions, {self.keepers} keepers>"
+
+
+_Entry = tuple[int, float, "Input | str | None", str, "str | None", "Context | None", "str | None"]
 
 
 def short(value: Any, mask: Callable[[Any], Any]) -> str:

@@ -44,7 +44,7 @@ from .actions import ExecutorRegistry, TrackedAction, UntrackedAction
 from .checkpointer import Checkpointer
 from .clock import Clock
 from .codec import Checkpoint, decode_record, encode_fields
-from .history import History, TransitionRecord, describe_effects, describe_input
+from .history import History, TransitionRecord
 from .inputs import (
     EVENT_TIMEOUT,
     STATE_TIMEOUT,
@@ -1003,30 +1003,18 @@ class Process:
 
     def history(self) -> list[TransitionRecord]:
         """The transitions recorded since an observer asked (:meth:`keep_history`), oldest first."""
-        return self._history.records() if self._history is not None else []
+        return self._history.records(self.machine.redacted) if self._history is not None else []
 
     def _note(self, what: str) -> None:
         """Record a change that is no transition (a pause, a resume, a kill) in the history."""
         history = self._history
         if history is not None:
-            history.add(TransitionRecord(version=self.version, at=self.env.clock.now(), input=what, phase=self.phase))
+            history.add(self.version, self.env.clock.now(), what, self.phase)
 
     def _record(self, input: Input | None, ctx: Context, moved_from: str | None, error: str | None = None) -> None:
         history = self._history
-        if history is None:
-            return
-        machine = self.machine
-        history.add(
-            TransitionRecord(
-                version=self.version,
-                at=ctx.now,
-                input="restore" if input is None else describe_input(input, machine.redacted),
-                phase=self.phase,
-                moved_from=moved_from,
-                effects="" if error is not None else describe_effects(ctx),
-                error=error,
-            )
-        )
+        if history is not None:
+            history.add(self.version, ctx.now, input, self.phase, moved_from, ctx, error)
 
     # --- the end: kill, detach, terminate ---------------------------------------------------
 

@@ -76,7 +76,7 @@ MAX_FORM_BYTES = 64 * 1024
 WATCH_INTERVAL = 0.05
 """Seconds between two pushes to one page at most (a quiet process's change goes out at once)."""
 ACTIONS = ("pause", "resume", "kill", "nudge")
-SESSION = web.RequestKey("session", Session)
+SESSION: web.RequestKey[Session | None] = web.RequestKey("session")
 """Who asked (None: nobody logged in), as the guard found it."""
 
 
