@@ -81,12 +81,12 @@ async def _open_pages(url: str, count: int) -> asyncio.subprocess.Process:
 
 async def _latencies(console: WebConsole, handle: Any, samples: int) -> list[float]:
     """Seconds from a cast to its update's write to each page's socket, the casts spaced as a
-    process people watch changes (one every 60 to 140 ms, past the pages' 50 ms pace)."""
+    process people watch changes (one every 110 to 190 ms, past the pages' 100 ms pace)."""
     streams = console.streams()
     found: list[float] = []
     rng = random.Random(7)
     for _ in range(samples):
-        await asyncio.sleep(rng.uniform(0.06, 0.14))
+        await asyncio.sleep(rng.uniform(0.11, 0.19))
         writes = [s.writes for s in streams]
         started = time.perf_counter()
         await handle.cast(1)
@@ -148,7 +148,7 @@ async def web(options: BenchOptions) -> BenchResult:
         f"list_page_ms: the server's time (its Server-Timing) for the process list's first page (50 rows) among "
         f"{processes} live processes; baseline: the same page in a daemon of 50 (list_page_ms_10_processes: of 10)",
         f"live_update: from a cast to its update leaving for each of {pages} open pages of the process (event "
-        "streams read by another OS process), casts 60-140 ms apart; a busier process gets one update per 50 ms",
+        "streams read by another OS process), casts 110-190 ms apart; a busier process gets one update per 100 ms",
         f"watched_ratio: median over pairs of windows of the transition rate of a busy process with {pages} open "
         "pages / an identical one with none, driven in turns",
     ]

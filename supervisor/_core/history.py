@@ -72,10 +72,12 @@ class History:
         (``input`` a description: a pause, a kill)."""
         self._entries.append((version, at, input, phase, moved_from, ctx, error))
 
-    def records(self, mask: Callable[[Any], Any]) -> list[TransitionRecord]:
-        """Oldest first, values masked by ``mask`` (the kind's secret keys)."""
+    def records(self, mask: Callable[[Any], Any], last: int | None = None) -> list[TransitionRecord]:
+        """Oldest first (the ``last`` ones only, if given), values masked by ``mask`` (the kind's
+        secret keys)."""
+        entries = list(self._entries)
         found = []
-        for version, at, input, phase, moved_from, ctx, error in self._entries:
+        for version, at, input, phase, moved_from, ctx, error in entries if last is None else entries[-last:]:
             if input is None:
                 text = "restore"
             elif isinstance(input, str):

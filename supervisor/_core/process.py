@@ -1001,9 +1001,10 @@ class Process:
             if history.keepers <= 0:
                 self._history = None
 
-    def history(self) -> list[TransitionRecord]:
-        """The transitions recorded since an observer asked (:meth:`keep_history`), oldest first."""
-        return self._history.records(self.machine.redacted) if self._history is not None else []
+    def history(self, last: int | None = None) -> list[TransitionRecord]:
+        """The transitions recorded since an observer asked (:meth:`keep_history`), oldest first
+        (the ``last`` ones, if given)."""
+        return self._history.records(self.machine.redacted, last) if self._history is not None else []
 
     def _note(self, what: str) -> None:
         """Record a change that is no transition (a pause, a resume, a kill) in the history."""

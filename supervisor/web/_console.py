@@ -35,6 +35,7 @@ from aiohttp import hdrs, web
 from markupsafe import Markup
 
 from .._core.handle import Handle
+from .._core.history import TransitionRecord
 from .._core.process import Process
 from .._core.snapshot import Snapshot
 from .._errors import ConfigurationError, ProcessNotFound, StatevisorError
@@ -73,8 +74,9 @@ HISTORY_PROCESSES = 256
 most recently shown): a page reloaded, or opened again, still shows what happened meanwhile."""
 REFUSAL_LOG_INTERVAL = 60.0
 MAX_FORM_BYTES = 64 * 1024
-WATCH_INTERVAL = 0.05
-"""Seconds between two pushes to one page at most (a quiet process's change goes out at once)."""
+WATCH_INTERVAL = 0.1
+"""Seconds between two updates of one page at most: ten a second, more than people read (a quiet
+process's change goes out at once)."""
 ACTIONS = ("pause", "resume", "kill", "nudge")
 SESSION: web.RequestKey[Session | None] = web.RequestKey("session")
 """Who asked (None: nobody logged in), as the guard found it."""
@@ -447,7 +449,7 @@ class WebConsole:
             snapshot=snapshot,
             stats=None if snapshot.done else handle.statistics(),
             state=state_text(snapshot.state),
-            records=process.history(),
+            records=shown_history(process.history(last=HISTORY_SHOWN), snapshot.version),
             logs=logs,
             diagram=diagram,
             highlighted=highlighted(diagram, snapshot.phase) if diagram else "",
@@ -489,8 +491,12 @@ class WebConsole:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         _secure(response, self.tls is not None)
+        if request.version < (1, 1):
+            raise web.HTTPBadRequest(text="event streams take HTTP/1.1\n")
+        response.enable_chunked_encoding()  # EventStream frames its chunks itself (see there)
         await response.prepare(request)
         stream = EventStream(response, request.transport)
+        await stream.open()
         self._streams.add(stream)
         tasks = [asyncio.ensure_future(_bind(worker, stream)) for worker in workers]
         try:
@@ -534,14 +540,12 @@ class WebConsole:
             now = time.time()
             row = ProcessRow.from_snapshot(snapshot)
             stats = process.statistics() if process is not None and not snapshot.done else None
-            records = process.history() if process is not None else []
+            records = process.history(last=HISTORY_SHOWN + 1) if process is not None else []
             parts = [
                 sse_event("status", row.status),
                 sse_event("phase", row.phase),
                 sse_event("facts", str(self._parts.facts(row, stats, snapshot, now))),
-                sse_event(
-                    "history", str(self._parts.history([r for r in records if r.version <= snapshot.version], now))
-                ),
+                sse_event("history", str(self._parts.history(shown_history(records, snapshot.version), now))),
                 sse_event("state", _escape(state_text(snapshot.state))),
             ]
             if self.panels and process is not None and any(p.applies_to(snapshot.kind) for p in self.panels):
@@ -790,6 +794,15 @@ def _secure(response: web.StreamResponse, tls: bool) -> None:
     headers.setdefault("X-Frame-Options", "DENY")
     if tls:
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+
+
+HISTORY_SHOWN = 20
+"""Transitions a process's page shows (the newest; the process keeps more while recording)."""
+
+
+def shown_history(records: list[TransitionRecord], version: int) -> list[TransitionRecord]:
+    """The newest HISTORY_SHOWN records up to ``version`` (the snapshot the page shows)."""
+    return [record for record in records if record.version <= version][-HISTORY_SHOWN:]
 
 
 def row_key(pid: str) -> str:

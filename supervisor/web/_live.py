@@ -20,9 +20,9 @@ import asyncio
 import contextlib
 import html
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -41,79 +41,66 @@ LOG_BATCH = 200
 
 
 class EventStream:
-    """One page's server-sent event response: frames queued in order, written by its task.
+    """One page's server-sent event response.
 
-    ``write_now`` queues without waiting (the fan-out's ticker); ``send`` waits while the
-    backlog is over :data:`BACKLOG_LIMIT` (log followers); ``backlog`` is what is queued here
-    plus what the socket has not taken. ``written_at`` is when the last write left (the
-    benchmark's clock, ``time.perf_counter``).
+    A push is written to the socket where it is made, with no task woken for it: the fan-out's
+    ticker writes every page's update in one pass. That needs the response's HTTP/1.1 chunked
+    framing done here (``chunk``: the length in hex, the bytes, CRLF), after aiohttp has sent the
+    headers and a first chunk itself; aiohttp ends the body with the last chunk when the handler
+    returns. ``write_now`` never waits (the fan-out skips a page whose ``backlog`` is over its
+    limit); ``send`` waits while the backlog is over :data:`BACKLOG_LIMIT` (log followers).
+    ``written_at`` is when the last write left (``time.perf_counter``, the benchmark's clock).
     """
 
     def __init__(self, response: web.StreamResponse, transport: asyncio.BaseTransport | None) -> None:
         self.response = response
-        self._transport = transport
-        self._queue: deque[bytes] = deque()
-        self._queued = 0
-        self._ready = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
+        # uvloop's transports do not derive from asyncio's classes: what is needed is a write side.
+        writable = transport is not None and hasattr(transport, "write") and hasattr(transport, "is_closing")
+        self._transport: Any = transport if writable else None
         self.closed = False
+        self._ended = asyncio.Event()
         self.writes = 0
         self.written_at = 0.0
 
+    async def open(self) -> None:
+        """Send the headers and a first comment through aiohttp, which flushes them both."""
+        await self.response.write(b": statevisor\n\n")
+
     def write_now(self, frame: bytes) -> None:
-        if self.closed:
+        transport = self._transport
+        if self.closed or transport is None or transport.is_closing():
+            self.close()
             return
-        self._queue.append(frame)
-        self._queued += len(frame)
-        self._drained.clear()
-        self._ready.set()
+        transport.write(b"%x\r\n%b\r\n" % (len(frame), frame))
+        self.writes += 1
+        self.written_at = time.perf_counter()
 
     def backlog(self) -> int:
         transport = self._transport
-        pending = transport.get_write_buffer_size() if isinstance(transport, asyncio.WriteTransport) else 0
-        return self._queued + pending
+        return transport.get_write_buffer_size() if transport is not None else 0
 
     async def send(self, frame: bytes) -> None:
-        """Queue ``frame`` once the backlog is under the limit (never while the stream is closed)."""
-        while not self.closed and self.backlog() > BACKLOG_LIMIT:
-            await self._drained.wait()
-            await asyncio.sleep(0.05)  # the socket's own buffer drains without telling
+        """Write ``frame`` once the backlog is under the limit (a browser that is behind)."""
+        while not self.closed and self.backlog() > BACKLOG_LIMIT:  # noqa: ASYNC110 - a socket buffer raises no event
+            await asyncio.sleep(0.05)  # the socket's buffer drains without telling
         self.write_now(frame)
 
     def close(self) -> None:
         self.closed = True
-        self._ready.set()
-        self._drained.set()
+        self._ended.set()
 
     async def run(self) -> None:
-        """Write what is queued until the stream is closed or the browser has gone."""
-        try:
-            while not self.closed:
-                try:
-                    async with asyncio.timeout(PING_SECONDS):
-                        await self._ready.wait()
-                except TimeoutError:
-                    self.write_now(b": ping\n\n")
-                self._ready.clear()
-                if not self._queue:
-                    continue
-                data = b"".join(self._queue)
-                self._queue.clear()
-                self._queued = 0
-                await self.response.write(data)
-                self.written_at = time.perf_counter()
-                self.writes += 1
-                if not self._queue:
-                    self._drained.set()
-        except (ConnectionError, RuntimeError):
-            pass  # the browser went away (aiohttp says so with either)
-        finally:
-            self.close()
+        """Keep the stream open (a comment every PING_SECONDS, which also finds a browser that
+        went away) until it is closed."""
+        while not self.closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PING_SECONDS):
+                    await self._ended.wait()
+            self.write_now(b": ping\n\n")
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"<EventStream {state}, {self.writes} writes, {self._queued} bytes queued>"
+        return f"<EventStream {state}, {self.writes} writes, {self.backlog()} bytes queued>"
 
 
 def log_event_id(offsets: dict[str, int]) -> str:
