@@ -42,6 +42,7 @@ METRICS = {
         "recovery_seconds",
         "recovery_replay_seconds",
     },
+    "web": {"list_page_ms", "baseline_list_page_ms", "list_page_ratio", "live_update_p99_ms", "watched_ratio"},
 }
 
 

@@ -108,6 +108,7 @@ LAYERS = (
     "_simulation",
     "control",
     "cluster",
+    "web",
     "daemon",
     "cli",
 )

@@ -44,6 +44,7 @@ from .actions import ExecutorRegistry, TrackedAction, UntrackedAction
 from .checkpointer import Checkpointer
 from .clock import Clock
 from .codec import Checkpoint, decode_record, encode_fields
+from .history import History, TransitionRecord
 from .inputs import (
     EVENT_TIMEOUT,
     STATE_TIMEOUT,
@@ -127,6 +128,7 @@ class Process:
         "_error",
         "_errors",
         "_final_save",
+        "_history",
         "_in_transition",
         "_journal",
         "_kill_reason",
@@ -216,6 +218,7 @@ class Process:
         self._watchers = 0
         self._final_save: asyncio.Task[None] | None = None
         self._dirty = False
+        self._history: History | None = None  # made while an observer asks (keep_history)
 
     # ========================================================================================
     # Status: plain synchronous reads
@@ -283,6 +286,15 @@ class Process:
             or (self._started and self._transitions + self._errors > 0)
             or (self._started and self._restored)
         )
+
+    @property
+    def since(self) -> float:
+        """When the current lifecycle began (runtime clock), as snapshots say."""
+        return self._since
+
+    @property
+    def pause_reason(self) -> str | None:
+        return self._pause_reason
 
     def waiting_on(self) -> tuple[str, ...]:
         if self.held:
@@ -611,7 +623,7 @@ class Process:
         except Exception as exc:
             journal.rollback()
             self._in_transition = False
-            self._transition_failed(input, exc)
+            self._transition_failed(input, exc, ctx)
             if cancelled:
                 self.mark_dirty()  # nothing of the input is kept, but it did cancel the event timeout
             return
@@ -654,10 +666,12 @@ class Process:
         if shadow.effects() != first.effects():
             raise NondeterminismError(f"re-run of {type(input).__name__} described different effects")
 
-    def _transition_failed(self, input: Input, exc: Exception) -> None:
+    def _transition_failed(self, input: Input, exc: Exception, ctx: Context) -> None:
         self._errors += 1
         self.version += 1
         error = TransitionError.from_exception(exc)
+        if self._history is not None:
+            self._record(input, ctx, None, str(error))
         log.error(
             "transition_failed",
             pid=self.pid,
@@ -683,7 +697,9 @@ class Process:
         self.version += 1
         if input is not None:
             self._transitions += 1
+        moved_from = None
         if ctx.goto_phase is not None and ctx.goto_phase != self.phase:
+            moved_from = self.phase
             self.phase = ctx.goto_phase
             self.timers.disarm(STATE_TIMEOUT)
             self.mailbox.redeliver_postponed()
@@ -708,6 +724,8 @@ class Process:
             self._paused = True
             self._pause_reason = ctx.pause_reason
             self._paused_itself = True
+        if self._history is not None:
+            self._record(input, ctx, moved_from)
         checkpointer = self.env.checkpointer
         if checkpointer is not None:
             leaves = tracked or ctx.untracked or ctx.replies
@@ -891,6 +909,7 @@ class Process:
         if not self._paused:
             self._paused = True
             self.version += 1
+            self._note("paused")
             self.mark_dirty()
             self._conditions.wake_all(Condition.CHANGED)
         self._conditions.wake_all(Condition.PAUSE_LANDED)
@@ -900,6 +919,7 @@ class Process:
         self._paused = True
         self._pause_reason = reason
         self.version += 1
+        self._note(f"paused by the runtime: {reason}")
         self._conditions.wake_all(Condition.CHANGED)
 
     def resume(self) -> None:
@@ -912,6 +932,7 @@ class Process:
                 self._paused_itself = False
                 self.mailbox.put(Control(ControlEvent.RESUMED))
             self.version += 1
+            self._note("resumed")
             self.mark_dirty()
             self._conditions.wake_all(Condition.CHANGED)
             self._conditions.wake_all(Condition.RESUMED)
@@ -954,6 +975,47 @@ class Process:
 
     def watcher_added(self, delta: int) -> None:
         self._watchers += delta
+
+    def changed_future(self, seen: int) -> asyncio.Future[None]:
+        """A future done once this process has changed past version ``seen`` (or has ended): for
+        an observer that cannot await one task per process, such as a fan-out that serves many
+        watchers from one ticker. Cancel it to stop waiting."""
+        if self.version != seen or self._terminal is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self._conditions.future(Condition.CHANGED)
+
+    # --- history: recorded only while an observer asks ----------------------------------------
+
+    def keep_history(self, keep: bool) -> None:
+        """Record this process's transitions from now on (``True``), or let go (``False``): the
+        history is dropped once every observer that asked has let go (see :mod:`.history`)."""
+        history = self._history
+        if keep:
+            if history is None:
+                history = self._history = History()
+            history.keepers += 1
+        elif history is not None:
+            history.keepers -= 1
+            if history.keepers <= 0:
+                self._history = None
+
+    def history(self, last: int | None = None) -> list[TransitionRecord]:
+        """The transitions recorded since an observer asked (:meth:`keep_history`), oldest first
+        (the ``last`` ones, if given)."""
+        return self._history.records(self.machine.redacted, last) if self._history is not None else []
+
+    def _note(self, what: str) -> None:
+        """Record a change that is no transition (a pause, a resume, a kill) in the history."""
+        history = self._history
+        if history is not None:
+            history.add(self.version, self.env.clock.now(), what, self.phase)
+
+    def _record(self, input: Input | None, ctx: Context, moved_from: str | None, error: str | None = None) -> None:
+        history = self._history
+        if history is not None:
+            history.add(self.version, ctx.now, input, self.phase, moved_from, ctx, error)
 
     # --- the end: kill, detach, terminate ---------------------------------------------------
 
@@ -1058,6 +1120,8 @@ class Process:
         self._result = result
         self._error = error
         self.version += 1
+        if lifecycle is Lifecycle.KILLED:
+            self._note(f"killed: {error}")
         self.timers.disarm_all()
         for task in self._action_tasks.values():
             task.cancel()

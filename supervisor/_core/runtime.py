@@ -217,9 +217,10 @@ class Runtime:
     def handles(self) -> list[Handle]:
         return [Handle(p) for p in self._live.values()]
 
-    def processes(self) -> Iterator[Process]:
-        """The live processes, for counting on the loop (no handle made for each)."""
-        return iter(self._live.values())
+    def processes(self, *, newest_first: bool = False) -> Iterator[Process]:
+        """The live processes in the order they were spawned (or revived), for reading on the
+        loop with no handle made for each."""
+        return reversed(self._live.values()) if newest_first else iter(self._live.values())
 
     def __len__(self) -> int:
         return len(self._live)

@@ -28,6 +28,15 @@ class WaitQueue:
                 self.wake_one()
             raise
 
+    def future(self) -> asyncio.Future[None]:
+        """A future set at the next wake, for an observer that registers a callback instead of
+        awaiting (one task serving many processes); cancel it to stop waiting."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = deque()
+        self._waiters.append(future)
+        return future
+
     def wake_one(self) -> None:
         waiters = self._waiters
         while waiters:
@@ -91,6 +100,16 @@ class Conditions:
         if queue is None:
             queue = queues[condition] = WaitQueue()
         await queue.wait()
+
+    def future(self, condition: Condition) -> asyncio.Future[None]:
+        """A future set at the next wake of ``condition`` (see :meth:`WaitQueue.future`)."""
+        queues = self._queues
+        if queues is None:
+            queues = self._queues = {}
+        queue = queues.get(condition)
+        if queue is None:
+            queue = queues[condition] = WaitQueue()
+        return queue.future()
 
     def wake_one(self, condition: Condition) -> None:
         queue = self._made(condition)

@@ -103,6 +103,18 @@ def _read_backwards(path: str | os.PathLike[str], lines: int, block: int) -> tup
     return data, end
 
 
+async def read_tail_position(path: str | os.PathLike[str], lines: int) -> tuple[list[str], int | None]:
+    """The last ``lines`` complete lines and the stream offset just after them, to pass to
+    :func:`follow_positions` as ``start`` to go on from there (None: not a regular file, nothing
+    to follow). Read on a log-reader thread."""
+    for _ in range(PATIENCE):
+        rotation, first, found, steady = await _readers.run(_tail_between_rotations, Path(path), lines)
+        if steady:
+            break
+        await asyncio.sleep(0.2)  # a rotation under way: the tail may be half of it
+    return first, (None if found is None else rotation.base + found)
+
+
 async def follow_lines(path: Path, *, lines: int = 10, interval: float = 0.2) -> AsyncIterator[str]:
     """The last ``lines`` lines, then every new line as it is written (``tail -F``), through
     rotations (see :mod:`._logrotation`). A pipe or terminal has nothing to follow: the iteration

@@ -398,6 +398,16 @@ class Node:
                 return Handle(process)
         raise ProcessNotFound(f"no live or recently ended process named {name!r}")
 
+    def recently_ended(self, *, newest_first: bool = False) -> Iterator[Process]:
+        """The ended processes kept for lookups (the last ``ended_kept``) in the order they
+        ended: for reading on the loop, without a handle made for each."""
+        return reversed(self._ended.values()) if newest_first else iter(self._ended.values())
+
+    @property
+    def ended_in_memory(self) -> int:
+        """How many ended processes are kept for lookups now (at most ``ended_kept``)."""
+        return len(self._ended)
+
     def list(
         self, *, kind: str | None = None, lifecycle: Lifecycle | None = None, paused: bool | None = None
     ) -> list[Handle]:

@@ -107,6 +107,10 @@ class RestartWindow:
         times.append(now)
         return len(times) <= self._budget.max_restarts
 
+    def used(self, now: float) -> int:
+        """Restarts within the period before ``now`` (nothing recorded)."""
+        return sum(1 for at in self._times if at > now - self._budget.period)
+
     def __len__(self) -> int:
         return len(self._times)
 

@@ -92,6 +92,28 @@ class SupervisorStatistics:
     given_up: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ChildStatus:
+    """One child of a supervisor as an operator reads it (the web console's tree).
+
+    ``pid`` is its process's (None for a child supervisor, or a child not started);
+    ``restarts`` counts its restarts since its supervisor started; ``budget_used`` is how many of
+    them fall within its own budget's period (its supervisor's when it has none of its own).
+    """
+
+    name: str
+    restart: Restart
+    alive: bool
+    pid: str | None
+    kind: str | None
+    restarts: int
+    given_up: bool
+    restart_pending: bool
+    budget: Budget | None
+    budget_used: int
+    depends_on: tuple[str, ...] = ()
+
+
 class SupervisorState(StrEnum):
     CREATED = "created"
     RUNNING = "running"
@@ -144,8 +166,8 @@ def _how_it_ended(handle: Handle, ended: Snapshot) -> dict[str, Any]:
 
 class _Child:
     __slots__ = (
-        "given_up", "handle", "on_purpose", "pending_restart", "running", "since", "spec", "streak", "sub", "watcher",
-        "window",
+        "given_up", "handle", "on_purpose", "pending_restart", "restarts", "running", "since", "spec", "streak", "sub",
+        "watcher", "window",
     )  # fmt: skip
 
     def __init__(self, spec: ChildSpec) -> None:
@@ -160,6 +182,7 @@ class _Child:
         self.pending_restart: TimerHandle | None = None
         self.window: RestartWindow | None = None
         self.given_up = False
+        self.restarts = 0  # since its supervisor started (an operator's count, not a budget's)
         self.reset_budget()
 
     def reset_budget(self) -> None:
@@ -334,6 +357,7 @@ class Supervisor:
             # Counted before the start, which the child may finish (new pid, first transition)
             # before this coroutine resumes: an observer must not see it restarted, uncounted.
             self.restarts += 1
+            child.restarts += 1
             self.node.restarted()  # the tree's count survives this supervisor's replacement
             try:
                 await self._start_child(child)
@@ -461,6 +485,36 @@ class Supervisor:
         for child in self._children.values():
             if child.sub is not None:
                 yield from child.sub.tree()
+
+    def child_statuses(self) -> list[ChildStatus]:
+        """Each child in start order, as an operator reads it (one plain record each)."""
+        now = self.node.clock.now()
+        found = []
+        for name in self.order:
+            child = self._children[name]
+            spec = child.spec
+            handle = child.handle if child.sub is None else None
+            window = child.window if child.window is not None else self._window
+            found.append(
+                ChildStatus(
+                    name=name,
+                    restart=spec.restart,
+                    alive=child.alive,
+                    pid=handle.pid if handle is not None else None,
+                    kind=handle.kind if handle is not None else None,
+                    restarts=child.restarts,
+                    given_up=child.given_up,
+                    restart_pending=child.pending_restart is not None,
+                    budget=spec.budget,
+                    budget_used=window.used(now),
+                    depends_on=tuple(spec.depends_on),
+                )
+            )
+        return found
+
+    def budget_used(self) -> int:
+        """Restarts of its children within its own budget's period."""
+        return self._window.used(self.node.clock.now())
 
     def statistics(self) -> SupervisorStatistics:
         children = self._children.values()

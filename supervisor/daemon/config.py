@@ -102,6 +102,10 @@ class DaemonSettings:
     metrics_tls: bool = False
     log_dir: Path = Path("logs")
     run_dir: Path = Path("runs")
+    web: str | None = None
+    web_control: bool = False
+    web_read: str = "token"
+    web_tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,12 @@ _DAEMON = {
     "metrics_tls": (bool, False),
     "log_dir": (str, "logs"),
     "run_dir": (str, "runs"),
+    "web": (str, None),
+    "web_control": (bool, False),
+    "web_read": (str, "token"),
+    "web_tls": (bool, False),
 }
+WEB_READ = ("token", "open")
 _PROCESS = {
     "name": (str, REQUIRED),
     "kind": (str, REQUIRED),
@@ -300,6 +309,70 @@ def _check_metrics_listener(checker: Checker, raw: Mapping[str, Any]) -> None:
         "the network in the clear",
         "daemon",
         "metrics",
+    )
+
+
+def _check_web_listener(checker: Checker, raw: Mapping[str, Any]) -> None:
+    """The web console: the control API's rules. Logging in (to read, unless reading is open,
+    and to control) takes the daemon's token; beyond loopback reading needs it too, over TLS."""
+    web = raw["web"]
+    if web is None:
+        for key in ("web_control", "web_tls"):
+            checker.check(not raw[key], f"daemon.{key}", "has no effect without daemon.web", "daemon", key)
+        return
+    if not checker.check(
+        _address(web), "daemon.web", f"expected host:port (e.g. 127.0.0.1:8080); got {web!r}", "daemon", "web"
+    ):
+        return
+    read = raw["web_read"]
+    checker.check(
+        read in WEB_READ,
+        "daemon.web_read",
+        f"expected one of {', '.join(WEB_READ)}; got {read!r}",
+        "daemon",
+        "web_read",
+    )
+    loopback = _on_loopback(web)
+    checker.check(
+        loopback or read != "open",
+        "daemon.web_read",
+        f'must be "token" when daemon.web is not on loopback ({web}): processes\' states and logs are not for '
+        "every machine that can reach it",
+        "daemon",
+        "web_read",
+    )
+    if raw["token_file"] is None and raw["web_control"]:
+        checker.check(
+            False,
+            "daemon.token_file",
+            "required when daemon.web_control is true: controlling processes from the web console takes a login "
+            "with the daemon's token",
+            "daemon",
+            "web_control",
+        )
+    elif raw["token_file"] is None and read != "open":
+        checker.check(
+            False,
+            "daemon.token_file",
+            "required when daemon.web is set: reading the web console takes a login with the daemon's token "
+            '(or set daemon.web_read = "open", on loopback)',
+            "daemon",
+            "web",
+        )
+    if raw["web_tls"]:
+        checker.check(
+            raw["tls_cert"] is not None and raw["tls_key"] is not None,
+            "daemon.web_tls",
+            "needs daemon.tls_cert and daemon.tls_key (the certificate the web console serves)",
+            "daemon",
+            "web_tls",
+        )
+    checker.check(
+        loopback or raw["web_tls"],
+        "daemon.web_tls",
+        f"must be true when daemon.web is not on loopback ({web}): the token must not cross the network in the clear",
+        "daemon",
+        "web",
     )
 
 
@@ -633,6 +706,7 @@ def parse(
             "tcp",
         )
     _check_metrics_listener(checker, raw)
+    _check_web_listener(checker, raw)
     daemon = DaemonSettings(
         store=(base / raw["store"]).resolve(),
         socket=socket_path,
@@ -653,6 +727,10 @@ def parse(
         metrics_tls=raw["metrics_tls"],
         log_dir=(base / raw["log_dir"]).resolve(),
         run_dir=(base / raw["run_dir"]).resolve(),
+        web=raw["web"],
+        web_control=raw["web_control"],
+        web_read=raw["web_read"],
+        web_tls=raw["web_tls"],
     )
 
     # A process's own backoff takes the keys it leaves out from [supervisor.backoff]. Read here

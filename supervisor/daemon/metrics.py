@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -22,6 +22,7 @@ from .._core.actions import TrackedAction
 from .._core.process import Process
 from .._supervision.node import Node
 from .._supervision.summary import LIVE_LIFECYCLES
+from ..web._console import WebStatistics
 from .log import current_sink
 from .metrics_http import MetricsServer, serve_metrics
 from .watchdog import LoopWatchdog
@@ -179,6 +180,34 @@ class ExecutorCollector(Collector):
                 yield from families()
 
 
+class WebCollector(Collector):
+    """The web console's counts (read on the loop, where the console keeps them)."""
+
+    def __init__(self, statistics: Callable[[], WebStatistics | None]) -> None:
+        self.statistics = statistics
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.statistics()
+        if stats is None:
+            return
+        yield GaugeMetricFamily("statevisor_web_streams", "Web console pages open now (their live event streams)",
+                                value=stats.streams)  # fmt: skip
+        yield CounterMetricFamily("statevisor_web_requests", "Requests the web console answered", value=stats.requests)
+        yield CounterMetricFamily("statevisor_web_pushes", "Live updates written to the web console's pages",
+                                  value=stats.pushes)  # fmt: skip
+        actions = CounterMetricFamily(
+            "statevisor_web_actions", "Control actions done from the web console, by action", labels=["action"]
+        )
+        for action, count in sorted(stats.actions.items()):
+            actions.add_metric([action], count)
+        yield actions
+        refused = CounterMetricFamily("statevisor_web_refused", "Web console requests refused, by reason",
+                                      labels=["reason"])  # fmt: skip
+        for reason, count in sorted(stats.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+
+
 SCRAPE_TIMEOUT = 5.0
 """Seconds a scrape waits for the event loop to read the node (Prometheus's default scrape
 timeout is 10 s); a loop that does not get to it in time fails the scrape, which says so."""
@@ -242,13 +271,20 @@ class WatchdogCollector(Collector):
 
 
 def registry_for(
-    node: Node, connections: Any = None, watchdog: LoopWatchdog | None = None, extra: Sequence[Collector] = ()
+    node: Node,
+    connections: Any = None,
+    watchdog: LoopWatchdog | None = None,
+    web: Callable[[], WebStatistics | None] | None = None,
+    extra: Sequence[Collector] = (),
 ) -> CollectorRegistry:
     """The node's metrics (and ``extra`` collectors': a cluster member's); made on its event
     loop, they are read there at every scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    collectors = [NodeCollector(node, connections), ExecutorCollector(node), *extra]
-    registry.register(OnLoop(collectors, _running_loop()))
+    on_loop: list[Collector] = [NodeCollector(node, connections), ExecutorCollector(node)]
+    if web is not None:
+        on_loop.append(WebCollector(web))
+    on_loop.extend(extra)
+    registry.register(OnLoop(on_loop, _running_loop()))
     if watchdog is not None:
         registry.register(WatchdogCollector(watchdog))
     node.runtime.observers.append(ActionObserver(registry))
@@ -263,6 +299,7 @@ def start_metrics(
     connections: Any = None,
     watchdog: LoopWatchdog | None = None,
     *,
+    web: Callable[[], WebStatistics | None] | None = None,
     token: str | None = None,
     tls: ssl.SSLContext | None = None,
     extra: Sequence[Collector] = (),
@@ -271,7 +308,7 @@ def start_metrics(
     when given; returns the server (``.close()``)."""
     name, _, port = address.rpartition(":")
     try:
-        registry = registry_for(node, connections, watchdog, extra)
+        registry = registry_for(node, connections, watchdog, web, extra)
         return serve_metrics(registry, name.strip("[]"), int(port), token=token, tls=tls)
     except OSError as exc:  # the bare error ("Address already in use") does not say which address
         raise OSError(exc.errno, f"metrics on {address} (daemon.metrics): {exc.strerror or exc}") from None

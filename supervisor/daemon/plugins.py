@@ -29,6 +29,7 @@ from typing import Any
 from .._core.actions import ExecuteFunction, Executor
 from .._core.machine import Machine
 from .._supervision.kind import Kind, KindSetup, MachineKind
+from ..web._panels import Panel
 
 KINDS_GROUP = "statevisor.kinds"
 EXECUTORS_GROUP = "statevisor.executors"
@@ -216,3 +217,28 @@ def _unexecuted(catalog: Catalog) -> list[Problem]:
             )
             problems.append(Problem("kinds", name, loaded.origin, message))
     return problems
+
+
+PANELS_GROUP = "statevisor.panels"
+
+
+def load_panels(discover: Callable[[str], list[EntryPoint]] | None = None) -> tuple[list[Panel], list[str]]:
+    """The web console's panels that installed packages declare (group ``statevisor.panels``:
+    a :class:`~supervisor.web.Panel`, or a class of one made with no arguments), and a line for
+    each that could not be loaded: a broken panel is left out, the console still serves."""
+    discover = discover or (lambda group: list(entry_points(group=group)))
+    panels: list[Panel] = []
+    problems: list[str] = []
+    for ep in discover(PANELS_GROUP):
+        origin = f"{ep.value} ({_entry_point_origin(ep)})"
+        try:
+            value = ep.load()
+            panel = value() if isinstance(value, type) else value
+        except Exception as exc:
+            problems.append(f"{origin}: {_described(exc)}")
+            continue
+        if not isinstance(panel, Panel):
+            problems.append(f"{origin}: {_what(value)} is not a panel (it needs applies_to(kind) and render(snapshot))")
+            continue
+        panels.append(panel)
+    return panels, problems

@@ -1,10 +1,11 @@
 """``statevisor daemon``: run a node from a configuration file until told to stop.
 
-What it runs: the configuration, the SQLite store and recovery, the supervised processes it
-declares, metrics on loopback, structured logs written off the loop, bounded graceful shutdown
-on SIGTERM/SIGINT, configuration reload on SIGHUP, task stacks on SIGUSR1, the control socket
-(owner-only), a watchdog of its event loop, systemd's notify protocol, and an open-files limit
-raised for itself (not for the commands it starts).
+What it runs: the configuration, the store (SQLite, or a cluster's) and recovery, the supervised
+processes it declares, metrics on loopback, the web console when configured, structured logs
+written off the loop, bounded graceful shutdown on SIGTERM/SIGINT, configuration reload on
+SIGHUP, task stacks on SIGUSR1, the control socket (owner-only), a watchdog of its event loop,
+systemd's notify protocol, and an open-files limit raised for itself (not for the commands it
+starts).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -32,6 +33,9 @@ from .config import Config, ConfigFileError, DaemonSettings, ProcessSettings, lo
 from .log import configure, set_level
 from .systemd import SystemdNotifier
 from .watchdog import LoopWatchdog
+
+if TYPE_CHECKING:
+    from ..web import WebConsole, WebStatistics
 
 log = structlog.get_logger("statevisor.daemon")
 
@@ -72,6 +76,30 @@ def tcp_options(config: Config) -> dict[str, Any]:
     host, _, port = settings.tcp.rpartition(":")
     tls = tls_context(settings) if settings.tls_cert is not None and settings.tls_key is not None else None
     return {"tcp": (host.strip("[]"), int(port)), "token": read_token(settings.token_file), "tls": tls}
+
+
+def web_console(node: Node, settings: DaemonSettings) -> WebConsole | None:
+    """The web console ``daemon.web`` asks for (a :class:`supervisor.web.WebConsole`, not started),
+    with the panels installed packages declare; None when it is not configured."""
+    if settings.web is None:
+        return None
+    from ..web import WebConsole
+    from .plugins import load_panels
+
+    panels, problems = load_panels()
+    for problem in problems:
+        log.error("web_panel_not_loaded", problem=problem, note="the console serves without it")
+    host, _, port = settings.web.rpartition(":")
+    return WebConsole(
+        node,
+        host.strip("[]"),
+        int(port),
+        token=read_token(settings.token_file) if settings.token_file is not None else None,
+        tls=tls_context(settings) if settings.web_tls else None,
+        control=settings.web_control,
+        read=settings.web_read,
+        panels=panels,
+    )
 
 
 def child_spec(process: ProcessSettings, kinds: Mapping[str, type[Machine[Any]]]) -> ChildSpec:
@@ -195,8 +223,10 @@ async def _run_once(
         watchdog.start()
         running.callback(watchdog.stop)
         settings = config.daemon
+        watched = WebWatch()
         server = start_metrics(
             node, settings.metrics, lambda: control.connections if control else 0, watchdog,
+            web=watched.statistics,
             token=read_token(settings.metrics_token_file, "daemon.metrics_token_file")
             if settings.metrics_token_file else None,
             tls=tls_context(settings) if settings.metrics_tls else None, extra=extra,
@@ -226,12 +256,18 @@ async def _run_once(
             running.push_async_callback(router.stop)
         await control.start()
         running.push_async_callback(control.close)
+        console = web_console(node, settings)
+        if console is not None:
+            await console.start()
+            running.push_async_callback(console.close)
+            watched.console = console
         log.info(
             "daemon_started",
             config=str(config.path),
             store=node.store_path,
             metrics=config.daemon.metrics,
             socket=str(config.daemon.socket),
+            web=console.url if console is not None else None,
             revived=report.revived,
             quarantined=len(report.quarantined),
             processes=len(node.runtime),
@@ -262,6 +298,16 @@ async def _run_once(
         return 1
     log.info("daemon_stopped")
     return 0
+
+
+class WebWatch:
+    """The web console for the metrics, once it has started (the metrics start before it)."""
+
+    def __init__(self) -> None:
+        self.console: WebConsole | None = None
+
+    def statistics(self) -> WebStatistics | None:
+        return self.console.statistics() if self.console is not None else None
 
 
 def check_open_files(max_connections: int) -> None:
