@@ -49,6 +49,7 @@ class Stepper(Machine[dict[str, Any]]):
 def _ledger() -> sqlite3.Connection:
     db = sqlite3.connect(os.environ["STATEVISOR_TEST_LEDGER"], timeout=30, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")  # the daemons are killed, never the machine: no fsync needed
     db.execute("CREATE TABLE IF NOT EXISTS effects (pid TEXT, step INTEGER, action TEXT, PRIMARY KEY (pid, step))")
     db.execute("CREATE TABLE IF NOT EXISTS duplicates (pid TEXT, step INTEGER, first TEXT, again TEXT)")
     return db

@@ -173,11 +173,12 @@ def _waiting(entries: tuple[str, ...], now: float) -> str:
     return ", ".join(shown) or "-"
 
 
-def _row(snapshot: Snapshot) -> list[str]:
+def _row(snapshot: Snapshot, reachable: bool = True) -> list[str]:
     waiting = _waiting(snapshot.waiting_on, time.time())
     age = f"{max(0.0, time.time() - snapshot.since):.0f}s"
     paused = "paused" if snapshot.paused else ""
-    return [snapshot.pid, snapshot.name, snapshot.kind, str(snapshot.lifecycle), paused, snapshot.phase,
+    lifecycle = str(snapshot.lifecycle) if reachable else f"{snapshot.lifecycle}(unreachable)"
+    return [snapshot.pid, snapshot.name, snapshot.kind, lifecycle, paused, snapshot.phase,
             str(snapshot.version), age, waiting]  # fmt: skip
 
 
@@ -216,6 +217,21 @@ def _status_lines(summary: NodeSummary, where: str, now: float) -> list[str]:
     if summary.store_problem:
         lines.append(f"store PROBLEM: {summary.store_problem} (see the daemon's log; the next start may lose state)")
     return lines
+
+
+def _cluster_lines(cluster: dict[str, Any]) -> list[str]:
+    """A cluster member's part of ``statevisor status``: the members as it sees them."""
+    lines = [
+        f"cluster {cluster['name']}: this daemon is {cluster['node']} ({cluster['standing']}), "
+        f"lease {cluster['lease']:g} s; {cluster['failovers']} failovers, {cluster['taken']} processes taken, "
+        f"{cluster['dropped']} dropped, {cluster['fenced_writes']} fenced writes"
+    ]
+    rows = [
+        [name, str(m.get("processes", "-")), f"{m['lease_left']:.1f}s", m.get("incarnation", "-")]
+        + (["(this daemon)"] if m.get("self") else [""])
+        for name, m in sorted(cluster["members"].items())
+    ]
+    return lines + _table(rows, ["MEMBER", "PROCESSES", "LEASE LEFT", "INCARNATION", ""]).splitlines()
 
 
 def _duration(seconds: float) -> str:
@@ -268,8 +284,14 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
             from .._core.lifecycle import Lifecycle
 
             lifecycle = Lifecycle(args.lifecycle) if args.lifecycle else None
-            found = await client.list(kind=args.kind, lifecycle=lifecycle, paused=True if args.paused else None)
-            emit(json_line([asdict(s) for s in found]) if args.json else _table([_row(s) for s in found], HEADER))
+            placed = await client.placed(kind=args.kind, lifecycle=lifecycle, paused=True if args.paused else None)
+            if args.json:
+                emit(json_line([{**asdict(p.snapshot), **p.where()} for p in placed]))
+            elif any(p.owner is not None for p in placed):  # a cluster's: every member's, with its owner
+                rows = [[*_row(p.snapshot, p.reachable), p.owner or "-"] for p in placed]
+                emit(_table(rows, [*HEADER, "OWNER"]))
+            else:
+                emit(_table([_row(p.snapshot) for p in placed], HEADER))
             return OK
         if command == "status":
             try:
@@ -278,12 +300,14 @@ async def _operate(args: argparse.Namespace, daemon: Target) -> int:
                 if "unknown operation 'summary'" not in str(exc):
                     raise
                 return await _older_status(client, daemon, args.json)
+            cluster = await client.cluster()
             if args.json:
                 where = {"daemon": client.server_version, "address": daemon.where, "socket": daemon.socket}
                 counts = {"processes": summary.live, "by_lifecycle": summary.by_lifecycle()}
-                emit(json_line({**where, **counts, **summary.to_fields()}))
+                emit(json_line({**where, **counts, **summary.to_fields(), "cluster": cluster}))
             else:
-                emit("\n".join(_status_lines(summary, daemon.where, time.time())))
+                lines = _status_lines(summary, daemon.where, time.time())
+                emit("\n".join(lines + (_cluster_lines(cluster) if cluster is not None else [])))
             return OK
         if command == "spawn":
             state = json.loads(args.state) if args.state else None

@@ -164,7 +164,10 @@ class ClusterMember:
                 claimed = await store.claim(departed, placed_here)
                 report = await node.take(claimed.records)
             except (StatevisorError, nats.errors.Error, TimeoutError) as exc:
-                log.error("failover_failed", departed=departed, error=repr(exc), note="the next sweep tries again")
+                # A NATS server restarting, a stream electing its leader: soon over. Try again
+                # after a heartbeat (and the sweep, later, in any case).
+                log.error("failover_failed", departed=departed, error=repr(exc), retry_in=self.settings.heartbeat)
+                self._later(departed, since)
                 return
         if claimed.records:
             self.failovers += 1
@@ -174,6 +177,15 @@ class ClusterMember:
                 "failover", departed=departed, taken=report.revived, quarantined=len(report.quarantined),
                 left_to_others=claimed.left, seconds=round(self.last_failover_seconds, 3),
             )  # fmt: skip
+
+    def _later(self, departed: str, since: float) -> None:
+        async def again() -> None:
+            await asyncio.sleep(self.settings.heartbeat)
+            await self._take_share(departed, since)
+
+        task = asyncio.get_running_loop().create_task(again())
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
 
     async def _sweep_forever(self) -> None:
         """Now and then, every roster node that is not live: take what is placed here."""

@@ -38,7 +38,7 @@ from .._core.lifecycle import Lifecycle
 from .._core.secrets import redact
 from .._core.snapshot import ProcessRecord
 from .._core.state import pack, unpack
-from .._errors import ProcessNotFound, StatevisorError
+from .._errors import ProcessNotFound, StatevisorError, Unavailable
 from .._supervision.node import Node
 from ..control._errors import ProtocolError
 from ..control._ops import OPS, Requester, answer, argument, array_chunks, snapshot_fields
@@ -67,7 +67,12 @@ _NATS_FAILURES = (nats.errors.Error, TimeoutError, OSError)
 
 
 class _Gone(Exception):
-    """The owner left (or has no relay listening) while a request was with it."""
+    """The owner left while a request was with it (``delivered``), or had no relay listening
+    (not ``delivered``: the request reached nobody)."""
+
+    def __init__(self, node: str, *, delivered: bool) -> None:
+        super().__init__(node)
+        self.delivered = delivered
 
 
 class Router:
@@ -163,7 +168,13 @@ class Router:
             target = args.pop(".placed_on")
             try:
                 final = await self._relay(target, op, args, request_id, c.send_frame)
-            except _Gone:
+            except _Gone as gone:
+                if not gone.delivered:  # it reached nobody: nothing was spawned
+                    raise Unavailable(
+                        f"the spawn was placed on member {target}, which is stopping or gone: nothing was spawned "
+                        "(retry: it is placed on the members left)",
+                        0.5,
+                    ) from None
                 raise OwnerLost(str(args["pid"]), target) from None
             await c.send_frame(final)
             return
@@ -190,11 +201,14 @@ class Router:
             elif node in self.member.membership.live():  # type: ignore[union-attr]
                 try:
                     final = await self._relay(node, op, args, request_id, c.send_frame)
-                except _Gone:
-                    if op not in FOLLOWS_MOVES:
+                except _Gone as gone:
+                    if gone.delivered and op not in FOLLOWS_MOVES:
                         self.route_failures += 1
                         raise OwnerLost(pid, node) from None
-                    deadline = loop.time() + self.move_wait
+                    if gone.delivered:
+                        deadline = loop.time() + self.move_wait  # a watch: follow it to its next owner
+                    await self._unreachable_if_bound(pid, node)
+                    await asyncio.sleep(min(0.1, self.settings.heartbeat / 4))
                     continue
                 if _moved_away(final) and final != last_error:
                     last_error = final  # the owner no longer had it: it moved on; look again, once
@@ -205,17 +219,19 @@ class Router:
                 await c.send_frame(final)
                 return
             else:
-                record = await self._record(pid)
-                if record is not None and not self._movable(record):
-                    self.route_failures += 1
-                    raise ProcessUnreachable(pid, node, record.kind)
+                await self._unreachable_if_bound(pid, node)
             if loop.time() > deadline:
                 self.route_failures += 1
                 raise ProcessMoving(pid, node)
             await asyncio.sleep(min(0.1, self.settings.heartbeat / 4))
 
-    def _movable(self, record: ProcessRecord) -> bool:
-        return self.member.movable(record)
+    async def _unreachable_if_bound(self, pid: str, node: str) -> None:
+        """Raise :class:`ProcessUnreachable` when ``pid``, whose daemon ``node`` is gone, cannot
+        move (nobody will take it: no use waiting)."""
+        record = await self._record(pid)
+        if record is not None and not self.member.movable(record):
+            self.route_failures += 1
+            raise ProcessUnreachable(pid, node, record.kind)
 
     async def _record(self, pid: str) -> ProcessRecord | None:
         with contextlib.suppress(StatevisorError):
@@ -249,11 +265,11 @@ class Router:
                 done, _ = await asyncio.wait({getting, departed}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
                 if getting not in done:
                     getting.cancel()
-                    raise _Gone(node)
+                    raise _Gone(node, delivered=True)
                 message = getting.result()
                 headers = message.headers or {}
                 if headers.get("Status") == "503":
-                    raise _Gone(node)  # no relay listening there: it is stopping or gone
+                    raise _Gone(node, delivered=False)  # no relay listening there: stopping or gone
                 frame = _framed(message.data)
                 if headers.get(LAST):
                     answered = True

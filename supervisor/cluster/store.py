@@ -47,9 +47,14 @@ log = structlog.get_logger("statevisor.cluster")
 
 VALUE_FORMAT = 1
 DIRTY_RETRY_SECONDS = 1.0
+PATIENCE = 30.0
+"""Seconds a write is retried through failures the cluster gets over by itself (a stream's
+leader election takes a few seconds; a server restart a few more) before its process hears of
+it (and pauses, as on any store failure, until resumed)."""
 READ_CONCURRENCY = 64  # records read (or taken over) at once by a claim
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _WRONG_LAST_SEQUENCE = (10071, 10164)
+_EXPECTED = Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
 _NATS_FAILURES = (nats.errors.Error, TimeoutError, OSError)
 
 
@@ -92,6 +97,10 @@ class Latency:
     total: float
 
 
+class _Refused(Exception):
+    """A write refused because the record's revision is not the one expected."""
+
+
 class _Waiting:
     """A process's next write: the newest checkpoint handed over, and who waits for it."""
 
@@ -123,6 +132,7 @@ class ClusterStore:
         self.path = f"nats://{settings.name}/{settings.node}"
         self.window = settings.window
         self.timeout = settings.request_timeout
+        self.patience = PATIENCE  # seconds a write is retried through transient failures
         self.on_fenced = on_fenced
         self._subject = f"$KV.{settings.bucket('checkpoints')}."
         self._revisions: dict[str, int] = {}  # pid -> the revision last read or written (ours)
@@ -142,6 +152,7 @@ class ClusterStore:
         self.writes = 0
         self.fenced = 0
         self.failed_writes = 0
+        self.retries = 0  # attempts repeated after a transient failure
         self.taken = 0  # processes taken over from other nodes (or earlier incarnations)
         self._last_seconds = 0.0
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -250,29 +261,30 @@ class ClusterStore:
             self._schedule(pid)
 
     async def _write(self, checkpoint: Checkpoint) -> None:
+        """Write one checkpoint on the revision last seen; a failure the cluster gets over by
+        itself (a stream electing a leader, a server restarting, a reconnection) is retried
+        for up to :attr:`patience` seconds before the process hears of it."""
         pid = checkpoint.pid
         key = record_key(pid)
         revision = self._revisions.get(pid)
         if revision is None:  # a new process: its index entry first, so it is always findable
-            await self._call(self.connection.owners.put(f"{self.node}.{key}", b""), f"indexing process {pid}")
+            await self._patiently(lambda: self.connection.owners.put(f"{self.node}.{key}", b""), f"indexing {pid}")
             revision = 0
         value = encode_value(self.node, self.incarnation, checkpoint.blob)
+        headers: dict[str, Any] = {}
         started = time.perf_counter()
-        for _ in range(2):
+        for _ in range(3):
+            headers[_EXPECTED] = str(revision)
             try:
-                ack = await self.connection.js.publish(
-                    self._subject + key,
-                    value,
-                    timeout=self.timeout,
-                    headers={Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)},
+                ack = await self._patiently(
+                    lambda: self.connection.js.publish(
+                        self._subject + key, value, timeout=self.timeout, headers=headers
+                    ),
+                    f"writing process {pid}",
                 )
-            except nats.js.errors.APIError as exc:
-                if exc.err_code not in _WRONG_LAST_SEQUENCE:
-                    raise StoreError(self.path, f"writing process {pid}: {exc}") from exc
+            except _Refused:
                 revision = await self._ours_after_all(pid, key)
                 continue
-            except _NATS_FAILURES as exc:
-                raise StoreError(self.path, f"writing process {pid}: {exc!r}") from exc
             break
         else:
             raise StoreError(self.path, f"writing process {pid}: its record kept changing under this writer")
@@ -283,6 +295,31 @@ class ClusterStore:
         if checkpoint.lifecycle.terminal:
             self._revisions.pop(pid, None)
             self._chore(self._retire(key, pid, self.node))
+
+    async def _patiently(self, attempt: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """``attempt()``, again after transient failures (with a growing pause), for up to
+        :attr:`patience` seconds; a refusal of the expected revision raises :class:`_Refused`;
+        anything else, or patience run out, a :class:`StoreError` saying what failed."""
+        deadline = time.monotonic() + self.patience
+        pause = 0.05
+        while True:
+            try:
+                return await attempt()
+            except nats.js.errors.APIError as exc:
+                if exc.err_code in _WRONG_LAST_SEQUENCE:
+                    raise _Refused from None
+                if not (exc.code or 0) >= 500 or time.monotonic() + pause > deadline:
+                    raise StoreError(self.path, f"{what}: {exc}") from exc
+                error: BaseException = exc
+            except _NATS_FAILURES as exc:
+                if time.monotonic() + pause > deadline:
+                    raise StoreError(self.path, f"{what}: {exc!r} (for {self.patience:g} s)") from exc
+                error = exc
+            self.retries += 1
+            if self.retries == 1 or self.retries % 100 == 0:
+                log.warning("cluster_store_retrying", what=what, error=repr(error), retries=self.retries)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     async def _ours_after_all(self, pid: str, key: str) -> int:
         """A write was refused: the record's revision, if it is still this incarnation's (an

@@ -13,6 +13,7 @@ error's fields), and return the same :class:`Snapshot` records.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import itertools
 import ssl
@@ -26,7 +27,7 @@ from .._core.snapshot import Snapshot
 from .._supervision.summary import NodeSummary
 from ._errors import ConnectionDenied, DaemonNotAnswering, ProtocolError, RemoteError
 from ._protocol import PROTOCOL_VERSION, encode, read_frame
-from ._remote import RemoteHandle, snapshot_of
+from ._remote import Placed, RemoteHandle, snapshot_of
 
 
 def _rebuild(fields: dict[str, Any]) -> BaseException:
@@ -345,6 +346,23 @@ class Client:
         lifecycle_name = str(lifecycle) if lifecycle else None
         found = await self.collect("list", kind=kind, lifecycle=lifecycle_name, paused=paused, chunked=True)
         return [snapshot_of(f) for f in found]
+
+    async def placed(
+        self, *, kind: str | None = None, lifecycle: Lifecycle | None = None, paused: bool | None = None
+    ) -> builtins.list[Placed]:
+        """As :meth:`list`, each snapshot with its owner: through a cluster's member, every
+        member's processes (and those bound to a member that is down, as last checkpointed)."""
+        lifecycle_name = str(lifecycle) if lifecycle else None
+        found = await self.collect("list", kind=kind, lifecycle=lifecycle_name, paused=paused, chunked=True)
+        return [Placed(snapshot_of(f), f.get("owner"), bool(f.get("reachable", True))) for f in found]
+
+    async def cluster(self) -> dict[str, Any] | None:
+        """The cluster as the daemon sees it (its name, this member's node and standing, each
+        live member with its lease left and processes, failovers, fenced writes), or None for
+        a daemon that is no cluster's member."""
+        fields = await self.request("summary")
+        found = fields.get("cluster")
+        return dict(found) if isinstance(found, dict) else None
 
     async def summary(self) -> NodeSummary:
         """The daemon's host in counts (as ``Node.summary()``): live processes by kind and

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._core.lifecycle import Lifecycle
@@ -39,6 +40,20 @@ def snapshot_of(fields: dict[str, Any]) -> Snapshot:
         phase=fields["phase"], state=fields["state"], waiting_on=tuple(fields["waiting_on"]), since=fields["since"],
         result=fields["result"], error=fields["error"],
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A process as a listing shows it: its snapshot and, in a cluster, the member that owns it
+    and whether it can be reached now (``reachable`` is False for a process whose daemon is
+    down and that cannot move: its snapshot is then its last checkpoint's)."""
+
+    snapshot: Snapshot
+    owner: str | None = None
+    reachable: bool = True
+
+    def where(self) -> dict[str, Any]:
+        return {"owner": self.owner, "reachable": self.reachable}
 
 
 class RemoteHandle:
