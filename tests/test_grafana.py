@@ -303,6 +303,7 @@ class Load:
         self.stopping = threading.Event()
         self.started = threading.Event()
         self.rounds = 0
+        self.running = 0  # long-running steppers spawned so far
         self.unavailable = 0
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="load", daemon=True)
@@ -342,6 +343,7 @@ class Load:
                     return
                 if len(running) < self.steppers:
                     running.append(await client.spawn("stepper", {"steps": 1_000_000, "pause": 0.2, "done": 0}))
+                    self.running = len(running)
                 work = [self._tolerant(handle.call("done", timeout=5)) for handle in running]
                 work.append(self._tolerant(client.spawn("stepper", {"steps": 3, "pause": 0.01, "done": 0})))
                 if kv is not None:
@@ -358,7 +360,10 @@ class Load:
             self.unavailable += 1
 
     def __repr__(self) -> str:
-        return f"<Load {self.rounds} rounds, {self.unavailable} unavailable, error {self.error!r}>"
+        return (
+            f"<Load {self.rounds} rounds, {self.running} long steppers, {self.unavailable} unavailable, "
+            f"error {self.error!r}>"
+        )
 
 
 def wait_for_scrapes(prometheus: Prometheus, job: str, count: int) -> None:
@@ -497,7 +502,9 @@ def test_every_cluster_panel_query_returns_data(
         prometheus.start()
         started = time.time()
         with Load(members.socket("a"), steppers=24) as work:
-            # b must own processes for its death to be a failover; placement spreads the steppers.
+            # b must own long-running processes for its death to be a failover: rendezvous hashing
+            # places each stepper on one of three, so b gets none of 24 in under a run in 10,000.
+            wait_for("the long steppers to be spawned", lambda: work.running == 24, 60)
             prometheus.wait_until(
                 "every member owning processes",
                 'count(statevisor_cluster_processes_owned{job="statevisor-cluster"} > 0) == 3',
