@@ -285,6 +285,22 @@ def test_every_expression_passes_promtool(tmp_path: Path, name: str) -> None:
     assert f"{len(rules)} rules found" in checked.stdout
 
 
+def test_the_manuals_alert_rules_pass_promtool_and_name_real_panels(tmp_path: Path) -> None:
+    """The alerting rules docs/dashboards.md suggests are rules `promtool check rules` accepts,
+    and each names (``panel``) a panel of one of the dashboards, by its title."""
+    manual = (ROOT / "docs" / "dashboards.md").read_text()
+    blocks = re.findall(r"```yaml\n(groups:.*?)```", manual, re.DOTALL)
+    assert 1 == len(blocks)
+    path = tmp_path / "alerts.yml"
+    path.write_text(blocks[0])
+    checked = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert 0 == checked.returncode, checked.stdout + checked.stderr
+    titles = {(load(name)["title"], panel["title"]) for name in ("daemon", "cluster") for panel in panels(load(name))}
+    named = re.findall(r'panel: "(.+?) / (.+?)"', blocks[0])
+    assert len(named) == blocks[0].count("- alert:"), "every rule names its panel"
+    assert set() == set(named) - titles
+
+
 # --- every query against a real Prometheus scraping real daemons -----------------------------
 
 
