@@ -409,7 +409,7 @@ def wait_for_scrapes(prometheus: Prometheus, job: str, count: int) -> None:
 
 
 def report(problems: list[str]) -> str:
-    return f"{len(problems)} queries without data:\n" + "\n".join(problems)
+    return f"{len(problems)} queries refused or without data:\n" + "\n".join(problems)
 
 
 DAEMON_CONFIG = """\
