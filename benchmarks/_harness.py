@@ -68,7 +68,7 @@ def environment(options: BenchOptions) -> dict[str, Any]:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import _control, _core, _durability, _logapply, _shell, _simulation, _slurm, _web
+    from . import _cluster, _control, _core, _durability, _logapply, _shell, _simulation, _slurm, _web
 
     return {
         "transitions": _core.transitions,
@@ -83,12 +83,13 @@ def _registry() -> dict[str, Scenario]:
         "slurm": _slurm.slurm,
         "logapply": _logapply.logapply,
         "web": _web.web,
+        "cluster": _cluster.cluster,
     }
 
 
 SCENARIOS: tuple[str, ...] = (
     "transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout", "shell", "slurm",
-    "logapply", "web",
+    "logapply", "web", "cluster",
 )  # fmt: skip
 
 

@@ -276,9 +276,12 @@ async def test_a_shell_process_stays_with_its_daemon_shown_unreachable_while_it_
     ProcessUnreachable, its command runs on, and the daemon takes it back when it returns."""
     marker = members.root / "ticks.txt"
     script = (
-        f"import os, time\nwhile True:\n    open({str(marker)!r}, 'a').write(f'{{os.getpid()}}\\n')\n    time.sleep(0.1)"
+        "import os, sys, time\n"
+        "while True:\n"
+        "    open(sys.argv[1], 'a').write(f'{os.getpid()}\\n')\n"
+        "    time.sleep(0.1)\n"
     )
-    argv = [sys.executable, "-c", script]
+    argv = [sys.executable, "-c", script, str(marker)]
     async with members.client("b") as client_b:
         handle = await client_b.spawn("shell", {"argv": argv})
         pid = handle.pid

@@ -79,6 +79,9 @@ class ClusterMember:
                 self.connection, describe=self._describe, on_left=self._members_left, on_lost=self._lease_lost
             )
             await self.membership.join()
+            # Beating from now on: a node reviving many processes may hold its loop for a while
+            # before it runs, and its lease must not lapse meanwhile.
+            self.membership.start()
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self.connection.roster.put(self.node_name, b"")
             self.store = ClusterStore(self.connection, self.membership.incarnation, on_fenced=self._fenced)
@@ -91,7 +94,7 @@ class ClusterMember:
         """Start beating, watching and taking over, for ``node`` (started on :attr:`store`)."""
         assert self.membership is not None
         self.node = node
-        self.membership.start()
+        self.membership.beat_now()  # the kinds it runs, for placement
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="cluster-sweep")
 
     async def close(self, *, leave: bool) -> None:
@@ -139,6 +142,8 @@ class ClusterMember:
     def _members_left(self, nodes: list[str]) -> None:
         for listener in self.departure_listeners:
             listener(nodes)
+        if self.node is None:
+            return  # not running yet: the first sweep, soon after it does, takes its share
         for node in nodes:
             task = asyncio.get_running_loop().create_task(self._take_share(node, time.monotonic()))
             self._claims.add(task)
@@ -173,9 +178,11 @@ class ClusterMember:
             self.failovers += 1
             self.taken += report.revived
             self.last_failover_seconds = time.monotonic() - since
+        if claimed.records or claimed.left:
             log.info(
                 "failover", departed=departed, taken=report.revived, quarantined=len(report.quarantined),
-                left_to_others=claimed.left, seconds=round(self.last_failover_seconds, 3),
+                left_to_others=claimed.left, seconds=round(time.monotonic() - since, 3),
+                members=sorted({m for ms in able.values() for m in ms}),
             )  # fmt: skip
 
     def _later(self, departed: str, since: float) -> None:

@@ -99,8 +99,10 @@ class Membership:
         self.joined_at: float | None = None
         self.beat_landed = 0.0  # when the last heartbeat that landed was sent (monotonic)
         self.beats = 0
+        self.beat_failures = 0  # heartbeats that did not land (NATS unreachable, slow)
         self.departures = 0  # members seen leaving or lapsing
         self._tasks: list[asyncio.Task[None]] = []
+        self._nudged = asyncio.Event()  # beat now, not at the next heartbeat (what it says changed)
         self._watch_seen = 0.0  # when the watch last showed this member's own heartbeat
 
     def _value(self) -> bytes:
@@ -202,11 +204,10 @@ class Membership:
 
     async def _beat_forever(self) -> None:
         members = self.connection.members
-        first = True  # at once: what it says of itself may have changed since it joined (its kinds)
         while self.standing is Standing.MEMBER:
-            if not first:
-                await asyncio.sleep(self.heartbeat)
-            first = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudged.wait(), self.heartbeat)
+            self._nudged.clear()
             if self.clock() - self.beat_landed > self.lease:
                 self._lost(f"no heartbeat landed for {self.clock() - self.beat_landed:.1f} s, over the lease")
                 return
@@ -217,10 +218,15 @@ class Membership:
                 self._lost("its membership key lapsed or was taken by another incarnation")
                 return
             except _NATS_FAILURES as exc:
+                self.beat_failures += 1
                 log.warning("heartbeat_failed", node=self.node, error=repr(exc), lease_left=self.lease_left())
                 continue
             self.beat_landed = sent
             self.beats += 1
+
+    def beat_now(self) -> None:
+        """Beat at once (what :attr:`describe` says has changed: the kinds it runs)."""
+        self._nudged.set()
 
     def _lost(self, why: str) -> None:
         if self.standing is not Standing.MEMBER:

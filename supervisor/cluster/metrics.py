@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from .member import ClusterMember
 from .membership import Standing
 from .routing import Router
+from .store import Latency
 
 
 class ClusterCollector(Collector):
@@ -33,6 +34,13 @@ class ClusterCollector(Collector):
     def collect(self) -> Iterator[Any]:
         member = self.member
         membership = member.membership
+        info = InfoMetricFamily("statevisor_cluster", "The cluster this daemon is a member of, and its node name")
+        info.add_metric([], {"cluster": member.settings.name, "node": member.node_name})
+        yield info
+        yield GaugeMetricFamily(
+            "statevisor_cluster_lease_seconds", "The cluster's lease: a member silent this long is gone",
+            value=member.settings.lease,
+        )  # fmt: skip
         standing = GaugeMetricFamily(
             "statevisor_cluster_standing", "1 for this daemon's standing in its cluster", labels=["standing"]
         )
@@ -74,6 +82,15 @@ class ClusterCollector(Collector):
             value=membership.beats if membership is not None else 0,
         )  # fmt: skip
         yield CounterMetricFamily(
+            "statevisor_cluster_heartbeat_failures", "Heartbeats of this daemon that did not land",
+            value=membership.beat_failures if membership is not None else 0,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "statevisor_cluster_last_failover_seconds",
+            "Seconds the latest take-over of a departed member's processes took here, from seeing it gone",
+            value=member.last_failover_seconds,
+        )
+        yield CounterMetricFamily(
             "statevisor_cluster_rejoins", "Times this daemon lost its lease and joined again", value=self.rejoins()
         )
         store = member.store
@@ -89,13 +106,10 @@ class ClusterCollector(Collector):
                 "statevisor_cluster_store_write_failures", "Checkpoint writes that failed (NATS unreachable, slow)",
                 value=store.failed_writes,
             )  # fmt: skip
-            latency = store.latency()
-            histogram = HistogramMetricFamily(
-                "statevisor_cluster_store_write_seconds", "Latency of checkpoint writes to the cluster's store"
-            )
-            buckets = [(("+Inf" if bound == float("inf") else repr(bound)), count) for bound, count in latency.buckets]
-            histogram.add_metric([], buckets, latency.total)
-            yield histogram
+            yield _histogram(
+                "statevisor_cluster_store_write_seconds", "Latency of checkpoint writes to the cluster's store",
+                store.latency(),
+            )  # fmt: skip
         router = self.router()
         if router is not None:
             yield CounterMetricFamily(
@@ -110,9 +124,21 @@ class ClusterCollector(Collector):
                 "Routed requests that failed for the cluster's sake (moving, owner lost, unreachable)",
                 value=router.route_failures,
             )
+            yield _histogram(
+                "statevisor_cluster_routed_seconds",
+                "Latency of requests routed to the member owning the process (streams left out)",
+                router.latency(),
+            )
             p99 = router.latency_p99()
             yield GaugeMetricFamily(
                 "statevisor_cluster_routed_latency_p99_seconds",
                 "99th percentile latency of the latest routed requests (streams left out)",
                 value=p99 if p99 is not None else 0.0,
             )
+
+
+def _histogram(name: str, documentation: str, latency: Latency) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation)
+    buckets = [("+Inf" if bound == float("inf") else repr(bound), count) for bound, count in latency.buckets]
+    family.add_metric([], buckets, latency.total)
+    return family

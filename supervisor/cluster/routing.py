@@ -48,6 +48,7 @@ from .connection import pid_of, record_key
 from .errors import OwnerLost, ProcessMoving, ProcessUnreachable
 from .member import ClusterMember
 from .placement import place
+from .store import Latency, cumulative
 
 log = structlog.get_logger("statevisor.cluster")
 
@@ -61,8 +62,13 @@ FOLLOWS_MOVES = frozenset({"watch"})
 """Streams that go on from a process's new owner when it moves (a watch shows the latest state;
 a log followed elsewhere would repeat or skip lines, so ``follow`` ends with a retryable error)."""
 
+OWNERS_KEPT = 65_536
+"""Process owners remembered from routed requests (the oldest forgotten first): a request for a
+process asked about before goes to its owner without reading its record."""
+
 LAST = "Sv-Last"  # header of the frame that answers a relayed request (after its stream items)
 LATENCY_KEPT = 2048  # the latest relayed requests' latencies kept for their percentiles
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _NATS_FAILURES = (nats.errors.Error, TimeoutError, OSError)
 
 
@@ -94,10 +100,13 @@ class Router:
         self._subscription: Any = None
         self._serving: dict[str, asyncio.Task[None]] = {}  # reply inbox -> the relayed request it answers
         self._departures: dict[str, set[asyncio.Future[None]]] = {}  # owner -> requests relayed to it
+        self._owners: dict[str, str] = {}  # pid -> the member that answered for it last (see OWNERS_KEPT)
         self.routed = 0  # requests this daemon sent to another
         self.served = 0  # requests another daemon sent here
         self.route_failures = 0  # routed requests that failed for the cluster's sake (moving, owner lost)
         self._latencies: deque[float] = deque(maxlen=LATENCY_KEPT)
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_total = 0.0
         member.departure_listeners.append(self.departed)
         member.drop_listeners.append(self.dropped)
 
@@ -184,14 +193,16 @@ class Router:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.move_wait
         last_error: bytes | None = None
+        node: str | None = self._owners.get(pid)  # where it was last time: no lookup if it is still there
         while True:
-            owner = await self.store.owner(pid)
-            if owner is None:
-                raise ProcessNotFound(
-                    f"no process {pid!r} in cluster {self.settings.name} (a name is looked up on the daemon asked; "
-                    "ask by pid, or ask the daemon that runs it)"
-                )
-            node = owner[0]
+            if node is None:
+                owner = await self.store.owner(pid)
+                if owner is None:
+                    raise ProcessNotFound(
+                        f"no process {pid!r} in cluster {self.settings.name} (a name is looked up on the daemon "
+                        "asked; ask by pid, or ask the daemon that runs it)"
+                    )
+                node = owner[0]
             if node == self.name:
                 if self._here(pid):
                     message = await answer(c, OPS[op], args, request_id, self.server.count_bug)
@@ -202,6 +213,7 @@ class Router:
                 try:
                     final = await self._relay(node, op, args, request_id, c.send_frame)
                 except _Gone as gone:
+                    self._forget(pid)
                     if gone.delivered and op not in FOLLOWS_MOVES:
                         self.route_failures += 1
                         raise OwnerLost(pid, node) from None
@@ -209,21 +221,37 @@ class Router:
                         deadline = loop.time() + self.move_wait  # a watch: follow it to its next owner
                     await self._unreachable_if_bound(pid, node)
                     await asyncio.sleep(min(0.1, self.settings.heartbeat / 4))
+                    node = None
                     continue
                 if _moved_away(final) and final != last_error:
                     last_error = final  # the owner no longer had it: it moved on; look again, once
+                    self._forget(pid)
+                    node = None
                     continue
                 if op in FOLLOWS_MOVES and _retryable(final):
                     deadline = loop.time() + self.move_wait  # dropped there (fenced): follow it on
+                    self._forget(pid)
+                    node = None
                     continue
+                self._remember(pid, node)
                 await c.send_frame(final)
                 return
             else:
+                self._forget(pid)
                 await self._unreachable_if_bound(pid, node)
             if loop.time() > deadline:
                 self.route_failures += 1
                 raise ProcessMoving(pid, node)
             await asyncio.sleep(min(0.1, self.settings.heartbeat / 4))
+            node = None
+
+    def _remember(self, pid: str, node: str) -> None:
+        if pid not in self._owners and len(self._owners) >= OWNERS_KEPT:
+            self._owners.pop(next(iter(self._owners)))  # the oldest: a bounded cache, not a registry
+        self._owners[pid] = node
+
+    def _forget(self, pid: str) -> None:
+        self._owners.pop(pid, None)
 
     async def _unreachable_if_bound(self, pid: str, node: str) -> None:
         """Raise :class:`ProcessUnreachable` when ``pid``, whose daemon ``node`` is gone, cannot
@@ -244,19 +272,20 @@ class Router:
         """Send the request to ``node``, pass each stream item to ``deliver`` as a whole frame,
         and return the response's frame. Raises :class:`_Gone` when ``node`` leaves meanwhile,
         has no relay listening, or (for requests that are not streams) does not answer in time."""
+        streaming = op in ("watch", "follow") or bool(args.get("chunked"))
+        own = args.get("timeout")
+        limit = None if op in ("watch", "follow") else self.settings.request_timeout + (
+            float(own) if isinstance(own, int | float) and not isinstance(own, bool) else 0.0
+        )  # fmt: skip
+        if not streaming:
+            return await self._ask(node, op, args, request_id, limit or self.settings.request_timeout)
         inbox = self.nc.new_inbox()
         frames: asyncio.Queue[Any] = asyncio.Queue()
         departed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._departures.setdefault(node, set()).add(departed)
         subscription = await self.nc.subscribe(inbox, cb=frames.put)
         self.routed += 1
-        started = time.perf_counter()
         answered = False
-        streaming = op in ("watch", "follow") or bool(args.get("chunked"))
-        own = args.get("timeout")
-        limit = None if op in ("watch", "follow") else self.settings.request_timeout + (
-            float(own) if isinstance(own, int | float) and not isinstance(own, bool) else 0.0
-        )  # fmt: skip
         try:
             body = pack({"op": op, "args": args, "id": request_id})
             await self.nc.publish(self.settings.subject("control", node), body, reply=inbox)
@@ -273,8 +302,6 @@ class Router:
                 frame = _framed(message.data)
                 if headers.get(LAST):
                     answered = True
-                    if not streaming:
-                        self._latencies.append(time.perf_counter() - started)
                     return frame
                 await deliver(frame)
         finally:
@@ -287,6 +314,35 @@ class Router:
                     cancel = pack({"op": ".cancel", "inbox": inbox})
                     await self.nc.publish(self.settings.subject("control", node), cancel)
 
+    async def _ask(self, node: str, op: str, args: dict[str, Any], request_id: int, limit: float) -> bytes:
+        """A request with no stream items: one NATS request, its one reply the response frame
+        (on the client's shared reply subscription: no subscription of its own to make)."""
+        departed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._departures.setdefault(node, set()).add(departed)
+        self.routed += 1
+        started = time.perf_counter()
+        body = pack({"op": op, "args": args, "id": request_id})
+        asking: asyncio.Future[Any] = asyncio.ensure_future(
+            self.nc.request(self.settings.subject("control", node), body, timeout=limit)
+        )
+        try:
+            await asyncio.wait([asking, departed], return_when=asyncio.FIRST_COMPLETED)
+            if not asking.done():
+                asking.cancel()
+                raise _Gone(node, delivered=True)
+            try:
+                message = asking.result()
+            except nats.errors.NoRespondersError:
+                raise _Gone(node, delivered=False) from None
+            except (nats.errors.TimeoutError, TimeoutError):
+                raise _Gone(node, delivered=True) from None
+        finally:
+            waiting = self._departures.get(node)
+            if waiting is not None:
+                waiting.discard(departed)
+        self._observe(time.perf_counter() - started)
+        return _framed(message.data)
+
     def departed(self, nodes: list[str]) -> None:
         """Members left: requests relayed to them end (:class:`_Gone`)."""
         for node in nodes:
@@ -297,6 +353,19 @@ class Router:
     def dropped(self, pid: str, owner: str) -> None:
         """A process was dropped here (fenced): its watchers, ours and relayed, look again."""
         self.server.fanout.end_watching(pid, ProcessMoving(pid, owner, retry_after=0.1))
+
+    def _observe(self, seconds: float) -> None:
+        self._latencies.append(seconds)
+        self._latency_total += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self._latency_counts[i] += 1
+                return
+        self._latency_counts[-1] += 1
+
+    def latency(self) -> Latency:
+        """Relayed requests' latencies (streams left out) as a cumulative histogram."""
+        return cumulative(LATENCY_BUCKETS, self._latency_counts, self._latency_total)
 
     def latency_p99(self) -> float | None:
         """Seconds, the 99th percentile of the latest relayed requests that are not streams."""

@@ -97,6 +97,15 @@ class Latency:
     total: float
 
 
+def cumulative(bounds: tuple[float, ...], counts: list[int], total: float) -> Latency:
+    """Counts per bucket (the last one past every bound) as Prometheus's cumulative histogram."""
+    running, buckets = 0, []
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        buckets.append((bound, running))
+    return Latency(tuple(buckets), running, total)
+
+
 class _Refused(Exception):
     """A write refused because the record's revision is not the one expected."""
 
@@ -378,11 +387,7 @@ class ClusterStore:
         self._latency_counts[-1] += 1
 
     def latency(self) -> Latency:
-        running, buckets = 0, []
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self._latency_counts, strict=True):
-            running += count
-            buckets.append((bound, running))
-        return Latency(tuple(buckets), running, self._latency_total)
+        return cumulative(LATENCY_BUCKETS, self._latency_counts, self._latency_total)
 
     def owns(self, pid: str) -> bool:
         """Whether this store holds the revision of ``pid``'s record (writes it as its owner)."""
