@@ -43,6 +43,15 @@ METRICS = {
         "recovery_replay_seconds",
     },
     "web": {"list_page_ms", "baseline_list_page_ms", "list_page_ratio", "live_update_p99_ms", "watched_ratio"},
+    "cluster": {
+        "durable_transitions_per_s",
+        "baseline_per_s",
+        "ratio",
+        "failover_seconds",
+        "remote_call_p99_ms",
+        "lost",
+        "duplicated",
+    },
 }
 
 

@@ -73,6 +73,11 @@ class LogApply(Machine[dict[str, Any]]):
                 if ref is not None:
                     ctx.reply(ref, {"ok": False, "error": f"{input.error_type}: {input.message}"})
 
+    def moves(self, state: dict[str, Any]) -> bool:
+        """A replica of a JetStream log moves to another daemon (its log is the stream); one of
+        an embedded log is bound to the machine whose file holds it."""
+        return bool(state.get("log", "sqlite") == "jetstream")
+
     def view(self, state: dict[str, Any]) -> Any:
         return {k: v for k, v in state.items() if not k.startswith("_")} | {
             "requests_in_flight": len(state.get("_calls", {}))

@@ -178,6 +178,12 @@ class Machine(Generic[S]):
         """``value`` (``~`` expanded) made absolute against ``base``; an absolute one stays."""
         return str(base / Path(value).expanduser())
 
+    def moves(self, state: S) -> bool:
+        """Whether this process may continue on another daemon of a cluster when its own is
+        gone (its kind's :attr:`movable`, by default). A kind whose processes are bound to their
+        machine only under some settings (a log kept in a local file) says so here."""
+        return self.movable
+
     def on_kill(self, state: S) -> Sequence[tuple[str, Any]]:
         """Untracked actions ``(type, payload)`` to run when the process is killed while no
         tracked action is in flight whose executor could cancel the external work (e.g. it is

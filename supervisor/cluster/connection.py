@@ -35,7 +35,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -145,6 +145,43 @@ class ClusterConnection:
                 if time.monotonic() > deadline:
                     raise ClusterError(f"cluster {settings.name}: bucket {settings.bucket(role)}: {exc!r}") from exc
                 await asyncio.sleep(0.25)
+
+    async def keys(self, bucket: KeyValue, pattern: str = ">") -> list[str]:
+        """The keys of ``bucket`` matching ``pattern`` (deleted ones left out), read through a
+        pull consumer of the bucket's stream, last message per key, headers only.
+
+        Not ``KeyValue.keys()`` or a watch: a watch's "no more for now" marker is queued when
+        the consumer reports nothing pending, which it does as soon as the server has *sent*
+        every key, before the client has handed any on: a listing of a departed member's
+        processes came back empty, and the survivor took none of them until its next sweep. A
+        pull consumer sends nothing before it is asked, so its pending count is the whole list.
+        """
+        prefix = f"$KV.{bucket._name}."
+        stream = f"KV_{bucket._name}"
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, headers_only=True,
+            inactive_threshold=60.0, mem_storage=True, num_replicas=1, filter_subject=prefix + pattern,
+        )  # fmt: skip
+        subscription = await self.js.pull_subscribe(prefix + pattern, stream=stream, config=config)
+        keys: list[str] = []
+        consumer: str | None = None
+        try:
+            info = await subscription.consumer_info()
+            consumer = info.name
+            pending = info.num_pending or 0
+            while pending > 0:
+                for message in await subscription.fetch(min(pending, 1024), timeout=self.settings.request_timeout):
+                    operation = (message.headers or {}).get("KV-Operation")
+                    if operation not in ("DEL", "PURGE"):
+                        keys.append(message.subject[len(prefix) :])
+                    pending = message.metadata.num_pending or 0
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await subscription.unsubscribe()
+            if consumer is not None:  # else it goes when inactive for a minute
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await self.js.delete_consumer(stream, consumer)
+        return keys
 
     async def close(self) -> None:
         """Flush what was published and let the connection go (bounded by the connect timeout)."""

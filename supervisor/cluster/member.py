@@ -14,8 +14,9 @@ incarnation's: a restart). Once the node runs, the member:
 * on losing its own lease, sets :attr:`lost`: the daemon stops every copy it runs and joins
   again as a fresh member (a new incarnation), taking back what is still its node's.
 
-A process is movable when its kind is (:attr:`Machine.movable`) and no supervisor of its
-daemon's tree owns it (a configuration's declared processes stay with their daemon).
+A process is movable when its machine says so (:meth:`Machine.moves`: its kind's ``movable``,
+or what its settings make it) and no supervisor of its daemon's tree owns it (a
+configuration's declared processes stay with their daemon).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class ClusterMember:
     def movable(self, record: ProcessRecord) -> bool:
         """Whether ``record``'s process may continue here when its daemon is gone."""
         machine = self.node.machines.get(record.kind) if self.node is not None else None
-        return machine is not None and machine.movable and "supervisor" not in record.meta
+        return machine is not None and "supervisor" not in record.meta and machine.moves(record.state)
 
     def able(self, kind: str) -> list[str]:
         """The live members (this one included) that run ``kind``."""
@@ -210,11 +211,7 @@ class ClusterMember:
         assert self.membership is not None
         assert self.store is not None
         roster = self.connection.roster
-        try:
-            names = await roster.keys()
-        except nats.js.errors.NoKeysError:
-            return
-        for name in names:
+        for name in await self.connection.keys(roster):
             if name in self.membership.live():
                 continue
             await self._take_share(name, time.monotonic())

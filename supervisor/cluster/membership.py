@@ -282,7 +282,6 @@ class Membership:
         member's own heartbeats stopped showing) start over, and take what changed meanwhile."""
         members = self.connection.members
         while self.standing is Standing.MEMBER:
-            before = set(self.members)
             self._watch_seen = self.clock()
             try:
                 watcher = await members.watchall()
@@ -290,7 +289,6 @@ class Membership:
                 log.warning("cluster_watch_failed", error=repr(exc))
                 await asyncio.sleep(self.heartbeat / 2)
                 continue
-            current: set[str] = set()
             synced = False
             try:
                 while self.standing is Standing.MEMBER:
@@ -299,11 +297,12 @@ class Membership:
                     except nats.errors.TimeoutError:
                         entry = False
                     if entry is None and not synced:
+                        # Members missing from a new watch are not taken for gone here: the
+                        # watch's "that is all" may come before its first entries. A member
+                        # that did lapse meanwhile falls silent, and is looked up (below).
                         synced = True
-                        self._gone(sorted(before - current - {self.node}), "lapsed while unwatched")
                         continue
                     if entry:
-                        current.add(entry.key)
                         self._saw(entry)
                     if self.clock() - self._watch_seen > self.lease:
                         log.warning("cluster_watch_stalled", seconds=round(self.clock() - self._watch_seen, 1))

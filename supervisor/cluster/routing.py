@@ -151,7 +151,8 @@ class Router:
         its kind); True when that is another member (remembered in ``args`` for :meth:`route`)."""
         kind = args.get("kind")
         machine = self.node.machines.get(kind) if isinstance(kind, str) else None
-        if machine is None or not machine.movable:
+        state = args.get("state")
+        if machine is None or not machine.moves(state if isinstance(state, dict) else machine.initial_state()):
             return False
         pid = args.get("pid")
         if not isinstance(pid, str):
@@ -414,8 +415,8 @@ class Router:
     async def _roster(self) -> list[str]:
         assert self.member.connection is not None
         try:
-            return list(await self.member.connection.roster.keys())
-        except Exception:  # NoKeysError (none yet) or NATS trouble: list what answered
+            return await self.member.connection.keys(self.member.connection.roster)
+        except _NATS_FAILURES:  # NATS trouble: list what answered
             return []
 
     async def _unreachable(

@@ -494,18 +494,9 @@ class ClusterStore:
 
     async def _keys(self, bucket: KeyValue, pattern: str) -> list[str]:
         try:
-            watcher = await bucket.watch(pattern, meta_only=True, ignore_deletes=True)
-            keys: list[str] = []
-            try:
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    keys.append(entry.key)
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            return await self.connection.keys(bucket, pattern)
         except _NATS_FAILURES as exc:
             raise StoreError(self.path, f"listing {pattern} of {bucket._name}: {exc!r}") from exc
-        return keys
 
     async def owner(self, pid: str) -> tuple[str, str] | None:
         """(node, incarnation) that owns ``pid``'s record, or None when there is no record."""
