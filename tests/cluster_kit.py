@@ -16,7 +16,7 @@ import os
 import sqlite3
 from typing import Any
 
-from supervisor import ActionSucceeded, Call, Context, Control, Input, Machine, TrackedAction
+from supervisor import ActionFailed, ActionSucceeded, Call, Context, Control, Input, Machine, TrackedAction
 
 
 class Stepper(Machine[dict[str, Any]]):
@@ -35,6 +35,11 @@ class Stepper(Machine[dict[str, Any]]):
                 state.setdefault("done", 0)
             case ActionSucceeded():
                 state["done"] += 1
+            case ActionFailed():
+                # Tried again under a new id: should the failed attempt have been applied after
+                # all, the ledger records the second as a duplicate, and the test says so.
+                state["failures"] = state.get("failures", 0) + 1
+                state["error"] = f"{input.error_type}: {input.message}"
             case Call("done"):
                 ctx.reply(input, state["done"])
                 return

@@ -50,6 +50,13 @@ concurrent writes on the same expected revision could both be accepted (nats-ser
 4320), and a fenced member's write could land."""
 
 ROLES = ("checkpoints", "owners", "ended", "quarantine", "members", "roster")
+_NO_SUITABLE_PEERS = 10005
+
+
+class _NotPlacedYet(Exception):
+    """The servers found no peers for the bucket's copies: right after a cluster starts, not yet."""
+
+
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -141,7 +148,7 @@ class ClusterConnection:
             try:
                 return await _bucket(js, settings, role)
             except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError, TimeoutError,
-                    nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:  # fmt: skip
+                    nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, _NotPlacedYet) as exc:  # fmt: skip
                 if time.monotonic() > deadline:
                     raise ClusterError(f"cluster {settings.name}: bucket {settings.bucket(role)}: {exc!r}") from exc
                 await asyncio.sleep(0.25)
@@ -225,6 +232,9 @@ async def _bucket(js: JetStreamContext, settings: ClusterSettings, role: str) ->
                 )
             )
         except nats.js.errors.APIError as exc:
+            if exc.err_code == _NO_SUITABLE_PEERS:
+                # A cluster whose leader has just been elected does not know its peers' room yet.
+                raise _NotPlacedYet(str(exc)) from exc
             raise ClusterError(f"cluster {settings.name}: cannot make bucket {name}: {exc}") from exc
     if role == "members":
         info = await js.stream_info(f"KV_{name}")

@@ -33,7 +33,7 @@ import structlog
 
 from .._core.snapshot import ProcessRecord
 from .._errors import StatevisorError, StoreError
-from .._supervision.node import Node
+from .._supervision.node import Node, StartReport
 from .._version import __version__
 from .connection import ClusterConnection, record_key
 from .membership import Membership, Standing
@@ -71,6 +71,7 @@ class ClusterMember:
         self._claims: set[asyncio.Task[None]] = set()
         self._claiming: asyncio.Lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        self._stranded: list[ProcessRecord] = []  # taken over, not yet revived (a failure): tried again
 
     async def open(self) -> ClusterStore:
         """Connect, join, and return the store the node is to start on."""
@@ -168,13 +169,15 @@ class ClusterMember:
 
             try:
                 claimed = await store.claim(departed, placed_here)
-                report = await node.take(claimed.records)
             except (StatevisorError, nats.errors.Error, TimeoutError) as exc:
                 # A NATS server restarting, a stream electing its leader: soon over. Try again
                 # after a heartbeat (and the sweep, later, in any case).
                 log.error("failover_failed", departed=departed, error=repr(exc), retry_in=self.settings.heartbeat)
                 self._later(departed, since)
                 return
+            report = await self._revive(claimed.records)
+            if claimed.failed:
+                self._later(departed, since)
         if claimed.records:
             self.failovers += 1
             self.taken += report.revived
@@ -182,14 +185,40 @@ class ClusterMember:
         if claimed.records or claimed.left:
             log.info(
                 "failover", departed=departed, taken=report.revived, quarantined=len(report.quarantined),
-                left_to_others=claimed.left, seconds=round(time.monotonic() - since, 3),
+                left_to_others=claimed.left, failed=claimed.failed, seconds=round(time.monotonic() - since, 3),
                 members=sorted({m for ms in able.values() for m in ms}),
             )  # fmt: skip
 
+    async def _revive(self, records: list[ProcessRecord]) -> StartReport:
+        """Run the processes whose records this member has just taken. They are its own now
+        (their records name it): if reviving them fails, they are kept and tried again, never
+        left owned and not running."""
+        node = self.node
+        assert node is not None
+        running = {handle.pid for handle in node.list()}
+        records = [record for record in self._stranded + records if record.pid not in running]
+        self._stranded = []
+        try:
+            return await node.take(records)
+        except (StatevisorError, nats.errors.Error, TimeoutError) as exc:
+            self._stranded = records  # those revived meanwhile are left out at the next try
+            log.error(
+                "takeover_revive_failed", processes=len(records), error=repr(exc), retry_in=self.settings.heartbeat
+            )
+            self._later("", time.monotonic())
+            return StartReport(0)
+
     def _later(self, departed: str, since: float) -> None:
+        """Try again after a heartbeat: the share of ``departed`` (or, with "", only what was
+        taken and not yet revived)."""
+
         async def again() -> None:
             await asyncio.sleep(self.settings.heartbeat)
-            await self._take_share(departed, since)
+            if departed:
+                await self._take_share(departed, since)
+            elif self._stranded and self.node is not None:
+                async with self._claiming:
+                    await self._revive([])
 
         task = asyncio.get_running_loop().create_task(again())
         self._claims.add(task)

@@ -80,12 +80,14 @@ def decode_value(data: bytes) -> tuple[str, str, bytes]:
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """What a claim took (``records``, theirs now), what it quarantined, and how many of the
-    node's processes it left to others (not chosen, or taken by someone else first)."""
+    """What a claim took (``records``, theirs now), what it quarantined, how many of the node's
+    processes it left to others (not chosen, or taken by someone else first), and how many it
+    could not read or take (NATS failing: worth another try)."""
 
     records: list[ProcessRecord]
     quarantined: list[Quarantined]
     left: int
+    failed: int = 0  # not read or not taken for a failure of the store's (to be tried again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,13 +420,21 @@ class ClusterStore:
         keys = await self.index(node)
         records: list[ProcessRecord] = []
         quarantined: list[Quarantined] = []
-        left = 0
+        left = failed = 0
         gate = asyncio.Semaphore(READ_CONCURRENCY)
 
         async def take(key: str) -> None:
-            nonlocal left
+            nonlocal left, failed
             async with gate:
-                outcome = await self._take(node, key, choose)
+                try:
+                    outcome = await self._take(node, key, choose)
+                except StoreError as exc:
+                    # One record's failure must not lose the others already taken (they are
+                    # this member's now, whatever happens to the rest).
+                    if not failed:
+                        log.warning("claim_incomplete", node=node, error=str(exc))
+                    failed += 1
+                    return
             if isinstance(outcome, ProcessRecord):
                 records.append(outcome)
             elif isinstance(outcome, Quarantined):
@@ -434,7 +444,7 @@ class ClusterStore:
 
         await asyncio.gather(*[take(key) for key in keys])
         self.taken += sum(1 for record in records if node != self.node)
-        return Claimed(records, quarantined, left)
+        return Claimed(records, quarantined, left, failed)
 
     async def _take(
         self, node: str, key: str, choose: Callable[[ProcessRecord], bool]

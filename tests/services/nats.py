@@ -9,11 +9,14 @@ which needs an elected meta leader), never fixed sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import signal
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -123,6 +126,7 @@ cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, route
                 for node in range(self.size):
                     self.start_node(node)
                 wait_for("every NATS node to be up and healthy", self._all_up_and_healthy, 60)
+                self.wait_placeable()
                 return
             except (RuntimeError, TimeoutError):
                 self.stop()
@@ -131,6 +135,45 @@ cluster {{ name: statevisor, listen: 127.0.0.1:{self.cluster_ports[node]}, route
                 self._choose_ports()
                 for node in range(self.size):  # nothing stored yet; no state of the failed try kept
                     shutil.rmtree(self.root / f"n{node}", ignore_errors=True)
+
+    def wait_placeable(self, timeout: float = 60) -> None:
+        """Wait until a 3-replica stream can be made: a just-elected meta leader answers "no
+        suitable peers for placement" until it has heard of its peers' room (health says
+        nothing of that). Runs its own event loop on a thread, so it works inside a test's too."""
+        errors: list[BaseException] = []
+
+        async def probe() -> None:
+            import nats
+            import nats.js.errors
+            from nats.js.api import StreamConfig
+
+            connection = await nats.connect(servers=self.urls)
+            try:
+                js = connection.jetstream()
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        await js.add_stream(StreamConfig(name="placement_probe", subjects=["probe.x"], num_replicas=3))
+                        break
+                    except (nats.js.errors.APIError, nats.errors.Error, TimeoutError):
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.25)
+                await js.delete_stream("placement_probe")
+            finally:
+                await connection.close()
+
+        def run() -> None:
+            try:
+                asyncio.run(probe())
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=run, name="nats-placement-probe")
+        thread.start()
+        thread.join(timeout + 15)
+        if thread.is_alive() or errors:
+            raise RuntimeError(f"the NATS cluster cannot place 3-replica streams: {errors or 'probe hung'}")
 
     def _all_up_and_healthy(self) -> bool:
         return all(self._alive(node) for node in range(self.size)) and all(map(self.healthy, range(self.size)))
