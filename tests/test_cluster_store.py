@@ -201,6 +201,30 @@ async def test_a_member_that_stops_beating_lapses_and_cannot_beat_again(
         await two.close()
 
 
+async def test_a_lease_that_passed_while_no_beat_could_land_is_kept_if_the_key_stayed(
+    nats_cluster: NatsCluster, cluster_name: str
+) -> None:
+    """A member whose beats could not land for longer than its lease (as while the bucket's
+    stream elects a leader after a NATS server's death: no server expired its key either) is
+    in doubt, not lost: its next beat lands on its revision, and it goes on as a member."""
+    lost: list[str] = []
+    connection = await ClusterConnection.open(settings(nats_cluster, cluster_name, "doubt", lease=3.0))
+    member = Membership(connection, on_lost=lost.append)
+    try:
+        await member.join()
+        member.beat_landed -= 10.0  # over three leases ago, as far as this member's clock tells
+        beats = member.beats
+        member.start()
+        await wait_until(lambda: member.beats > beats, timeout=10)
+        assert [] == lost
+        assert Standing.MEMBER == member.standing
+        assert not member.in_doubt
+        assert member.lease_left() > 0
+    finally:
+        await member.stop()
+        await connection.close()
+
+
 async def test_a_second_daemon_with_a_live_node_name_is_refused(nats_cluster: NatsCluster, cluster_name: str) -> None:
     """Joining with a node name whose holder goes on beating fails, naming the name and the
     likely mistake, rather than two daemons sharing one identity."""

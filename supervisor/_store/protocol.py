@@ -49,7 +49,7 @@ class StoreStatistics:
     records: int
     last_batch_size: int
     last_commit_seconds: float
-    queued: int
+    queued: int  # checkpoints not durable yet: waiting, being written, or owed after a failure
     largest_record: int = 0  # bytes, of the largest checkpoint written since the store opened (from 1 MiB)
     size_bytes: int = 0  # the database's pages (free ones included), as of the last housekeeping round
     free_bytes: int = 0  # of them, free: reused by new checkpoints, given back to the file system bit by bit

@@ -89,6 +89,7 @@ class SQLiteStore:
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watching: asyncio.Task[None] | None = None
         self._queue: list[tuple[Checkpoint, asyncio.Future[None] | None]] = []
+        self._writing = 0  # checkpoints in the batch being committed
         self._dirty: dict[str, Checkpointable] = {}
         # Effect-free checkpoints whose group commit failed: written by the next retry whatever
         # their dirty flag says (taking their checkpoint cleared it), until one succeeds.
@@ -219,6 +220,7 @@ class SQLiteStore:
                 if current is None or checkpoint.version >= current.version:
                     latest[checkpoint.pid] = checkpoint
             statements, rejected = self._rows(list(latest.values()))
+            self._writing = len(latest)
             try:
                 await self._run(self._write, statements, len(latest) - len(rejected))
             except StoreError as exc:
@@ -226,6 +228,7 @@ class SQLiteStore:
             except BaseException as exc:  # a bug in the writer must not strand the waiters
                 error = StoreError(self.path, f"writer failed: {exc!r}")
                 rejected = {pid: error for pid in latest}
+            self._writing = 0
             self._settle(batch, rejected, taken)
 
     def _settle(
@@ -346,7 +349,7 @@ class SQLiteStore:
         return count
 
     def statistics(self) -> StoreStatistics:
-        queued = len(self._queue) + len(self._dirty) + len(self._owed)
+        queued = len(self._queue) + len(self._dirty) + len(self._owed) + self._writing
         return StoreStatistics(
             self._batches,
             self._records,

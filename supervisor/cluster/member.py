@@ -274,6 +274,7 @@ class ClusterMember:
                     members[name] = {
                         "incarnation": membership.incarnation, "lease_left": round(membership.lease_left(), 3),
                         "processes": len(self.node.runtime) if self.node else 0, "self": True,
+                        "in_doubt": membership.in_doubt,
                     }  # fmt: skip
                 elif member is not None:
                     members[name] = {

@@ -4,9 +4,16 @@ A member holds the key of its node name in the bucket, written when it joins and
 third of the lease, each time on the revision it wrote last (compare-and-set). The bucket's age
 limit is the lease: a member that stops beating (dead, paused, cut off) loses its key on the
 servers' own clock, whatever the members' clocks say, and cannot beat again: its next rewrite
-finds the key gone (or another incarnation's) and is refused. That refusal, or a lease's worth
-of time without a beat landing (found at once when a stopped process is continued), is how a
-member learns it lost its lease: it stops its copies and joins again (:class:`LeaseLost`).
+finds the key gone (or another incarnation's) and is refused. That refusal is how a member
+learns it lost its lease: it stops its copies and joins again (:class:`LeaseLost`).
+
+A lease's worth of time without a beat landing is not a loss by itself: the bucket's stream may
+have had no leader meanwhile (a NATS server killed: its Raft groups elect anew after 4 to 9 s of
+silence), and then no server expired the key either. The member is *in doubt* until a beat
+lands: on the revision it wrote last, nobody can have taken its processes (they take them only
+once its key is gone), and it goes on; refused, it lost them. Nothing unsafe runs meanwhile:
+every checkpoint write is a compare-and-set (:mod:`.store`), so a copy another member took is
+fenced off at its next transition, before its actions leave.
 
 Members see each other through a watch of the bucket: joins and heartbeats as they are
 written, a leaving member's delete at once. A lapsed lease makes no event, so a member whose
@@ -33,6 +40,7 @@ import structlog
 
 from .connection import ClusterConnection
 from .errors import ClusterError
+from .settings import SAFE_LEASE
 
 log = structlog.get_logger("statevisor.cluster")
 
@@ -100,6 +108,7 @@ class Membership:
         self.beat_landed = 0.0  # when the last heartbeat that landed was sent (monotonic)
         self.beats = 0
         self.beat_failures = 0  # heartbeats that did not land (NATS unreachable, slow)
+        self.in_doubt = False  # a lease passed without a beat landing: the next one decides
         self.departures = 0  # members seen leaving or lapsing
         self._tasks: list[asyncio.Task[None]] = []
         self._nudged = asyncio.Event()  # beat now, not at the next heartbeat (what it says changed)
@@ -160,6 +169,11 @@ class Membership:
         self.standing = Standing.MEMBER
         await self._load_members()
         log.info("cluster_joined", node=self.node, incarnation=self.incarnation, members=sorted(self.members))
+        if self.lease < SAFE_LEASE:
+            log.warning(
+                "cluster_lease_short", lease=self.lease, safe=SAFE_LEASE,
+                why="a NATS server's death (its streams electing new leaders) may outlast it",
+            )  # fmt: skip
 
     async def _load_members(self) -> None:
         members = self.connection.members
@@ -208,19 +222,26 @@ class Membership:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudged.wait(), self.heartbeat)
             self._nudged.clear()
-            if self.clock() - self.beat_landed > self.lease:
-                self._lost(f"no heartbeat landed for {self.clock() - self.beat_landed:.1f} s, over the lease")
-                return
+            silent = self.clock() - self.beat_landed
+            if silent > self.lease and not self.in_doubt:
+                self.in_doubt = True
+                log.warning("cluster_lease_in_doubt", node=self.node, silent_seconds=round(silent, 1))
             sent = self.clock()
             try:
                 self.revision = await members.update(self.node, self._value(), last=self.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
-                self._lost("its membership key lapsed or was taken by another incarnation")
+                self._lost(
+                    f"its membership key lapsed or was taken by another incarnation "
+                    f"(no heartbeat had landed for {self.clock() - self.beat_landed:.1f} s)"
+                )
                 return
             except _NATS_FAILURES as exc:
                 self.beat_failures += 1
                 log.warning("heartbeat_failed", node=self.node, error=repr(exc), lease_left=self.lease_left())
                 continue
+            if self.in_doubt:
+                self.in_doubt = False
+                log.warning("cluster_lease_kept", node=self.node, silent_seconds=round(sent - self.beat_landed, 1))
             self.beat_landed = sent
             self.beats += 1
 

@@ -6,6 +6,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+SAFE_LEASE = 15.0
+"""The shortest lease that outlasts a NATS server's death: a third of it since the last beat
+landed, then up to about 10 s for the bucket's stream to elect a leader, and the beat retried."""
+
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """Cluster and node names: they are parts of NATS subjects and bucket names."""
 
@@ -15,7 +19,9 @@ class ClusterSettings:
     """Where the cluster's NATS servers are and who this daemon is among its members.
 
     ``lease``: seconds a member stays one without a heartbeat (it beats every third of it);
-    after that the survivors take its movable processes. ``window``: checkpoint writes in
+    after that the survivors take its movable processes. It must outlast a NATS stream's leader
+    election (followers wait 4 to 9 s for a lost leader before they campaign) plus a heartbeat,
+    or a NATS server's death costs members their leases: :data:`SAFE_LEASE`. ``window``: checkpoint writes in
     flight at once. ``replicas``: copies of each bucket (3 on a 3-node NATS cluster).
     ``request_timeout``: how long a request routed to another daemon may go unanswered before
     it fails with a retryable error (calls add their own timeout).
@@ -24,7 +30,7 @@ class ClusterSettings:
     servers: tuple[str, ...]
     name: str
     node: str
-    lease: float = 10.0
+    lease: float = 20.0
     replicas: int = 3
     window: int = 256
     request_timeout: float = 5.0

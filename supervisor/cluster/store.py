@@ -604,7 +604,8 @@ class ClusterStore:
         return deleted
 
     def statistics(self) -> StoreStatistics:
-        queued = len(self._waiting) + len(self._dirty) + len(self._owed)
+        # Not yet durable: a write in flight counts, or "nothing queued" would come before it lands.
+        queued = len(self._waiting.keys() | self._dirty.keys() | self._owed.keys() | self._in_flight)
         return StoreStatistics(self.writes, self.writes, 1 if self.writes else 0, self._last_seconds, queued)
 
     async def close(self) -> None:

@@ -181,7 +181,7 @@ _CLUSTER = {
     "servers": (list, REQUIRED),
     "name": (str, REQUIRED),
     "node": (str, REQUIRED),
-    "lease": ((int, float), 10.0),
+    "lease": ((int, float), 20.0),
     "replicas": (int, 3),
     "window": (int, 256),
     "request_timeout": ((int, float), 5.0),
