@@ -44,7 +44,7 @@ class ClusterSource:
 
     status: Callable[[], Mapping[str, Any]]
     placed: Callable[..., Awaitable[list[dict[str, Any]]]]
-    owner: Callable[[str], Awaitable[tuple[str, int] | None]]
+    owner: Callable[[str], Awaitable[tuple[str, str] | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class MemberRow:
     name: str
     lease_left: float
     processes: int | None
-    incarnation: int | None
+    incarnation: str  # a token each start of a member draws ("": not known yet)
     here: bool  # this daemon
 
 
@@ -80,7 +80,7 @@ class ClusterStatus:
                 name=str(name),
                 lease_left=float(fields.get("lease_left") or 0.0),
                 processes=_number(fields.get("processes")),
-                incarnation=_number(fields.get("incarnation")),
+                incarnation=str(fields.get("incarnation") or ""),
                 here=bool(fields.get("self")),
             )
             for name, fields in sorted((status.get("members") or {}).items())
