@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -138,14 +137,12 @@ async def test_the_cluster_page_shows_members_and_owners_and_follows_a_member_ki
                 if event.get("event") == "members" and members_shown(event["data"]) == {"a", "b", "c"}:
                     break
         members.kill("b")
-        killed = time.monotonic()
         # A lease and a half for the cluster to see b gone, and one push of the page's after it.
         async with asyncio.timeout(members.lease * 1.5 + STATUS_EVERY + 0.5):
             async for event in stream:
                 if event.get("event") == "members" and "b" not in members_shown(event["data"]):
                     assert {"a", "c"} == members_shown(event["data"])
                     break
-        assert time.monotonic() - killed <= members.lease * 1.5 + STATUS_EVERY + 0.5
         moved: dict[str, str] = {}
         async with asyncio.timeout(members.lease * 3 + OWNERS_EVERY):
             async for event in stream:
