@@ -9,6 +9,7 @@ test's temporary directory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -279,3 +280,59 @@ def test_the_daemon_logs_the_console_and_who_acted(daemon: WebDaemon) -> None:
     assert ("pause", "web-demo") == actions[1][:2]
     assert actions[1][2].startswith("browser test (session ")
     assert any(e["event"] == "web_refused" and e["reason"] == "not logged in" for e in logs)
+
+
+@pytest.mark.timeout(300)
+def test_the_cluster_page_in_the_browser(
+    playwright: Any, browser: Any, shots: Path, tmp_path: Path, nats_cluster: Any
+) -> None:
+    """On a cluster member's console, the navigation links the cluster page, which shows the
+    three members (this daemon marked, each lease as a bar) and the processes with their owners;
+    the "where is" form answers a process's owner in place; when b is killed its row leaves the
+    page without a reload."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from playwright.sync_api import expect
+
+    from tests.test_web_cluster import WebCluster, spawn_steppers
+
+    members = WebCluster(tmp_path, nats_cluster, lease=3.0)
+    try:
+        members.start_all()
+
+        async def spawn() -> dict[str, str | None]:
+            async with members.client("a") as client:
+                pids = await spawn_steppers(client, 12)
+                return {p.snapshot.pid: p.owner for p in await client.placed() if p.snapshot.pid in pids}
+
+        # Playwright's sync API holds this thread's event loop: the client runs on another thread.
+        with ThreadPoolExecutor(1) as thread:
+            placed = thread.submit(asyncio.run, spawn()).result(timeout=120)
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{members.url('a')}/processes")
+        page.get_by_role("link", name="Cluster").click()
+        page.wait_for_url(re.compile(r"/cluster$"))
+        for node in ("a", "b", "c"):
+            expect(page.locator(f'#members tr[data-member="{node}"]')).to_be_visible()
+        expect(page.locator('#members tr[data-member="a"]')).to_contain_text("this daemon")
+        expect(page.locator("#members meter")).to_have_count(3)
+        expect(page.locator("table.placed tbody tr")).to_have_count(len(placed))
+        pid, owner = next((pid, owner) for pid, owner in placed.items() if owner == "b")
+        expect(page.locator(f'tr[data-pid="{pid}"] td[data-label="Owner"]')).to_contain_text("b")
+        # b's count comes with its heartbeats (every third of a lease), and the page's next push.
+        expect(page.locator('#members tr[data-member="b"] td[data-label="Processes owned"]')).not_to_have_text("0")
+        page.screenshot(path=str(shots / "web-cluster.png"), full_page=True)
+
+        page.get_by_label("Process id").fill(pid)
+        page.get_by_role("button", name="Find its owner").click()
+        expect(page.locator("#where-answer")).to_contain_text(f"owned by {owner}")
+        assert page.url.endswith("/cluster")  # answered in place, by htmx
+
+        members.kill("b")
+        expect(page.locator('#members tr[data-member="b"]')).to_have_count(0, timeout=30_000)
+        moved = page.locator(f'tr[data-pid="{pid}"] td[data-label="Owner"] .owner')
+        expect(moved).to_have_text(re.compile(r"^[ac]$"), timeout=30_000)
+        page.close()
+    finally:
+        members.close()

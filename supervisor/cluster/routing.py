@@ -378,11 +378,23 @@ class Router:
     # --- listing the cluster ------------------------------------------------------------------
 
     async def _list(self, c: Requester, args: dict[str, Any], request_id: int) -> None:
-        """Every member's live processes that match, each with its ``owner`` (and
-        ``reachable``: false for those whose daemon is down or did not answer, from records)."""
         lifecycle = argument(args, "lifecycle", str, required=False)
         kind = argument(args, "kind", str, required=False)
         paused = argument(args, "paused", bool, required=False)
+        found = await self.placed(kind=kind, lifecycle=lifecycle, paused=paused, request_id=request_id)
+        if not argument(args, "chunked", bool, required=False):
+            await c.send({"id": request_id, "ok": True, "result": found})
+            return
+        for chunk in array_chunks(pack(fields) for fields in found):
+            await c.send_frame(encode_item(request_id, chunk))
+        await c.send({"id": request_id, "ok": True, "result": None})
+
+    async def placed(
+        self, *, kind: str | None = None, lifecycle: str | None = None, paused: bool | None = None, request_id: int = 0
+    ) -> list[dict[str, Any]]:
+        """Every member's live processes that match, as snapshot fields each with its ``owner``
+        (and ``reachable``: false for those whose daemon is down or did not answer, from their
+        records): ``ps`` through this daemon, and the web console's cluster page."""
         found: list[dict[str, Any]] = []
         for handle in self.node.list(kind=kind, lifecycle=Lifecycle(lifecycle) if lifecycle else None, paused=paused):
             found.append({**snapshot_fields(handle.snapshot()), "owner": self.name, "reachable": True})
@@ -405,12 +417,7 @@ class Router:
             found.extend({**fields, "owner": node, "reachable": True} for fields in items)
         for node in unanswered + sorted(set(await self._roster()) - set(live)):
             found.extend(await self._unreachable(node, kind, lifecycle, paused))
-        if not argument(args, "chunked", bool, required=False):
-            await c.send({"id": request_id, "ok": True, "result": found})
-            return
-        for chunk in array_chunks(pack(fields) for fields in found):
-            await c.send_frame(encode_item(request_id, chunk))
-        await c.send({"id": request_id, "ok": True, "result": None})
+        return found
 
     async def _roster(self) -> list[str]:
         assert self.member.connection is not None

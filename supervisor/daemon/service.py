@@ -35,7 +35,7 @@ from .systemd import SystemdNotifier
 from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
-    from ..web import WebConsole, WebStatistics
+    from ..web import ClusterSource, WebConsole, WebStatistics
 
 log = structlog.get_logger("statevisor.daemon")
 
@@ -78,9 +78,10 @@ def tcp_options(config: Config) -> dict[str, Any]:
     return {"tcp": (host.strip("[]"), int(port)), "token": read_token(settings.token_file), "tls": tls}
 
 
-def web_console(node: Node, settings: DaemonSettings) -> WebConsole | None:
+def web_console(node: Node, settings: DaemonSettings, cluster: ClusterSource | None = None) -> WebConsole | None:
     """The web console ``daemon.web`` asks for (a :class:`supervisor.web.WebConsole`, not started),
-    with the panels installed packages declare; None when it is not configured."""
+    with the panels installed packages declare, and the cluster page when ``cluster`` is given;
+    None when it is not configured."""
     if settings.web is None:
         return None
     from ..web import WebConsole
@@ -99,6 +100,7 @@ def web_console(node: Node, settings: DaemonSettings) -> WebConsole | None:
         control=settings.web_control,
         read=settings.web_read,
         panels=panels,
+        cluster=cluster,
     )
 
 
@@ -256,7 +258,12 @@ async def _run_once(
             running.push_async_callback(router.stop)
         await control.start()
         running.push_async_callback(control.close)
-        console = web_console(node, settings)
+        cluster = None
+        if member is not None and router is not None:
+            from ..web import ClusterSource
+
+            cluster = ClusterSource(status=member.status, placed=router.placed, owner=member.store.owner)
+        console = web_console(node, settings, cluster)
         if console is not None:
             await console.start()
             running.push_async_callback(console.close)

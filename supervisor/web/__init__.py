@@ -9,9 +9,12 @@ web console); a program that runs a :class:`~supervisor.Node` of its own may ser
     await console.close()
 
 Kinds add panels of their own to their processes' pages (:class:`Panel`, :class:`PanelView`).
+A daemon that is a cluster member passes a :class:`ClusterSource`, and the console serves the
+cluster's page (``/cluster``).
 """
 
+from ._cluster import ClusterSource
 from ._console import ReadAccess, WebConsole, WebStatistics
 from ._panels import Panel, PanelView
 
-__all__ = ["Panel", "PanelView", "ReadAccess", "WebConsole", "WebStatistics"]
+__all__ = ["ClusterSource", "Panel", "PanelView", "ReadAccess", "WebConsole", "WebStatistics"]

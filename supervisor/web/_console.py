@@ -45,6 +45,16 @@ from .._version import __version__
 from ..control._fanout import WatchFanout
 from ._assets import Assets
 from ._auth import SESSION_COOKIE, Session, Sessions
+from ._cluster import (
+    STATUS_EVERY,
+    STATUS_LOOK,
+    ClusterQuery,
+    ClusterSource,
+    ClusterStatus,
+    OwnerWatch,
+    cluster_page,
+    placed_arguments,
+)
 from ._live import EventStream, follow_log, log_event_id, parse_offsets
 from ._panels import Panel, render_panels
 from ._views import (
@@ -111,7 +121,8 @@ class WebConsole:
     ``token`` is the daemon's (needed to log in: for reading unless ``read`` is open, and for
     control); ``tls`` an SSL context to serve with (required beyond loopback, as is the token);
     ``control`` lets logged-in people pause, resume, kill, nudge and spawn; ``panels`` add what
-    kinds show of their own processes.
+    kinds show of their own processes; ``cluster`` (a daemon that is a cluster member) serves the
+    cluster page.
     """
 
     def __init__(
@@ -126,6 +137,7 @@ class WebConsole:
         read: ReadAccess | str = ReadAccess.TOKEN,
         panels: Iterable[Panel] = (),
         interval: float = WATCH_INTERVAL,
+        cluster: ClusterSource | None = None,
     ) -> None:
         read = ReadAccess(read)
         if (control or read is ReadAccess.TOKEN) and not token:
@@ -144,6 +156,7 @@ class WebConsole:
         self.read = read
         self.panels = list(panels)
         self.interval = interval
+        self.cluster = cluster
         self.sessions = Sessions(token) if token else None
         self.assets = Assets()
         self._templates = jinja2.Environment(
@@ -184,6 +197,9 @@ class WebConsole:
         app.router.add_post("/process/{action}", self._act)
         app.router.add_post("/spawn", self._spawn)
         app.router.add_get("/tree", self._tree)
+        app.router.add_get("/cluster", self._cluster)
+        app.router.add_get("/cluster/events", self._cluster_events)
+        app.router.add_get("/cluster/where", self._where)
         app.router.add_get("/login", self._login_page)
         app.router.add_post("/login", self._login)
         app.router.add_post("/logout", self._logout)
@@ -357,6 +373,7 @@ class WebConsole:
             session=session,
             csrf=self.sessions.csrf(session) if session is not None and self.sessions is not None else "",
             control=self.control,
+            clustered=self.cluster is not None,
             can_control=self.control and session is not None,
             has_token=self.sessions is not None,
             path=request.path_qs,
@@ -480,6 +497,114 @@ class WebConsole:
 
     async def _tree(self, request: web.Request) -> web.StreamResponse:
         return self._page("tree.html", request, section="tree", tree=supervision_tree(self.node.root))
+
+    # --- the cluster ----------------------------------------------------------------------------
+
+    def _cluster_source(self, request: web.Request) -> ClusterSource:
+        if self.cluster is None:
+            raise self._not_found(request, "This daemon is not a member of a cluster: it has no cluster page.")
+        return self.cluster
+
+    async def _cluster(self, request: web.Request) -> web.StreamResponse:
+        source = self._cluster_source(request)
+        status = ClusterStatus.of(source.status())
+        query = ClusterQuery.parse(request.query)
+        problem = ""
+        try:
+            placed = await source.placed(**placed_arguments(query))
+        except Exception as exc:  # the cluster's store or a member not answering: the rest still shows
+            log.warning("web_cluster_list_failed", error=repr(exc))
+            placed, problem = [], f"The cluster's processes could not be listed: {exc}"
+        page = cluster_page(placed, query, self.node.machines)
+        pids = [row.pid for row in page.rows]
+        stream_url = "/cluster/events?" + urlencode([("pid", pid) for pid in pids])
+        where = request.query.get("where", "").strip()
+        return self._page(
+            "cluster.html",
+            request,
+            section="cluster",
+            cluster=status,
+            page=page,
+            query=query,
+            lifecycles=[str(lc) for lc in LIVE_CHOICES],
+            stream_url=stream_url,
+            problem=problem,
+            where=where,
+            answer=await self._where_answer(source, where) if where else None,
+        )
+
+    async def _where(self, request: web.Request) -> web.StreamResponse:
+        """The "where is process PID?" form: a fragment for htmx, else the cluster page with it."""
+        source = self._cluster_source(request)
+        where = request.query.get("pid", "").strip()
+        if not request.headers.get("HX-Request"):
+            raise web.HTTPSeeOther("/cluster?" + urlencode({"where": where}))
+        answer = await self._where_answer(source, where)
+        return web.Response(text=str(self._parts.where_answer(answer)), content_type="text/html")
+
+    async def _where_answer(self, source: ClusterSource, pid: str) -> dict[str, Any]:
+        """Who owns ``pid`` (an id anywhere in the cluster, or a name of this daemon's)."""
+        status = ClusterStatus.of(source.status())
+        if not pid:
+            return {"pid": pid, "found": False, "message": "Give a process's id."}
+        local = self._live_process(pid)
+        if local is None:
+            with contextlib.suppress(ProcessNotFound):
+                local = self.node.find(pid)._process
+        if local is not None and not local.lifecycle.terminal:
+            return {"pid": local.pid, "found": True, "owner": status.node, "here": True, "live": True}
+        try:
+            owner = await source.owner(pid)
+        except Exception as exc:  # NATS trouble: say so, the page stays
+            log.warning("web_cluster_owner_failed", pid=pid, error=repr(exc))
+            return {"pid": pid, "found": False, "message": f"The cluster's store did not answer: {exc}"}
+        if owner is None:
+            message = f"No live process {pid!r} in cluster {status.name} (names are looked up on this daemon only)."
+            return {"pid": pid, "found": False, "message": message}
+        node, incarnation = owner
+        return {
+            "pid": pid,
+            "found": True,
+            "owner": node,
+            "incarnation": incarnation,
+            "here": node == status.node,
+            "live": node in status.live,
+        }
+
+    async def _cluster_events(self, request: web.Request) -> web.StreamResponse:
+        source = self._cluster_source(request)
+        pids = request.query.getall("pid", [])[:500]
+        return await self._event_stream(request, [functools.partial(self._cluster_updates, source=source, pids=pids)])
+
+    async def _cluster_updates(self, stream: EventStream, source: ClusterSource, pids: list[str]) -> None:
+        """The members' leases and counts every STATUS_EVERY (at once when a member joins or
+        leaves), and the owners of the page's rows when they may have changed."""
+        loop = asyncio.get_running_loop()
+        watch = OwnerWatch(dict.fromkeys(pids, ("", True)))
+        pushed_at = float("-inf")
+        live: frozenset[str] | None = None
+        while not stream.closed:
+            status = ClusterStatus.of(source.status())
+            now = loop.time()
+            if status.live != live or now - pushed_at >= STATUS_EVERY:
+                live, pushed_at = status.live, now
+                stream.write_now(
+                    sse_event("members", str(self._parts.cluster_members(status)))
+                    + sse_event("counts", str(self._parts.cluster_counts(status)))
+                )
+                due = watch.due(status.live, now)
+                owners = await asyncio.gather(*(source.owner(pid) for pid in due), return_exceptions=True)
+                frames = []
+                for pid, owner in zip(due, owners, strict=True):
+                    if isinstance(owner, BaseException):
+                        continue  # NATS trouble: looked up again at the next push
+                    node = owner[0] if owner is not None else ""
+                    if watch.changed(pid, node):
+                        cell = self._parts.owner_cell(node, node in status.live, node == status.node)
+                        frames.append(sse_event(f"owner-{row_key(pid)}", str(cell)))
+                if frames:
+                    stream.write_now(b"".join(frames))
+            await asyncio.sleep(STATUS_LOOK)
 
     # --- live: server-sent events -------------------------------------------------------------
 
