@@ -107,3 +107,37 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     missing = [] if nats_server() is not None else ["nats-server (Debian package nats-server)"]
     yield from _running(NatsCluster(tmp_path_factory.mktemp("nats")), missing)
+
+
+@pytest.fixture(scope="session")
+def fake_kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The fake Kubernetes API server with its kubelet, on loopback (tests/services/kube/)."""
+    from tests.services.kube import FakeKube
+
+    yield from _running(FakeKube(tmp_path_factory.mktemp("kube")), [])
+
+
+@pytest.fixture(params=["fake", "real"])
+def kube(request: pytest.FixtureRequest) -> Iterator[object]:
+    """Where an end-to-end test of the cloud kind runs pods: the fake API server, and the real
+    cluster ``STATEVISOR_TEST_KUBECONFIG`` names when it is set (else that variant is skipped,
+    saying so)."""
+    import os
+    from pathlib import Path
+
+    from tests.kube import REAL, REAL_SKIP, Target
+    from tests.services.kube import FakeKube
+
+    if request.param == "real":
+        kubeconfig = os.environ.get(REAL)
+        if not kubeconfig:
+            pytest.skip(REAL_SKIP)
+        target = Target(None, Path(kubeconfig), os.environ.get("STATEVISOR_TEST_KUBECONTEXT") or None)
+    else:
+        fake = request.getfixturevalue("fake_kube")
+        assert isinstance(fake, FakeKube)
+        target = Target(fake, fake.kubeconfig, "fake")
+    try:
+        yield target
+    finally:
+        target.cleanup()

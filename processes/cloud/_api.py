@@ -141,16 +141,30 @@ def request_verb(method: str, path: str, query: str) -> str:
 
 
 class _Counting(httpx2.AsyncBaseTransport):
-    """Counts each request by (verb, status code or "error") on its way through."""
+    """Counts each request by (verb, status code or "error") on its way through, and keeps a
+    cancellation from reaching the connection pool while it connects.
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport, counts: Counter[tuple[str, str]]) -> None:
+    httpcore closes a new connection's socket when its TLS handshake fails, but not when the
+    handshake is cancelled: the socket is left open until it is collected (a task cancelled at
+    the wrong moment, a kill's bounded delete, a shutdown). So a request runs in a task of its
+    own; a caller cancelled meanwhile lets it finish (at most ``settle`` seconds, its connect
+    timeout), closes what it got, and only then is cancelled.
+    """
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, counts: Counter[tuple[str, str]], settle: float) -> None:
         self.inner = inner
         self.counts = counts
+        self.settle = settle
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         verb = request_verb(request.method, request.url.path, request.url.query.decode("ascii", "replace"))
+        attempt = asyncio.ensure_future(self.inner.handle_async_request(request))
         try:
-            response = await self.inner.handle_async_request(request)
+            response = await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            self.counts[(verb, "error")] += 1
+            await _settle(attempt, self.settle)
+            raise
         except BaseException:
             self.counts[(verb, "error")] += 1
             raise
@@ -159,6 +173,18 @@ class _Counting(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def _settle(attempt: asyncio.Future[httpx2.Response], seconds: float) -> None:
+    """Let an abandoned request finish (bounded), and close the response it brings."""
+    done, _ = await asyncio.wait({attempt}, timeout=seconds)
+    if not done:
+        attempt.cancel()  # still connecting after its connect timeout: nothing better to do
+        await asyncio.gather(attempt, return_exceptions=True)
+        return
+    if attempt.exception() is None:
+        with contextlib.suppress(Exception):
+            await attempt.result().aclose()
 
 
 class RateLimit:
@@ -234,7 +260,7 @@ class KubeApi:
             proxy=self.spec.proxy,
             trust_env=False,
         )
-        transport = _Counting(inner, self.counts)
+        transport = _Counting(inner, self.counts, self.spec.request_timeout)
         timeout = httpx2.Timeout(self.spec.request_timeout)
         self._client = AsyncClient(
             config=config,
@@ -278,7 +304,7 @@ class KubeApi:
         verb: str,
         resource: str,
         namespace: str,
-        request: Callable[[AsyncClient], Awaitable[T]],
+        request: Callable[[AsyncClient, httpx2.AsyncClient], Awaitable[T]],
         *,
         retries: int | None = None,
     ) -> T:
@@ -288,10 +314,10 @@ class KubeApi:
         attempt = 0
         reloaded = False
         while True:
-            client, _ = await self._clients()
+            client, http = await self._clients()
             await self.limit.take()
             try:
-                result = await request(client)
+                result = await request(client, http)
             except Exception as exc:
                 failure = classify(exc, self.spec.name, verb, resource, namespace)
                 if failure.unauthorized and not reloaded:
@@ -304,9 +330,9 @@ class KubeApi:
                 attempt += 1
                 self.failures += 1
                 if attempt > budget:
-                    raise ApiUnreachable(
-                        self.spec.name, f"{verb} {resource}: {failure.error} ({attempt} attempts)"
-                    ) from None
+                    error = failure.error
+                    problem = error.problem if isinstance(error, ApiUnreachable) else f"{verb} {resource}: {error}"
+                    raise ApiUnreachable(self.spec.name, f"{problem} ({attempt} attempts)") from None
                 delay = (
                     failure.retry_after if failure.retry_after is not None else backoff(attempt, self.spec.backoff_max)
                 )
@@ -337,14 +363,14 @@ class KubeApi:
         pod = Pod.from_dict(manifest)
         assert isinstance(pod, Pod)
 
-        async def create(client: AsyncClient) -> Pod:
+        async def create(client: AsyncClient, http: httpx2.AsyncClient) -> Pod:
             created: Pod = await client.create(pod)  # its namespace is the manifest's
             return created
 
         return await self.call("create", "pods", namespace, create)
 
     async def get_pod(self, namespace: str, name: str) -> Pod:
-        async def get(client: AsyncClient) -> Pod:
+        async def get(client: AsyncClient, http: httpx2.AsyncClient) -> Pod:
             return await client.get(Pod, name, namespace=namespace)
 
         return await self.call("get", "pods", namespace, get)
@@ -352,7 +378,7 @@ class KubeApi:
     async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> tuple[list[Pod], str]:
         """Every pod with ``labels`` (pages of 500) and the list's resourceVersion."""
 
-        async def listing(client: AsyncClient) -> tuple[list[Pod], str]:
+        async def listing(client: AsyncClient, http: httpx2.AsyncClient) -> tuple[list[Pod], str]:
             found = client.list(Pod, namespace=namespace, labels=dict(labels.items()), chunk_size=500)
             pods = [pod async for pod in found]
             return pods, found.resourceVersion
@@ -360,44 +386,38 @@ class KubeApi:
         return await self.call("list", "pods", namespace, listing)
 
     async def delete_pod(self, namespace: str, name: str, grace: int | None, *, retries: int | None = None) -> None:
-        async def delete(client: AsyncClient) -> None:
+        async def delete(client: AsyncClient, http: httpx2.AsyncClient) -> None:
             await client.delete(Pod, name, namespace=namespace, grace_period=grace)
 
         await self.call("delete", "pods", namespace, delete, retries=retries)
 
     async def log_lines(
-        self, namespace: str, name: str, container: str, *, follow: bool, since: int | None
+        self, namespace: str, name: str, container: str, *, follow: bool, since_time: str | None
     ) -> AsyncIterator[str]:
-        """The container's log lines with their timestamps (``<RFC3339Nano> <text>``); with
-        ``follow``, until the container ends. The request itself is retried; a stream cut
-        halfway raises, and the caller resumes from the last timestamp."""
+        """The container's log lines with their timestamps (``<RFC3339Nano> <text>``), from
+        ``since_time`` (RFC 3339, whole seconds) on; with ``follow``, until the container ends.
+        Opening is retried; a stream cut halfway raises, and the caller resumes from its last
+        timestamp. (Read here rather than with lightkube's ``log``, whose followed form reads an
+        error's body synchronously from an async stream and fails.)"""
+        params = {"container": container, "timestamps": "true"}
+        if follow:
+            params["follow"] = "true"
+        if since_time:
+            params["sinceTime"] = since_time
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/log"
+        read = None if follow else self.spec.request_timeout
 
-        async def opened(client: AsyncClient) -> tuple[AsyncIterator[str], str | None]:
-            lines = aiter(
-                client.log(
-                    name,
-                    namespace=namespace,
-                    container=container,
-                    follow=follow,
-                    since=since,
-                    timestamps=True,
-                    newlines=False,
-                )
-            )
-            first = await anext(lines, None)  # the response's status arrives with the first line
-            return lines, first
+        async def opened(client: AsyncClient, http: httpx2.AsyncClient) -> httpx2.Response:
+            return await _open(http, path, params, read, self.spec.request_timeout)
 
-        lines, first = await self.call("log", "pods/log", namespace, opened)
+        response = await self.call("log", "pods/log", namespace, opened)
         try:
-            if first is None:
-                return
-            yield first
-            async for line in lines:
+            async for line in response.aiter_lines():
                 yield line
+        except httpx2.HTTPError as exc:  # cut halfway: the caller resumes
+            raise classify(exc, self.spec.name, "log", "pods/log", namespace).error from None
         finally:
-            closer = getattr(lines, "aclose", None)
-            if closer is not None:
-                await closer()
+            await response.aclose()
 
     @contextlib.asynccontextmanager
     async def watch_pods(self, namespace: str, selector: str, since: str | None) -> AsyncIterator[AsyncIterator[Any]]:
@@ -415,25 +435,19 @@ class KubeApi:
             params["resourceVersion"] = since
         # Reads may wait the whole watch: the server ends it (timeoutSeconds), or sends
         # bookmarks; a silent connection longer than that is dead.
-        timeout = httpx2.Timeout(self.spec.request_timeout, read=self.spec.watch_timeout + self.spec.request_timeout)
-        request = http.build_request("GET", f"/api/v1/namespaces/{namespace}/pods", params=params, timeout=timeout)
+        read = self.spec.watch_timeout + self.spec.request_timeout
         try:
-            response = await http.send(request, stream=True)
+            response = await _open(
+                http, f"/api/v1/namespaces/{namespace}/pods", params, read, self.spec.request_timeout
+            )
         except Exception as exc:
-            raise classify(exc, self.spec.name, "watch", "pods", namespace).error from None
+            failure = classify(exc, self.spec.name, "watch", "pods", namespace)
+            if failure.unauthorized:
+                await self._rebuild()
+            raise failure.error from None
         try:
-            if response.status_code != 200:
-                await response.aread()
-                if response.headers.get("content-type", "").startswith("application/json"):
-                    error: Exception = ApiError(request=request, response=response)
-                else:
-                    error = httpx2.HTTPStatusError(f"{response.status_code}", request=request, response=response)
-                failure = classify(error, self.spec.name, "watch", "pods", namespace)
-                if failure.unauthorized:
-                    await self._rebuild()
-                raise failure.error
             self._answered()
-            yield _events(response)
+            yield _events(response, self.spec.name, namespace)
         finally:
             await response.aclose()
 
@@ -442,10 +456,31 @@ class KubeApi:
         return f"<KubeApi {self.spec.name} requests={requests} failures={self.failures} {self.limit!r}>"
 
 
-async def _events(response: httpx2.Response) -> AsyncIterator[Any]:
-    async for line in response.aiter_lines():
-        if line.strip():
-            yield decode_watch_event(line.encode())
+async def _open(
+    http: httpx2.AsyncClient, path: str, params: dict[str, str], read: float | None, timeout: float
+) -> httpx2.Response:
+    """A streamed GET, once its status says it is a stream: an error's body is read and raised
+    as lightkube's ``ApiError`` (a Status) or httpx's ``HTTPStatusError``."""
+    request = http.build_request("GET", path, params=params, timeout=httpx2.Timeout(timeout, read=read))
+    response = await http.send(request, stream=True)
+    if response.status_code == 200:
+        return response
+    try:
+        await response.aread()
+    finally:
+        await response.aclose()
+    if response.headers.get("content-type", "").startswith("application/json"):
+        raise ApiError(request=request, response=response)
+    raise httpx2.HTTPStatusError(f"{response.status_code} from {path}", request=request, response=response)
+
+
+async def _events(response: httpx2.Response, cluster: str, namespace: str) -> AsyncIterator[Any]:
+    try:
+        async for line in response.aiter_lines():
+            if line.strip():
+                yield decode_watch_event(line.encode())
+    except httpx2.HTTPError as exc:  # the stream was cut: the watch reconnects
+        raise classify(exc, cluster, "watch", "pods", namespace).error from None
 
 
 def decode_pod(raw: Any) -> Pod:

@@ -97,6 +97,8 @@ class CloudExecutor:
         self.created = 0  # pods this executor created
         self.adopted = 0  # creates that found their pod there already
         self._held: dict[str, asyncio.Event] = {}  # create actions of paused processes
+        self.holding = 0  # creates waiting for their process to be resumed
+        self.reaper.start()  # deletes an earlier daemon owed (needs a running loop: else at the first action)
 
     # --- the executor protocol --------------------------------------------------------------
 
@@ -160,8 +162,12 @@ class CloudExecutor:
             log.info("cloud_pod_adopted", cluster=cluster.spec.name, namespace=namespace, pod=found.name)
             return {"adopted": True, **found.report()}
         held = self._held.get(action.id)
-        if held is not None:
-            await held.wait()  # paused before its pod exists: the pod is not created meanwhile
+        if held is not None:  # paused before its pod exists: the pod is not created meanwhile
+            self.holding += 1
+            try:
+                await held.wait()
+            finally:
+                self.holding -= 1
         name = manifest["metadata"]["name"]
         try:
             view = PodView.of(await cluster.api.create_pod(namespace, manifest))

@@ -65,6 +65,7 @@ class DeleteJournal:
         self.path = path
         self.entries: dict[tuple[str, str, str], Delete] = {}
         self._file: TextIO | None = None
+        self._closed = False
         self._written = 0
         self._synced = 0
         self._syncing = asyncio.Lock()
@@ -98,6 +99,8 @@ class DeleteJournal:
         return self._file
 
     async def add(self, entry: Delete) -> None:
+        if not self._closed:
+            self._open()  # first: opening rewrites the file with what was owed before
         self.entries[entry.key] = entry
         self._append(_line("add", asdict(entry)))
         await self._sync()
@@ -108,6 +111,8 @@ class DeleteJournal:
             self._append(_line("done", {"key": list(entry.key)}))  # a lost "done" only repeats a delete
 
     def _append(self, text: str) -> None:
+        if self._closed:
+            return  # shut down: what is owed now was written before, or is owed by the next start
         out = self._open()
         out.write(text)
         out.flush()
@@ -124,6 +129,7 @@ class DeleteJournal:
             self._synced = upto
 
     def close(self) -> None:
+        self._closed = True
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -69,6 +69,7 @@ class PodWatch:
         self._seq = 0
         self._touched: dict[str, int] = {}  # pod name -> the _seq of its last news
         self._waiters: dict[str, set[_Waiter]] = {}
+        self._sync_waiters: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -79,8 +80,16 @@ class PodWatch:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def wait_synced(self) -> None:
+        """Until a list has filled the cache; raises what the watch meets past its retry budget."""
         self.start()
-        await self.synced.wait()
+        if self.synced.is_set():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sync_waiters.add(future)
+        try:
+            await future
+        finally:
+            self._sync_waiters.discard(future)
 
     def find(self, labels: dict[str, str]) -> PodView | None:
         """A cached pod carrying all of ``labels`` (the lookup by label a restore makes)."""
@@ -148,7 +157,8 @@ class PodWatch:
                     error=str(exc) or type(exc).__name__,
                 )
                 if self.failures > spec.retries:
-                    self._fail_waiters(ApiUnreachable(spec.name, f"watching pods in namespace {self.namespace}: {exc}"))
+                    problem = exc.problem if isinstance(exc, TransportError) else str(exc)
+                    self._fail_waiters(ApiUnreachable(spec.name, f"watching pods in {self.namespace}: {problem}"))
                     self.failures = spec.retries  # go on trying, at the slowest pace
                 await asyncio.sleep(backoff(self.failures, spec.backoff_max, self._rng))
             except Exception as exc:  # a bug: the waits fail with it rather than hang on a dead watch
@@ -169,6 +179,9 @@ class PodWatch:
             self._gone(name)
         self.version = version
         self.synced.set()
+        for future in list(self._sync_waiters):
+            if not future.done():
+                future.set_result(None)
 
     async def _watch(self) -> None:
         self.watches += 1
@@ -221,12 +234,12 @@ class PodWatch:
             callback(view)
 
     def _fail_waiters(self, error: BaseException) -> None:
-        for waiters in list(self._waiters.values()):
-            for waiter in list(waiters):
-                if not waiter.future.done():
-                    waiter.future.set_exception(error)
-                    with contextlib.suppress(BaseException):
-                        waiter.future.exception()  # retrieved: the waiter may be gone already
+        futures: list[asyncio.Future[Any]] = [w.future for ws in self._waiters.values() for w in ws]
+        for future in [*futures, *self._sync_waiters]:
+            if not future.done():
+                future.set_exception(error)
+                with contextlib.suppress(BaseException):
+                    future.exception()  # retrieved: the waiter may be gone already
 
     def phases(self) -> Counter[str]:
         return Counter(view.phase for view in self.pods.values())

@@ -68,6 +68,7 @@ class Faults:
     retry_after: int = 1
     fail: int = 0  # the next N requests get ``fail_status``
     fail_status: int = 503
+    lost: int = 0  # the next N creates are carried out, and their answers lost (a 504 from a proxy's timeout)
     forbidden: set[tuple[str, str, str]] = field(default_factory=set)  # (verb, resource, namespace or "*")
     quotas: dict[str, int] = field(default_factory=dict)  # namespace -> pods allowed (not yet ended)
 
@@ -110,6 +111,10 @@ class ApiServer:
             response = _status(400, "BadRequest", str(exc))
         except json.JSONDecodeError as exc:
             response = _status(400, "BadRequest", f"the body is not JSON: {exc}")
+        if verb == "create" and response.status == 201 and self.faults.lost > 0:
+            self.faults.lost -= 1
+            self._record(request, verb, route, user, response)  # done, as the audit log says
+            return _status(504, "Timeout", "the fake API server carried this create out and lost its answer")
         return self._record(request, verb, route, user, response)
 
     def _record(

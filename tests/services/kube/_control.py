@@ -61,6 +61,9 @@ class Control:
             faults.fail = int(body["count"])
             faults.fail_status = int(body.get("status", 503))
             return {"fail": faults.fail}
+        if path == "/lose":
+            faults.lost = int(body["count"])
+            return {"lost": faults.lost}
         if path in ("/forbid", "/allow"):
             rule = (str(body["verb"]), str(body["resource"]), str(body.get("namespace", "*")))
             if path == "/forbid":
