@@ -229,6 +229,7 @@ class KubeApi:
         self._transport: _Counting | None = None
         self._namespace = spec.namespace or "default"
         self._building = asyncio.Lock()
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # between retries (a test's seam)
 
     @property
     def namespace(self) -> str:
@@ -345,7 +346,7 @@ class KubeApi:
                     delay=round(delay, 3),
                     error=str(failure.error),
                 )
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 continue
             self._answered()
             return result

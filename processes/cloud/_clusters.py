@@ -136,10 +136,7 @@ def check_credentials(spec: ClusterSpec) -> None:
     try:
         load_config(spec)
     except KubeconfigError as exc:
-        key = (
-            "in_cluster" if spec.in_cluster else ("context" if spec.context and "context" in str(exc) else "kubeconfig")
-        )
-        raise SettingsError(f"kubernetes.{spec.name}.{key}", str(exc)) from None
+        raise SettingsError(f"kubernetes.{spec.name}.{exc.key}", str(exc)) from None
 
 
 def load_config(spec: ClusterSpec) -> Any:
@@ -147,27 +144,35 @@ def load_config(spec: ClusterSpec) -> Any:
     from lightkube.config.kubeconfig import KubeConfig
     from lightkube.core.exceptions import ConfigError
 
-    try:
-        if spec.in_cluster:
-            if not (SERVICE_ACCOUNT / "token").exists():
-                raise KubeconfigError(
-                    f"in_cluster = true, but {SERVICE_ACCOUNT}/token does not exist: the daemon is not running "
-                    "in a pod with a service account token mounted"
-                )
-            config = KubeConfig.from_service_account(SERVICE_ACCOUNT)
-        else:
-            assert spec.kubeconfig is not None
-            path = Path(spec.kubeconfig)
-            if not path.is_file():
-                raise KubeconfigError(f"kubeconfig {path} does not exist or is not a file")
+    if spec.in_cluster:
+        if not (SERVICE_ACCOUNT / "token").exists():
+            raise KubeconfigError(
+                f"in_cluster = true, but {SERVICE_ACCOUNT}/token does not exist: the daemon is not running "
+                "in a pod with a service account token mounted",
+                "in_cluster",
+            )
+        try:
+            single = KubeConfig.from_service_account(SERVICE_ACCOUNT).get()
+        except (ConfigError, OSError, KeyError) as exc:
+            raise KubeconfigError(f"the pod's service account cannot be used: {exc}", "in_cluster") from None
+    else:
+        assert spec.kubeconfig is not None
+        path = Path(spec.kubeconfig)
+        if not path.is_file():
+            raise KubeconfigError(f"kubeconfig {path} does not exist or is not a file")
+        try:
             config = KubeConfig.from_file(path)
-        single = config.get(spec.context) if spec.context else config.get()
-    except KubeconfigError:
-        raise
-    except ConfigError as exc:
-        raise KubeconfigError(f"{exc}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable or malformed YAML
-        raise KubeconfigError(f"cannot read the kubeconfig {spec.kubeconfig}: {exc}") from None
+        except (ConfigError, OSError, ValueError, KeyError, TypeError) as exc:  # unreadable or malformed
+            raise KubeconfigError(f"cannot read the kubeconfig {path}: {exc}") from None
+        try:
+            single = config.get(spec.context) if spec.context else config.get()
+        except ConfigError as exc:
+            raise KubeconfigError(f"{exc} in {path}", "context") from None
+        except KeyError as exc:  # a context naming a cluster or user the file does not have
+            raise KubeconfigError(
+                f"context {spec.context or config.current_context!r} names {exc}, which {path} does not declare",
+                "context",
+            ) from None
     if single is None:
         raise KubeconfigError(f"the kubeconfig {spec.kubeconfig} has no current-context; name one with context")
     cluster = single.cluster

@@ -100,4 +100,9 @@ class PodConflict(ApiRefused):
 
 class KubeconfigError(ConfigurationError):
     """The kubeconfig cannot be read, names no such context, or the in-cluster service
-    account's token and CA are not where a pod has them."""
+    account's token and CA are not where a pod has them; ``key`` is the cluster table's key
+    that leads to it (``kubeconfig``, ``context``, ``in_cluster``)."""
+
+    def __init__(self, message: str, key: str = "kubeconfig") -> None:
+        super().__init__(message)
+        self.key = key
