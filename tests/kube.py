@@ -53,8 +53,14 @@ class Target:
     def cluster_table(self, namespace: str, **overrides: object) -> dict[str, object]:
         if self.fake is not None:
             return self.fake.cluster_table(namespace=namespace, **overrides)
-        table: dict[str, object] = {"kubeconfig": str(self.kubeconfig), "namespace": namespace, "retries": 6,
-                                    "backoff_max": 2.0, "qps": 50.0, "burst": 100}  # fmt: skip
+        table: dict[str, object] = {
+            "kubeconfig": str(self.kubeconfig),
+            "namespace": namespace,
+            "retries": 6,
+            "backoff_max": 2.0,
+            "qps": 50.0,
+            "burst": 100,
+        }
         if self.context:
             table["context"] = self.context
         table.update(overrides)
@@ -66,8 +72,11 @@ class Target:
         context = [f"--context={self.context}"] if self.context else []
         return subprocess.run(
             [kubectl_program() or "kubectl", f"--kubeconfig={self.kubeconfig}", *context, *args],
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def pods(self, namespace: str) -> list[dict[str, Any]]:
         done = self.kubectl("get", "pods", "-n", namespace, "-o", "json")

@@ -267,7 +267,7 @@ async def test_500_pods_are_tracked_by_one_watch_and_each_created_once(fake_kube
         assert 0 == len(cloud.audit("get"))
         assert 1 == len(cloud.audit("list"))
         assert 1 == len(cloud.audit("watch"))
-        assert 500 == len(cloud.audit("get", "pods/log"))
+        assert 500 == len(cloud.audit("get", "pods/log")), Counter(str(r.result["logs"]) for r in results)
 
 
 async def test_an_api_server_restart_mid_run_loses_nothing(fake_kube: FakeKube, tmp_path: Path) -> None:
@@ -332,26 +332,29 @@ async def test_a_create_whose_answer_was_lost_adopts_the_pod_it_made(fake_kube: 
         assert [409] == [e["code"] for e in cloud.audit("create") if e["name"] == done.state["pod"]][1:]
 
 
+def create_action(namespace: str, pid: str) -> TrackedAction:
+    """The create action a process ``pid`` would describe for a pod running ``true``."""
+    spec = parse(pod_settings(namespace, "true"))
+    action_id = f"{pid}:create:1"
+    labels, annotations = identity("statevisor", pid, action_id)
+    pod = manifest(spec, name=pod_name(pid, action_id), namespace=namespace, labels=labels, annotations=annotations)
+    return TrackedAction(action_id, CREATE, {"cluster": "k", "namespace": namespace, "manifest": pod}, pid)
+
+
 async def test_a_pod_of_the_actions_name_with_other_labels_is_refused(fake_kube: FakeKube, tmp_path: Path) -> None:
     """A pod already holds the name the action's pod would take, with other labels: the create
-    meets AlreadyExists and refuses it (PodConflict), leaving that pod alone."""
-    target = fake_target(fake_kube)
-    async with running(target, tmp_path) as cloud:
-        spec = parse(pod_settings(cloud.namespace, "true"))
-        action_id = "someone:create:1"
-        name = pod_name("someone", action_id)
-        labels, annotations = identity("statevisor", "someone", action_id)
-        run = fake_kube.kubectl("run", name, f"--image={IMAGE}", "--restart=Never", "-n", cloud.namespace,
-                                "--labels=app=other", "--command", "--", "sleep", "300")  # fmt: skip
+    meets AlreadyExists and refuses it (PodConflict, naming the labels it found), leaving that
+    pod alone."""
+    async with running(fake_target(fake_kube), tmp_path) as cloud:
+        action = create_action(cloud.namespace, "someone")
+        name = action.payload["manifest"]["metadata"]["name"]
+        command = ["--restart=Never", "-n", cloud.namespace, "--labels=app=other", "--command", "--", "sleep", "300"]
+        run = fake_kube.kubectl("run", name, f"--image={IMAGE}", *command)
         assert 0 == run.returncode, run.stderr
-        payload = {"cluster": "k", "namespace": cloud.namespace,
-                   "manifest": manifest(spec, name=name, namespace=cloud.namespace, labels=labels,
-                                        annotations=annotations)}  # fmt: skip
-        action = TrackedAction(action_id, CREATE, payload, "someone")
         with pytest.raises(Exception, match="is not this action's") as refused:
             await cloud.executor.execute(action)
         assert "PodConflict" == type(refused.value).__name__
-        assert "app=other" not in str(refused.value)  # it names our labels it did not find
+        assert "app=other" in str(refused.value)
         assert "sleep" == cloud.pods()[0]["spec"]["containers"][0]["command"][0]
 
 
@@ -359,21 +362,14 @@ async def test_the_executor_holds_a_create_while_its_process_is_paused(fake_kube
     """A pause that reaches a create before its request is made holds it there: no create
     reaches the server until the resume."""
     async with running(fake_target(fake_kube), tmp_path) as cloud:
-        spec = parse(pod_settings(cloud.namespace, "true"))
-        action_id = "held:create:1"
-        labels, annotations = identity("statevisor", "held", action_id)
-        name = pod_name("held", action_id)
-        payload = {"cluster": "k", "namespace": cloud.namespace,
-                   "manifest": manifest(spec, name=name, namespace=cloud.namespace, labels=labels,
-                                        annotations=annotations)}  # fmt: skip
-        action = TrackedAction(action_id, CREATE, payload, "held")
+        action = create_action(cloud.namespace, "held")
         await cloud.executor.pause(action)
         creating = asyncio.ensure_future(cloud.executor.execute(action))
         await wait_until(lambda: cloud.executor.holding == 1, timeout=30)
         assert 0 == len(cloud.audit("create"))
         await cloud.executor.resume(action)
         report = await asyncio.wait_for(creating, 30)
-        assert name == report["pod"]
+        assert action.payload["manifest"]["metadata"]["name"] == report["pod"]
         assert 1 == len(cloud.audit("create"))
 
 

@@ -26,8 +26,9 @@ from tests.test_daemon import ROOT, free_port, kill_if_running, start_daemon, wa
 PODS = 40
 
 
-def write_config(directory: Path, fake: FakeKube, namespace: str, processes: list[tuple[str, str]],
-                 **table: object) -> tuple[Path, int]:  # fmt: skip
+def write_config(
+    directory: Path, fake: FakeKube, namespace: str, processes: list[tuple[str, str]], **table: object
+) -> tuple[Path, int]:
     port = free_port()
     cluster = fake.cluster_table(namespace=namespace, **table)
     lines = [
@@ -137,9 +138,18 @@ async def test_remote_handles_pause_and_resume_a_pod_and_the_cli_follows_its_log
             handle = await client.get("root/ticker")
             await wait_for_snapshot(handle, lambda s: s.phase == "running", timeout=60)
             follower = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "supervisor", "logs", "-f", "--socket", socket, "ticker",
-                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "supervisor",
+                "logs",
+                "-f",
+                "--socket",
+                socket,
+                "ticker",
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             try:
                 assert follower.stdout is not None
                 lines = [(await asyncio.wait_for(follower.stdout.readline(), 30)).decode() for _ in range(3)]

@@ -34,8 +34,20 @@ def run(fake: FakeKube, namespace: str, *args: str) -> subprocess.CompletedProce
 
 def start(fake: FakeKube, namespace: str, name: str, script: str, *labels: str) -> None:
     flags = [f"--labels={','.join(labels)}"] if labels else []
-    done = run(fake, namespace, "run", name, "--image=busybox:1.36", "--restart=Never", *flags, "--command", "--",
-               "sh", "-c", script)  # fmt: skip
+    done = run(
+        fake,
+        namespace,
+        "run",
+        name,
+        "--image=busybox:1.36",
+        "--restart=Never",
+        *flags,
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        script,
+    )
     assert 0 == done.returncode, done.stderr
 
 
@@ -85,10 +97,22 @@ def test_kubectl_watch_sees_a_pod_through_its_phases(fake_kube: FakeKube, namesp
     """kubectl get -w (a list, then a watch from its resourceVersion) prints the pod as it goes
     from Pending through Running to Completed."""
     watcher = subprocess.Popen(
-        [kubectl_program() or "kubectl", f"--kubeconfig={fake_kube.kubeconfig}", "--context=fake", "get", "pods",
-         "-w", "-n", namespace, "-l", "app=watched"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            kubectl_program() or "kubectl",
+            f"--kubeconfig={fake_kube.kubeconfig}",
+            "--context=fake",
+            "get",
+            "pods",
+            "-w",
+            "-n",
+            namespace,
+            "-l",
+            "app=watched",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for("the watch to start", lambda: fake_kube.control("/state")["watches"] > 0)
         start(fake_kube, namespace, "watched", "sleep 1; echo ok", "app=watched")
@@ -152,8 +176,11 @@ def test_a_watch_from_a_version_replays_what_came_after_and_sends_bookmarks(
     version = int(listed["metadata"]["resourceVersion"])
     start(fake_kube, namespace, "replayed", "true")
     wait_for("the pod to succeed", lambda: phase(fake_kube, namespace, "replayed") == "Succeeded")
-    status, events = get(api, f"/api/v1/namespaces/{namespace}/pods?watch=true&resourceVersion={version}"
-                              "&allowWatchBookmarks=true&timeoutSeconds=2")  # fmt: skip
+    status, events = get(
+        api,
+        f"/api/v1/namespaces/{namespace}/pods?watch=true&resourceVersion={version}"
+        "&allowWatchBookmarks=true&timeoutSeconds=2",
+    )
     assert 200 == status
     kinds = [e["type"] for e in events]
     assert "ADDED" == kinds[0]

@@ -212,12 +212,18 @@ def test_a_relative_kubeconfig_is_relative_to_the_configuration(tmp_path: Path) 
 
 
 def _kubeconfig(path: Path, server: str = "https://127.0.0.1:6443", **cluster: Any) -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "a",
-        "clusters": [{"name": "c", "cluster": {"server": server, **cluster}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "a", "context": {"cluster": "c", "user": "u", "namespace": "work"}}],
-    }))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "a",
+                "clusters": [{"name": "c", "cluster": {"server": server, **cluster}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "a", "context": {"cluster": "c", "user": "u", "namespace": "work"}}],
+            }
+        )
+    )
     return path
 
 
@@ -258,8 +264,14 @@ def test_in_cluster_needs_a_service_account() -> None:
 
 def _api_error(code: int, reason: str, message: str, headers: dict[str, str] | None = None) -> ApiError:
     request = httpx2.Request("POST", "https://127.0.0.1/api/v1/namespaces/ns/pods")
-    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
-            "message": message}  # fmt: skip
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
     response = httpx2.Response(code, json=body, headers=headers or {}, request=request)
     return ApiError(request=request, response=response)
 

@@ -226,7 +226,6 @@ class KubeApi:
         self.last_success = 0.0  # time.monotonic() of the last answered request
         self._client: AsyncClient | None = None
         self._http: httpx2.AsyncClient | None = None
-        self._transport: _Counting | None = None
         self._namespace = spec.namespace or "default"
         self._building = asyncio.Lock()
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # between retries (a test's seam)
@@ -251,34 +250,41 @@ class KubeApi:
     def _build(self) -> None:
         config = load_config(self.spec)
         self._namespace = self.spec.namespace or config.namespace or "default"
-        # Our transport, so that lightkube's requests and the watch share one pool and are
-        # counted. Given a transport, httpx uses its TLS context, so it is lightkube's own.
+        # Our transports, so that every request is counted. Given a transport, httpx uses its
+        # TLS context, so it is lightkube's own (verify_cluster: the cluster's CA, the user's
+        # client certificate). Requests share a few kept-alive connections (each new TLS
+        # connection costs both ends a handshake); watches and followed logs, which hold a
+        # connection for minutes, have a pool of their own and never starve them.
         tls = verify_cluster(config.cluster, config.user, config.abs_file, trust_env=False)
-        streams = self.spec.log_streams
-        inner = httpx2.AsyncHTTPTransport(
+        connections = self.spec.connections
+        requests = httpx2.AsyncHTTPTransport(
             verify=tls,
-            limits=httpx2.Limits(max_connections=streams + 64, max_keepalive_connections=32),
+            limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),
             proxy=self.spec.proxy,
             trust_env=False,
         )
-        transport = _Counting(inner, self.counts, self.spec.request_timeout)
+        streams = httpx2.AsyncHTTPTransport(
+            verify=tls,
+            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=4),
+            proxy=self.spec.proxy,
+            trust_env=False,
+        )
         timeout = httpx2.Timeout(self.spec.request_timeout)
         self._client = AsyncClient(
             config=config,
             namespace=self._namespace,
             timeout=timeout,
             trust_env=False,
-            transport=transport,
+            transport=_Counting(requests, self.counts, self.spec.request_timeout),
             field_manager="statevisor",
         )
         self._http = httpx2.AsyncClient(
             base_url=config.cluster.server,
             auth=user_auth(config.user),
-            transport=transport,
+            transport=_Counting(streams, self.counts, self.spec.request_timeout),
             timeout=timeout,
             trust_env=False,
         )
-        self._transport = transport
 
     async def _rebuild(self) -> None:
         """A 401: the kubeconfig may hold a rotated token or certificate: read it again."""

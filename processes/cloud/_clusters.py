@@ -42,6 +42,7 @@ class ClusterSpec:
     retries: int = 8  # failed attempts at one request before the process pauses
     backoff_max: float = 30.0
     watch_timeout: int = 300  # a watch request is renewed after this long (server-side timeoutSeconds)
+    connections: int = 8  # kept-alive connections for requests (watches and followed logs have their own)
     log_streams: int = 64  # pods whose logs are followed live at once
     kill_timeout: float = 3.0  # a kill waits this long for a delete to be accepted, then owes it
     pod_ttl: float = 60.0  # a finished pod is deleted this long after its outcome and logs are kept
@@ -64,6 +65,7 @@ _KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "retries": (int, "an integer >= 0"),
     "backoff_max": ((int, float), "seconds > 0"),
     "watch_timeout": (int, "whole seconds >= 10"),
+    "connections": (int, "an integer >= 1"),
     "log_streams": (int, "an integer >= 0"),
     "kill_timeout": ((int, float), "seconds > 0"),
     "pod_ttl": ((int, float), "seconds >= 0"),
@@ -101,7 +103,7 @@ def parse_cluster(name: str, table: Mapping[str, Any], base: Path | None = None)
     for key in ("qps", "pod_ttl"):
         if key in values and values[key] < 0:
             raise SettingsError(key, f"expected a number >= 0; got {values[key]!r}")
-    for key, least in (("burst", 1), ("retries", 0), ("log_streams", 0), ("watch_timeout", 10)):
+    for key, least in (("burst", 1), ("retries", 0), ("connections", 1), ("log_streams", 0), ("watch_timeout", 10)):
         if key in values and values[key] < least:
             raise SettingsError(key, f"expected {_KEYS[key][1]}; got {values[key]!r}")
     if "proxy" in values and not values["proxy"].startswith(("http://", "https://")):

@@ -176,7 +176,7 @@ class CloudExecutor:
         except AlreadyExists:
             view = PodView.of(await cluster.api.get_pod(namespace, name))
             if any(view.labels.get(k) != v for k, v in identity.items()):
-                raise PodConflict(name, namespace, {k: view.labels.get(k, "") for k in IDENTITY}) from None
+                raise PodConflict(name, namespace, dict(view.labels)) from None
             self.adopted += 1  # an earlier attempt's create landed (a timeout, a cut connection)
             adopted = True
         watch.learn(view)

@@ -68,6 +68,7 @@ class PodLog:
     same: int = 0  # lines written with that timestamp
     started: bool = False  # its container started: there is a log to read
     finishing: bool = False  # its pod ended: finish() reads what is left; no stream starts now
+    marked: bool = False  # the mark beside the log has been read
     ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # its container ended
     complete: bool = False
     error: str | None = None
@@ -106,7 +107,6 @@ class LogCollector:
         pod = self.logs.get(key)
         if pod is None:
             pod = self.logs[key] = PodLog(namespace, name, path, max_bytes, backups)
-            pod.load_mark()
         return pod
 
     def seen(self, view: PodView, namespace: str) -> None:
@@ -199,12 +199,22 @@ class LogCollector:
 
     async def _read(self, pod: PodLog, *, follow: bool) -> None:
         """Append what the server has after the last line written (and, following, what comes)."""
+        if not pod.marked:  # where an earlier daemon left this log, read when it is first needed
+            pod.load_mark()
+            pod.marked = True
+            if pod.complete:
+                return  # read to its end before the daemon restarted
         since = None
         if pod.last is not None:  # from the second of the last line written: the rest is skipped below
             since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pod.last // 1_000_000_000))
         resume, budget = pod.last, pod.same
         self.requests += 1
-        out = await asyncio.to_thread(_append_to, pod.path)
+        opening = asyncio.ensure_future(asyncio.to_thread(_append_to, pod.path))
+        try:
+            out = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)  # opened after all: closed, not leaked
+            raise
         pending = 0
         flushed = time.monotonic()
         try:
@@ -252,3 +262,8 @@ class LogCollector:
 def _append_to(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
     return open(path, "ab")
+
+
+def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()

@@ -38,7 +38,7 @@ from supervisor import (
 
 from ._clusters import ClusterSpec
 from ._executor import CREATE, DELETE, LINGER, RELEASE, WAIT
-from ._settings import identity, manifest, parse, pod_name, selector
+from ._settings import OURS, PodSettings, identity, manifest, parse, pod_name, selector
 
 _PAUSE_ON = frozenset({"ApiUnreachable", "CredentialsRejected", "TransportError"})
 _QUOTA_BACKOFF = (2.0, 120.0)  # first and longest wait for room in a namespace quota
@@ -67,7 +67,7 @@ class CloudPod(Machine[dict[str, Any]]):
     secret_keys = frozenset({"env"})  # the settings' env, and the env lists of the pod's containers
     phases = Phase
     edges: ClassVar[Mapping[str, Mapping[str, str]]] = {
-        Phase.CREATING: {Phase.PENDING: "created", Phase.RUNNING: "adopted", Phase.ENDED: "refused / gave up"},
+        Phase.CREATING: {Phase.PENDING: "created", Phase.RUNNING: "adopted", Phase.ENDED: "refused / adopted ended"},
         Phase.PENDING: {Phase.RUNNING: "started", Phase.ENDED: "ended / gave up"},
         Phase.RUNNING: {Phase.ENDED: "ended"},
     }
@@ -116,7 +116,7 @@ class CloudPod(Machine[dict[str, Any]]):
 
     def _start(self, state: dict[str, Any], ctx: Context) -> None:
         try:
-            spec = parse(state)
+            spec = parse(state, check_pod=False)  # the pod was checked with the settings, at spawn
             cluster = self.clusters.get(spec.cluster)
             if cluster is None:
                 known = ", ".join(sorted(self.clusters)) or "none are declared"
@@ -129,9 +129,7 @@ class CloudPod(Machine[dict[str, Any]]):
         process = ctx.name or ctx.pid
         name = pod_name(process, key)
         namespace = spec.namespace or cluster.namespace or "default"
-        labels, annotations = identity(cluster.owner, ctx.pid, key)
         state["_create"] = key
-        state["_manifest"] = manifest(spec, name=name, namespace=namespace, labels=labels, annotations=annotations)
         state["_owner"] = selector(cluster.owner)
         state["_log"] = os.path.join(str(self.log_dir), f"{process}.out.log")
         if ctx.name == ctx.pid:  # unnamed: the log named after the pid is this process's alone
@@ -149,12 +147,16 @@ class CloudPod(Machine[dict[str, Any]]):
         state["attempts"] = 0
         self._waiting(state, "creation", ctx)
         state["pausing"] = _PAUSING[Phase.CREATING]
-        self._track_create(state, ctx)
+        self._track_create(state, ctx, spec)
 
-    def _track_create(self, state: dict[str, Any], ctx: Context) -> None:
-        payload = {"cluster": state["cluster"], "namespace": state["namespace"], "manifest": state["_manifest"]}
-        # The same action id every time: the pod's name and labels derive from it.
-        ctx.track(CREATE, payload, key=state["_create"])
+    def _track_create(self, state: dict[str, Any], ctx: Context, spec: PodSettings | None = None) -> None:
+        # The pod is made from the settings in the state each time (it is not kept in the state
+        # as well), under the same action id every time: its name and labels derive from it.
+        key = state["_create"]
+        labels, annotations = identity(state["_owner"][OURS + "owner"], ctx.pid, key)
+        spec = spec or parse(state, check_pod=False)
+        pod = manifest(spec, name=state["pod"], namespace=state["namespace"], labels=labels, annotations=annotations)
+        ctx.track(CREATE, {"cluster": state["cluster"], "namespace": state["namespace"], "manifest": pod}, key=key)
 
     def _track_wait(self, state: dict[str, Any], ctx: Context) -> None:
         max_bytes, backups = state["_log_limits"]
@@ -184,6 +186,12 @@ class CloudPod(Machine[dict[str, Any]]):
         state["phase"] = report["phase"]
         state["node"] = report["node"]
         state["_known"] = report["signature"]
+        if report["final"] and "logs" not in report:
+            # A create that adopted a pod that ended meanwhile (while the daemon was down): the
+            # wait collects its log first, then says how it ended.
+            state["_known"] = ""
+            self._track_wait(state, ctx)
+            return
         if report["final"]:
             self._ended(state, report, ctx)
             return
@@ -321,7 +329,7 @@ class CloudPod(Machine[dict[str, Any]]):
     def on_kill(self, state: dict[str, Any]) -> Sequence[tuple[str, Any]]:
         # Killed with nothing in flight (paused after an outage, waiting on a quota): the pod
         # may exist; delete it by name (and keep looking, if its create may still land).
-        if "_manifest" not in state or state.get("_outcome") is not None:
+        if "_create" not in state or state.get("_outcome") is not None:
             return ()
         linger = LINGER if "uid" not in state else 0.0
         payload = {

@@ -10,7 +10,7 @@ rather than dropped on its way to the API server.
 
 from __future__ import annotations
 
-import copy
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor import SettingsError
+from supervisor.lowlevel import pack, unpack
 
 from ._clusters import DNS_LABEL, LABEL_VALUE
 from ._status import MAIN
@@ -51,8 +52,10 @@ class PodSettings:
     log_backups: int = 3
 
 
-def parse(settings: Mapping[str, Any]) -> PodSettings:
-    """Validate; keys starting with ``_`` are the machine's own and are skipped."""
+def parse(settings: Mapping[str, Any], *, check_pod: bool = True) -> PodSettings:
+    """Validate; keys starting with ``_`` are the machine's own and are skipped. With
+    ``check_pod`` (what a spawn's check does), the pod they make is checked too."""
+    settings = unpack(pack(dict(settings)))  # plain values, copied at once (a state's are journaled)
     for key in settings:
         if not key.startswith("_") and key not in KEYS and key not in _STATE_KEYS:
             raise SettingsError(key, f"unknown setting; expected one of {', '.join(sorted(KEYS))}")
@@ -157,9 +160,9 @@ def parse(settings: Mapping[str, Any]) -> PodSettings:
         log_max_bytes=_whole(settings, "log_max_bytes", 10 * 2**20, least=1024),
         log_backups=_whole(settings, "log_backups", 3, least=0),
     )
-    check_manifest(
-        manifest(spec, name="sv-check", namespace=namespace or "default", labels=dict(MANAGED), annotations={})
-    )
+    if check_pod:
+        pod = manifest(spec, name="sv-check", namespace=namespace or "default", labels=dict(MANAGED), annotations={})
+        check_manifest(pod)
     return spec
 
 
@@ -179,9 +182,9 @@ def manifest(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"labels": dict(spec.labels), "annotations": dict(spec.annotations)},
-        "spec": {**copy.deepcopy(dict(spec.pod_spec)), "containers": [copy.deepcopy(dict(spec.container))]},
+        "spec": {**spec.pod_spec, "containers": [spec.container]},
     }
-    pod = merge(copy.deepcopy(dict(spec.template)), ours)
+    pod = merge(_copy(spec.template), _copy(ours))
     meta = pod.setdefault("metadata", {})
     meta["name"] = name
     meta["namespace"] = namespace
@@ -205,21 +208,33 @@ def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
             for container in value:
                 index = named.get(container.get("name"))
                 if index is None:
-                    merged.append(copy.deepcopy(container))
+                    merged.append(_copy(container))
                 else:
                     merged[index] = merge(dict(merged[index]), container)
             base[key] = merged
         else:
-            base[key] = copy.deepcopy(value)
+            base[key] = _copy(value)
     return base
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of plain values, by msgpack (in C): what checkpoints carry round-trips exactly."""
+    return unpack(pack(value))
 
 
 def check_manifest(pod: Mapping[str, Any]) -> None:
     """Refuse what lightkube's Pod model would not carry to the API server whole: a field it
-    does not know, a value of the wrong type."""
+    does not know, a value of the wrong type. (Remembered for the last pods checked: a
+    thousand processes spawned with the same settings are checked once.)"""
+    _check_packed(pack(pod))
+
+
+@functools.lru_cache(maxsize=256)
+def _check_packed(packed: bytes) -> None:
     import msgspec
     from lightkube.resources.core_v1 import Pod
 
+    pod = unpack(packed)
     try:
         carried = Pod.from_dict(dict(pod)).to_dict()
     except msgspec.ValidationError as exc:
@@ -287,7 +302,7 @@ def _table(settings: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = settings.get(key, {})
     if not isinstance(value, Mapping):
         raise SettingsError(key, f"expected a table; got {value!r}")
-    return copy.deepcopy(dict(value))
+    return dict(value)
 
 
 def _strings(settings: Mapping[str, Any], key: str, *, names: bool = False) -> dict[str, str]:
@@ -314,7 +329,7 @@ def _list_of_tables(settings: Mapping[str, Any], key: str) -> list[dict[str, Any
     value = settings.get(key)
     if not isinstance(value, list | tuple) or not all(isinstance(item, Mapping) for item in value):
         raise SettingsError(key, f"expected a list of tables, as the Kubernetes API has them; got {value!r}")
-    return [copy.deepcopy(dict(item)) for item in value]
+    return [dict(item) for item in value]
 
 
 def _string(settings: Mapping[str, Any], key: str) -> str:

@@ -81,76 +81,23 @@ class PodView:
         status = pod.status
         assert meta is not None
         assert meta.name is not None
-        view = cls(
+        phase = (status.phase if status is not None else None) or "Pending"
+        node = pod.spec.nodeName if pod.spec is not None else None
+        fields: dict[str, Any] = {}
+        if status is not None:
+            fields = _status_fields(status)
+        started = bool(fields.get("started"))
+        return cls(
             name=meta.name,
             uid=meta.uid or "",
             resource_version=meta.resourceVersion or "",
-            labels=dict(meta.labels or {}),
-            phase=(status.phase if status is not None else None) or "Pending",
-            node=pod.spec.nodeName if pod.spec is not None else None,
+            labels=meta.labels or {},
+            phase=phase,
+            node=node,
             deleting=meta.deletionTimestamp is not None,
+            waiting=_waiting(phase, started, node, fields.get("problem")),
+            **fields,
         )
-        if status is None:
-            return view
-        fields: dict[str, Any] = {"pod_reason": status.reason or "", "pod_message": status.message or ""}
-        for condition in status.conditions or ():
-            if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
-                fields |= {
-                    "problem": Problem.UNSCHEDULABLE,
-                    "problem_reason": "Unschedulable",
-                    "problem_message": condition.message or "",
-                }
-            if condition.type == "DisruptionTarget" and condition.status == "True":
-                fields["disruption"] = condition.reason or ""
-        containers = list(status.containerStatuses or ())
-        inits = list(status.initContainerStatuses or ())
-        main = next((c for c in containers if c.name == MAIN), containers[0] if containers else None)
-        for container in [*inits, *containers]:
-            waiting = container.state.waiting if container.state is not None else None
-            reason = waiting.reason if waiting is not None else None
-            kind = _problem(reason)
-            if kind is not None and "problem" not in fields:
-                fields |= {
-                    "problem": kind,
-                    "problem_reason": reason or "",
-                    "problem_message": (waiting.message if waiting is not None else None) or "",
-                }
-        if main is not None and main.state is not None:
-            if main.state.running is not None:
-                fields |= {"started": True, "started_at": _time(main.state.running.startedAt)}
-            ended = main.state.terminated
-            if ended is not None:
-                fields |= {
-                    "started": True,
-                    "exit_code": ended.exitCode,
-                    "ended_reason": ended.reason or "",
-                    "ended_message": ended.message or "",
-                    "started_at": _time(ended.startedAt),
-                    "finished_at": _time(ended.finishedAt),
-                }
-        for container, init in [*((c, True) for c in inits), *((c, False) for c in containers)]:
-            ended = container.state.terminated if container.state is not None else None
-            if (
-                ended is not None
-                and ended.exitCode != 0
-                and container is not main
-                and not fields.get("failed_container")
-            ):
-                what = "init container" if init else "container"
-                fields["failed_container"] = f"{what} {container.name} exited with code {ended.exitCode}"
-        view = replace(view, **fields)
-        return replace(view, waiting=view._waiting(containers, inits))
-
-    def _waiting(self, containers: list[Any], inits: list[Any]) -> Waiting:
-        if self.phase in FINAL_PHASES:
-            return Waiting.NOTHING
-        if self.phase == "Running" or self.started:
-            return Waiting.RUNNING
-        if not self.node:
-            return Waiting.SCHEDULING
-        if self.problem in (Problem.IMAGE, Problem.HOPELESS):
-            return Waiting.IMAGE_PULL
-        return Waiting.CONTAINER_START
 
     def gone(self) -> PodView:
         """This pod, deleted from the API server."""
@@ -237,3 +184,61 @@ def _problem(reason: str | None) -> Problem | None:
 
 def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def _status_fields(status: Any) -> dict[str, Any]:
+    """What a PodStatus says, as PodView's fields (phase and node aside)."""
+    fields: dict[str, Any] = {"pod_reason": status.reason or "", "pod_message": status.message or ""}
+    for condition in status.conditions or ():
+        if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
+            fields |= {
+                "problem": Problem.UNSCHEDULABLE,
+                "problem_reason": "Unschedulable",
+                "problem_message": condition.message or "",
+            }
+        if condition.type == "DisruptionTarget" and condition.status == "True":
+            fields["disruption"] = condition.reason or ""
+    containers = list(status.containerStatuses or ())
+    inits = list(status.initContainerStatuses or ())
+    main = next((c for c in containers if c.name == MAIN), containers[0] if containers else None)
+    for container in [*inits, *containers]:
+        waiting = container.state.waiting if container.state is not None else None
+        reason = waiting.reason if waiting is not None else None
+        kind = _problem(reason)
+        if kind is not None and "problem" not in fields:
+            fields |= {
+                "problem": kind,
+                "problem_reason": reason or "",
+                "problem_message": (waiting.message if waiting is not None else None) or "",
+            }
+    if main is not None and main.state is not None:
+        if main.state.running is not None:
+            fields |= {"started": True, "started_at": _time(main.state.running.startedAt)}
+        ended = main.state.terminated
+        if ended is not None:
+            fields |= {
+                "started": True,
+                "exit_code": ended.exitCode,
+                "ended_reason": ended.reason or "",
+                "ended_message": ended.message or "",
+                "started_at": _time(ended.startedAt),
+                "finished_at": _time(ended.finishedAt),
+            }
+    for container, init in [*((c, True) for c in inits), *((c, False) for c in containers)]:
+        ended = container.state.terminated if container.state is not None else None
+        if ended is not None and ended.exitCode != 0 and container is not main and "failed_container" not in fields:
+            what = "init container" if init else "container"
+            fields["failed_container"] = f"{what} {container.name} exited with code {ended.exitCode}"
+    return fields
+
+
+def _waiting(phase: str, started: bool, node: str | None, problem: Problem | None) -> Waiting:
+    if phase in FINAL_PHASES:
+        return Waiting.NOTHING
+    if phase == "Running" or started:
+        return Waiting.RUNNING
+    if not node:
+        return Waiting.SCHEDULING
+    if problem in (Problem.IMAGE, Problem.HOPELESS):
+        return Waiting.IMAGE_PULL
+    return Waiting.CONTAINER_START

@@ -34,10 +34,13 @@ import structlog
 from supervisor import TransportError
 
 from ._api import KubeApi, backoff, decode_error, decode_pod
+from ._settings import OURS
 from ._status import PodView
 from .errors import ApiRefused, ApiUnreachable, Expired
 
 log = structlog.get_logger("statevisor.cloud")
+
+ACTION = OURS + "action"
 
 
 @dataclass(slots=True, eq=False)
@@ -68,6 +71,7 @@ class PodWatch:
         self.on_change: list[Callable[[PodView], None]] = []
         self._seq = 0
         self._touched: dict[str, int] = {}  # pod name -> the _seq of its last news
+        self._by_action: dict[str, str] = {}  # the statevisor.io/action label -> pod name
         self._waiters: dict[str, set[_Waiter]] = {}
         self._sync_waiters: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -92,10 +96,12 @@ class PodWatch:
             self._sync_waiters.discard(future)
 
     def find(self, labels: dict[str, str]) -> PodView | None:
-        """A cached pod carrying all of ``labels`` (the lookup by label a restore makes)."""
-        for view in self.pods.values():
-            if all(view.labels.get(k) == v for k, v in labels.items()):
-                return view
+        """A cached pod carrying all of ``labels``, its action's among them (the lookup by
+        label a restore makes): by the action label's index, not a scan of every pod."""
+        name = self._by_action.get(labels.get(ACTION, ""))
+        view = self.pods.get(name) if name is not None else None
+        if view is not None and all(view.labels.get(k) == v for k, v in labels.items()):
+            return view
         return None
 
     def learn(self, view: PodView) -> None:
@@ -217,12 +223,17 @@ class PodWatch:
         self._seq += 1
         self._touched[view.name] = self._seq
         self.pods[view.name] = view
+        action = view.labels.get(ACTION)
+        if action:
+            self._by_action[action] = view.name
         self._notify(view)
 
     def _gone(self, name: str, last: PodView | None = None) -> None:
         view = last or self.pods.get(name)
         self.pods.pop(name, None)
         self._touched.pop(name, None)
+        if view is not None and self._by_action.get(view.labels.get(ACTION, "")) == name:
+            del self._by_action[view.labels[ACTION]]
         if view is not None:
             self._notify(view.gone())
 

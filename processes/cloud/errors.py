@@ -92,7 +92,9 @@ class PodConflict(ApiRefused):
 
     def __init__(self, name: str, namespace: str, found: dict[str, str]) -> None:
         labels = ", ".join(f"{k}={v}" for k, v in sorted(found.items())) or "no labels"
-        super().__init__(409, "AlreadyExists", f"pod {namespace}/{name} exists and is not this action's ({labels})")
+        super().__init__(
+            409, "AlreadyExists", f"pod {namespace}/{name} exists and is not this action's (its labels: {labels})"
+        )
         self.name = name
         self.namespace = namespace
         self.found = found

@@ -45,10 +45,13 @@ USER = "statevisor-test"
 class FakeKube:
     """The fake API server as a child process, its certificates and a kubeconfig for it."""
 
-    def __init__(self, root: Path, *, tls: bool = True, bookmark_interval: float = 1.0) -> None:
+    def __init__(
+        self, root: Path, *, tls: bool = True, bookmark_interval: float = 1.0, write_latency: float = 0.0
+    ) -> None:
         self.root = root
         self.tls = tls
         self.bookmark_interval = bookmark_interval
+        self.write_latency = write_latency
         self.port, self.control_port = free_ports(2)
         self.process: subprocess.Popen[bytes] | None = None
         self.kubeconfig = root / "kubeconfig"
@@ -74,6 +77,8 @@ class FakeKube:
             f"{TOKEN}={USER}",
             "--bookmark-interval",
             str(self.bookmark_interval),
+            "--write-latency",
+            str(self.write_latency),
         ]
         if self.tls:
             self._certificates()

@@ -18,7 +18,7 @@ from ._http import HttpServer, tls_context
 
 async def main(args: argparse.Namespace) -> None:
     tokens = dict(item.split("=", 1) for item in args.token)  # TOKEN=user
-    api = ApiServer(tokens=tokens, bookmark_interval=args.bookmark_interval)
+    api = ApiServer(tokens=tokens, bookmark_interval=args.bookmark_interval, write_latency=args.write_latency)
     tls = tls_context(args.cert, args.key, args.client_ca) if args.cert else None
     server = HttpServer(api.handle, args.port, tls)
     control = HttpServer(Control(api, server).handle, args.control_port)
@@ -43,6 +43,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--key")
     parser.add_argument("--client-ca")
     parser.add_argument("--bookmark-interval", type=float, default=1.0)
+    parser.add_argument("--write-latency", type=float, default=0.0, help="seconds a write takes to commit")
     return parser.parse_args(argv)
 
 

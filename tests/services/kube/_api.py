@@ -4,7 +4,9 @@ Routes: discovery (``/version``, ``/api``, ``/api/v1``, ``/apis``), and for ``po
 ``secrets``, ``configmaps`` (namespaced) and ``namespaces``: create, get, list, watch, delete;
 ``pods/log``. Errors are ``Status`` objects with the API server's reasons and messages
 (``AlreadyExists``, ``NotFound``, ``Forbidden``, ``Invalid``, ``Expired``, ``TooManyRequests``...).
-A request asking for ``as=Table`` (kubectl's printing) gets a ``meta.k8s.io/v1`` Table.
+A request asking for ``as=Table`` (kubectl's printing) gets a ``meta.k8s.io/v1`` Table. Writes
+may be given a commit latency (``write_latency``: an etcd commit is an fsync of its raft log, a
+few milliseconds), which concurrent writes wait out together; by default they take none.
 
 Authentication: a bearer token from :attr:`ApiServer.tokens`, or a client certificate signed by
 the server's client CA (its CN is the user). Then what tests inject, in this order: throttling
@@ -80,11 +82,14 @@ class Gone(Exception):
 class ApiServer:
     """The store, its kubelet, and the REST surface over them."""
 
-    def __init__(self, tokens: dict[str, str] | None = None, bookmark_interval: float = 1.0) -> None:
+    def __init__(
+        self, tokens: dict[str, str] | None = None, bookmark_interval: float = 1.0, write_latency: float = 0.0
+    ) -> None:
         self.store = Store()
         self.kubelet = Kubelet(self.store)
         self.tokens = dict(tokens or {})  # token -> user
         self.bookmark_interval = bookmark_interval
+        self.write_latency = write_latency  # seconds a write takes to commit, as etcd's fsynced raft log does
         self.faults = Faults()
         self.audit: list[Audit] = []
         self.streams: set[asyncio.Queue[dict[str, Any]]] = set()
@@ -105,6 +110,8 @@ class ApiServer:
         fault = self._fault(verb, resource, namespace, name, user)
         if fault is not None:
             return self._record(request, verb, route, user, fault)
+        if self.write_latency > 0 and verb in ("create", "delete", "update", "patch"):
+            await asyncio.sleep(self.write_latency)  # concurrent writes wait together, as etcd batches them
         try:
             response = await self._serve(request, verb, resource, namespace, name, sub, user)
         except SelectorError as exc:
@@ -273,6 +280,16 @@ class ApiServer:
             obj.setdefault("spec", {}).setdefault("restartPolicy", "Always")
             obj["spec"].setdefault("terminationGracePeriodSeconds", 30)
             obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+            if obj["spec"].get("schedulingGates"):  # as the API server's pod strategy does at create
+                gated = {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "SchedulingGated",
+                    "message": "Scheduling is blocked due to non-empty scheduling gates",
+                    "lastProbeTime": None,
+                    "lastTransitionTime": now_rfc3339(),
+                }
+                obj["status"]["conditions"] = [gated]
         obj["apiVersion"], obj["kind"] = "v1", kind
         try:
             created = self.store.create(resource, namespace, obj)

@@ -113,6 +113,9 @@ class Control:
         if path == "/node-labels":
             kubelet.set_labels({str(k): str(v) for k, v in body["labels"].items()})
             return {"labels": kubelet.labels}
+        if path == "/write-latency":
+            api.write_latency = float(body["seconds"])
+            return {"write_latency": api.write_latency}
         if path == "/bookmarks":
             api.bookmark_interval = float(body["interval"])
             return {"interval": api.bookmark_interval}

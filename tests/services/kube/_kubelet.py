@@ -3,9 +3,11 @@
 A created pod goes through what a real node does to it, each step written back to the pod's
 status (so watchers see it as ``MODIFIED`` events):
 
-1. **Scheduling**: the pod's ``nodeSelector`` must be a subset of the node's labels and its CPU
-   and memory requests must fit the node's capacity; otherwise its ``PodScheduled`` condition
-   says ``Unschedulable`` with the scheduler's message, and it stays pending.
+1. **Scheduling**: a pod with ``schedulingGates`` is held (``SchedulingGated``, set when it is
+   created) and never scheduled; the pod's ``nodeSelector`` must be a subset of the node's
+   labels and its CPU and memory requests must fit the node's capacity; otherwise its
+   ``PodScheduled`` condition says ``Unschedulable`` with the scheduler's message, and it stays
+   pending.
 2. **Image pull**: there are no images. An image whose name holds one of :attr:`Kubelet.unpullable`
    (``does-not-exist`` by default) never pulls: its container waits with ``ErrImagePull``, then
    ``ImagePullBackOff``, then again, as kubelet's back-off does.
@@ -200,6 +202,8 @@ class Kubelet:
         if pod is None:
             return
         spec = pod.get("spec", {})
+        if spec.get("schedulingGates"):
+            return  # held until its gates are removed (the fake has no PATCH: until it is deleted)
         while True:
             problem = self._unschedulable(spec)
             if problem is None:
