@@ -95,6 +95,10 @@ class CloudPod(Machine[dict[str, Any]]):
                 if report.get("adopted"):
                     state["adopted"] = True
                 self._advance(state, report, ctx)
+            case ActionSucceeded(action_type="cloud.wait") | ActionFailed(action_type="cloud.wait") if (
+                state.get("_outcome") is not None
+            ):
+                pass  # given up on already (a bound, a failed wait): the pod is being deleted
             case ActionSucceeded(action_type="cloud.wait", value=report):
                 state.pop("_retry", None)
                 self._advance(state, report, ctx)
@@ -171,6 +175,7 @@ class CloudPod(Machine[dict[str, Any]]):
                 "log": state["_log"],
                 "log_max_bytes": max_bytes,
                 "log_backups": backups,
+                "grace": state["_grace"],
             },
         )
 

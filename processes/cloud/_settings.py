@@ -46,7 +46,7 @@ class PodSettings:
     template: Mapping[str, Any]
     schedule_timeout: float = 300.0
     start_timeout: float = 300.0
-    stop_grace: int = 30
+    stop_grace: int | None = None  # None: the pod's terminationGracePeriodSeconds (Kubernetes' 30 by default)
     ttl: float | None = None  # None: the cluster's pod_ttl
     log_max_bytes: int = 10 * 2**20
     log_backups: int = 3
@@ -155,7 +155,7 @@ def parse(settings: Mapping[str, Any], *, check_pod: bool = True) -> PodSettings
         template=template,
         schedule_timeout=_seconds(settings, "schedule_timeout", 300.0),
         start_timeout=_seconds(settings, "start_timeout", 300.0),
-        stop_grace=_whole(settings, "stop_grace", 30, least=0),
+        stop_grace=None if settings.get("stop_grace") is None else _whole(settings, "stop_grace", 30, least=0),
         ttl=_seconds(settings, "ttl", None, zero=True),
         log_max_bytes=_whole(settings, "log_max_bytes", 10 * 2**20, least=1024),
         log_backups=_whole(settings, "log_backups", 3, least=0),
@@ -178,11 +178,14 @@ def manifest(
 ) -> dict[str, Any]:
     """The pod to create: the settings over ``pod_template``, then what the kind insists on
     (its name, namespace and labels, ``restartPolicy: Never``)."""
+    pod_spec = {**spec.pod_spec, "containers": [spec.container]}
+    if spec.stop_grace is not None:
+        pod_spec["terminationGracePeriodSeconds"] = spec.stop_grace
     ours: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"labels": dict(spec.labels), "annotations": dict(spec.annotations)},
-        "spec": {**spec.pod_spec, "containers": [spec.container]},
+        "spec": pod_spec,
     }
     pod = merge(_copy(spec.template), _copy(ours))
     meta = pod.setdefault("metadata", {})
