@@ -471,6 +471,31 @@ async def test_a_kill_while_the_api_server_is_unreachable_is_owed_and_carried_ou
         await node.shutdown(timeout=10)
 
 
+async def test_a_kill_that_meets_a_create_in_flight_deletes_by_name_and_keeps_looking(
+    fake_kube: FakeKube, tmp_path: Path
+) -> None:
+    """A kill while the pod's create is still being retried (the API server is down) is
+    bounded; the delete is owed by the pod's name, with a window in which a create the server
+    carries out late is undone too. Once the server is back, no pod of that name is left."""
+    async with running(fake_target(fake_kube), tmp_path, kill_timeout=0.5, retries=50, backoff_max=0.2) as cloud:
+        await cloud.spawn("true")  # the namespace's watch is up: the next create goes out
+        await wait_until(lambda: bool(cloud.creates()), timeout=30)
+        api = cloud.executor.clusters["k"].api
+        fake_kube.stop_api()
+        try:
+            handle = await cloud.spawn("sleep 300")
+            await wait_until(lambda: api.counts[("create", "error")] >= 1, timeout=30)
+            await asyncio.wait_for(handle.kill(), 15)
+            key = ("k", cloud.namespace, handle.snapshot().state["pod"])
+            await wait_until(lambda: key in cloud.executor.reaper.journal.entries, timeout=15)
+            assert cloud.executor.reaper.journal.entries[key].linger > 0
+        finally:
+            fake_kube.start_api()
+        await wait_until(lambda: cloud.executor.reaper.journal.entries[key].done_once, timeout=30)
+        assert key[2] not in cloud.creates()
+        assert key[2] not in {p["metadata"]["name"] for p in cloud.pods()}
+
+
 async def test_finished_pods_are_deleted_after_their_ttl(fake_kube: FakeKube, tmp_path: Path) -> None:
     """A finished pod stays for its ttl, then the reaper deletes it; its process's log stays."""
     async with running(fake_target(fake_kube), tmp_path) as cloud:

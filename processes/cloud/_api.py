@@ -54,6 +54,7 @@ log = structlog.get_logger("statevisor.cloud")
 T = TypeVar("T")
 
 RETRIED_STATUS = frozenset({429, 500, 502, 503, 504})
+SETTLE = 1.0  # seconds a cancelled request may take to finish connecting (see _Counting)
 FIRST_BACKOFF = 0.5
 
 
@@ -147,8 +148,8 @@ class _Counting(httpx2.AsyncBaseTransport):
     httpcore closes a new connection's socket when its TLS handshake fails, but not when the
     handshake is cancelled: the socket is left open until it is collected (a task cancelled at
     the wrong moment, a kill's bounded delete, a shutdown). So a request runs in a task of its
-    own; a caller cancelled meanwhile lets it finish (at most ``settle`` seconds, its connect
-    timeout), closes what it got, and only then is cancelled.
+    own; a caller cancelled meanwhile lets it finish (at most ``settle`` seconds: a handshake
+    with a live server takes milliseconds), closes what it got, and only then is cancelled.
     """
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, counts: Counter[tuple[str, str]], settle: float) -> None:
@@ -275,13 +276,13 @@ class KubeApi:
             namespace=self._namespace,
             timeout=timeout,
             trust_env=False,
-            transport=_Counting(requests, self.counts, self.spec.request_timeout),
+            transport=_Counting(requests, self.counts, SETTLE),
             field_manager="statevisor",
         )
         self._http = httpx2.AsyncClient(
             base_url=config.cluster.server,
             auth=user_auth(config.user),
-            transport=_Counting(streams, self.counts, self.spec.request_timeout),
+            transport=_Counting(streams, self.counts, SETTLE),
             timeout=timeout,
             trust_env=False,
         )

@@ -122,7 +122,16 @@ class CloudExecutor:
         if action.type == CREATE:
             self._unhold(action.id)
             # The create may be on its way to the server: delete by name, and keep looking.
-            await self._delete_or_owe(payload, linger=LINGER)
+            meta = payload["manifest"]["metadata"]
+            spec = payload["manifest"]["spec"]
+            target = {
+                "cluster": payload["cluster"],
+                "namespace": payload["namespace"],
+                "pod": meta["name"],
+                "owner": selector(meta["labels"][OURS + "owner"]),
+                "grace": spec.get("terminationGracePeriodSeconds"),
+            }
+            await self._delete_or_owe(target, linger=LINGER)
         elif action.type == WAIT:
             await self._delete_or_owe(payload)
         elif action.type == RELEASE:
@@ -231,10 +240,10 @@ class CloudExecutor:
         )
         if cluster.api.healthy:
             try:
-                await asyncio.wait_for(
-                    cluster.api.delete_pod(entry.namespace, entry.name, entry.grace, retries=0),
-                    cluster.spec.kill_timeout,
-                )
+                # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation
+                # that comes as its inner call completes (a kill's bound racing the delete's answer).
+                async with asyncio.timeout(cluster.spec.kill_timeout):
+                    await cluster.api.delete_pod(entry.namespace, entry.name, entry.grace, retries=0)
                 entry.done_once = True
             except NotFound:
                 entry.done_once = True

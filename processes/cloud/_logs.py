@@ -144,7 +144,8 @@ class LogCollector:
                 # A followed log ends when its container does, but also when a server closes it
                 # cleanly: complete only once the watch says the container ended too.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(pod.ended.wait(), 5.0)
+                    async with asyncio.timeout(5.0):  # not wait_for: it may swallow a cancellation (3.11)
+                        await pod.ended.wait()
                 if pod.ended.is_set():
                     pod.complete = True
                     self._flush_mark(pod)
@@ -172,8 +173,7 @@ class LogCollector:
         pod.finishing = True
         pod.ended.set()
         if pod.task is not None and not pod.task.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(pod.task), END_WAIT)
+            await asyncio.wait({pod.task}, timeout=END_WAIT)
             if not pod.task.done():
                 pod.task.cancel()
                 await asyncio.gather(pod.task, return_exceptions=True)

@@ -192,7 +192,10 @@ class Reaper:
             pending = [e.due for e in self.journal.entries.values() if e.due > now]
             wait = max(0.05, min([TICK, *(d - time.time() for d in pending)]))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                # Not wait_for: in Python 3.11 it can swallow the cancellation of a close that
+                # comes as the event is set, and this loop would outlive its executor.
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _settle(self, entry: Delete, now: float) -> None:
         api = self.api(entry.cluster)

@@ -380,7 +380,8 @@ class ApiServer:
                     if left <= 0:
                         return
                     try:
-                        event = await asyncio.wait_for(watcher.queue.get(), min(left, self.bookmark_interval))
+                        async with asyncio.timeout(min(left, self.bookmark_interval)):
+                            event = await watcher.queue.get()
                     except TimeoutError:
                         if bookmarks and watcher.queue.empty():
                             yield _line(

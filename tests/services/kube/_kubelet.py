@@ -408,8 +408,7 @@ class Kubelet:
         if exits:
             await asyncio.gather(*exits, return_exceptions=True)
         if run.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(run.task), timeout=2.0)
+            await asyncio.wait({run.task}, timeout=2.0)
         with contextlib.suppress(NotFound):
             self.store.delete("pods", run.namespace, run.name)
 
