@@ -25,8 +25,6 @@ from tests.helpers import wait_for_snapshot, wait_until
 from tests.kube import IMAGE, Target, cloud_node, pod_settings
 from tests.services.kube import FakeKube
 
-pytestmark = pytest.mark.uvloop_only  # real processes on a real server: the loop's own behaviour is pinned elsewhere
-
 
 @dataclass
 class Cloud:
