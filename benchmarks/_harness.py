@@ -68,7 +68,7 @@ def environment(options: BenchOptions) -> dict[str, Any]:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import _cluster, _control, _core, _durability, _logapply, _shell, _simulation, _slurm, _web
+    from . import _cloud, _cluster, _control, _core, _durability, _logapply, _shell, _simulation, _slurm, _web
 
     return {
         "transitions": _core.transitions,
@@ -84,12 +84,13 @@ def _registry() -> dict[str, Scenario]:
         "logapply": _logapply.logapply,
         "web": _web.web,
         "cluster": _cluster.cluster,
+        "cloud": _cloud.cloud,
     }
 
 
 SCENARIOS: tuple[str, ...] = (
     "transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout", "shell", "slurm",
-    "logapply", "web", "cluster",
+    "logapply", "web", "cluster", "cloud",
 )  # fmt: skip
 
 

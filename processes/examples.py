@@ -1,5 +1,5 @@
 """An example process kind for the shipped configuration: the ticker (statevisor's real kinds,
-shell commands, batch jobs and log-apply machines, come in packages of their own)."""
+shell commands, batch jobs, cloud pods and log-apply machines, come in packages of their own)."""
 
 from __future__ import annotations
 

@@ -108,3 +108,41 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     wanted = "nats-server 2.9.21 or later (the test command unpacks one into .ci/nats/)"
     missing = [] if nats_server() is not None else [wanted]
     yield from _running(NatsCluster(tmp_path_factory.mktemp("nats")), missing)
+
+
+@pytest.fixture(scope="session")
+def fake_kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The fake Kubernetes API server with its kubelet, on loopback (tests/services/kube/)."""
+    from tests.services.kube import FakeKube
+
+    yield from _running(FakeKube(tmp_path_factory.mktemp("kube")), [])
+
+
+@pytest.fixture(params=["fake", "real"])
+def kube(request: pytest.FixtureRequest) -> Iterator[object]:
+    """Where an end-to-end test of the cloud kind runs pods: the fake API server, and the real
+    cluster ``STATEVISOR_TEST_KUBECONFIG`` names when it is set (else that variant is skipped,
+    saying so)."""
+    import os
+    from pathlib import Path
+
+    from tests.kube import REAL, REAL_SKIP, Target
+    from tests.services.kube import FakeKube
+
+    if request.param == "real":
+        kubeconfig = os.environ.get(REAL)
+        if not kubeconfig:
+            pytest.skip(REAL_SKIP)
+        if "asyncio-debug" in request.node.name:
+            # Against the fake, both loops run (the debug loop catches the kind's slow callbacks
+            # and lost exceptions); a real cluster's pods take seconds to start: uvloop alone.
+            pytest.skip("against a real cluster these run on uvloop alone; the debug loop's checks run on the fake")
+        target = Target(None, Path(kubeconfig), os.environ.get("STATEVISOR_TEST_KUBECONTEXT") or None)
+    else:
+        fake = request.getfixturevalue("fake_kube")
+        assert isinstance(fake, FakeKube)
+        target = Target(fake, fake.kubeconfig, "fake")
+    try:
+        yield target
+    finally:
+        target.cleanup()

@@ -31,6 +31,14 @@ METRICS = {
     "watch-fanout": {"ratio"},
     "shell": {"spawns_per_s", "baseline_per_s", "ratio", "spawning_path_per_s", "spawning_path_ratio"},
     "slurm": {"jobs_per_s", "baseline_per_s", "ratio", "ssh_connections", "status_commands_per_poll"},
+    "cloud": {
+        "pods_per_s",
+        "baseline_per_s",
+        "ratio",
+        "watch_connections",
+        "status_requests_per_pod",
+        "requests_per_pod",
+    },
     "logapply": {
         "entries_per_s",
         "baseline_per_s",

@@ -141,7 +141,7 @@ BROKEN = [
     ("[daemon\nstore = 1", 1, "", "not valid TOML"),
     ("x = = 1", 1, "", "not valid TOML"),
     ("extra = 1", None, "extra",
-     "unknown key; expected one of cluster, daemon, executors, host, kinds, process, supervisor"),
+     "unknown key; expected one of cluster, daemon, executors, host, kinds, kubernetes, process, supervisor"),
     ("[daemon]\nstores = 'x'", 2, "daemon.stores", "unknown key"),
     ("[daemon]\nstore = 5", 2, "daemon.store", "expected a string; got an integer 5"),
     ("[daemon]\nkill_grace = 'soon'", 2, "daemon.kill_grace", "expected an integer or a number; got a string"),

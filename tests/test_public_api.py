@@ -239,7 +239,8 @@ def test_each_layer_and_kind_draws_the_errors_it_defines() -> None:
     root_line = re.compile(r"^( *)([A-Z]\w+)$")
     branch_line = re.compile(r"^([ │]*)(?:├── |└── )([A-Z]\w+)(?: \(also \w+\))?(?:\s{2,}|$)")
     modules = _error_classes()
-    assert {"supervisor._errors", "processes.shell.errors", "processes.batch.errors"} <= set(modules)
+    kinds = {"processes.shell.errors", "processes.batch.errors", "processes.cloud.errors"}
+    assert {"supervisor._errors", *kinds} <= set(modules)
     for name, classes in modules.items():
         drawn: dict[str, str] = {}
         parents: list[str] = []
