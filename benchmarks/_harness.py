@@ -68,7 +68,7 @@ def environment(options: BenchOptions) -> dict[str, Any]:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import _control, _core, _durability, _logapply, _shell, _simulation, _slurm
+    from . import _control, _core, _durability, _logapply, _protocol, _shell, _simulation, _slurm
 
     return {
         "transitions": _core.transitions,
@@ -82,12 +82,13 @@ def _registry() -> dict[str, Scenario]:
         "shell": _shell.shell,
         "slurm": _slurm.slurm,
         "logapply": _logapply.logapply,
+        "protocol": _protocol.protocol,
     }
 
 
 SCENARIOS: tuple[str, ...] = (
     "transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout", "shell", "slurm",
-    "logapply",
+    "logapply", "protocol",
 )  # fmt: skip
 
 

@@ -45,7 +45,6 @@ from ._spec import (
     Step,
     decode_message,
     encode_message,
-    message_bytes,
     message_info,
 )
 from ._wire import Frame, FrameKind, encode_frame
@@ -183,10 +182,13 @@ class RoleDriver:
         self._replay = replay or []
         self._pos = 0
         self.replaying = bool(self._replay)
+        # In the daemon, a list's append: records are encoded a batch at a time, off the hot path.
         self._sink = sink or (lambda record: None)
         self.run = run
         self.now = 0.0
         self.started_at = 0.0
+        self.first_step_at: float | None = None
+        self.ended_at: float | None = None
         # where the run stands
         self.seq = 0
         self.step: Step[Any, Any] | None = None
@@ -202,6 +204,7 @@ class RoleDriver:
         self.peer = ("", 0)
         self.heard_at: float | None = None
         self._step_began = 0.0
+        self._timeout = self.timing.step_timeout
         self._coro: Coroutine[Any, Any, None] | None = None
         # An error found while the coroutine was not waiting on the peer (during a fence): raised,
         # and recorded, at its next wait on the peer, where replay finds it again.
@@ -260,46 +263,61 @@ class RoleDriver:
                 self.replaying = False
             self.heard_at = now  # a resumed run times out if its peer never comes back
         else:
-            self._record([RUN, 0, "", header])
+            self._sink([RUN, 0, "", header])
         self._coro = self.spec.function(self.role)
         self._resume(None)
 
     def _resume(self, value: Any) -> None:
-        self._advance(value, None)
-
-    def _throw(self, error: BaseException) -> None:
-        self._advance(None, error)
-
-    def _advance(self, value: Any, error: BaseException | None) -> None:
-        coro = self._coro
-        assert coro is not None
+        """Go on with the protocol coroutine, giving ``value`` to what it awaits."""
         self.waiting = None
         try:
-            yielded = coro.send(value) if error is None else coro.throw(error)
+            yielded = self._coro.send(value)  # type: ignore[union-attr]
         except StopIteration:
             self._finished()
             return
         except Exception as exc:
             self._failed(exc)
             return
-        if not isinstance(yielded, Wait):
-            self._failed(
-                SpecificationError(
-                    f"{self.protocol} {self.side}",
-                    f"the protocol awaited {yielded!r}; a protocol awaits only its steps (no I/O, no sleeps)",
-                )
-            )
+        if type(yielded) is not Wait:
+            self._not_a_step(yielded)
             return
         self.waiting = yielded
+
+    def _throw(self, error: BaseException) -> None:
+        """Raise ``error`` into the protocol coroutine where it awaits."""
+        self.waiting = None
+        try:
+            yielded = self._coro.throw(error)  # type: ignore[union-attr]
+        except StopIteration:
+            self._finished()
+            return
+        except Exception as exc:
+            self._failed(exc)
+            return
+        if type(yielded) is not Wait:
+            self._not_a_step(yielded)
+            return
+        self.waiting = yielded
+
+    def _not_a_step(self, yielded: Any) -> None:
+        self._failed(
+            SpecificationError(
+                f"{self.protocol} {self.side}",
+                f"the protocol awaited {yielded!r}; a protocol awaits only its steps (no I/O, no sleeps)",
+            )
+        )
 
     # --- what the joint steps call (through the role) ----------------------------------------
 
     def begin(self, step: Step[Any, Any]) -> None:
+        if not self.seq:
+            self.first_step_at = self.now
         self.seq += 1
         self.step = step
         self.step_name = step.name
         self.counts[step.name] = self.counts.get(step.name, 0) + 1
         self._step_began = self.now
+        self._timeout = step.timeout if step.timeout is not None else self.timing.step_timeout
         self._intent = self._intent_replayed = self._answered = False
 
     def end(self, step: Step[Any, Any]) -> Awaitable[None] | None:
@@ -307,17 +325,18 @@ class RoleDriver:
         if step.resume is Resume.ONCE and self._intent:
             if self.replaying and self._take_optional(DONE, self.seq) is not None:
                 return None
-            self._record([DONE, self.seq, step.name, None])
+            self._sink([DONE, self.seq, step.name, None])
             return self._wait(Need.FENCE)
         return None
 
     def ask(self, step: Step[Any, Any], message: Any) -> Awaitable[Any]:
-        self._check(step, message, step.sends, "ask")
+        if step is not self.step or type(message) not in step.sends:
+            self._check(step, message, step.sends, "ask")
         seq, name = self.seq, step.name
         body = encode_message(message)
-        frame = self._frame(REQUEST, seq, body)
+        frame = encode_frame(REQUEST, self.protocol, self.version, self.run, seq, name, body)
         self._requests[seq] = frame
-        self.bytes += message_bytes(message)
+        self.bytes += _data(body)
         self.messages += 1
         if self.replaying:
             record = self._take(OUT, seq)
@@ -332,14 +351,19 @@ class RoleDriver:
                 self._send_request(frame)  # sent before the crash, perhaps: sent again
                 self._retried = True
                 return self._wait_on_peer(Need.ANSWER)
-        if self._interrupted():
+        if self._intent_replayed:
             return self._raise_interrupted()
-        self._record([OUT, seq, name, [REQUEST, body]])
-        self._send_request(frame)
+        self._sink([OUT, seq, name, [REQUEST, body]])
+        self.outbox.append(frame)
+        self._resend = frame
+        self._sent_at = now = self.now
+        self._retried = False
+        self._retx_at = now + self._rto
         return self._wait_on_peer(Need.ANSWER)
 
     def receive(self, step: Step[Any, Any]) -> Awaitable[Any]:
-        self._check(step, None, (), "receive")
+        if step is not self.step:
+            self._check(step, None, (), "receive")
         if self.replaying:
             request = self._replayed_reply(self.seq, step.request_types())
             if request is not None:
@@ -351,13 +375,14 @@ class RoleDriver:
         return self._wait_on_peer(Need.REQUEST)
 
     def answer(self, step: Step[Any, Any], message: Any) -> Awaitable[None]:
-        self._check(step, message, step.answers, "answer")
+        if step is not self.step or type(message) not in step.answers:
+            self._check(step, message, step.answers, "answer")
         seq, name = self.seq, step.name
         body = encode_message(message)
-        frame = self._frame(ANSWER, seq, body)
+        frame = encode_frame(ANSWER, self.protocol, self.version, self.run, seq, name, body)
         self._answers[seq] = frame
         self._answered = True
-        self.bytes += message_bytes(message)
+        self.bytes += _data(body)
         self.messages += 1
         if self.replaying:
             record = self._take(OUT, seq)
@@ -368,10 +393,10 @@ class RoleDriver:
                 if record[3] != [ANSWER, body]:
                     raise self._diverged(f"{name} #{seq} would answer {body!r:.80}; the record has {record[3]!r:.80}")
                 return _DONE  # sent before the crash, or not: a repeat of the request gets it
-        if self._interrupted():
+        if self._intent_replayed:
             self._answers.pop(seq, None)
             return self._raise_interrupted()
-        self._record([OUT, seq, name, [ANSWER, body]])
+        self._sink([OUT, seq, name, [ANSWER, body]])
         if step.resume is not Resume.REPEAT:
             return self._send_after_fence(frame)
         self.outbox.append(frame)
@@ -391,7 +416,7 @@ class RoleDriver:
                 self._intent = self._intent_replayed = True
             else:
                 self._intent = True
-                self._record([INTENT, seq, step.name, None])
+                self._sink([INTENT, seq, step.name, None])
                 return self._effect_after_fence(function, args, kwargs)
         if self.replaying:
             record = self._take(EFFECT, seq)
@@ -399,9 +424,11 @@ class RoleDriver:
                 return record
             if record is not None:
                 return Ready(record[3])
-        if self._interrupted():
+        if self._intent_replayed:
             return self._raise_interrupted()
-        return Ready(self._perform(function, args, kwargs))
+        result = function(*args, **kwargs)
+        self._sink([EFFECT, seq, step.name, result])
+        return Ready(result)
 
     async def _effect_after_fence(
         self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
@@ -411,7 +438,7 @@ class RoleDriver:
 
     def _perform(self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         result = function(*args, **kwargs)
-        self._record([EFFECT, self.seq, self.step_name, result])
+        self._sink([EFFECT, self.seq, self.step_name, result])
         return result
 
     def abort(self, reason: str) -> Awaitable[None]:
@@ -423,7 +450,7 @@ class RoleDriver:
         pending = self._pending
         if pending is not None and pending[1] is not None:
             self._pending = None
-            self._record([IN, self.seq, self.step_name, pending[1]])
+            self._sink([IN, self.seq, self.step_name, pending[1]])
         self.begin(ABORT)
         seq = self.seq
         body = encode_message(Abort(str(reason), where))
@@ -434,7 +461,7 @@ class RoleDriver:
             if self._peer_aborted or self._take_optional(IN, seq) is not None or self.replaying or self._replayed_end:
                 return _DONE  # acknowledged then, or the record goes on to the end
             return self._await_abort(frame)
-        self._record([OUT, seq, "abort", [ABORT_KIND, body]])
+        self._sink([OUT, seq, "abort", [ABORT_KIND, body]])
         self.outbox.append(frame)
         if self._peer_aborted:
             return _DONE
@@ -514,7 +541,7 @@ class RoleDriver:
             )
             return
         try:
-            message = decode_message(frame.body, step.answer_types(), where=f"answer to {step.name} #{seq}")
+            message = decode_message(frame.body, step.answer_types(), lambda: f"answer to {step.name} #{seq}")
         except ProtocolDesync as exc:
             self._fail_step(exc)
             return
@@ -523,8 +550,8 @@ class RoleDriver:
         self._retx_at = None
         self._resend = None
         self._catchup = None
-        self._record([IN, seq, step.name, [ANSWER, frame.body]])
-        self.bytes += message_bytes(message)
+        self._sink([IN, seq, step.name, [ANSWER, frame.body]])
+        self.bytes += _data(frame.body)
         self.messages += 1
         self._resume(message)
 
@@ -551,7 +578,11 @@ class RoleDriver:
         seq = frame.seq
         waiting = self.waiting
         if self.outcome is None and waiting is not None and waiting.need is Need.REQUEST and seq == self.seq:
-            self._resume_with(self._take_request(frame))
+            taken = self._take_request(frame)
+            if type(taken) is Ready:
+                self._resume(taken.value)
+            else:
+                self._throw(taken.error)  # type: ignore[union-attr]
             return
         if seq < self.seq or (seq == self.seq and self._answered) or self.outcome is not None:
             self.duplicates += 1
@@ -581,15 +612,15 @@ class RoleDriver:
                 ProtocolDesync(f"the host asked {frame.step} #{seq}; the client is at {step.name} #{seq}")
             )
         try:
-            message = decode_message(frame.body, step.request_types(), where=f"request of {step.name} #{seq}")
+            message = decode_message(frame.body, step.request_types(), lambda: f"request of {step.name} #{seq}")
         except ProtocolDesync as exc:
             return self._error_now(exc)
         data: list[Any] = [REQUEST, frame.body]
         if not self.run:
             self.run = frame.run
             data.append(frame.run)
-        self._record([IN, seq, step.name, data])
-        self.bytes += message_bytes(message)
+        self._sink([IN, seq, step.name, data])
+        self.bytes += _data(frame.body)
         self.messages += 1
         return Ready(message)
 
@@ -602,7 +633,7 @@ class RoleDriver:
         reason, where = _abort_fields(frame.body)
         if waiting is not None and waiting.need is Need.ABORT:
             self._retx_at = self._resend = self._abort_deadline = None
-            self._record([IN, self.seq, "abort", [ABORT_KIND, frame.body]])
+            self._sink([IN, self.seq, "abort", [ABORT_KIND, frame.body]])
             self._resume(None)
             return
         if self._peer_aborted:
@@ -611,7 +642,7 @@ class RoleDriver:
         error = PeerAborted(reason, step=self.where(), peer_step=where)
         data = [ABORT_KIND, frame.body]
         if waiting is not None and waiting.need in (Need.ANSWER, Need.REQUEST):
-            self._record([IN, self.seq, self.step_name, data])
+            self._sink([IN, self.seq, self.step_name, data])
             self._retx_at = self._resend = None
             self._throw(error)
         else:
@@ -621,13 +652,21 @@ class RoleDriver:
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has something to do (None: nothing until a frame comes)."""
-        if self.outcome is not None:
-            return None
         waiting = self.waiting
-        if waiting is None:
+        if waiting is None or self.outcome is not None:
             return None
-        deadlines = [d for d in (self._retx_at, self._abort_deadline, self._step_deadline()) if d is not None]
-        return min(deadlines) if deadlines else None
+        deadline = self._retx_at
+        need = waiting.need
+        if need is Need.ANSWER or (need is Need.REQUEST and self.heard_at is not None):
+            heard = self.heard_at
+            began = self._step_began
+            step_deadline = (began if heard is None or heard < began else heard) + self._timeout
+            if deadline is None or step_deadline < deadline:
+                deadline = step_deadline
+        abort = self._abort_deadline
+        if abort is not None and (deadline is None or abort < deadline):
+            deadline = abort
+        return deadline
 
     def _step_deadline(self) -> float | None:
         waiting = self.waiting
@@ -635,9 +674,7 @@ class RoleDriver:
             return None
         if waiting.need is Need.REQUEST and self.heard_at is None:
             return None  # a client waits for its host to turn up as long as it takes
-        step = self.step
-        timeout = step.timeout if step is not None and step.timeout is not None else self.timing.step_timeout
-        return max(self._step_began, self.heard_at or 0.0) + timeout
+        return max(self._step_began, self.heard_at or 0.0) + self._timeout
 
     def tick(self, now: float) -> None:
         self.now = now
@@ -710,9 +747,6 @@ class RoleDriver:
             kind, self.protocol, self.version, self.run if run is None else run, seq, self.step_name, body
         )
 
-    def _record(self, record: list[Any]) -> None:
-        self._sink(record)
-
     def _wait(self, need: Need) -> Wait:
         wait = Wait(need)
         self.waiting = wait
@@ -726,9 +760,10 @@ class RoleDriver:
             error, data = pending
             if data is None:
                 return self._error_now(error)
-            self._record([IN, self.seq, self.step_name, data])
+            self._sink([IN, self.seq, self.step_name, data])
             return Raise(self._placed(error))
-        return self._wait(need)
+        wait = self.waiting = Wait(need)
+        return wait
 
     def _send_request(self, frame: bytes) -> None:
         self.outbox.append(frame)
@@ -745,17 +780,9 @@ class RoleDriver:
             self._srtt = 0.875 * self._srtt + 0.125 * rtt
         self._rto = min(max(self._srtt + 4 * self._rttvar, self.timing.rto_min), self.timing.rto_max)
 
-    def _resume_with(self, outcome: Ready | Raise) -> None:
-        if isinstance(outcome, Raise):
-            self._throw(outcome.error)
-        else:
-            self._resume(outcome.value)
-
     def _error_now(self, error: StepFailed) -> Raise:
         error = self._placed(error)
-        self._record(
-            [RAISE, self.seq, self.step_name, [type(error).__name__, error.reason, error.step, error.peer_step]]
-        )
+        self._sink([RAISE, self.seq, self.step_name, [type(error).__name__, error.reason, error.step, error.peer_step]])
         return Raise(error)
 
     def _placed(self, error: StepFailed) -> StepFailed:
@@ -774,9 +801,6 @@ class RoleDriver:
             self._throw(self._error_now(error).error)
         elif self._pending is None:
             self._pending = (error, None)
-
-    def _interrupted(self) -> bool:
-        return self._intent_replayed and not self.replaying
 
     def _raise_interrupted(self) -> Raise:
         return self._error_now(
@@ -841,8 +865,8 @@ class RoleDriver:
             reason, where = _abort_fields(body)
             self._peer_aborted = True
             return Raise(PeerAborted(reason, step=self.where(), peer_step=where))
-        message = decode_message(body, allowed, where=f"recorded {record[2]} #{seq}")
-        self.bytes += message_bytes(message)
+        message = decode_message(body, allowed, lambda: f"recorded {record[2]} #{seq}")
+        self.bytes += _data(body)
         return Ready(message)
 
     def _diverged(self, problem: str) -> ReplayDiverged:
@@ -877,10 +901,11 @@ class RoleDriver:
 
     def _end(self, outcome: str, terminal: str, reason: str) -> None:
         self.outcome = Outcome(outcome, terminal, reason)
+        self.ended_at = self.now
         self.waiting = None
         self._retx_at = self._resend = self._abort_deadline = None
         if not self._replayed_end:
-            self._record([END, self.seq, terminal, [outcome, reason]])
+            self._sink([END, self.seq, terminal, [outcome, reason]])
         self.linger_until = self.now + self.timing.linger_seconds
         self.replaying = False
 
@@ -898,6 +923,12 @@ class RoleDriver:
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "rewinds": self.rewinds,
+            # From this side's first step to its end (or to now): how long the run took here.
+            "run_seconds": (
+                round((self.ended_at if self.ended_at is not None else self.now) - self.first_step_at, 6)
+                if self.first_step_at is not None
+                else 0.0
+            ),
         }
 
     def __repr__(self) -> str:
@@ -913,6 +944,15 @@ class RoleDriver:
             f"<RoleDriver {self.protocol}@{self.version} {self.side}{mode} at {self.where() or 'start'}: {state}, "
             f"{self.steps_done} steps, {self.bytes} bytes, {self.retransmissions} retransmitted>"
         )
+
+
+def _data(body: list[Any]) -> int:
+    """The data a message body carries: the length of its bytes fields (what "bytes moved" counts)."""
+    total = 0
+    for value in body:
+        if type(value) is bytes:
+            total += len(value)
+    return total
 
 
 def _raised(data: Any) -> Raise:

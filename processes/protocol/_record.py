@@ -13,12 +13,13 @@ the sequence diagram of the run is drawn from. Each record is a list ``[type, se
   that replay raises it at the same place;
 * ``end``: the run ended (``data``: outcome, terminal step, reason).
 
-On disk (:class:`RecordFile`) records are appended to one owner-only file, each framed as
-``length | crc32 | msgpack``; a torn tail (a crash in the middle of a write) is cut off when the
-file is opened again. Appends are buffered and written out at every fence, every flush
-interval and at the end; a fence also fsyncs. A tail the daemon did not live to write is
-harmless by construction: the steps it held are taken again (``Resume.REPEAT``), and the steps
-that must not be were fenced.
+On disk (:class:`RecordFile`) records go to one owner-only file in **batches**: appending is a
+list append (the hot path of a run pays nothing more), and each flush writes the records
+appended since as one entry, ``length | crc32 | msgpack array of records``. A torn entry (a crash
+in the middle of a write) is cut off when the file is opened again. Batches are written at
+every fence, every flush interval and at the end; a fence also fsyncs. A tail the daemon did
+not live to write is harmless by construction: the steps it held are taken again
+(``Resume.REPEAT``), and the steps that must not be were fenced.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from supervisor.lowlevel import pack, private_file, unpack
 
 from .errors import RecordError
 
-MAGIC = b"statevisor-protocol-record 1\n"
+MAGIC = b"statevisor-protocol-record 2\n"
 _HEAD = struct.Struct(">II")
 
 RUN, OUT, IN, EFFECT, INTENT, DONE, RAISE, END = "run", "out", "in", "effect", "intent", "done", "raise", "end"
@@ -60,28 +61,30 @@ def read_records(path: str | Path) -> tuple[list[list[Any]], int]:
         payload = data[start : start + length]
         if len(payload) < length or zlib.crc32(payload) != crc:
             break  # torn by a crash mid-write: what follows was never acknowledged
-        record = unpack(payload)
-        if not isinstance(record, list) or len(record) != 4:
-            raise RecordError(str(path), f"record at byte {offset} is not [type, seq, step, data]")
-        records.append(record)
+        batch = unpack(payload)
+        if not isinstance(batch, list) or not all(isinstance(r, list) and len(r) == 4 for r in batch):
+            raise RecordError(str(path), f"the batch at byte {offset} is not records [type, seq, step, data]")
+        records.extend(batch)
         offset = start + length
     return records, offset
 
 
-def encode_record(record: list[Any]) -> bytes:
-    payload = pack(record)
+def encode_batch(records: list[list[Any]]) -> bytes:
+    payload = pack(records)
     return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 class RecordFile:
-    """The append side of a role's record: buffered appends, ``flush`` (written to the OS: a
-    killed daemon loses nothing flushed) and ``sync`` (fsynced: a power cut loses nothing synced)."""
+    """The append side of a role's record: :meth:`append` (a list append), ``flush`` (the
+    records appended since, written to the OS as one batch: a killed daemon loses nothing
+    flushed) and ``sync`` (fsynced: a power cut loses nothing synced)."""
 
     def __init__(self, path: str | Path, *, valid_length: int) -> None:
         self.path = Path(path)
-        self._buffer = bytearray()
-        self.appended = 0
+        self.pending: list[list[Any]] = []
+        self.append = self.pending.append
         self.written = 0
+        self.batches = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -91,30 +94,25 @@ class RecordFile:
         self._fd: int | None = fd
         if valid_length == 0:
             os.ftruncate(fd, 0)
-            self._buffer += MAGIC
+            self._write(MAGIC)
         else:
-            os.ftruncate(fd, valid_length)  # cut a torn tail off, so new records follow whole ones
+            os.ftruncate(fd, valid_length)  # cut a torn tail off, so new batches follow whole ones
         os.lseek(fd, 0, os.SEEK_END)
 
-    def append(self, record: list[Any]) -> None:
-        self._buffer += encode_record(record)
-        self.appended += 1
-
-    @property
-    def pending(self) -> int:
-        """Bytes appended but not written yet."""
-        return len(self._buffer)
-
     def flush(self) -> None:
-        fd = self._fd
-        if fd is None or not self._buffer:
+        if self._fd is None or not self.pending:
             return
-        data = bytes(self._buffer)
-        self._buffer.clear()
+        batch = encode_batch(self.pending)
+        self.pending.clear()
+        self._write(batch)
+        self.batches += 1
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
         view = memoryview(data)
         try:
             while view:
-                written = os.write(fd, view)
+                written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as exc:
             raise RecordError(str(self.path), f"cannot write: {exc}") from exc
@@ -122,6 +120,10 @@ class RecordFile:
 
     def sync(self) -> None:
         self.flush()
+        self.fsync()
+
+    def fsync(self) -> None:
+        """Make what was written durable (what is still pending is not: :meth:`flush` first)."""
         if self._fd is not None:
             try:
                 os.fsync(self._fd)
@@ -138,5 +140,5 @@ class RecordFile:
             self._fd = None
 
     def __repr__(self) -> str:
-        state = "closed" if self._fd is None else f"{len(self._buffer)} bytes buffered"
-        return f"<RecordFile {self.path} {self.appended} appended, {state}>"
+        state = "closed" if self._fd is None else f"{len(self.pending)} pending"
+        return f"<RecordFile {self.path} {self.batches} batches written, {state}>"

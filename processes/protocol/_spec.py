@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import inspect
+import operator
 import types
 import typing
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -67,8 +68,9 @@ class Message:
 _Check = Callable[[Any], bool]
 
 
-def _checker(annotation: Any) -> _Check | None:
-    """A run-time check for a field's annotation (None: anything goes)."""
+def _checker(annotation: Any) -> type | _Check | None:
+    """A run-time check for a field's annotation: a type the value must be exactly (msgpack
+    gives exact types), a predicate, or None (anything goes)."""
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return None
@@ -76,32 +78,32 @@ def _checker(annotation: Any) -> _Check | None:
         checks = [_checker(a) for a in typing.get_args(annotation)]
         if any(c is None for c in checks):
             return None
-        return lambda v: any(c(v) for c in checks if c is not None)
+        return lambda v: any((type(v) is c) if isinstance(c, type) else c(v) for c in checks if c is not None)
     if annotation is type(None) or annotation is None:
-        return lambda v: v is None
-    if annotation is bool:
-        return lambda v: isinstance(v, bool)
-    if annotation is int:
-        return lambda v: isinstance(v, int) and not isinstance(v, bool)
+        return type(None)
+    if annotation in (bool, int, str, bytes):
+        return annotation  # type: ignore[no-any-return]
     if annotation is float:
-        return lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-    if annotation in (str, bytes):
-        return lambda v: isinstance(v, annotation)
+        return lambda v: type(v) is float or type(v) is int
     if annotation is list or origin is list:
-        return lambda v: isinstance(v, list)
+        return list
     if annotation is dict or origin is dict:
-        return lambda v: isinstance(v, dict)
+        return dict
     return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MessageInfo:
-    """What encoding and decoding a message class needs, worked out once per class."""
+    """What encoding and decoding a message class needs, worked out once per class: its tag,
+    its fields' names, a getter of their values, the checks of the fields that have one, and
+    which fields are bytes (the data a message moves)."""
 
     cls: type[Message]
     tag: str
     names: tuple[str, ...]
-    checks: tuple[tuple[str, _Check], ...]
+    values: Callable[[Message], tuple[Any, ...]]
+    checks: tuple[tuple[int, type | _Check], ...]
+    data: tuple[int, ...]
 
 
 _INFO: dict[type[Message], MessageInfo] = {}
@@ -117,43 +119,49 @@ def message_info(cls: type[Message]) -> MessageInfo:
         )
     hints = typing.get_type_hints(cls)
     names = tuple(f.name for f in dataclasses.fields(cls))
-    checks = tuple((n, c) for n in names if (c := _checker(hints.get(n, Any))) is not None)
-    info = _INFO[cls] = MessageInfo(cls, cls.tag(), names, checks)
+    checks = tuple((i, c) for i, n in enumerate(names) if (c := _checker(hints.get(n, Any))) is not None)
+    data = tuple(i for i, n in enumerate(names) if hints.get(n) is bytes)
+    values: Callable[[Message], tuple[Any, ...]]
+    if len(names) >= 2:
+        values = operator.attrgetter(*names)
+    elif names:
+        only = names[0]
+        values = lambda message: (getattr(message, only),)  # noqa: E731 - one field: attrgetter gives no tuple
+    else:
+        values = lambda message: ()  # noqa: E731
+    info = _INFO[cls] = MessageInfo(cls, cls.tag(), names, values, checks, data)
     return info
 
 
 def encode_message(message: Message) -> list[Any]:
     """``[tag, field, field...]``: what a frame's body carries."""
     info = _INFO.get(type(message)) or message_info(type(message))
-    return [info.tag, *[getattr(message, name) for name in info.names]]
+    return [info.tag, *info.values(message)]
 
 
-def decode_message(body: Any, allowed: Mapping[str, MessageInfo], *, where: str) -> Message:
-    """A message from a frame's body, of one of the ``allowed`` classes (by tag), fields checked."""
-    if not isinstance(body, list) or not body or not isinstance(body[0], str):
-        raise ProtocolDesync(f"{where}: a message that is not [tag, fields...]: {body!r:.80}")
-    info = allowed.get(body[0])
+def decode_message(body: Any, allowed: Mapping[str, MessageInfo], where: Callable[[], str]) -> Message:
+    """A message from a frame's body, of one of the ``allowed`` classes (by tag), fields checked;
+    ``where()`` says where, for the error (made only when there is one)."""
+    info = allowed.get(body[0]) if type(body) is list and body and type(body[0]) is str else None
     if info is None:
-        raise ProtocolDesync(f"{where}: a {body[0]} message, where the step declares {' or '.join(allowed)}")
-    values = body[1:]
-    if len(values) != len(info.names):
-        raise ProtocolDesync(f"{where}: {info.tag} has {len(info.names)} fields, the frame {len(values)}")
-    for name, check in info.checks:
-        if not check(values[info.names.index(name)]):
-            raise ProtocolDesync(
-                f"{where}: {info.tag}.{name} = {values[info.names.index(name)]!r:.40} has the wrong type"
-            )
-    return info.cls(*values)
+        if not isinstance(body, list) or not body or not isinstance(body[0], str):
+            raise ProtocolDesync(f"{where()}: a message that is not [tag, fields...]: {body!r:.80}")
+        raise ProtocolDesync(f"{where()}: a {body[0]} message, where the step declares {' or '.join(allowed)}")
+    if len(body) != len(info.names) + 1:
+        raise ProtocolDesync(f"{where()}: {info.tag} has {len(info.names)} fields, the frame {len(body) - 1}")
+    for index, check in info.checks:
+        value = body[index + 1]
+        if type(value) is not check and (isinstance(check, type) or not check(value)):
+            raise ProtocolDesync(f"{where()}: {info.tag}.{info.names[index]} = {value!r:.40} has the wrong type")
+    return info.cls(*body[1:])
 
 
 def message_bytes(message: Message) -> int:
     """The data a message carries: the length of its ``bytes`` fields (what "bytes moved" counts)."""
     info = _INFO.get(type(message)) or message_info(type(message))
     total = 0
-    for name in info.names:
-        value = getattr(message, name)
-        if type(value) is bytes:
-            total += len(value)
+    for index in info.data:
+        total += len(getattr(message, info.names[index]))
     return total
 
 

@@ -67,16 +67,14 @@ def decode_frame(data: bytes) -> Frame:
         raise FrameError("checksum mismatch")
     try:
         fields = unpack(payload)
+        kind, protocol, version, run, seq, step, body = fields
     except Exception as exc:  # msgpack's errors are several classes; a bad frame is one thing
-        raise FrameError(f"not msgpack: {exc}") from exc
-    if (
-        not isinstance(fields, list)
-        or len(fields) != 7
-        or not all(isinstance(fields[i], int) for i in (0, 2, 4))
-        or not all(isinstance(fields[i], str) for i in (1, 3, 5))
-    ):
+        raise FrameError(f"not a frame: {exc}") from exc
+    if type(kind) is not int or type(seq) is not int or type(version) is not int or type(step) is not str:
         raise FrameError(f"not a frame: {fields!r:.80}")
-    return Frame(*fields)
+    if type(protocol) is not str or type(run) is not str:
+        raise FrameError(f"not a frame: {fields!r:.80}")
+    return Frame(kind, protocol, version, run, seq, step, body)
 
 
 def stuff(frame: bytes) -> bytes:

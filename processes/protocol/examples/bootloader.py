@@ -39,8 +39,8 @@ from ..errors import StepFailed
 
 CHUNK = 256
 """Bytes a chunk carries unless the host's options say otherwise."""
-SECTOR_SIZE = 4096
-"""The emulated flash's erase sector unless the client's options say otherwise."""
+SECTOR_SIZE = 65536
+"""The emulated flash's erase block (a NOR flash's 64 KiB block) unless the client's options say otherwise."""
 
 
 # --- messages ----------------------------------------------------------------------------------
