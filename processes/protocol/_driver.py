@@ -237,6 +237,7 @@ class RoleDriver:
         self.duplicates = 0
         self.rejected = 0
         self.rewinds = 0
+        self.holds = 0
 
     # --- running ---------------------------------------------------------------------------
 
@@ -492,6 +493,7 @@ class RoleDriver:
         if kind == ABORT_KIND:
             self._on_abort(frame)
         elif kind == HOLD:
+            self.holds += 1  # the peer is paused: hearing it is what keeps our timeout off
             return
         elif self.side == "host":
             if kind == ANSWER:
@@ -923,6 +925,7 @@ class RoleDriver:
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "rewinds": self.rewinds,
+            "holds_heard": self.holds,
             # From this side's first step to its end (or to now): how long the run took here.
             "run_seconds": (
                 round((self.ended_at if self.ended_at is not None else self.now) - self.first_step_at, 6)

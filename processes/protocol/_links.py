@@ -384,6 +384,7 @@ class StreamLink(Link):
         current, self._current = self._current, None
         if current is not None and current.transport is not None:
             current.transport.close()
+            await asyncio.sleep(0)  # a transport's socket is closed on the loop's next turn
         if self._server is not None:
             await self._server.wait_closed()
         self._set_up(False)

@@ -124,9 +124,9 @@ class Session:
             if handle is not None:
                 handle.cancel()
         if self._fence is not None:
-            self._fence.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._fence
+            # Not cancelled: its thread would go on syncing files this close is about to close.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._fence)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.cancel()
         await self._release_resources()

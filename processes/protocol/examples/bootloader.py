@@ -420,10 +420,10 @@ class FileFlash(Flash):
             os.fsync(self._wear_fd)
 
     def close(self) -> None:
-        for fd in (self._fd, self._wear_fd):
+        fds, self._fd, self._wear_fd = (self._fd, self._wear_fd), None, None  # type: ignore[assignment]
+        for fd in fds:
             if fd is not None:
                 os.close(fd)
-        self._wear_fd = None
 
     @property
     def wear_path(self) -> Path:

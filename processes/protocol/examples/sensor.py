@@ -107,7 +107,7 @@ class SensorConfig(Party, protocol="sensor-config", version=1):
 
     def __init__(self) -> None:
         self.model = ""
-        self.version = 0
+        self.config_version = 0  # the configuration's, not the protocol's (Party.version)
         self.keys: list[str] = []
         self.current: dict[str, Any] = {}
         self.changes: list[str] = []
@@ -138,7 +138,7 @@ class SensorConfig(Party, protocol="sensor-config", version=1):
         raise NotImplementedError
 
     def identified(self, identity: Identity) -> list[str]:
-        self.model, self.version, self.keys = identity.model, identity.version, list(identity.keys)
+        self.model, self.config_version, self.keys = identity.model, identity.version, list(identity.keys)
         return self.keys
 
 
@@ -204,7 +204,7 @@ class SensorHost(SensorConfig, Host):
             raise self.desync(f"staged {staged.key}, sent {key}")
 
     async def commit(self) -> None:
-        answer = await self.ask(COMMIT, Commit(self.version))
+        answer = await self.ask(COMMIT, Commit(self.config_version))
         if isinstance(answer, Refused):
             raise self.refused(answer.reason)
         self.committed = answer.version
