@@ -83,7 +83,8 @@ class LinkSimulation:
     keep the resources that must survive a crash (the device's flash) outside, in the factory's
     closure. ``crash_every`` is the mean number of events between crashes (None: none), at most
     ``max_crashes`` of them; a crashed side restarts after a delay drawn from
-    ``restart_delay``. ``invariants`` are callables ``(simulation) -> None`` that raise
+    ``restart_delay``. ``client_spec`` is the client's specification when it is not ``spec``
+    (another version of the protocol). ``invariants`` are callables ``(simulation) -> None`` that raise
     ``AssertionError``; they run after every event, and the first that fails raises
     :class:`~supervisor.InvariantViolation` with the seed and the event.
     """
@@ -103,10 +104,12 @@ class LinkSimulation:
         fence_latency: tuple[float, float] = (0.0001, 0.001),
         invariants: Sequence[Callable[[LinkSimulation], Any]] = (),
         replay_hint: str | None = None,
+        client_spec: Specification[Any] | None = None,
     ) -> None:
         if crash_every is not None and crash_every < 1:
             raise ConfigurationError(f"crash_every must be >= 1 event, got {crash_every}")
         self.spec = spec
+        self.specs = {"host": spec, "client": client_spec or spec}
         self.seed = seed
         self.rng = random.Random(seed)
         self.faults = faults or LinkFaults()
@@ -248,7 +251,7 @@ class LinkSimulation:
     def _start(self, state: SimSide) -> None:
         role = state.make_role()
         driver = RoleDriver(
-            self.spec,
+            self.specs[state.name],
             role,
             replay=list(state.records),
             sink=state.records.append,
