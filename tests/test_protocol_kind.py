@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from processes.protocol import ProtocolExecutor, ProtocolRole, executors, register
-from processes.protocol._commands import last_run
-from processes.protocol._transcript import load
+from processes.protocol import ProtocolExecutor, ProtocolRole, executors, register, run_sequence
+from processes.protocol._transcript import last_run, load
 from processes.protocol.examples.bootloader import erased_after_written, read_wear_log
 from supervisor import Handle, Lifecycle, Node, SettingsError
 from tests.helpers import wait_for_snapshot, wait_until
@@ -220,6 +219,23 @@ async def test_the_transcript_is_the_role_s_log_and_draws_its_sequence(roles: Ro
     assert "boot" == steps[-1]
     assert {"end": "done", "terminal": "boot"} == {k: events[-1][k] for k in ("end", "terminal")}
     json.dumps(events)  # plain values, as the command prints them
+
+
+async def test_a_console_draws_a_role_s_last_run_from_its_log_or_its_record(roles: Roles) -> None:
+    """run_sequence, the plain function a console calls, draws the same steps from a role's log
+    lines as from its record file, the boot and the run's end included; it takes one source."""
+    roles.image(20_000)
+    host, client = await roles.flash("channel:console")
+    await host.wait(timeout=30)
+    await client.wait(timeout=30)
+    from_log = run_sequence(transcript=await host.logs("stdout", 1000))
+    from_record = run_sequence(record=roles.executor.record_path(host.pid), protocol="bootloader")
+    for diagram in (from_log, from_record):
+        assert diagram.startswith("sequenceDiagram\n")
+        assert "host->>client: 1 start: Start(" in diagram
+        assert "Note over host,client: done at boot" in diagram
+    with pytest.raises(TypeError, match="one of them"):
+        run_sequence()
 
 
 async def test_the_sensor_protocol_commits_its_configuration(roles: Roles) -> None:

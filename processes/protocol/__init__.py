@@ -19,7 +19,7 @@ from typing import Any
 from supervisor import Executor
 from supervisor.lowlevel import KindSetup
 
-from ._diagram import check_run, flow, sequence_diagram, state_diagram
+from ._diagram import check_run, flow, run_sequence, sequence_diagram, state_diagram
 from ._driver import Outcome, RoleDriver, Timing
 from ._executor import ACTION_TYPES, ProtocolExecutor, executors
 from ._links import Faults
@@ -88,6 +88,7 @@ __all__ = [
     "flow",
     "state_diagram",
     "sequence_diagram",
+    "run_sequence",
     "check_run",
     "read_records",
     "events",

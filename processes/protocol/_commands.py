@@ -5,26 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
-from typing import Any
 
 from supervisor.cli.commands import OK, USAGE, emit, json_line
 from supervisor.control import RemoteHandle
 
-from ._diagram import sequence_diagram, state_diagram
+from ._diagram import run_sequence, state_diagram
 from ._spec import lookup
-from ._transcript import load
-
-
-def last_run(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The events of the last run in a role's transcript (a name's log holds each of its runs,
-    and a resumed run goes on in the same one)."""
-    run: list[dict[str, Any]] = []
-    for event in events:
-        if event.get("event") == "start":
-            run = []
-        run.append(event)
-    return run
+from ._transcript import last_run, load
 
 
 class Sequence:
@@ -54,11 +41,12 @@ class Sequence:
             diagram = state_diagram(lookup(str(state["protocol"])), str(state["role"]))
             emit(json_line({"diagram": diagram}) if args.json else diagram.rstrip("\n"))
             return OK
-        events = last_run(load(await handle.logs("stdout", args.lines)))
+        lines = await handle.logs("stdout", args.lines)
+        diagram = run_sequence(transcript=lines)
         if args.json:
-            emit(json_line({"events": events, "diagram": sequence_diagram(events)}))
+            emit(json_line({"events": last_run(load(lines)), "diagram": diagram}))
         else:
-            emit(sequence_diagram(events).rstrip("\n"))
+            emit(diagram.rstrip("\n"))
         return OK
 
 

@@ -18,10 +18,12 @@ import inspect
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ._record import END, IN, OUT
-from ._spec import Resume, Specification
+from ._record import END, IN, OUT, read_records
+from ._spec import Resume, Specification, lookup
+from ._transcript import events, last_run, load
 from ._wire import FrameKind
 from .errors import SpecificationError
 
@@ -344,6 +346,27 @@ def sequence_diagram(run_events: Iterable[Mapping[str, Any]]) -> str:
                 f"    Note over host,client: {_mermaid('resumed from ' + str(event.get('records')) + ' records')}"
             )
     return "\n".join(lines) + "\n"
+
+
+def run_sequence(
+    *, transcript: Iterable[str] | None = None, record: str | Path | None = None, protocol: str | None = None
+) -> str:
+    """The Mermaid sequence diagram of a protocol role's current run, or its last one when it has
+    ended, for whoever has the role at hand (a console's panel, a report), from either source:
+
+    * ``transcript``: the lines of the role's log (``await handle.logs("stdout")``, or the file
+      its snapshot's ``log_files`` names); the last run in them is drawn;
+    * ``record``: the path of the role's record file; ``protocol`` (``"bootloader"``,
+      ``"bootloader@2"``) names its specification, so the messages show their fields' names.
+
+    Plain and synchronous; reading a record is file I/O (run it in a thread from a loop).
+    """
+    if (transcript is None) == (record is None):
+        raise TypeError("run_sequence takes a transcript or a record, one of them")
+    if transcript is not None:
+        return sequence_diagram(last_run(load(transcript)))
+    records, _ = read_records(record)  # type: ignore[arg-type]  # not None: checked above
+    return sequence_diagram(events(records, lookup(protocol) if protocol else None))
 
 
 # --- a recorded run against its specification ----------------------------------------------------

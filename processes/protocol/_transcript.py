@@ -146,6 +146,17 @@ def dump(event: Mapping[str, Any]) -> str:
     return json.dumps(event, separators=(", ", ": "), default=str)
 
 
+def last_run(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events of the last run in a role's transcript (a name's log holds each of its runs,
+    and a resumed run goes on in the same one)."""
+    run: list[dict[str, Any]] = []
+    for event in events:
+        if event.get("event") == "start":
+            run = []
+        run.append(event)
+    return run
+
+
 def load(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     """The events of transcript lines (lines that are not events are skipped)."""
     for line in lines:
