@@ -42,6 +42,7 @@ METRICS = {
         "recovery_seconds",
         "recovery_replay_seconds",
     },
+    "protocol": {"steps_per_s", "baseline_per_s", "ratio", "image_seconds"},
 }
 
 
