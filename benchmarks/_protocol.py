@@ -154,7 +154,7 @@ async def protocol(options: BenchOptions) -> BenchResult:
     with tempfile.TemporaryDirectory(prefix="statevisor-bench-") as directory:
         for repeat in range(options.repeats):
             run = Path(directory) / str(repeat)
-            run.mkdir()
+            run.mkdir(mode=0o700)  # the store's directory, owner-only as a daemon's is
             rate, elapsed = await _ours(run, image)
             ours.append(rate)
             seconds.append(elapsed)
