@@ -1,7 +1,8 @@
 """The bootloader between two real daemons over a pty: each role declared in its own daemon's
 configuration, each daemon SIGKILLed mid-transfer and started again; the transfer completes
 from the roles' records, the flash holds the image, no sector is erased after its chunks were
-written; `statevisor sequence` draws the run, resumptions included."""
+written; both records are runs the specification allows; `statevisor sequence` draws the run,
+resumptions included."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from processes.protocol.examples.bootloader import erased_after_written, read_wear_log
+from processes.protocol import check_run, read_records
+from processes.protocol.examples.bootloader import SPEC, erased_after_written, read_wear_log
 from supervisor import decode_record
 from tests.test_daemon import ROOT, free_port, kill_if_running, start_daemon, wait_for
 
@@ -94,6 +96,9 @@ def test_both_roles_survive_a_sigkill_of_their_daemons_mid_transfer(tmp_path: Pa
         assert ("finished", "boot") == (str(client.lifecycle), client.result["terminal"]), client.error
         assert image == flash.read_bytes()[:IMAGE]
         assert [] == erased_after_written(read_wear_log(wear), SECTOR)
+        for side in ("device", "flasher"):
+            (record,) = (tmp_path / side / "var" / "runs" / "protocol").glob("*.record")
+            assert [] == check_run(SPEC, read_records(record)[0]), side  # a run the specification allows
         drawn = subprocess.run(
             [sys.executable, "-m", "supervisor", "sequence", "--socket", str(tmp_path / "flasher" / "var" / "s.sock"),
              "flasher"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,16 @@ def test_the_sequence_diagram_of_a_run_folds_repeated_steps() -> None:
     # 10,000 bytes leave 1,808 for the last sector: seven chunks of 256 and one of 16
     assert "    loop 8 times write_next_chunk, steps 37 to 44" in lines
     assert "    Note over host,client: done at boot" == lines[-1]
+
+
+def test_the_manual_s_diagrams_are_the_ones_the_code_draws() -> None:
+    """The protocol page shows each bootloader role's state diagram and a run's sequence diagram
+    exactly as the code draws them (from the specification, and from a simulated run's record of
+    the same image size), so the manual's pictures cannot drift from the code."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+    for side in ("host", "client"):
+        assert f"```mermaid\n{state_diagram(SPEC, side)}```" in page, side
+    flash = MemoryFlash(262_144, 65_536)
+    sim = LinkSimulation(SPEC, host=lambda: BootHost(bytes(100_000)), client=lambda: BootClient(flash), seed=3)
+    sim.run_until_idle()
+    assert f"```mermaid\n{sequence_diagram(events(sim.records('host'), SPEC))}```" in page
