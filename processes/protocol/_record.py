@@ -126,7 +126,7 @@ class RecordFile:
         """Make what was written durable (what is still pending is not: :meth:`flush` first)."""
         if self._fd is not None:
             try:
-                os.fsync(self._fd)
+                os.fdatasync(self._fd)  # the data and the length that reads it back: enough
             except OSError as exc:
                 raise RecordError(str(self.path), f"cannot sync: {exc}") from exc
 

@@ -415,9 +415,11 @@ class FileFlash(Flash):
         return True
 
     def sync(self) -> None:
-        os.fsync(self._fd)
+        # fdatasync: the data and the size needed to read it back, not the times (a journal
+        # commit fewer, for a file written in place)
+        os.fdatasync(self._fd)
         if self._wear_fd is not None:
-            os.fsync(self._wear_fd)
+            os.fdatasync(self._wear_fd)
 
     def close(self) -> None:
         fds, self._fd, self._wear_fd = (self._fd, self._wear_fd), None, None  # type: ignore[assignment]
