@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ._record import END, IN, OUT, RAISE, RUN
+from ._record import EFFECT, END, IN, OUT, RAISE, RUN
 from ._spec import Specification, message_info
 from ._wire import FrameKind
 
@@ -69,7 +69,9 @@ class Transcript:
         self.spec = spec
         self.names = field_names(spec)
         self.side = ""
-        self._fold: dict[str, Any] | None = None
+        self._fold: dict[str, Any] | None = None  # the messages of the fold under way
+        self._seq = self._to = self._count = 0
+        self._step = ""
 
     def feed(self, record: list[Any]) -> list[dict[str, Any]]:
         """The events ``record`` completes (usually none: a fold goes on)."""
@@ -77,15 +79,16 @@ class Transcript:
         if kind in (IN, OUT):
             frame_kind, body = data[0], data[1]
             fold = self._fold
-            if frame_kind != _ABORT and fold is not None and fold["step"] == step:
-                # The common case, a step like the last: the fold goes on.
-                last = fold["to"]
+            if fold is not None and step == self._step and frame_kind != _ABORT:
+                # The common case, a step like the last: the fold goes on (kept in attributes
+                # until it is flushed: this runs for every frame of a run).
+                last = self._to
                 if seq == last + 1:
-                    fold["to"] = seq
-                    fold["count"] += 1
+                    self._to = seq
+                    self._count += 1
                 elif seq != last:
                     return self._start(seq, step, frame_kind, body)
-                if fold["count"] == 1:
+                if self._count == 1:
                     fold.setdefault("request" if frame_kind == _REQUEST else "answer", body)
                 else:
                     fold["last_request" if frame_kind == _REQUEST else "last_answer"] = body
@@ -96,6 +99,8 @@ class Transcript:
                 done.append({"seq": seq, "step": "abort", "from": self._sender(kind), "reason": reason})
                 return done
             return self._start(seq, step, frame_kind, body)
+        if kind == EFFECT:
+            return []  # effects are the role's own business: the sequence shows the messages
         if kind == RUN:
             self.side = str(data.get("side", "")) if isinstance(data, dict) else ""
             return [{"run": data.get("run", "") if isinstance(data, dict) else "", **(data or {})}]
@@ -111,8 +116,10 @@ class Transcript:
 
     def _start(self, seq: int, step: str, frame_kind: int, body: Any) -> list[dict[str, Any]]:
         done = self.flush()
-        self._fold = {"seq": seq, "to": seq, "step": step, "count": 1}
-        self._fold["request" if frame_kind == _REQUEST else "answer"] = body
+        self._fold = {"request" if frame_kind == _REQUEST else "answer": body}
+        self._seq = self._to = seq
+        self._step = step
+        self._count = 1
         return done
 
     def flush(self) -> list[dict[str, Any]]:
@@ -120,6 +127,8 @@ class Transcript:
         fold, self._fold = self._fold, None
         if fold is None:
             return []
+        fold = {"seq": self._seq, "to": self._to, "step": self._step, "count": self._count, **fold}
+        self._step = ""
         for slot in ("request", "answer", "last_request", "last_answer"):
             if slot in fold:
                 fold[slot] = summarize(fold[slot], names=self.names)
