@@ -194,14 +194,17 @@ async def test_a_node_restarted_mid_run_resumes_both_roles_from_their_records(tm
     assert roles.node is not None
     await roles.node.shutdown()
     node = await roles.start()
-    revived = node.runtime.find("host")
-    ended = await revived.wait(timeout=60)
-    assert "boot" == ended.result["terminal"], ended.error
-    assert ended.state["resumed_from"] > 100
-    await node.runtime.find("client").wait(timeout=30)
-    assert image == roles.flashed()[: len(image)]
-    assert [] == erased_after_written(roles.wear(), SECTOR)
-    await node.shutdown()
+    try:
+        # Both handles at once: either role may end before the other's wait returns.
+        revived, client = node.runtime.find("host"), node.runtime.find("client")
+        ended = await revived.wait(timeout=60)
+        assert "boot" == ended.result["terminal"], ended.error
+        assert ended.state["resumed_from"] > 100
+        await client.wait(timeout=30)
+        assert image == roles.flashed()[: len(image)]
+        assert [] == erased_after_written(roles.wear(), SECTOR)
+    finally:
+        await node.shutdown()
 
 
 async def test_the_transcript_is_the_role_s_log_and_draws_its_sequence(roles: Roles) -> None:
