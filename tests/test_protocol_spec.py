@@ -241,3 +241,33 @@ def test_the_manual_s_diagrams_are_the_ones_the_code_draws() -> None:
     sim = LinkSimulation(SPEC, host=lambda: BootHost(bytes(100_000)), client=lambda: BootClient(flash), seed=3)
     sim.run_until_idle()
     assert f"```mermaid\n{sequence_diagram(events(sim.records('host'), SPEC))}```" in page
+
+
+def test_mypy_checks_what_a_step_sends_and_what_it_answers(tmp_path: Path) -> None:
+    """A step's declaration types its messages: mypy refuses a host that asks a step with
+    another step's message, and knows the type of the answer an ask returns."""
+    from mypy import api
+
+    module = tmp_path / "wrong_host.py"
+    module.write_text(
+        "from processes.protocol.examples.bootloader import ERASE, WRITE, BootHost, Chunk\n"
+        "\n"
+        "\n"
+        "class WrongHost(BootHost):\n"
+        "    async def erase_sector(self, sector: int, size: int) -> None:\n"
+        "        await self.ask(ERASE, Chunk(sector, b''))\n"
+        "\n"
+        "    async def write_next_chunk(self) -> int:\n"
+        "        answer = await self.ask(WRITE, Chunk(0, b''))\n"
+        "        reveal_type(answer)\n"
+        "        return answer.count\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out, _, status = api.run([
+        str(module), "--strict", "--follow-imports=silent", "--no-error-summary", "--hide-error-context",
+        "--cache-dir", str(tmp_path / "cache"), "--config-file", str(root / "pyproject.toml"),
+    ])  # fmt: skip
+    errors = [line.partition("wrong_host.py:")[2] for line in out.splitlines() if ": error: " in line]
+    assert 1 == status
+    assert ["6"] == [error.partition(":")[0] for error in errors], out  # the ask with the wrong message
+    assert 'wrong_host.py:10: note: Revealed type is "processes.protocol.examples.bootloader.Written"' in out
