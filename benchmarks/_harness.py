@@ -68,7 +68,19 @@ def environment(options: BenchOptions) -> dict[str, Any]:
 
 
 def _registry() -> dict[str, Scenario]:
-    from . import _cloud, _cluster, _control, _core, _durability, _logapply, _shell, _simulation, _slurm, _web
+    from . import (
+        _cloud,
+        _cluster,
+        _control,
+        _core,
+        _durability,
+        _logapply,
+        _protocol,
+        _shell,
+        _simulation,
+        _slurm,
+        _web,
+    )
 
     return {
         "transitions": _core.transitions,
@@ -85,12 +97,13 @@ def _registry() -> dict[str, Scenario]:
         "web": _web.web,
         "cluster": _cluster.cluster,
         "cloud": _cloud.cloud,
+        "protocol": _protocol.protocol,
     }
 
 
 SCENARIOS: tuple[str, ...] = (
     "transitions", "spawn", "control", "checkpoint", "recovery", "sim", "rpc", "watch-fanout", "shell", "slurm",
-    "logapply", "web", "cluster", "cloud",
+    "logapply", "web", "cluster", "cloud", "protocol",
 )  # fmt: skip
 
 

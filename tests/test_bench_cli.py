@@ -60,6 +60,7 @@ METRICS = {
         "lost",
         "duplicated",
     },
+    "protocol": {"steps_per_s", "baseline_per_s", "ratio", "image_seconds"},
 }
 
 
