@@ -241,6 +241,39 @@ async def test_a_console_draws_a_role_s_last_run_from_its_log_or_its_record(role
         run_sequence()
 
 
+async def test_the_web_console_draws_a_role_s_run_on_its_page_and_live(roles: Roles) -> None:
+    """The protocol kind's panel, loaded from its entry point as the daemon loads it, shows on a
+    role's page the sequence diagram of its run (the start and, once done, the boot), and the
+    page's event stream carries it; other kinds' pages do not get it."""
+    import aiohttp
+
+    from processes.protocol._panel import SequencePanel
+    from supervisor.daemon.plugins import load_panels
+    from tests.test_web import events, next_event, served, text
+
+    panels, problems = load_panels()
+    assert [] == problems
+    assert any(isinstance(panel, SequencePanel) for panel in panels)
+    assert roles.node is not None
+    console = await served(roles.node, read="open", panels=panels)
+    try:
+        roles.image(20_000)
+        host, client = await roles.flash("channel:panel")
+        await host.wait(timeout=30)
+        await client.wait(timeout=30)
+        async with aiohttp.ClientSession() as http:
+            _, page = await text(http, f"{console.url}/process?pid={host.pid}")
+            assert "Sequence of the run" in page
+            assert "host-&gt;&gt;client: 1 start: Start(" in page
+            assert "Note over host,client: done at boot" in page
+            async with http.get(f"{console.url}/process/events?pid={client.pid}") as response:
+                update = await next_event(events(response), "panels", "Sequence of the run")
+                assert "done at boot" in update["data"]
+    finally:
+        await console.close()
+    assert not SequencePanel().applies_to("shell")
+
+
 async def test_the_sensor_protocol_commits_its_configuration(roles: Roles) -> None:
     """The second protocol on the kind: a host sets a sensor's configuration over a unix socket;
     the sensor's file holds the desired values under the next version."""

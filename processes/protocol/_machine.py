@@ -144,7 +144,7 @@ class ProtocolRole(Machine[dict[str, Any]]):
             ctx.fail(f"the run failed at {terminal}: {reason}")
 
     def view(self, state: dict[str, Any]) -> Any:
-        run = {k: v for k, v in state.get("_run", {}).items() if k not in ("record", "transcript")}
+        run = {k: v for k, v in state.get("_run", {}).items() if k != "record"}
         settings = {k: v for k, v in state.items() if not k.startswith("_")}
         return {**settings, **run, "requests_in_flight": len(state.get("_calls", {}))}
 
