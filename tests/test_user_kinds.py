@@ -25,11 +25,14 @@ EXAMPLE = ROOT / "examples" / "greeter"
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example package installed (built by pip from its pyproject.toml, entry points and
-    all) into a directory of its own, which the daemons of these tests find on PYTHONPATH."""
+    all) into a directory of its own, which the daemons of these tests find on PYTHONPATH. It is
+    built from a copy: setuptools leaves build/ and egg-info behind in the tree it builds."""
+    source = tmp_path_factory.mktemp("source") / "greeter"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     site = tmp_path_factory.mktemp("site")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(site), str(EXAMPLE)],
+         "--disable-pip-version-check", "--target", str(site), str(source)],
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     return site

@@ -270,25 +270,17 @@ class RoleDriver:
 
     def _resume(self, value: Any) -> None:
         """Go on with the protocol coroutine, giving ``value`` to what it awaits."""
-        self.waiting = None
-        try:
-            yielded = self._coro.send(value)  # type: ignore[union-attr]
-        except StopIteration:
-            self._finished()
-            return
-        except Exception as exc:
-            self._failed(exc)
-            return
-        if type(yielded) is not Wait:
-            self._not_a_step(yielded)
-            return
-        self.waiting = yielded
+        self._advance(value, None)
 
     def _throw(self, error: BaseException) -> None:
         """Raise ``error`` into the protocol coroutine where it awaits."""
+        self._advance(None, error)
+
+    def _advance(self, value: Any, error: BaseException | None) -> None:
         self.waiting = None
+        coro: Any = self._coro
         try:
-            yielded = self._coro.throw(error)  # type: ignore[union-attr]
+            yielded = coro.send(value) if error is None else coro.throw(error)
         except StopIteration:
             self._finished()
             return
