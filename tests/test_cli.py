@@ -289,3 +289,17 @@ def test_a_call_to_a_paused_process_says_it_is_paused(daemon: Daemon) -> None:
     assert "statevisor resume root/fast" in paused.stderr
     assert 0 == cli(daemon, "resume", "fast").returncode
     assert isinstance(json.loads(cli(daemon, "call", "fast", "ticks").stdout), int)
+
+
+def test_the_cli_and_the_configuration_leave_the_web_stack_unimported() -> None:
+    """A CLI command (and the daemon's configuration, which the CLI reads) imports neither the
+    web console's server and templates nor a kind's heavy client: each command would pay for
+    them at start, and every object they make is walked by the garbage collector's full passes."""
+    probe = (
+        "import sys, supervisor.cli.main, supervisor.daemon.config, supervisor.daemon.plugins; "
+        "print(sorted(m for m in ('aiohttp', 'jinja2', 'lightkube', 'supervisor.web') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "[]" == done.stdout.strip()

@@ -24,12 +24,14 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.actions import ExecuteFunction, Executor
 from .._core.machine import Machine
 from .._supervision.kind import Kind, KindSetup, MachineKind
-from ..web._panels import Panel
+
+if TYPE_CHECKING:  # the web stack (aiohttp, jinja2) is imported only by a daemon that serves it
+    from ..web._panels import Panel
 
 KINDS_GROUP = "statevisor.kinds"
 EXECUTORS_GROUP = "statevisor.executors"
@@ -226,6 +228,8 @@ def load_panels(discover: Callable[[str], list[EntryPoint]] | None = None) -> tu
     """The web console's panels that installed packages declare (group ``statevisor.panels``:
     a :class:`~supervisor.web.Panel`, or a class of one made with no arguments), and a line for
     each that could not be loaded: a broken panel is left out, the console still serves."""
+    from ..web._panels import Panel
+
     discover = discover or (lambda group: list(entry_points(group=group)))
     panels: list[Panel] = []
     problems: list[str] = []
