@@ -111,6 +111,7 @@ class Membership:
         self.in_doubt = False  # a lease passed without a beat landing: the next one decides
         self.departures = 0  # members seen leaving or lapsing
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False  # stop() was called: the loops end at their next turn
         self._nudged = asyncio.Event()  # beat now, not at the next heartbeat (what it says changed)
         self._watch_seen = 0.0  # when the watch last showed this member's own heartbeat
 
@@ -186,9 +187,13 @@ class Membership:
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
 
+    def _running(self) -> bool:
+        return self.standing is Standing.MEMBER and not self._stopping
+
     def start(self) -> None:
         """Beat, watch the others, and look up the silent ones, until :meth:`leave`."""
         loop = asyncio.get_running_loop()
+        self._stopping = False
         self._tasks = [
             loop.create_task(self._beat_forever(), name="cluster-heartbeat"),
             loop.create_task(self._watch_forever(), name="cluster-watch"),
@@ -197,12 +202,18 @@ class Membership:
 
     async def stop(self) -> None:
         """Stop beating and watching (the key stays until it lapses: :meth:`leave` deletes it)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        # The loops also stop at their next turn: a cancellation can be lost on Python 3.11 when
+        # it meets a wait_for (nats-py's watch uses one) finishing at the same moment.
+        self._stopping = True
+        tasks, self._tasks = self._tasks, []
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            done, pending = await asyncio.wait(tasks, timeout=1.0)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a loop that failed is over all the same
+            tasks = list(pending)
 
     async def leave(self) -> None:
         """Leave on purpose: the key is deleted, so the others take over at once rather than
@@ -218,9 +229,10 @@ class Membership:
 
     async def _beat_forever(self) -> None:
         members = self.connection.members
-        while self.standing is Standing.MEMBER:
+        while self._running():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudged.wait(), self.heartbeat)
+                async with asyncio.timeout(self.heartbeat):
+                    await self._nudged.wait()
             self._nudged.clear()
             silent = self.clock() - self.beat_landed
             if silent > self.lease and not self.in_doubt:
@@ -302,7 +314,7 @@ class Membership:
         """Follow the bucket; after any failure (a NATS server gone, the watch stalled: this
         member's own heartbeats stopped showing) start over, and take what changed meanwhile."""
         members = self.connection.members
-        while self.standing is Standing.MEMBER:
+        while self._running():
             self._watch_seen = self.clock()
             try:
                 watcher = await members.watchall()
@@ -312,7 +324,7 @@ class Membership:
                 continue
             synced = False
             try:
-                while self.standing is Standing.MEMBER:
+                while self._running():
                     try:
                         entry = await watcher.updates(timeout=self.heartbeat)  # type: ignore[no-untyped-call]
                     except nats.errors.TimeoutError:
@@ -335,7 +347,7 @@ class Membership:
     async def _check_forever(self) -> None:
         """Look up the members silent for a lease: gone when their key is."""
         members = self.connection.members
-        while self.standing is Standing.MEMBER:
+        while self._running():
             await asyncio.sleep(self.heartbeat / 2)
             now = self.clock()
             for node, member in list(self.members.items()):
